@@ -1,0 +1,1184 @@
+//! The bitmap core: the per-page state of one VMA, in sparse atomic bitmaps.
+//!
+//! Each [`crate::vma::Vma`] carries one [`PageBitmap`]. For every page it holds three bits:
+//!
+//! | bitmap | 1 means | set by | cleared by |
+//! |---|---|---|---|
+//! | `clean` | the page is **not** soft-dirty (the design card's "non-soft-dirty bitmap") | `clear_refs`, a harvest, a legacy zap | a write fault |
+//! | `populated` | a page is mapped (pagemap bit 63) | a read or write fault | a zap (`MADV_DONTNEED`) |
+//! | `backed` | the present page is a real page, not the shared zero page | a write fault, a read of shared memory | a zap |
+//!
+//! ## Sparse layout: O(1) until touched
+//!
+//! The bitmap is a directory of *slots*, one per chunk of [`CHUNK_PAGES`] pages. A slot is
+//! either a pointer to a materialized [`Chunk`] or a tag saying the whole chunk is
+//! untouched and uniformly dirty ([`ABSENT_DIRTY`], the state of a fresh mapping in
+//! precise mode) or uniformly clean ([`ABSENT_CLEAN`]). Untouched chunks are never
+//! allocated, and the directory itself is allocated zeroed (= all `ABSENT_DIRTY`), which
+//! the allocator serves from untouched zero pages: a 1 TiB mapping costs nothing resident
+//! until it is cleared, and then 8 bytes per 16 MiB. A chunk is allocated the first time a
+//! fault touches one of its pages, like the kernel allocating a page table.
+//!
+//! Each chunk also keeps a `summary` word: bit `w` set means `clean[w]` may have a dirty
+//! (zero) bit. Harvests and `clear_refs` visit only flagged words, so their cost follows
+//! the dirty pages, not the mapped size.
+//!
+//! ## Concurrency (see ARCHITECTURE.md, "The concurrency argument")
+//!
+//! - The **data plane** (faults: [`PageBitmap::write`], [`PageBitmap::read`]) only moves
+//!   bits one way: clean 1→0, populated 0→1, backed 0→1. It takes no lock: a relaxed
+//!   load to test, then one `AcqRel` read-modify-write per word that needs a change.
+//! - The **control plane** (clear, harvest, zap, copy, drain) runs under the address
+//!   space's control lock, so control operations never race each other, only faults.
+//! - A structural operation that gives a VMA a new bitmap **copies**, publishes the new
+//!   index, **seals** the old bitmap and **drains** it: every word of the old bitmap gets a
+//!   value-preserving RMW and whatever faults added since the copy is applied to the new
+//!   bitmap. A fault that did any RMW re-checks `sealed` afterwards; if it is set, the fault
+//!   retries through the new index. Either the fault's RMW precedes the drain's RMW on that
+//!   word (then the drain carries it over) or it follows it (then it reads from the drain,
+//!   synchronizes with it and sees `sealed`): no fault is lost and none is applied to a
+//!   retired bitmap only. `loom-tests/` checks this protocol against the code below.
+
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// Pages per chunk (one directory slot).
+#[cfg(not(all(loom, feature = "loom")))]
+pub const CHUNK_PAGES: u64 = 4096;
+/// Pages per chunk (one directory slot): tiny under loom so models stay small.
+#[cfg(all(loom, feature = "loom"))]
+pub const CHUNK_PAGES: u64 = 128;
+
+/// 64-bit words per chunk and per bitmap.
+pub const CHUNK_WORDS: usize = (CHUNK_PAGES / 64) as usize;
+const _: () = assert!(CHUNK_WORDS >= 1 && CHUNK_WORDS <= 64, "summary is one u64");
+
+/// Slot tag: chunk untouched, every page soft-dirty, none populated.
+pub const ABSENT_DIRTY: usize = 0;
+/// Slot tag: chunk untouched, every page clean, none populated.
+pub const ABSENT_CLEAN: usize = 1;
+
+/// Live chunk count (all bitmaps), for tests and `softdirty compare`'s memory column.
+static LIVE_CHUNKS: crate::sync::StdCounter = crate::sync::StdCounter::new(0);
+/// Live bitmap count, for leak tests.
+static LIVE_BITMAPS: crate::sync::StdCounter = crate::sync::StdCounter::new(0);
+
+/// Number of [`PageBitmap`]s alive in the process.
+pub fn live_bitmaps() -> usize {
+    LIVE_BITMAPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Number of materialized chunks alive in the process.
+pub fn live_chunks() -> usize {
+    LIVE_CHUNKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Bytes one materialized chunk occupies.
+pub const CHUNK_BYTES: usize = std::mem::size_of::<Chunk>();
+
+/// One materialized chunk: [`CHUNK_PAGES`] pages, three bitmaps and a summary.
+#[repr(align(64))]
+pub struct Chunk {
+    clean: [AtomicU64; CHUNK_WORDS],
+    populated: [AtomicU64; CHUNK_WORDS],
+    backed: [AtomicU64; CHUNK_WORDS],
+    summary: AtomicU64,
+}
+
+impl Chunk {
+    fn new(clean: bool, valid: &[u64; CHUNK_WORDS]) -> Box<Chunk> {
+        let mut summary = 0u64;
+        let c = Box::new(Chunk {
+            clean: std::array::from_fn(|w| {
+                if !clean && valid[w] != 0 {
+                    summary |= 1 << w;
+                }
+                // Bits past the end of the bitmap are kept clean so they never show up.
+                AtomicU64::new(if clean { !0 } else { !valid[w] })
+            }),
+            populated: std::array::from_fn(|_| AtomicU64::new(0)),
+            backed: std::array::from_fn(|_| AtomicU64::new(0)),
+            summary: AtomicU64::new(0),
+        });
+        c.summary.store(summary, Ordering::Relaxed);
+        LIVE_CHUNKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        LIVE_CHUNKS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The three bits of one page, or 64 pages' worth of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bits {
+    /// 1 = not soft-dirty at the page level
+    pub clean: u64,
+    /// 1 = populated (present)
+    pub populated: u64,
+    /// 1 = backed by a real page (not the zero page)
+    pub backed: u64,
+}
+
+/// What a fault-path update found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// Applied. `faults` pages turned from clean to dirty at the page level.
+    Done {
+        /// pages whose clean bit this call flipped
+        faults: u64,
+    },
+    /// The bitmap was sealed by a structural operation after (some of) this call's
+    /// updates: retry through a freshly loaded index.
+    Sealed,
+}
+
+/// How the drain of a sealed bitmap transforms late faults on their way to the new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainRule {
+    /// Apply faults as they were (split, merge, shrink).
+    Plain,
+    /// Also make every page populated by a late fault dirty (an mremap move in legacy
+    /// mode: the kernel marks every moved present PTE soft-dirty).
+    DirtyPopulated,
+}
+
+/// A run of pages `[first, first + count)` within one bitmap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// first page index
+    pub first: u64,
+    /// number of pages
+    pub count: u64,
+}
+
+/// The per-page soft-dirty, presence and zero-page state of one VMA.
+pub struct PageBitmap {
+    pages: u64,
+    slots: Box<[AtomicUsize]>,
+    sealed: AtomicBool,
+}
+
+impl std::fmt::Debug for PageBitmap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageBitmap")
+            .field("pages", &self.pages)
+            .field("chunks", &self.materialized_chunks())
+            .field("sealed", &self.sealed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// A view of one slot.
+enum Slot<'a> {
+    Absent { clean: bool },
+    Chunk(&'a Chunk),
+}
+
+#[inline]
+fn word_mask(from_bit: u64, to_bit: u64) -> u64 {
+    // bits [from_bit, to_bit) of a word, 0 <= from < to <= 64
+    let hi = if to_bit >= 64 {
+        !0u64
+    } else {
+        (1u64 << to_bit) - 1
+    };
+    hi & !((1u64 << from_bit) - 1)
+}
+
+/// Calls `f(word_index_in_bitmap, mask)` for every word that overlaps `[first, first+count)`.
+#[inline]
+fn for_each_word(first: u64, count: u64, mut f: impl FnMut(u64, u64)) {
+    let end = first + count;
+    let mut p = first;
+    while p < end {
+        let w = p / 64;
+        let lo = p % 64;
+        let hi = (end - w * 64).min(64);
+        f(w, word_mask(lo, hi));
+        p = w * 64 + hi;
+    }
+}
+
+impl PageBitmap {
+    /// A bitmap of `pages` untouched pages, all soft-dirty (`dirty`) or all clean.
+    ///
+    /// Costs one zeroed directory of `pages / CHUNK_PAGES` slots and nothing per page.
+    pub fn new(pages: u64, dirty: bool) -> PageBitmap {
+        let nslots = pages.div_ceil(CHUNK_PAGES) as usize;
+        let tag = if dirty { ABSENT_DIRTY } else { ABSENT_CLEAN };
+        let slots: Box<[AtomicUsize]> = if tag == 0 {
+            zeroed_slots(nslots)
+        } else {
+            (0..nslots).map(|_| AtomicUsize::new(tag)).collect()
+        };
+        LIVE_BITMAPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PageBitmap {
+            pages,
+            slots,
+            sealed: AtomicBool::new(false),
+        }
+    }
+
+    /// Number of pages covered.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Has a structural operation sealed this bitmap (it belongs to a retired VMA)?
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// Number of chunks allocated so far.
+    pub fn materialized_chunks(&self) -> usize {
+        (0..self.slots.len())
+            .filter(|&k| matches!(self.slot(k), Slot::Chunk(_)))
+            .count()
+    }
+
+    /// Bytes of tracking memory this bitmap holds (directory plus chunks).
+    pub fn tracking_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<usize>() + self.materialized_chunks() * CHUNK_BYTES
+    }
+
+    #[inline]
+    fn slot(&self, k: usize) -> Slot<'_> {
+        // Acquire: pairs with the AcqRel CAS that installed a chunk, so its initial
+        // contents are visible.
+        let v = self.slots[k].load(Ordering::Acquire);
+        match v {
+            ABSENT_DIRTY => Slot::Absent { clean: false },
+            ABSENT_CLEAN => Slot::Absent { clean: true },
+            p => {
+                // SAFETY: a non-tag slot value is a pointer obtained from `Box::into_raw`
+                // of a `Chunk` (see `materialize`); chunks are freed only in `Drop`, which
+                // needs `&mut self`, so the chunk outlives this `&self` borrow.
+                Slot::Chunk(unsafe { &*(p as *const Chunk) })
+            }
+        }
+    }
+
+    /// Valid-bit masks of slot `k`'s words (bits past `pages` are 0).
+    fn valid_masks(&self, k: usize) -> [u64; CHUNK_WORDS] {
+        let base = k as u64 * CHUNK_PAGES;
+        std::array::from_fn(|w| {
+            let lo = base + w as u64 * 64;
+            if lo >= self.pages {
+                0
+            } else {
+                word_mask(0, (self.pages - lo).min(64))
+            }
+        })
+    }
+
+    /// The chunk of slot `k`, allocating it (from the slot's tag) if absent.
+    /// `Err(())` if the bitmap was sealed after this call installed a chunk.
+    fn materialize(&self, k: usize) -> Result<&Chunk, ()> {
+        loop {
+            let v = self.slots[k].load(Ordering::Acquire);
+            if v != ABSENT_DIRTY && v != ABSENT_CLEAN {
+                // SAFETY: as in `slot`: a live chunk pointer owned by this bitmap.
+                return Ok(unsafe { &*(v as *const Chunk) });
+            }
+            let chunk = Box::into_raw(Chunk::new(v == ABSENT_CLEAN, &self.valid_masks(k)));
+            // AcqRel: Release publishes the chunk's initial contents to `slot` readers;
+            // Acquire pairs with the drain's RMW on this slot (see `seal_and_drain`), so
+            // that a CAS ordered after the drain sees `sealed`.
+            match self.slots[k].compare_exchange(
+                v,
+                chunk as usize,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if self.sealed.load(Ordering::Acquire) {
+                        return Err(());
+                    }
+                    // SAFETY: just installed; owned by the slot from now on.
+                    return Ok(unsafe { &*chunk });
+                }
+                Err(_) => {
+                    // SAFETY: the CAS failed, so the chunk was never shared.
+                    drop(unsafe { Box::from_raw(chunk) });
+                }
+            }
+        }
+    }
+
+    /// Same as [`Self::materialize`] for the control plane (no concurrent seal possible).
+    fn materialize_ctl(&self, k: usize) -> &Chunk {
+        match self.materialize(k) {
+            Ok(c) => c,
+            Err(()) => match self.slot(k) {
+                Slot::Chunk(c) => c,
+                Slot::Absent { .. } => unreachable!("materialize installed a chunk"),
+            },
+        }
+    }
+
+    // ----------------------------------------------------------------- data plane
+
+    /// A write fault on pages `[first, first + count)`: populate, back with a real page,
+    /// and make soft-dirty at the page level. Test-before-set: a page already in that
+    /// state costs one relaxed load per word and no read-modify-write.
+    pub fn write(&self, first: u64, count: u64) -> Mark {
+        self.fault(first, count, true, true)
+    }
+
+    /// A read fault on `[first, first + count)`: populate without dirtying. `zero_page`:
+    /// map the shared zero page (private anonymous memory) rather than a real page.
+    pub fn read(&self, first: u64, count: u64, zero_page: bool) -> Mark {
+        self.fault(first, count, false, !zero_page)
+    }
+
+    fn fault(&self, first: u64, count: u64, dirty: bool, backed: bool) -> Mark {
+        debug_assert!(first + count <= self.pages);
+        let mut faults = 0u64;
+        let mut did_rmw = false;
+        let mut cur: Option<(usize, &Chunk)> = None;
+        let mut sealed = false;
+        for_each_word(first, count, |w, m| {
+            if sealed {
+                return;
+            }
+            let k = (w / CHUNK_WORDS as u64) as usize;
+            let wi = (w % CHUNK_WORDS as u64) as usize;
+            let chunk = match cur {
+                Some((ck, c)) if ck == k => c,
+                _ => {
+                    // Fast check without allocating: an untouched chunk must be
+                    // materialized only if this fault changes something in it (a read of
+                    // an absent chunk always does: it populates).
+                    match self.materialize(k) {
+                        Ok(c) => {
+                            cur = Some((k, c));
+                            c
+                        }
+                        Err(()) => {
+                            sealed = true;
+                            return;
+                        }
+                    }
+                }
+            };
+            // Order: clean first, then populated and backed. A copy reads populated
+            // before clean (see `copy_from`), so a snapshot never shows a page written
+            // (backed) but still clean.
+            if dirty {
+                let c = chunk.clean[wi].load(Ordering::Relaxed);
+                if c & m != 0 {
+                    // AcqRel: Acquire pairs with the drain RMW of a sealing structural
+                    // operation (then `sealed` is visible below) and with a harvest's
+                    // RMW; Release lets a harvest that takes this bit see the summary.
+                    let prev = chunk.clean[wi].fetch_and(!m, Ordering::AcqRel);
+                    faults += u64::from((prev & m).count_ones());
+                    did_rmw = true;
+                    let sbit = 1u64 << wi;
+                    if chunk.summary.load(Ordering::Relaxed) & sbit == 0 {
+                        // AcqRel: ordered after the word RMW above, so a harvest that
+                        // clears this summary bit and then visits the word sees our bit.
+                        chunk.summary.fetch_or(sbit, Ordering::AcqRel);
+                    }
+                }
+            }
+            if chunk.populated[wi].load(Ordering::Relaxed) & m != m {
+                // AcqRel: pairs with the drain RMW (see above).
+                chunk.populated[wi].fetch_or(m, Ordering::AcqRel);
+                did_rmw = true;
+            }
+            if backed && chunk.backed[wi].load(Ordering::Relaxed) & m != m {
+                // AcqRel: pairs with the drain RMW (see above).
+                chunk.backed[wi].fetch_or(m, Ordering::AcqRel);
+                did_rmw = true;
+            }
+        });
+        // Acquire: if any RMW above read from a drain, the seal store (sequenced before
+        // the drain) is visible here.
+        if sealed || (did_rmw && self.sealed.load(Ordering::Acquire)) {
+            return Mark::Sealed;
+        }
+        Mark::Done { faults }
+    }
+
+    /// The bits of page `p`.
+    pub fn page(&self, p: u64) -> Bits {
+        let b = self.window(p - p % 64);
+        let s = p % 64;
+        Bits {
+            clean: (b.clean >> s) & 1,
+            populated: (b.populated >> s) & 1,
+            backed: (b.backed >> s) & 1,
+        }
+    }
+
+    /// The 64 pages starting at `p` (a multiple of 64); bits past the end read as
+    /// clean, unpopulated.
+    pub fn window(&self, p: u64) -> Bits {
+        debug_assert_eq!(p % 64, 0);
+        if p >= self.pages {
+            return Bits {
+                clean: !0,
+                populated: 0,
+                backed: 0,
+            };
+        }
+        let k = (p / CHUNK_PAGES) as usize;
+        let wi = ((p % CHUNK_PAGES) / 64) as usize;
+        match self.slot(k) {
+            Slot::Absent { clean } => Bits {
+                clean: if clean { !0 } else { 0 },
+                populated: 0,
+                backed: 0,
+            },
+            Slot::Chunk(c) => {
+                // Acquire loads: populated and backed before clean, mirroring the fault
+                // path's order (clean first), so a page seen backed is seen dirty.
+                let populated = c.populated[wi].load(Ordering::Acquire);
+                let backed = c.backed[wi].load(Ordering::Acquire);
+                let clean = c.clean[wi].load(Ordering::Acquire);
+                Bits {
+                    clean,
+                    populated,
+                    backed,
+                }
+            }
+        }
+    }
+
+    /// If every page of `[first, first+count)` lies in untouched chunks with the same
+    /// tag, that tag's cleanliness.
+    pub fn uniform(&self, first: u64, count: u64) -> Option<bool> {
+        if count == 0 {
+            return None;
+        }
+        let k0 = (first / CHUNK_PAGES) as usize;
+        let k1 = ((first + count - 1) / CHUNK_PAGES) as usize;
+        let mut tag = None;
+        for k in k0..=k1 {
+            match self.slot(k) {
+                Slot::Chunk(_) => return None,
+                Slot::Absent { clean } => match tag {
+                    None => tag = Some(clean),
+                    Some(t) if t != clean => return None,
+                    _ => {}
+                },
+            }
+        }
+        tag
+    }
+
+    /// The end of the stretch of untouched slots with the same tag that contains `p`
+    /// (at most `limit`), if `p` is in an untouched slot.
+    pub fn uniform_run_end(&self, p: u64, limit: u64) -> Option<(bool, u64)> {
+        let mut k = (p / CHUNK_PAGES) as usize;
+        let tag = match self.slot(k) {
+            Slot::Chunk(_) => return None,
+            Slot::Absent { clean } => clean,
+        };
+        let mut end = (k as u64 + 1) * CHUNK_PAGES;
+        while end < limit {
+            k += 1;
+            match self.slot(k) {
+                Slot::Absent { clean } if clean == tag => end += CHUNK_PAGES,
+                _ => break,
+            }
+        }
+        Some((tag, end.min(limit)))
+    }
+
+    // -------------------------------------------------------------- control plane
+
+    /// `clear_refs 4` on this bitmap: every page clean at the page level. Visits only
+    /// chunks and words that may hold dirty pages.
+    pub fn clear_all(&self) {
+        for k in 0..self.slots.len() {
+            loop {
+                match self.slots[k].load(Ordering::Acquire) {
+                    ABSENT_CLEAN => break,
+                    ABSENT_DIRTY => {
+                        // AcqRel: a racing fault's CAS either wins (then we loop and clear
+                        // its chunk) or loses and re-reads our tag.
+                        if self.slots[k]
+                            .compare_exchange(
+                                ABSENT_DIRTY,
+                                ABSENT_CLEAN,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                        {
+                            break;
+                        }
+                    }
+                    _ => {
+                        if let Slot::Chunk(c) = self.slot(k) {
+                            let valid = self.valid_masks(k);
+                            // Summary first, then words: a fault that dirties a word after
+                            // we cleared it sets the summary bit again.
+                            let sum = c.summary.swap(0, Ordering::AcqRel);
+                            for_each_bit(sum, |wi| {
+                                c.clean[wi].fetch_or(valid[wi] | !valid[wi], Ordering::AcqRel);
+                            });
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Get-and-clear: makes the dirty pages of `[first, first+count)` clean and calls
+    /// `sink` with each maximal run of them, in order. Atomic per word against faults:
+    /// a page is reported by exactly one harvest, or stays dirty.
+    pub fn harvest(&self, first: u64, count: u64, mut sink: impl FnMut(Run)) {
+        let mut pending: Option<Run> = None;
+        let mut emit = |r: Run, pending: &mut Option<Run>| match pending {
+            Some(p) if p.first + p.count == r.first => p.count += r.count,
+            _ => {
+                if let Some(p) = pending.take() {
+                    sink(p);
+                }
+                *pending = Some(r);
+            }
+        };
+        let end = first + count;
+        let mut k = (first / CHUNK_PAGES) as usize;
+        while (k as u64) * CHUNK_PAGES < end {
+            let base = k as u64 * CHUNK_PAGES;
+            let lo = first.max(base);
+            let hi = end.min(base + CHUNK_PAGES).min(self.pages);
+            if lo >= hi {
+                k += 1;
+                continue;
+            }
+            let whole = lo == base && (hi == base + CHUNK_PAGES || hi == self.pages);
+            match self.slots[k].load(Ordering::Acquire) {
+                ABSENT_CLEAN => {}
+                ABSENT_DIRTY if whole => {
+                    if self.slots[k]
+                        .compare_exchange(
+                            ABSENT_DIRTY,
+                            ABSENT_CLEAN,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_err()
+                    {
+                        continue; // a fault materialized it: harvest the chunk instead
+                    }
+                    emit(
+                        Run {
+                            first: lo,
+                            count: hi - lo,
+                        },
+                        &mut pending,
+                    );
+                }
+                _ => {
+                    let c = self.materialize_ctl(k);
+                    let valid = self.valid_masks(k);
+                    // Words fully inside the range: take their summary bits first.
+                    let mut full = 0u64;
+                    let mut partial = Vec::<(usize, u64)>::new();
+                    for_each_word(lo - base, hi - lo, |w, m| {
+                        let wi = w as usize;
+                        if m & valid[wi] == valid[wi] {
+                            full |= 1 << wi;
+                        } else {
+                            partial.push((wi, m));
+                        }
+                    });
+                    // AcqRel: pairs with the fault path's summary RMW (Release), which is
+                    // ordered after its word RMW.
+                    let sum = c.summary.fetch_and(!full, Ordering::AcqRel) & full;
+                    let mut words = sum;
+                    for (wi, _) in &partial {
+                        words |= 1 << wi;
+                    }
+                    for_each_bit(words, |wi| {
+                        let m = if sum & (1 << wi) != 0 {
+                            valid[wi]
+                        } else {
+                            partial
+                                .iter()
+                                .find(|(w, _)| *w == wi)
+                                .map(|x| x.1)
+                                .unwrap_or(0)
+                                & valid[wi]
+                        };
+                        if !c.clean[wi].load(Ordering::Relaxed) & m == 0 {
+                            return; // nothing dirty: no RMW
+                        }
+                        // AcqRel: the get-and-clear is one RMW, so a racing fault's RMW on
+                        // this word is either before it (reported now) or after it (stays
+                        // dirty for the next harvest).
+                        let prev = c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                        let taken = !prev & m;
+                        let wbase = base + wi as u64 * 64;
+                        for_each_run(taken, |s, n| {
+                            emit(
+                                Run {
+                                    first: wbase + s,
+                                    count: n,
+                                },
+                                &mut pending,
+                            )
+                        });
+                    });
+                }
+            }
+            k += 1;
+        }
+        if let Some(p) = pending {
+            sink(p);
+        }
+    }
+
+    /// Makes `runs` clean (each must have been reported dirty by this bitmap and not be
+    /// concurrently harvested): KVM's `clear_dirty_log` with a log it got earlier. Only
+    /// the bits named are touched.
+    pub fn clean_runs(&self, runs: impl IntoIterator<Item = Run>) {
+        for r in runs {
+            self.set_clean(r.first, r.count, true);
+        }
+    }
+
+    /// Sets the page-level state of `[first, first+count)` to clean (`clean`) or dirty,
+    /// leaving population alone.
+    pub fn set_clean(&self, first: u64, count: u64, clean: bool) {
+        self.update_range(
+            first,
+            count,
+            |c, wi, m, _whole| {
+                if clean {
+                    c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                } else {
+                    c.clean[wi].fetch_and(!m, Ordering::AcqRel);
+                    c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                }
+            },
+            Some(clean),
+        );
+    }
+
+    /// `MADV_DONTNEED` / a zap: unpopulate `[first, first+count)`; the page-level state
+    /// becomes dirty (`dirty`, precise mode: the content is now zero) or clean (legacy:
+    /// the PTE and its soft-dirty bit are gone).
+    pub fn zap(&self, first: u64, count: u64, dirty: bool) {
+        self.update_range(
+            first,
+            count,
+            |c, wi, m, _| {
+                c.populated[wi].fetch_and(!m, Ordering::AcqRel);
+                c.backed[wi].fetch_and(!m, Ordering::AcqRel);
+                if dirty {
+                    c.clean[wi].fetch_and(!m, Ordering::AcqRel);
+                    c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                } else {
+                    c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                }
+            },
+            Some(!dirty),
+        );
+    }
+
+    /// Unpopulates `[first, first+count)` keeping the soft-dirty state (a fork child's
+    /// pages whose PTEs were not copied, in precise mode).
+    pub fn unpopulate(&self, first: u64, count: u64) {
+        for_each_word(first, count, |w, m| {
+            let k = (w / CHUNK_WORDS as u64) as usize;
+            let wi = (w % CHUNK_WORDS as u64) as usize;
+            if let Slot::Chunk(c) = self.slot(k) {
+                c.populated[wi].fetch_and(!m, Ordering::AcqRel);
+                c.backed[wi].fetch_and(!m, Ordering::AcqRel);
+            }
+        });
+    }
+
+    /// Applies `f(chunk, word, mask, whole_word)` to every word of the range on the control
+    /// plane. `uniform_result`: if set, a whole untouched chunk ends in the tag for this
+    /// cleanliness without being materialized (only valid when `f` leaves it unpopulated).
+    fn update_range(
+        &self,
+        first: u64,
+        count: u64,
+        f: impl Fn(&Chunk, usize, u64, bool),
+        uniform_result: Option<bool>,
+    ) {
+        let end = first + count;
+        let mut k = (first / CHUNK_PAGES) as usize;
+        while (k as u64) * CHUNK_PAGES < end {
+            let base = k as u64 * CHUNK_PAGES;
+            let lo = first.max(base);
+            let hi = end.min(base + CHUNK_PAGES).min(self.pages);
+            k += 1;
+            if lo >= hi {
+                continue;
+            }
+            let whole = lo == base && (hi == base + CHUNK_PAGES || hi == self.pages);
+            let kk = k - 1;
+            if let Some(clean) = uniform_result {
+                let want = if clean { ABSENT_CLEAN } else { ABSENT_DIRTY };
+                let cur = self.slots[kk].load(Ordering::Acquire);
+                if cur == want {
+                    continue;
+                }
+                if whole && (cur == ABSENT_CLEAN || cur == ABSENT_DIRTY) {
+                    if self.slots[kk]
+                        .compare_exchange(cur, want, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        continue;
+                    }
+                }
+            }
+            let c = self.materialize_ctl(kk);
+            let valid = self.valid_masks(kk);
+            for_each_word(lo - base, hi - lo, |w, m| {
+                let wi = w as usize;
+                let m = m & valid[wi];
+                if m != 0 {
+                    f(c, wi, m, m == valid[wi]);
+                }
+            });
+        }
+    }
+
+    /// Builds this (unpublished) bitmap's pages `[dst_first, dst_first+count)` from
+    /// `src`'s pages `[src_first, ...)`. With `dirty_all`, every copied page is dirty;
+    /// with `dirty_populated`, every copied populated page is dirty (legacy mremap).
+    pub fn copy_from(
+        &self,
+        dst_first: u64,
+        src: &PageBitmap,
+        src_first: u64,
+        count: u64,
+        xform: CopyRule,
+    ) {
+        let mut done = 0u64;
+        while done < count {
+            let d = dst_first + done;
+            let s = src_first + done;
+            // Fast path: a whole destination chunk from uniform source chunks.
+            if d % CHUNK_PAGES == 0 && count - done >= CHUNK_PAGES.min(self.pages - d) {
+                let n = CHUNK_PAGES.min(self.pages - d);
+                if let Some(clean) = src.uniform(s, n) {
+                    let clean = clean && xform != CopyRule::AllDirty;
+                    let k = (d / CHUNK_PAGES) as usize;
+                    self.slots[k].store(
+                        if clean { ABSENT_CLEAN } else { ABSENT_DIRTY },
+                        Ordering::Relaxed,
+                    );
+                    done += n;
+                    continue;
+                }
+            }
+            // 64 pages at a time, aligned to the destination's words.
+            let n = (64 - d % 64).min(count - done);
+            let b = src.bits_at(s, n);
+            let m = word_mask(0, n);
+            let mut clean = b.clean & m;
+            match xform {
+                CopyRule::Plain => {}
+                CopyRule::AllDirty => clean = 0,
+                CopyRule::DirtyPopulated => clean &= !b.populated,
+            }
+            self.build_bits(
+                d,
+                n,
+                Bits {
+                    clean,
+                    populated: b.populated & m,
+                    backed: b.backed & m,
+                },
+            );
+            done += n;
+        }
+    }
+
+    /// `n` (≤ 64) pages starting at any page `p`, in the low bits.
+    pub fn bits_at(&self, p: u64, n: u64) -> Bits {
+        let off = p % 64;
+        let a = self.window(p - off);
+        let mut out = Bits {
+            clean: a.clean >> off,
+            populated: a.populated >> off,
+            backed: a.backed >> off,
+        };
+        if off != 0 && off + n > 64 {
+            let b = self.window(p - off + 64);
+            out.clean |= b.clean << (64 - off);
+            out.populated |= b.populated << (64 - off);
+            out.backed |= b.backed << (64 - off);
+        }
+        out
+    }
+
+    /// Writes `n` (≤ 64, not crossing a word) pages at `p` into a bitmap being built.
+    fn build_bits(&self, p: u64, n: u64, b: Bits) {
+        let k = (p / CHUNK_PAGES) as usize;
+        let wi = ((p % CHUNK_PAGES) / 64) as usize;
+        let off = p % 64;
+        let m = word_mask(off, off + n);
+        let slot_clean = match self.slot(k) {
+            Slot::Absent { clean } => Some(clean),
+            Slot::Chunk(_) => None,
+        };
+        // Skip the allocation when the bits equal the untouched slot's state.
+        if let Some(clean) = slot_clean {
+            let want_clean = if clean { m } else { 0 };
+            if (b.clean << off) & m == want_clean && b.populated == 0 && b.backed == 0 {
+                return;
+            }
+        }
+        let c = self.materialize_ctl(k);
+        let cl = c.clean[wi].load(Ordering::Relaxed);
+        let ncl = (cl & !m) | ((b.clean << off) & m);
+        c.clean[wi].store(ncl, Ordering::Relaxed);
+        if ncl != !0 {
+            c.summary.fetch_or(1 << wi, Ordering::Relaxed);
+        }
+        let pp = c.populated[wi].load(Ordering::Relaxed);
+        c.populated[wi].store((pp & !m) | ((b.populated << off) & m), Ordering::Relaxed);
+        let bb = c.backed[wi].load(Ordering::Relaxed);
+        c.backed[wi].store((bb & !m) | ((b.backed << off) & m), Ordering::Relaxed);
+    }
+
+    /// Seals this bitmap (its VMA was replaced in a published index) and carries every
+    /// fault that reached it after it was copied into its successors. `targets`: for each
+    /// successor, `(src_first, dst, dst_first, count, rule)`.
+    ///
+    /// Must run after the index naming the successors is published: a fault that sees
+    /// `sealed` retries through the index and must find them.
+    pub fn seal_and_drain(&self, targets: &[(u64, &PageBitmap, u64, u64, DrainRule)]) {
+        // Release: pairs with the Acquire load of `sealed` in the fault path after an RMW
+        // that read from one of the drain RMWs below.
+        self.sealed.store(true, Ordering::Release);
+        for k in 0..self.slots.len() {
+            // A value-preserving RMW: a fault's CAS ordered after it sees `sealed`.
+            let v = self.slots[k].fetch_or(0, Ordering::AcqRel);
+            if v == ABSENT_CLEAN || v == ABSENT_DIRTY {
+                continue; // no fault materialized it before the seal: nothing late
+            }
+            // SAFETY: as in `slot`.
+            let c = unsafe { &*(v as *const Chunk) };
+            let base = k as u64 * CHUNK_PAGES;
+            for wi in 0..CHUNK_WORDS {
+                let p0 = base + wi as u64 * 64;
+                if p0 >= self.pages {
+                    break;
+                }
+                // Value-preserving RMWs: each pairs with a fault's AcqRel RMW on the same
+                // word: whichever is later in the word's modification order reads from the
+                // other and synchronizes with it.
+                let populated = c.populated[wi].fetch_or(0, Ordering::AcqRel);
+                let backed = c.backed[wi].fetch_or(0, Ordering::AcqRel);
+                let clean = c.clean[wi].fetch_or(0, Ordering::AcqRel);
+                for &(src_first, dst, dst_first, count, rule) in targets {
+                    let lo = p0.max(src_first);
+                    let hi = (p0 + 64).min(src_first + count);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let shift = lo - p0;
+                    let n = hi - lo;
+                    let m = word_mask(0, n);
+                    let mut dirty = (!clean >> shift) & m;
+                    let pop = (populated >> shift) & m;
+                    let bak = (backed >> shift) & m;
+                    if rule == DrainRule::DirtyPopulated {
+                        dirty |= pop;
+                    }
+                    dst.apply_late(
+                        dst_first + (lo - src_first),
+                        n,
+                        Bits {
+                            clean: !dirty & m,
+                            populated: pop,
+                            backed: bak,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// ORs late faults (dirty = clean bit 0, populated, backed) into a published bitmap.
+    fn apply_late(&self, p: u64, n: u64, b: Bits) {
+        let mut done = 0;
+        while done < n {
+            let q = p + done;
+            let off = q % 64;
+            let take = (64 - off).min(n - done);
+            let m = word_mask(0, take);
+            let dirty = (!(b.clean >> done)) & m;
+            let pop = (b.populated >> done) & m;
+            let bak = (b.backed >> done) & m;
+            if dirty | pop | bak != 0 {
+                let k = (q / CHUNK_PAGES) as usize;
+                let wi = ((q % CHUNK_PAGES) / 64) as usize;
+                let needs = match self.slot(k) {
+                    Slot::Absent { clean } => pop | bak != 0 || (clean && dirty != 0),
+                    Slot::Chunk(_) => true,
+                };
+                if needs {
+                    let c = self.materialize_ctl(k);
+                    if dirty != 0 {
+                        c.clean[wi].fetch_and(!(dirty << off), Ordering::AcqRel);
+                        c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                    }
+                    if pop != 0 {
+                        c.populated[wi].fetch_or(pop << off, Ordering::AcqRel);
+                    }
+                    if bak != 0 {
+                        c.backed[wi].fetch_or(bak << off, Ordering::AcqRel);
+                    }
+                }
+            }
+            done += take;
+        }
+    }
+}
+
+/// How [`PageBitmap::copy_from`] transforms the copied state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyRule {
+    /// As is.
+    Plain,
+    /// Every page soft-dirty (precise mremap destination).
+    AllDirty,
+    /// Every populated page soft-dirty (legacy mremap: moved PTEs are marked).
+    DirtyPopulated,
+}
+
+impl Drop for PageBitmap {
+    fn drop(&mut self) {
+        for s in self.slots.iter() {
+            let v = s.load(Ordering::Relaxed);
+            if v != ABSENT_CLEAN && v != ABSENT_DIRTY {
+                // SAFETY: `&mut self`: no other reference to the bitmap exists; the value
+                // came from `Box::into_raw` in `materialize` and is freed only here.
+                drop(unsafe { Box::from_raw(v as *mut Chunk) });
+            }
+        }
+        LIVE_BITMAPS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A zeroed directory, allocated with `alloc_zeroed` so that large untouched directories
+/// stay unbacked by the OS until written.
+fn zeroed_slots(n: usize) -> Box<[AtomicUsize]> {
+    #[cfg(not(all(loom, feature = "loom")))]
+    {
+        if n == 0 {
+            return Box::new([]);
+        }
+        let v: Vec<usize> = vec![0usize; n]; // `vec![0; n]` uses alloc_zeroed
+        let b: Box<[usize]> = v.into_boxed_slice();
+        let raw = Box::into_raw(b) as *mut [AtomicUsize];
+        // SAFETY: `AtomicUsize` has the same size, alignment and bit validity as `usize`
+        // (documented in std), so a boxed `[usize]` is a valid boxed `[AtomicUsize]`.
+        unsafe { Box::from_raw(raw) }
+    }
+    #[cfg(all(loom, feature = "loom"))]
+    {
+        (0..n).map(|_| AtomicUsize::new(0)).collect()
+    }
+}
+
+/// Calls `f(bit)` for every set bit of `x`, lowest first.
+#[inline]
+pub fn for_each_bit(mut x: u64, mut f: impl FnMut(usize)) {
+    while x != 0 {
+        let b = x.trailing_zeros() as usize;
+        f(b);
+        x &= x - 1;
+    }
+}
+
+/// Calls `f(start, len)` for every maximal run of set bits of `x`, lowest first.
+#[inline]
+pub fn for_each_run(mut x: u64, mut f: impl FnMut(u64, u64)) {
+    while x != 0 {
+        let s = x.trailing_zeros() as u64;
+        let y = x >> s;
+        let n = (!y).trailing_zeros() as u64; // y != 0, and !y has a zero at bit 0
+        f(s, n);
+        if s + n >= 64 {
+            break;
+        }
+        x &= !word_mask(s, s + n);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn dirty_pages(b: &PageBitmap) -> Vec<u64> {
+        (0..b.pages()).filter(|&p| b.page(p).clean == 0).collect()
+    }
+
+    #[test]
+    fn runs_of_bits() {
+        let mut v = vec![];
+        for_each_run(0b1110_0110u64 | (1 << 63), |s, n| v.push((s, n)));
+        assert_eq!(v, vec![(1, 2), (5, 3), (63, 1)]);
+        let mut v = vec![];
+        for_each_run(!0, |s, n| v.push((s, n)));
+        assert_eq!(v, vec![(0, 64)]);
+    }
+
+    #[test]
+    fn fresh_bitmap_is_dirty_or_clean_and_costs_no_chunk() {
+        let b = PageBitmap::new(10_000, true);
+        assert_eq!(b.materialized_chunks(), 0);
+        assert_eq!(dirty_pages(&b).len(), 10_000);
+        let c = PageBitmap::new(10_000, false);
+        assert!(dirty_pages(&c).is_empty());
+    }
+
+    #[test]
+    fn write_faults_once_and_test_before_set() {
+        let b = PageBitmap::new(300, false);
+        assert_eq!(b.write(5, 3), Mark::Done { faults: 3 });
+        assert_eq!(b.write(6, 1), Mark::Done { faults: 0 });
+        assert_eq!(dirty_pages(&b), vec![5, 6, 7]);
+        assert_eq!(
+            b.page(6),
+            Bits {
+                clean: 0,
+                populated: 1,
+                backed: 1
+            }
+        );
+        assert_eq!(b.read(100, 1, true), Mark::Done { faults: 0 });
+        assert_eq!(
+            b.page(100),
+            Bits {
+                clean: 1,
+                populated: 1,
+                backed: 0
+            }
+        );
+    }
+
+    #[test]
+    fn harvest_reports_runs_across_words_and_chunks_and_clears_them() {
+        let n = CHUNK_PAGES * 3;
+        let b = PageBitmap::new(n, false);
+        b.write(60, 10);
+        b.write(CHUNK_PAGES - 2, 4);
+        b.write(n - 1, 1);
+        let mut runs = vec![];
+        b.harvest(0, n, |r| runs.push((r.first, r.count)));
+        assert_eq!(runs, vec![(60, 10), (CHUNK_PAGES - 2, 4), (n - 1, 1)]);
+        assert!(dirty_pages(&b).is_empty());
+        let mut again = vec![];
+        b.harvest(0, n, |r| again.push(r));
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn partial_harvest_keeps_other_pages_dirty() {
+        let b = PageBitmap::new(200, true);
+        let mut runs = vec![];
+        b.harvest(10, 20, |r| runs.push((r.first, r.count)));
+        assert_eq!(runs, vec![(10, 20)]);
+        let d = dirty_pages(&b);
+        assert_eq!(d.len(), 180);
+        assert!(!d.contains(&10) && d.contains(&9) && d.contains(&30));
+        // The summary still finds the rest.
+        let mut rest = vec![];
+        b.harvest(0, 200, |r| rest.push((r.first, r.count)));
+        assert_eq!(rest, vec![(0, 10), (30, 170)]);
+    }
+
+    #[test]
+    fn clear_all_then_tail_bits_stay_clean() {
+        let b = PageBitmap::new(70, true);
+        b.write(3, 1);
+        b.clear_all();
+        assert!(dirty_pages(&b).is_empty());
+        let mut runs = vec![];
+        b.harvest(0, 70, |r| runs.push(r));
+        assert!(runs.is_empty());
+    }
+
+    #[test]
+    fn zap_modes() {
+        let b = PageBitmap::new(64, false);
+        b.write(0, 4);
+        b.clear_all();
+        b.zap(1, 2, true);
+        assert_eq!(dirty_pages(&b), vec![1, 2]);
+        assert_eq!(b.page(1).populated, 0);
+        b.write(10, 1);
+        b.zap(10, 1, false);
+        assert_eq!(
+            b.page(10),
+            Bits {
+                clean: 1,
+                populated: 0,
+                backed: 0
+            }
+        );
+    }
+
+    #[test]
+    fn copy_with_unaligned_offsets_and_rules() {
+        let src = PageBitmap::new(1000, false);
+        src.write(100, 5);
+        src.read(200, 3, true);
+        let dst = PageBitmap::new(500, false);
+        dst.copy_from(7, &src, 95, 400, CopyRule::Plain);
+        for p in 0..500u64 {
+            let s = if (7..407).contains(&p) {
+                src.page(p - 7 + 95)
+            } else {
+                Bits {
+                    clean: 1,
+                    populated: 0,
+                    backed: 0,
+                }
+            };
+            assert_eq!(dst.page(p), s, "page {p}");
+        }
+        let mv = PageBitmap::new(400, false);
+        mv.copy_from(0, &src, 95, 400, CopyRule::DirtyPopulated);
+        let d = dirty_pages(&mv);
+        assert_eq!(d, vec![5, 6, 7, 8, 9, 105, 106, 107]);
+    }
+
+    #[test]
+    fn huge_sparse_bitmap_is_cheap() {
+        let pages = 1u64 << 28; // 1 TiB
+        let b = PageBitmap::new(pages, true);
+        b.clear_all();
+        b.write(12345, 1);
+        b.write(pages - 1, 1);
+        assert_eq!(b.materialized_chunks(), 2);
+        let mut runs = vec![];
+        b.harvest(0, pages, |r| runs.push((r.first, r.count)));
+        assert_eq!(runs, vec![(12345, 1), (pages - 1, 1)]);
+        assert!(b.tracking_bytes() < 1 << 20);
+    }
+
+    #[test]
+    fn sealed_bitmap_reports_sealed_to_faults_and_drains_late_faults() {
+        let old = PageBitmap::new(128, false);
+        old.write(1, 1);
+        let new = PageBitmap::new(128, false);
+        new.copy_from(0, &old, 0, 128, CopyRule::Plain);
+        // A "late" fault between copy and seal.
+        old.write(70, 1);
+        old.seal_and_drain(&[(0, &new, 0, 128, DrainRule::Plain)]);
+        assert_eq!(dirty_pages(&new), vec![1, 70]);
+        assert_eq!(old.write(90, 1), Mark::Sealed);
+        // A fault that changes nothing needs no re-check.
+        assert_eq!(old.write(1, 1), Mark::Done { faults: 0 });
+    }
+}

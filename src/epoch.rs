@@ -1,0 +1,58 @@
+//! Epoch-based reclamation for retired VMA indexes, VMAs and bitmaps (RCU in user space).
+//!
+//! Readers (the write/read fault path, pagemap, scans) [`pin`] the current thread, load
+//! the published [`crate::index::VmaIndex`] and use it; structural operations publish a
+//! new index and hand the old one to [`Guard::defer_destroy`]. Nothing is freed while a
+//! thread that may still see it is pinned.
+//!
+//! softdirty uses its own `crossbeam_epoch::Collector`, not the global one that rayon's
+//! deques share (`../shared/reference/rust-anchors.md` §0.7): idle rayon workers would
+//! otherwise slow down epoch advancement for our writers, and tests can reason about one
+//! domain. Under `cfg(loom)` the global collector is used, because crossbeam-epoch makes
+//! that one a loom `lazy_static` that is reset between model executions.
+
+pub use crossbeam_epoch::{unprotected, Atomic, Guard, Owned, Shared};
+
+#[cfg(not(all(loom, feature = "loom")))]
+mod imp {
+    use crossbeam_epoch::{Collector, Guard, LocalHandle};
+    use std::sync::OnceLock;
+
+    fn collector() -> &'static Collector {
+        static COLLECTOR: OnceLock<Collector> = OnceLock::new();
+        COLLECTOR.get_or_init(Collector::new)
+    }
+
+    thread_local! {
+        static HANDLE: LocalHandle = collector().register();
+    }
+
+    /// Pins the current thread in softdirty's reclamation domain.
+    pub fn pin() -> Guard {
+        HANDLE
+            .try_with(|h| h.pin())
+            // During thread-local destruction: a temporary handle. Its `Local` lives on
+            // until the guard is dropped (crossbeam counts guards and handles separately).
+            .unwrap_or_else(|_| collector().register().pin())
+    }
+}
+
+#[cfg(all(loom, feature = "loom"))]
+mod imp {
+    /// Pins the current (modelled) thread.
+    pub fn pin() -> crossbeam_epoch::Guard {
+        crossbeam_epoch::pin()
+    }
+}
+
+pub use imp::pin;
+
+/// Pins and immediately flushes the thread's garbage bag several times, so that deferred
+/// destructions whose grace period has passed actually run. For tests and for the end of
+/// a benchmark; never needed for correctness.
+pub fn quiesce() {
+    for _ in 0..256 {
+        let g = pin();
+        g.flush();
+    }
+}

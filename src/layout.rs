@@ -1,0 +1,681 @@
+//! The VMA layout editor: split, unmap and merge exactly as Linux 6.18 does for anonymous
+//! memory, on a private working copy, then publish.
+//!
+//! A structural operation runs under the address space's control lock:
+//! 1. [`Layout::from_index`] copies the published VMAs into working descriptors
+//!    ([`WVma`]). Each descriptor says where its page state comes from: a list of
+//!    [`Piece`]s, each either a slice of a *published* VMA's bitmap ([`Src::Old`]) or fresh
+//!    pages ([`Src::Fresh`]).
+//! 2. The operation edits the layout with the kernel's primitives: [`Layout::split`],
+//!    [`Layout::unmap`], [`Layout::merge_new_range`] (`vma_merge_new_range`: mmap, copy_vma,
+//!    mremap expand) and [`Layout::modify`] (`vma_merge_existing_range` or split: mprotect).
+//!    Bits never move during editing; only descriptors do.
+//! 3. [`Layout::commit`] builds the new VMAs: a descriptor that is exactly one unchanged
+//!    published VMA is reused; one that is a whole published bitmap with new flags shares
+//!    that bitmap; anything else gets a new bitmap copied from its pieces. It publishes the
+//!    new index, then seals and drains every bitmap that was copied (see `bitmap.rs`).
+//!
+//! Which `VM_SOFTDIRTY` a merged VMA gets is the mode's policy ([`Mode`]): the target's
+//! own flag, the modified VMA's (`vm_flags_reset` after mprotect), or the OR of all of them
+//! (`sticky`). In `nomerge` the flag is compared like any other flag.
+
+use crate::bitmap::{CopyRule, DrainRule, PageBitmap};
+use crate::errno::{Errno, Result};
+use crate::index::VmaIndex;
+use crate::mode::Mode;
+use crate::sync::Arc;
+use crate::vma::{Vma, VmaMeta, MAX_MAP_COUNT, PAGE_SHIFT};
+
+/// Where a piece of a VMA-to-be gets its page state.
+#[derive(Clone, Debug)]
+pub enum Src {
+    /// From a published VMA's bitmap, starting at its page `page`, transformed by `rule`.
+    Old {
+        /// the published VMA
+        vma: Arc<Vma>,
+        /// first page in its bitmap
+        page: u64,
+        /// how the state is transformed on the way
+        rule: CopyRule,
+    },
+    /// New pages, none populated: soft-dirty at the page level (`dirty`) or clean.
+    Fresh {
+        /// page-level soft-dirty
+        dirty: bool,
+    },
+}
+
+/// A contiguous part of a [`WVma`] with one source.
+#[derive(Clone, Debug)]
+pub struct Piece {
+    /// first address
+    pub start: u64,
+    /// end address (exclusive)
+    pub end: u64,
+    /// where its state comes from
+    pub src: Src,
+}
+
+/// A VMA being edited.
+#[derive(Clone, Debug)]
+pub struct WVma {
+    /// first address
+    pub start: u64,
+    /// end address (exclusive)
+    pub end: u64,
+    /// flags, pgoff, file
+    pub meta: VmaMeta,
+    /// anon_vma identity (0: none)
+    pub anon: u64,
+    /// page-state sources, in address order, covering `[start, end)`
+    pub pieces: Vec<Piece>,
+}
+
+impl WVma {
+    /// Pages covered.
+    pub fn pages(&self) -> u64 {
+        (self.end - self.start) >> PAGE_SHIFT
+    }
+
+    fn had_uncowed_parents(&self) -> bool {
+        self.meta.forked && self.anon != 0
+    }
+
+    /// The pieces covering `[start, end)` (within this VMA).
+    pub fn cut(&self, start: u64, end: u64) -> Vec<Piece> {
+        cut_pieces(&self.pieces, start, end)
+    }
+}
+
+/// The pieces of `pieces` within `[start, end)`, trimmed.
+pub fn cut_pieces(pieces: &[Piece], start: u64, end: u64) -> Vec<Piece> {
+    let mut out = Vec::new();
+    for p in pieces {
+        let s = p.start.max(start);
+        let e = p.end.min(end);
+        if s >= e {
+            continue;
+        }
+        let src = match &p.src {
+            Src::Old { vma, page, rule } => Src::Old {
+                vma: vma.clone(),
+                page: page + ((s - p.start) >> PAGE_SHIFT),
+                rule: *rule,
+            },
+            f @ Src::Fresh { .. } => f.clone(),
+        };
+        out.push(Piece {
+            start: s,
+            end: e,
+            src,
+        });
+    }
+    out
+}
+
+/// Moves pieces by `delta` bytes (an mremap), applying `rule` to what they carry.
+pub fn move_pieces(pieces: Vec<Piece>, new_start: u64, rule: CopyRule) -> Vec<Piece> {
+    let base = pieces.first().map(|p| p.start).unwrap_or(new_start);
+    pieces
+        .into_iter()
+        .map(|p| {
+            let src = match p.src {
+                Src::Old { vma, page, rule: r } => Src::Old {
+                    vma,
+                    page,
+                    rule: compose(r, rule),
+                },
+                Src::Fresh { dirty } => Src::Fresh {
+                    dirty: dirty || rule == CopyRule::AllDirty,
+                },
+            };
+            Piece {
+                start: p.start - base + new_start,
+                end: p.end - base + new_start,
+                src,
+            }
+        })
+        .collect()
+}
+
+fn compose(a: CopyRule, b: CopyRule) -> CopyRule {
+    use CopyRule::*;
+    match (a, b) {
+        (AllDirty, _) | (_, AllDirty) => AllDirty,
+        (DirtyPopulated, _) | (_, DirtyPopulated) => DirtyPopulated,
+        _ => Plain,
+    }
+}
+
+/// The working layout of one address space.
+#[derive(Debug)]
+pub struct Layout {
+    /// the mode's policies
+    pub mode: Mode,
+    /// the VMAs, sorted
+    pub vmas: Vec<WVma>,
+    /// the published VMAs this layout started from
+    origin: Vec<Arc<Vma>>,
+}
+
+/// How a merge decides the resulting `VM_SOFTDIRTY`.
+#[derive(Clone, Copy, Debug)]
+enum FlagRule {
+    /// The target keeps its own flags (new-range merges, copy_vma).
+    Target,
+    /// The caller resets the flags to these (mprotect's `vm_flags_reset(newflags)`).
+    Reset(bool),
+}
+
+impl Layout {
+    /// A working copy of the published index.
+    pub fn from_index(mode: Mode, index: &VmaIndex) -> Layout {
+        let vmas = index
+            .vmas()
+            .iter()
+            .map(|v| WVma {
+                start: v.start,
+                end: v.end,
+                meta: v.meta,
+                anon: v.anon(),
+                pieces: vec![Piece {
+                    start: v.start,
+                    end: v.end,
+                    src: Src::Old {
+                        vma: v.clone(),
+                        page: 0,
+                        rule: CopyRule::Plain,
+                    },
+                }],
+            })
+            .collect();
+        Layout {
+            mode,
+            vmas,
+            origin: index.vmas().to_vec(),
+        }
+    }
+
+    /// Index of the VMA containing `addr`.
+    pub fn find(&self, addr: u64) -> Option<usize> {
+        let i = self.vmas.partition_point(|v| v.end <= addr);
+        (i < self.vmas.len() && self.vmas[i].start <= addr).then_some(i)
+    }
+
+    /// Index of the first VMA ending above `addr`.
+    pub fn find_from(&self, addr: u64) -> usize {
+        self.vmas.partition_point(|v| v.end <= addr)
+    }
+
+    /// Does any VMA intersect `[start, end)`?
+    pub fn intersects(&self, start: u64, end: u64) -> bool {
+        let i = self.find_from(start);
+        i < self.vmas.len() && self.vmas[i].start < end
+    }
+
+    /// `__split_vma`: splits VMA `i` at `addr` (strictly inside). Both halves keep every
+    /// flag, including `VM_SOFTDIRTY`, and the anon_vma.
+    pub fn split(&mut self, i: usize, addr: u64) {
+        let v = &self.vmas[i];
+        debug_assert!(v.start < addr && addr < v.end && addr % crate::vma::PAGE_SIZE == 0);
+        let mut right = v.clone();
+        right.start = addr;
+        right.meta.pgoff = v.meta.pgoff + ((addr - v.start) >> PAGE_SHIFT);
+        right.pieces = v.cut(addr, v.end);
+        let left = &mut self.vmas[i];
+        left.pieces = left.cut(left.start, addr);
+        left.end = addr;
+        self.vmas.insert(i + 1, right);
+    }
+
+    /// `split_vma` with its map-count limit.
+    fn split_checked(&mut self, i: usize, addr: u64) -> Result<()> {
+        if self.vmas.len() >= MAX_MAP_COUNT {
+            return Err(Errno::ENOMEM);
+        }
+        self.split(i, addr);
+        Ok(())
+    }
+
+    /// `do_vmi_munmap` of `[start, end)`: splits the edge VMAs and removes what is inside.
+    /// Unmapping strictly inside one VMA at the map-count limit fails with ENOMEM; other
+    /// splits may go one over the limit, as in the kernel.
+    pub fn unmap(&mut self, start: u64, end: u64) -> Result<()> {
+        let i = self.find_from(start);
+        if i >= self.vmas.len() || self.vmas[i].start >= end {
+            return Ok(());
+        }
+        if self.vmas[i].start < start && end < self.vmas[i].end && self.vmas.len() >= MAX_MAP_COUNT
+        {
+            return Err(Errno::ENOMEM);
+        }
+        if self.vmas[i].start < start {
+            self.split(i, start);
+        }
+        let first = self.find_from(start);
+        let mut last = first;
+        while last < self.vmas.len() && self.vmas[last].start < end {
+            if self.vmas[last].end > end {
+                self.split(last, end);
+            }
+            last += 1;
+        }
+        self.vmas.drain(first..last);
+        Ok(())
+    }
+
+    /// Are two VMAs' flags compatible for a merge (`is_mergeable_vma`)?
+    fn flags_mergeable(&self, a: &VmaMeta, b: &VmaMeta) -> bool {
+        a.flags.prot == b.flags.prot
+            && a.flags.shared == b.flags.shared
+            && a.flags.account == b.flags.account
+            && a.file == b.file
+            && (!self.mode.flag_blocks_merge() || a.flags.softdirty == b.flags.softdirty)
+    }
+
+    /// `is_mergeable_anon_vma` of Linux 6.18 (after "mm/vma: fix incorrectly disallowed
+    /// anonymous VMA merges"): `tgt` is the neighbour, `src_anon` the anon_vma of the range
+    /// being merged and `src` the VMA it comes from (none for a new range or copy_vma).
+    fn anon_mergeable(tgt: &WVma, src_anon: u64, src: Option<&WVma>) -> bool {
+        if tgt.anon == 0 && src_anon != 0 {
+            return !src.is_some_and(|s| s.had_uncowed_parents());
+        }
+        if tgt.anon != 0 && src_anon == 0 {
+            return !tgt.had_uncowed_parents();
+        }
+        src_anon == tgt.anon
+    }
+
+    fn merged_softdirty(&self, target: bool, others: &[bool], rule: FlagRule) -> bool {
+        match (self.mode, rule) {
+            (Mode::Sticky, FlagRule::Reset(r)) => r || target || others.iter().any(|&b| b),
+            (Mode::Sticky, FlagRule::Target) => target || others.iter().any(|&b| b),
+            (_, FlagRule::Reset(r)) => r,
+            (_, FlagRule::Target) => target,
+        }
+    }
+
+    /// `vma_merge_new_range` (and, failing a merge, inserting a new VMA) for the hole
+    /// `[start, end)`: mmap, copy_vma (mremap destination). `anon` is the anon_vma the
+    /// range brings (copy_vma). Returns the index of the VMA now covering the range.
+    pub fn merge_new_range(
+        &mut self,
+        start: u64,
+        end: u64,
+        meta: VmaMeta,
+        anon: u64,
+        pieces: Vec<Piece>,
+    ) -> usize {
+        let i = self.find_from(start);
+        debug_assert!(
+            i >= self.vmas.len() || self.vmas[i].start >= end,
+            "range must be a hole"
+        );
+        let pglen = (end - start) >> PAGE_SHIFT;
+        let new = WVma {
+            start,
+            end,
+            meta,
+            anon,
+            pieces,
+        };
+        let prev = (i > 0 && self.vmas[i - 1].end == start).then(|| i - 1);
+        let next = (i < self.vmas.len() && self.vmas[i].start == end).then_some(i);
+        let left = prev.is_some_and(|p| {
+            let pv = &self.vmas[p];
+            self.flags_mergeable(&pv.meta, &meta)
+                && Self::anon_mergeable(pv, anon, None)
+                && pv.meta.pgoff + pv.pages() == meta.pgoff
+        });
+        let right = next.is_some_and(|n| {
+            let nv = &self.vmas[n];
+            self.flags_mergeable(&nv.meta, &meta)
+                && Self::anon_mergeable(nv, anon, None)
+                && nv.meta.pgoff == meta.pgoff + pglen
+                && (!left || {
+                    let pv = &self.vmas[prev.unwrap_or(0)];
+                    pv.anon == 0 || nv.anon == 0 || pv.anon == nv.anon
+                })
+        });
+        match (left, right) {
+            (true, true) => {
+                let (p, n) = (prev.unwrap_or(0), next.unwrap_or(0));
+                let nv = self.vmas.remove(n);
+                let sd = {
+                    let pv = &self.vmas[p];
+                    self.merged_softdirty(
+                        pv.meta.flags.softdirty,
+                        &[meta.flags.softdirty, nv.meta.flags.softdirty],
+                        FlagRule::Target,
+                    )
+                };
+                let pv = &mut self.vmas[p];
+                pv.end = nv.end;
+                pv.pieces.extend(new.pieces);
+                pv.pieces.extend(nv.pieces);
+                if pv.anon == 0 {
+                    pv.anon = if nv.anon != 0 { nv.anon } else { anon };
+                    if nv.anon != 0 {
+                        pv.meta.forked = nv.meta.forked;
+                    }
+                }
+                pv.meta.flags.softdirty = sd;
+                p
+            }
+            (true, false) => {
+                let p = prev.unwrap_or(0);
+                let sd = self.merged_softdirty(
+                    self.vmas[p].meta.flags.softdirty,
+                    &[meta.flags.softdirty],
+                    FlagRule::Target,
+                );
+                let pv = &mut self.vmas[p];
+                pv.end = end;
+                pv.pieces.extend(new.pieces);
+                if pv.anon == 0 {
+                    pv.anon = anon;
+                }
+                pv.meta.flags.softdirty = sd;
+                p
+            }
+            (false, true) => {
+                let n = next.unwrap_or(0);
+                let sd = self.merged_softdirty(
+                    self.vmas[n].meta.flags.softdirty,
+                    &[meta.flags.softdirty],
+                    FlagRule::Target,
+                );
+                let nv = &mut self.vmas[n];
+                nv.start = start;
+                nv.meta.pgoff = meta.pgoff;
+                let mut pieces = new.pieces;
+                pieces.append(&mut nv.pieces);
+                nv.pieces = pieces;
+                if nv.anon == 0 {
+                    nv.anon = anon;
+                }
+                nv.meta.flags.softdirty = sd;
+                n
+            }
+            (false, false) => {
+                self.vmas.insert(i, new);
+                i
+            }
+        }
+    }
+
+    /// mprotect's `vma_modify_flags` on `[start, end)` inside VMA `i`, then
+    /// `vm_flags_reset(new)`: merge with a neighbour when the range touches an edge and the
+    /// flags and anon_vmas allow it (`vma_merge_existing_range`), otherwise split.
+    pub fn modify(&mut self, i: usize, start: u64, end: u64, new: VmaMeta) -> Result<()> {
+        let mid = self.vmas[i].clone();
+        let left_side = start == mid.start;
+        let right_side = end == mid.end;
+        let pgoff = mid.meta.pgoff + ((start - mid.start) >> PAGE_SHIFT);
+        let pglen = (end - start) >> PAGE_SHIFT;
+        let mut newm = new;
+        newm.pgoff = pgoff;
+        if left_side || right_side {
+            let prev = (left_side && i > 0 && self.vmas[i - 1].end == start).then(|| i - 1);
+            let next = (right_side && i + 1 < self.vmas.len() && self.vmas[i + 1].start == end)
+                .then_some(i + 1);
+            let merge_left = prev.is_some_and(|p| {
+                let pv = &self.vmas[p];
+                self.flags_mergeable(&pv.meta, &newm)
+                    && Self::anon_mergeable(pv, mid.anon, Some(&mid))
+                    && pv.meta.pgoff + pv.pages() == pgoff
+            });
+            let merge_right = next.is_some_and(|n| {
+                let nv = &self.vmas[n];
+                self.flags_mergeable(&nv.meta, &newm)
+                    && Self::anon_mergeable(nv, mid.anon, Some(&mid))
+                    && nv.meta.pgoff == pgoff + pglen
+                    && (!merge_left || {
+                        let pv = &self.vmas[prev.unwrap_or(0)];
+                        pv.anon == 0 || nv.anon == 0 || pv.anon == nv.anon
+                    })
+            });
+            let reset = FlagRule::Reset(new.flags.softdirty);
+            if merge_left && merge_right {
+                let (p, n) = (prev.unwrap_or(0), next.unwrap_or(0));
+                let nv = self.vmas[n].clone();
+                let sd = self.merged_softdirty(
+                    self.vmas[p].meta.flags.softdirty,
+                    &[mid.meta.flags.softdirty, nv.meta.flags.softdirty],
+                    reset,
+                );
+                let pv = &mut self.vmas[p];
+                pv.end = nv.end;
+                pv.pieces.extend(mid.cut(start, end));
+                pv.pieces.extend(nv.pieces.iter().cloned());
+                if pv.anon == 0 {
+                    let (a, f) = if nv.anon != 0 {
+                        (nv.anon, nv.meta.forked)
+                    } else {
+                        (mid.anon, mid.meta.forked)
+                    };
+                    pv.anon = a;
+                    pv.meta.forked = f;
+                }
+                let pgoff_p = pv.meta.pgoff;
+                pv.meta = VmaMeta {
+                    pgoff: pgoff_p,
+                    forked: pv.meta.forked,
+                    ..newm
+                };
+                pv.meta.flags.softdirty = sd;
+                self.vmas.drain(i..=n);
+                return Ok(());
+            }
+            if merge_left {
+                let p = prev.unwrap_or(0);
+                let sd = self.merged_softdirty(
+                    self.vmas[p].meta.flags.softdirty,
+                    &[mid.meta.flags.softdirty],
+                    reset,
+                );
+                let pv = &mut self.vmas[p];
+                pv.end = end;
+                pv.pieces.extend(mid.cut(start, end));
+                if pv.anon == 0 {
+                    pv.anon = mid.anon;
+                    pv.meta.forked = mid.meta.forked;
+                }
+                let (pgoff_p, forked) = (pv.meta.pgoff, pv.meta.forked);
+                pv.meta = VmaMeta {
+                    pgoff: pgoff_p,
+                    forked,
+                    ..newm
+                };
+                pv.meta.flags.softdirty = sd;
+                if right_side {
+                    self.vmas.remove(i);
+                } else {
+                    let m = &mut self.vmas[i];
+                    m.pieces = m.cut(end, m.end);
+                    m.meta.pgoff += (end - m.start) >> PAGE_SHIFT;
+                    m.start = end;
+                }
+                return Ok(());
+            }
+            if merge_right {
+                let n = next.unwrap_or(0);
+                let sd = self.merged_softdirty(
+                    self.vmas[n].meta.flags.softdirty,
+                    &[mid.meta.flags.softdirty],
+                    reset,
+                );
+                let nv = &mut self.vmas[n];
+                let mut pieces = mid.cut(start, end);
+                pieces.append(&mut nv.pieces);
+                nv.pieces = pieces;
+                nv.start = start;
+                if nv.anon == 0 {
+                    nv.anon = mid.anon;
+                    nv.meta.forked = mid.meta.forked;
+                }
+                let forked = nv.meta.forked;
+                nv.meta = VmaMeta {
+                    pgoff,
+                    forked,
+                    ..newm
+                };
+                nv.meta.flags.softdirty = sd;
+                if left_side {
+                    self.vmas.remove(i);
+                } else {
+                    let m = &mut self.vmas[i];
+                    m.pieces = m.cut(m.start, start);
+                    m.end = start;
+                }
+                return Ok(());
+            }
+        }
+        // No merge: split off what is outside the range.
+        let mut j = i;
+        if start > mid.start {
+            self.split_checked(j, start)?;
+            j += 1;
+        }
+        if end < self.vmas[j].end {
+            self.split_checked(j, end)?;
+        }
+        let v = &mut self.vmas[j];
+        let forked = v.meta.forked;
+        v.meta = VmaMeta {
+            pgoff: v.meta.pgoff,
+            forked,
+            ..new
+        };
+        Ok(())
+    }
+
+    /// Builds the VMAs and their bitmaps. Returns the new VMA list and the published VMAs
+    /// whose bitmaps were copied, each with the places its pages went (for the drain).
+    pub fn build(self) -> (Vec<Arc<Vma>>, Vec<Retired>) {
+        let mut out = Vec::with_capacity(self.vmas.len());
+        // For every new VMA built by copying: (old vma ptr, src page, dst bitmap, dst page, n, rule)
+        let mut copies: Vec<(Arc<Vma>, u64, Arc<PageBitmap>, u64, u64, DrainRule)> = Vec::new();
+        let mut derived: Vec<(Arc<Vma>, Arc<Vma>)> = Vec::new();
+        for w in self.vmas {
+            // Exactly one published VMA, whole and unchanged?
+            if let [Piece {
+                start,
+                end,
+                src:
+                    Src::Old {
+                        vma,
+                        page: 0,
+                        rule: CopyRule::Plain,
+                    },
+            }] = w.pieces.as_slice()
+            {
+                if *start == vma.start
+                    && *end == vma.end
+                    && w.start == vma.start
+                    && w.end == vma.end
+                {
+                    if w.meta == vma.meta && w.anon == vma.anon() {
+                        out.push(vma.clone());
+                    } else {
+                        // New flags, same pages: share the bitmap, no copy.
+                        let nv =
+                            Arc::new(Vma::new(w.start, w.end, w.meta, w.anon, vma.bitmap.clone()));
+                        derived.push((vma.clone(), nv.clone()));
+                        out.push(nv);
+                    }
+                    continue;
+                }
+            }
+            let pages = w.pages();
+            let all_fresh_dirty = w
+                .pieces
+                .iter()
+                .all(|p| matches!(p.src, Src::Fresh { dirty: true }));
+            let bm = Arc::new(PageBitmap::new(pages, all_fresh_dirty));
+            for p in &w.pieces {
+                let dst = (p.start - w.start) >> PAGE_SHIFT;
+                let n = (p.end - p.start) >> PAGE_SHIFT;
+                match &p.src {
+                    Src::Fresh { dirty } => {
+                        if !all_fresh_dirty {
+                            bm.set_clean(dst, n, !dirty);
+                        }
+                    }
+                    Src::Old { vma, page, rule } => {
+                        bm.copy_from(dst, &vma.bitmap, *page, n, *rule);
+                        let drain = if *rule == CopyRule::DirtyPopulated {
+                            DrainRule::DirtyPopulated
+                        } else {
+                            DrainRule::Plain
+                        };
+                        copies.push((vma.clone(), *page, bm.clone(), dst, n, drain));
+                    }
+                }
+            }
+            let nv = Arc::new(Vma::new(w.start, w.end, w.meta, w.anon, bm));
+            for p in &w.pieces {
+                if let Src::Old { vma, .. } = &p.src {
+                    derived.push((vma.clone(), nv.clone()));
+                }
+            }
+            out.push(nv);
+        }
+        // Every published VMA whose bitmap no new VMA shares as a whole is retired: it
+        // gets sealed and drained into the copies made from it.
+        let mut retired = Vec::new();
+        for old in &self.origin {
+            let kept = out.iter().any(|n| Arc::ptr_eq(&n.bitmap, &old.bitmap));
+            if kept {
+                continue;
+            }
+            let targets: Vec<_> = copies
+                .iter()
+                .filter(|c| Arc::ptr_eq(&c.0, old))
+                .map(|c| (c.1, c.2.clone(), c.3, c.4, c.5))
+                .collect();
+            let heirs: Vec<_> = derived
+                .iter()
+                .filter(|d| Arc::ptr_eq(&d.0, old))
+                .map(|d| d.1.clone())
+                .collect();
+            retired.push(Retired {
+                vma: old.clone(),
+                targets,
+                heirs,
+            });
+        }
+        (out, retired)
+    }
+}
+
+/// A published VMA replaced by a commit, and where its pages went.
+pub struct Retired {
+    /// the old VMA
+    pub vma: Arc<Vma>,
+    /// `(src_page, dst_bitmap, dst_page, count, rule)` for each copy made from it
+    pub targets: Vec<(u64, Arc<PageBitmap>, u64, u64, DrainRule)>,
+    /// the new VMAs built (partly) from it
+    pub heirs: Vec<Arc<Vma>>,
+}
+
+impl Retired {
+    /// Seals the old bitmap and carries late faults into the copies; passes on an
+    /// anon_vma a racing first write fault assigned after the layout was read.
+    pub fn drain(&self) {
+        if !self.targets.is_empty() {
+            let t: Vec<_> = self
+                .targets
+                .iter()
+                .map(|(s, d, dp, n, r)| (*s, &**d, *dp, *n, *r))
+                .collect();
+            self.vma.bitmap.seal_and_drain(&t);
+        }
+        let anon = self.vma.anon();
+        if anon != 0 && !self.vma.meta.flags.shared {
+            for h in &self.heirs {
+                h.assign_anon(anon);
+            }
+        }
+    }
+}

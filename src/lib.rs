@@ -1,0 +1,38 @@
+//! softdirty: precise, concurrent soft-dirty page tracking.
+//!
+//! A user-space model of a Linux process address space (x86-64, 4 KiB pages) that tracks
+//! which pages were written ("soft-dirty"), in two main modes:
+//! - `legacy` reproduces the kernel's `VM_SOFTDIRTY` behaviour up to 6.18.36 exactly,
+//!   including the false positives VMA merges cause and the dirtiness mprotect merges lose;
+//! - `precise` reports a page soft-dirty iff its content may have changed since the last
+//!   clear: no split or merge changes any page's state.
+//!
+//! Where to start:
+//! - simulate a process: [`mm::AddressSpace`] (or several in a [`tracker::Tracker`]);
+//! - replay or check a scenario: [`trace`];
+//! - the bitmap core on its own: [`bitmap::PageBitmap`].
+//!
+//! ```
+//! use softdirty::{mm::{AddressSpace, Placement}, mode::Mode, prot::Prot};
+//! let mm = AddressSpace::new(Mode::Precise);
+//! let heap = mm.mmap(0, 64 * 4096, Prot::RW, false, Placement::Hint).unwrap();
+//! mm.clear_refs(4).unwrap();
+//! mm.write(heap + 5 * 4096, 1).unwrap();
+//! assert_eq!(mm.softdirty_runs(heap, 64 * 4096), vec![(5, 6)]);
+//! ```
+#![warn(missing_docs)]
+
+pub mod bitmap;
+pub mod epoch;
+pub mod errno;
+pub mod index;
+pub mod layout;
+pub mod mm;
+pub mod mode;
+pub mod pagemap;
+pub mod prot;
+pub mod scan;
+pub(crate) mod sync;
+pub mod trace;
+pub mod tracker;
+pub mod vma;

@@ -1,0 +1,248 @@
+//! The parsed form of a trace (see `../shared/spec/trace-format.md`, the public contract).
+//!
+//! The parser ([`super::parse`]) turns text into a [`Trace`]; the replayer
+//! ([`super::replay`]) runs it against a backend. Nothing here knows about address
+//! spaces: names are resolved at replay time.
+
+use crate::errno::Errno;
+use crate::mode::Mode;
+use crate::prot::Prot;
+
+/// A whole trace: an optional `mode` header and the commands in file order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trace {
+    /// The `mode` header, if the first command was one.
+    pub mode: Option<Mode>,
+    /// Every command after the header, with its position.
+    pub commands: Vec<Spanned<Command>>,
+}
+
+/// A node with the position of its first character (1-based line and column).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spanned<T> {
+    /// 1-based line number.
+    pub line: usize,
+    /// 1-based column (in characters) of the command's first token.
+    pub col: usize,
+    /// The node itself.
+    pub node: T,
+}
+
+/// An address expression: a number or a `$name`, plus a signed byte offset
+/// (`$heap+3p`, `0x10_0000_0000-1p`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addr {
+    /// What the offset is added to.
+    pub base: AddrBase,
+    /// Bytes added to the base (negative for `-SIZE`).
+    pub offset: i128,
+}
+
+/// The base of an [`Addr`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddrBase {
+    /// A literal NUMBER.
+    Number(u64),
+    /// A `$name` bound earlier (stored without the `$`).
+    Name(String),
+}
+
+/// Where `mmap` puts the mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// ADDR is a hint; the model chooses deterministically if it does not fit.
+    Hint,
+    /// `fixed`: MAP_FIXED, replaces what was there.
+    Fixed,
+    /// `noreplace`: MAP_FIXED_NOREPLACE, EEXIST on overlap.
+    NoReplace,
+}
+
+/// The address operand of `mmap`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MmapTarget {
+    /// An address (hint, or exact with `fixed`/`noreplace`).
+    At(Addr),
+    /// `mmap $name LEN PROT ...` without `fixed`/`noreplace`: the model chooses and the
+    /// address is bound to the name (stored without the `$`).
+    Bind(String),
+}
+
+/// The advice of `madvise` (only `dontneed` is in the language).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Advice {
+    /// MADV_DONTNEED
+    DontNeed,
+}
+
+/// A PAGEMAP_SCAN category mask as written (`softdirty,present` or a raw NUMBER, ORed).
+pub type Cats = u64;
+
+/// The arguments of `scan`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanCmd {
+    /// START
+    pub start: Addr,
+    /// LEN in bytes
+    pub len: u64,
+    /// `mask=` (category_mask), 0 if absent
+    pub mask: Cats,
+    /// `anyof=` (category_anyof_mask), 0 if absent
+    pub anyof: Cats,
+    /// `inverted=` (category_inverted), 0 if absent
+    pub inverted: Cats,
+    /// `return=` (return_mask), 0 if absent
+    pub ret: Cats,
+    /// `clear`: get-and-clear the reported pages
+    pub clear: bool,
+    /// `max_pages=`, 0 (unlimited) if absent
+    pub max_pages: u64,
+    /// `vec_len=`, 1024 if absent
+    pub vec_len: u64,
+}
+
+/// A set of page indices in an `expect` (relative to the expectation's ADDR).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PageSet {
+    /// `none`
+    None,
+    /// `all`
+    All,
+    /// Half-open ranges; a single index `i` is `(i, i + 1)`. In the order written.
+    List(Vec<(u64, u64)>),
+}
+
+/// One `expect` line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// `expect err ERRNO`
+    Err(Errno),
+    /// `expect ok`
+    Ok,
+    /// `expect softdirty ADDR LEN PAGES`
+    SoftDirty {
+        /// ADDR
+        addr: Addr,
+        /// LEN in bytes
+        len: u64,
+        /// PAGES
+        pages: PageSet,
+    },
+    /// `expect present ADDR LEN PAGES`
+    Present {
+        /// ADDR
+        addr: Addr,
+        /// LEN in bytes
+        len: u64,
+        /// PAGES
+        pages: PageSet,
+    },
+    /// `expect vmas ADDR LEN N`
+    Vmas {
+        /// ADDR
+        addr: Addr,
+        /// LEN in bytes
+        len: u64,
+        /// N
+        count: u64,
+    },
+    /// `expect regions N`
+    Regions(u64),
+    /// `expect walk_end ADDR`
+    WalkEnd(Addr),
+    /// `expect faults N`
+    Faults(u64),
+}
+
+/// One command of a trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `space NAME`
+    Space(String),
+    /// `fork CHILD`
+    Fork(String),
+    /// `mmap ADDR LEN PROT [private|shared] [fixed|noreplace]`
+    Mmap {
+        /// where
+        target: MmapTarget,
+        /// LEN in bytes
+        len: u64,
+        /// PROT
+        prot: Prot,
+        /// `shared` (default private)
+        shared: bool,
+        /// hint, fixed or noreplace
+        placement: Placement,
+    },
+    /// `munmap ADDR LEN`
+    Munmap {
+        /// ADDR
+        addr: Addr,
+        /// LEN in bytes
+        len: u64,
+    },
+    /// `mprotect ADDR LEN PROT`
+    Mprotect {
+        /// ADDR
+        addr: Addr,
+        /// LEN in bytes
+        len: u64,
+        /// PROT
+        prot: Prot,
+    },
+    /// `mremap ADDR OLDLEN NEWLEN [maymove] [fixed NEWADDR] [=> $name]`
+    Mremap {
+        /// ADDR
+        addr: Addr,
+        /// OLDLEN in bytes
+        old_len: u64,
+        /// NEWLEN in bytes
+        new_len: u64,
+        /// `maymove`
+        maymove: bool,
+        /// `fixed NEWADDR`
+        fixed: Option<Addr>,
+        /// `=> $name` (without the `$`)
+        bind: Option<String>,
+    },
+    /// `madvise ADDR LEN dontneed`
+    Madvise {
+        /// ADDR
+        addr: Addr,
+        /// LEN in bytes
+        len: u64,
+        /// the advice
+        advice: Advice,
+    },
+    /// `write ADDR [LEN]` (LEN defaults to 1 byte)
+    Write {
+        /// ADDR
+        addr: Addr,
+        /// LEN in bytes
+        len: u64,
+    },
+    /// `read ADDR [LEN]` (LEN defaults to 1 byte)
+    Read {
+        /// ADDR
+        addr: Addr,
+        /// LEN in bytes
+        len: u64,
+    },
+    /// `clear_refs VALUE`: the token exactly as written; it is interpreted the way the
+    /// kernel parses what is written to /proc/PID/clear_refs (`kstrtoint` base 10), so
+    /// `clear_refs abc` is valid syntax and fails with EINVAL when replayed.
+    ClearRefs(String),
+    /// `pagemap ADDR LEN`
+    Pagemap {
+        /// ADDR
+        addr: Addr,
+        /// LEN in bytes
+        len: u64,
+    },
+    /// `scan START LEN [options]`
+    Scan(ScanCmd),
+    /// `smaps ADDR`
+    Smaps(Addr),
+    /// `expect ...`
+    Expect(Expect),
+}

@@ -1,0 +1,9 @@
+//! The trace language (`../shared/spec/trace-format.md`): parse and replay.
+//!
+//! - [`ast`]: the parsed form;
+//! - [`parse`]: text to [`ast::Trace`], with `LINE:COL` errors;
+//! - [`replay`]: runs a trace against the model and checks its expectations.
+
+pub mod ast;
+pub mod parse;
+pub mod replay;

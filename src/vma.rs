@@ -1,0 +1,170 @@
+//! A VMA: one mapping of the address space, its kernel flags and its page bitmap.
+//!
+//! VMAs are immutable once published in a [`crate::index::VmaIndex`], with two exceptions
+//! that only ever move one way and are atomic: the page state inside [`Vma::bitmap`], and
+//! the `anon_vma` identity a first write fault assigns ([`Vma::anon`]).
+
+use crate::bitmap::PageBitmap;
+use crate::prot::Prot;
+use crate::sync::{Arc, AtomicU64, Ordering};
+
+/// Page size (x86-64).
+pub const PAGE_SIZE: u64 = 4096;
+/// Page shift.
+pub const PAGE_SHIFT: u32 = 12;
+/// x86-64 4-level paging: the first address user space cannot map.
+pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+/// The kernel's `mmap_min_addr` floor for hints and (unprivileged) fixed mappings.
+pub const MMAP_MIN_ADDR: u64 = 0x10000;
+/// `vm.max_map_count`'s default.
+pub const MAX_MAP_COUNT: usize = 65530;
+
+/// Live VMA count (all address spaces), for leak tests.
+static LIVE_VMAS: crate::sync::StdCounter = crate::sync::StdCounter::new(0);
+
+/// Number of [`Vma`]s alive in the process.
+pub fn live_vmas() -> usize {
+    LIVE_VMAS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The flags of a VMA that decide merging (everything but the range and the page state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmaFlags {
+    /// `VM_READ | VM_WRITE | VM_EXEC`
+    pub prot: Prot,
+    /// `VM_SHARED | VM_MAYSHARE` (shared anonymous memory, a shmem file)
+    pub shared: bool,
+    /// `VM_ACCOUNT`: private writable memory charged to the commit limit
+    pub account: bool,
+    /// `VM_SOFTDIRTY`, maintained by the kernel's rules of the address space's mode in
+    /// every mode (in `precise` it is only shown by smaps, never reported per page)
+    pub softdirty: bool,
+}
+
+/// The kernel's per-VMA metadata that merges compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmaMeta {
+    /// flags
+    pub flags: VmaFlags,
+    /// `vm_pgoff` of the first page
+    pub pgoff: u64,
+    /// The shmem file of a shared anonymous mapping (`None` for private memory).
+    pub file: Option<u64>,
+    /// This VMA has an `anon_vma` whose chain links a parent's (`vma_had_uncowed_parents`:
+    /// a fork child's faulted VMA).
+    pub forked: bool,
+}
+
+/// One VMA.
+pub struct Vma {
+    /// First address (page aligned).
+    pub start: u64,
+    /// End address (exclusive, page aligned).
+    pub end: u64,
+    /// Flags, pgoff, file.
+    pub meta: VmaMeta,
+    /// `anon_vma` identity (0: none yet). Set by the first write fault of private memory.
+    anon: AtomicU64,
+    /// The page state: page `i` of the bitmap is the page at `start + i * PAGE_SIZE`.
+    pub bitmap: Arc<PageBitmap>,
+}
+
+impl std::fmt::Debug for Vma {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vma")
+            .field("start", &format_args!("{:#x}", self.start))
+            .field("end", &format_args!("{:#x}", self.end))
+            .field("meta", &self.meta)
+            .field("anon", &self.anon())
+            .finish()
+    }
+}
+
+impl Vma {
+    /// A VMA over `[start, end)` with the given bitmap (its length must match).
+    pub fn new(start: u64, end: u64, meta: VmaMeta, anon: u64, bitmap: Arc<PageBitmap>) -> Vma {
+        debug_assert_eq!(bitmap.pages(), (end - start) >> PAGE_SHIFT);
+        LIVE_VMAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Vma {
+            start,
+            end,
+            meta,
+            anon: AtomicU64::new(anon),
+            bitmap,
+        }
+    }
+
+    /// Pages covered.
+    pub fn pages(&self) -> u64 {
+        (self.end - self.start) >> PAGE_SHIFT
+    }
+
+    /// The page index of `addr` within this VMA's bitmap.
+    pub fn page_of(&self, addr: u64) -> u64 {
+        (addr - self.start) >> PAGE_SHIFT
+    }
+
+    /// Does the VMA contain `addr`?
+    pub fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+
+    /// The `anon_vma` identity, 0 if the VMA was never write-faulted.
+    pub fn anon(&self) -> u64 {
+        // Acquire: pairs with the CAS in `assign_anon`.
+        self.anon.load(Ordering::Acquire)
+    }
+
+    /// Gives the VMA an `anon_vma` if it has none (the first write fault); returns the one
+    /// it has afterwards.
+    pub fn assign_anon(&self, id: u64) -> u64 {
+        // AcqRel: several faulting threads race; one wins and all agree on its id.
+        match self
+            .anon
+            .compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => id,
+            Err(cur) => cur,
+        }
+    }
+
+    /// `vma_had_uncowed_parents()`.
+    pub fn had_uncowed_parents(&self) -> bool {
+        self.meta.forked && self.anon() != 0
+    }
+
+    /// The `VmFlags` line of `/proc/PID/smaps`, exactly as the kernel prints it.
+    pub fn smaps_vmflags(&self, show_sd: bool) -> String {
+        let f = &self.meta.flags;
+        let mut s = String::from("VmFlags: ");
+        let mut put = |on: bool, m: &str| {
+            if on {
+                s.push_str(m);
+                s.push(' ');
+            }
+        };
+        put(f.prot.read, "rd");
+        put(f.prot.write, "wr");
+        put(f.prot.exec, "ex");
+        put(f.shared, "sh");
+        put(true, "mr");
+        put(true, "mw");
+        put(true, "me");
+        put(f.shared, "ms");
+        put(f.account, "ac");
+        put(show_sd && f.softdirty, "sd");
+        s
+    }
+}
+
+impl Drop for Vma {
+    fn drop(&mut self) {
+        LIVE_VMAS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A fresh `anon_vma` / shmem file identity, unique in the process.
+pub fn next_id() -> u64 {
+    static NEXT: crate::sync::StdCounter = crate::sync::StdCounter::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as u64
+}
