@@ -22,6 +22,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod bitmap;
 pub mod epoch;
 pub mod errno;
@@ -31,6 +32,7 @@ pub mod mm;
 pub mod mode;
 pub mod pagemap;
 pub mod prot;
+pub mod run;
 pub mod scan;
 pub(crate) mod sync;
 pub mod trace;

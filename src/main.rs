@@ -31,6 +31,11 @@ enum Cmd {
         #[arg(long)]
         allow_errors: bool,
     },
+    /// Live-migration pre-copy simulator: vCPU writers, VMA churn and a migration thread
+    /// harvesting rounds, in precise and legacy mode (the default command).
+    Run(softdirty::run::RunArgs),
+    /// Marking and harvest benchmarks against vm-memory's AtomicBitmap (medians, ratios).
+    Bench(softdirty::bench::BenchArgs),
     /// The seed thread's scenario in every implemented mode: pages reported soft-dirty that
     /// were never written since the last clear (the default when no command is given).
     Demo,
@@ -42,7 +47,7 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.cmd.unwrap_or(Cmd::Demo) {
+    match cli.cmd.unwrap_or_else(|| Cmd::Run(softdirty::run::RunArgs::default())) {
         Cmd::Replay {
             file,
             mode,
@@ -76,6 +81,8 @@ fn main() -> ExitCode {
             let _ = out.flush();
             ExitCode::from(summary.exit_status(allow_errors) as u8)
         }
+        Cmd::Run(args) => softdirty::run::main(&args),
+        Cmd::Bench(args) => softdirty::bench::main(&args),
         Cmd::Demo => {
             softdirty_demo();
             ExitCode::SUCCESS
