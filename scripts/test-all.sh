@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test of the project: the workspace's unit, integration, property and doc
+# tests (10,000 proptest cases per property unless PROPTEST_CASES says otherwise), the
+# shared and project traces, the stress test, then the loom models and their broken twins.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PROPTEST_CASES="${PROPTEST_CASES:-10000}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== build (release)"
+cargo build --release --workspace --all-targets
+
+echo "== tests (release, PROPTEST_CASES=$PROPTEST_CASES)"
+cargo test --release --workspace
+
+if [ -x scripts/loom.sh ] || [ -f scripts/loom.sh ]; then
+  echo "== loom models"
+  bash scripts/loom.sh
+fi
