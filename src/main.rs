@@ -47,7 +47,10 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.cmd.unwrap_or_else(|| Cmd::Run(softdirty::run::RunArgs::default())) {
+    match cli
+        .cmd
+        .unwrap_or_else(|| Cmd::Run(softdirty::run::RunArgs::default()))
+    {
         Cmd::Replay {
             file,
             mode,
