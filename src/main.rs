@@ -47,10 +47,15 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli
-        .cmd
-        .unwrap_or_else(|| Cmd::Run(softdirty::run::RunArgs::default()))
-    {
+    // No subcommand: the main job with its built-in defaults, exactly as `softdirty run`.
+    let cmd = match cli.cmd {
+        Some(c) => c,
+        None => match Cli::parse_from(["softdirty", "run"]).cmd {
+            Some(c) => c,
+            None => return ExitCode::from(2),
+        },
+    };
+    match cmd {
         Cmd::Replay {
             file,
             mode,
