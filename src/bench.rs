@@ -1,16 +1,645 @@
-//! `softdirty bench`: the harvest and marking comparisons against the baselines,
-//! in-process, as a table or JSON.
+//! `softdirty bench`: the marking and harvest comparisons against the baselines,
+//! in-process, as a table of medians and ratios or as JSON.
 //!
-//! (Being written: see issue 4.)
+//! The cases are shared with the criterion benchmark `benches/harvest.rs` ([`cases`]):
+//! each side of a case is a closure that runs `iters` iterations and returns the time
+//! they took, excluding per-iteration setup (criterion's `iter_custom` shape). Baselines:
+//!
+//! - rust-vmm `vm-memory` 0.18 [`AtomicBitmap`] (`mark_dirty`, `get_and_reset`), measured
+//!   in the same run;
+//! - the kernel's `PAGEMAP_SCAN` + userfaultfd WP-async on real memory: **quoted** from
+//!   `../shared/reference/kernel-oracle.md` §2 (CPU-time medians measured on this box's
+//!   kernel), not measured by this command, and marked so in the output.
+//!
+//! `ratio` = baseline / ours: above 1 means softdirty is faster.
+//!
+//! Scenarios, all on a `precise` address space after `clear_refs 4`, with every chunk
+//! already materialized (a guest that has run a while), so the sparse bitmap's "untouched
+//! chunk" shortcut does not flatter us:
+//!
+//! | name | ours | baseline |
+//! |---|---|---|
+//! | `mark256/redirty` | `AddressSpace::write` of 256 clean (harvested) pages | `mark_dirty` of 256 pages |
+//! | `mark256/dirty` | one hot range of 256 already-dirty pages | the same range |
+//! | `mark256/core` | `PageBitmap::write` (no VMA lookup), clean pages | the same |
+//! | `mark1/dirty` | `AddressSpace::write` of one hot dirty page | `mark_dirty` of that page |
+//! | `mark1/core` | `PageBitmap::write` of one dirty page | the same |
+//! | `harvest16g/runs64` | `scan_and_clear` of 16 GiB, 0.1% dirty in 64-page runs | `get_and_reset` |
+//! | `harvest16g/scattered` | the same, 0.1% of pages uniformly scattered | `get_and_reset` |
+//! | `harvest1g/full` | `scan_and_clear` of 1 GiB, 100% dirty | `get_and_reset` |
+//! | `harvest64g/full/par` | parallel `scan_and_clear`, 64 GiB 100% dirty | our sequential path |
+//! | `harvest16g/full/par` | parallel, 16 GiB 100% dirty | our sequential path |
+//! | `kernel1g/...` | `scan_and_clear` of 1 GiB at the oracle's densities | kernel (quoted) |
 
+use std::hint::black_box;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+
+use crate::bitmap::PageBitmap;
+use crate::mm::{AddressSpace, Placement};
+use crate::mode::Mode;
+use crate::prot::Prot;
+use crate::vma::{PAGE_SHIFT, PAGE_SIZE};
 
 /// Options of `softdirty bench`.
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Fewer, shorter samples (about 10 s in all instead of about 40 s).
+    #[arg(long)]
+    pub quick: bool,
+    /// Print JSON (a list of `{name, ours_ns, baseline, baseline_ns, ratio}`).
+    #[arg(long)]
+    pub json: bool,
+    /// Only the cases whose name contains this string.
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+/// One timed side of a case: runs `iters` iterations, returns the time they took
+/// (setup excluded).
+pub type Timed = Box<dyn FnMut(u64) -> Duration>;
+
+/// One comparison: our operation and the baseline's, on the same workload.
+pub struct Case {
+    /// Short name (`harvest16g/runs64`).
+    pub name: &'static str,
+    /// What is measured, for the table.
+    pub what: &'static str,
+    /// Our side.
+    pub ours: Timed,
+    /// The baseline's name.
+    pub baseline: &'static str,
+    /// The baseline's side, or `Err(ns)` for a figure quoted from a reference, not
+    /// measured here.
+    pub baseline_side: Result<Timed, f64>,
+    /// The issue's target for `baseline / ours`, if it sets one.
+    pub target: Option<f64>,
+}
+
+/// One row of the output.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    /// case name
+    pub name: String,
+    /// our median, ns per operation
+    pub ours_ns: f64,
+    /// baseline name
+    pub baseline: String,
+    /// the baseline's median, ns per operation
+    pub baseline_ns: f64,
+    /// `baseline_ns / ours_ns` (above 1: softdirty is faster)
+    pub ratio: f64,
+}
+
+const GIB: u64 = 1 << 30;
+
+/// The calling thread's CPU time: immune to preemption by the other processes of a
+/// shared box. Single-threaded cases are timed with it; parallel ones with wall time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable `timespec`; CLOCK_THREAD_CPUTIME_ID exists on
+    // every Linux the crate supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A stopwatch on the thread's CPU clock (`cpu`) or the wall clock.
+#[derive(Clone, Copy)]
+struct Watch {
+    cpu: bool,
+    wall: Option<Instant>,
+    cpu0: Duration,
+}
+
+impl Watch {
+    fn start(cpu: bool) -> Watch {
+        if cpu {
+            Watch {
+                cpu,
+                wall: None,
+                cpu0: thread_cpu(),
+            }
+        } else {
+            Watch {
+                cpu,
+                wall: Some(Instant::now()),
+                cpu0: Duration::ZERO,
+            }
+        }
+    }
+    fn elapsed(self) -> Duration {
+        match self.wall {
+            Some(t) if !self.cpu => t.elapsed(),
+            _ => thread_cpu().saturating_sub(self.cpu0),
+        }
+    }
+}
+const PAGE: usize = PAGE_SIZE as usize;
+
+fn page_size() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(PAGE).expect("4096 != 0")
+}
+
+/// A precise address space with one RW mapping of `len` bytes, every page written once
+/// (all chunks materialized) and then cleared.
+fn warm_space(len: u64) -> (AddressSpace, u64) {
+    let mm = AddressSpace::new(Mode::Precise);
+    let a = mm
+        .mmap(0, len, Prot::RW, false, Placement::Hint)
+        .expect("mmap");
+    mm.write(a, len).expect("write");
+    mm.clear_refs(4).expect("clear_refs");
+    (mm, a)
+}
+
+/// Sorted, disjoint page runs covering `frac` of `pages`: `run`-page runs at random
+/// page offsets (not aligned to words).
+fn random_runs(pages: u64, frac: f64, run: u64, seed: u64) -> Vec<(u64, u64)> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let want = ((pages as f64 * frac) as u64 / run).max(1);
+    let mut set = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    while (out.len() as u64) < want {
+        let slot = rng.gen_range(0..pages / run / 2);
+        if set.insert(slot) {
+            // Slots of 2 * run pages; a run anywhere in the slot's first half + jitter.
+            let jitter = rng.gen_range(0..run);
+            out.push((slot * 2 * run + jitter, run));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// A mark benchmark over `ranges` of `n` pages each: ours re-dirties harvested pages
+/// (`redirty`) or writes dirty ones.
+fn mark_ours(n: u64, redirty: bool) -> Timed {
+    let ranges: u64 = (1 << 20) / n.max(64); // 4 GiB worth of distinct ranges at most
+    let len = ranges * n.max(64) * PAGE_SIZE;
+    let (mm, a) = warm_space(len);
+    if !redirty {
+        mm.write(a, len).expect("write");
+    }
+    let stride = n.max(64) * PAGE_SIZE;
+    Box::new(move |iters| {
+        let mut total = Duration::ZERO;
+        let mut done = 0;
+        while done < iters {
+            let k = (iters - done).min(ranges);
+            if redirty {
+                mm.clear_refs(4).expect("clear_refs");
+            }
+            let t = Watch::start(true);
+            for i in 0..k {
+                // Already dirty: the same (hot) range every time, as a vCPU re-writing
+                // its working set; first writes: distinct ranges (they were cleared).
+                let at = if redirty { a + i * stride } else { a };
+                let _ = black_box(mm.write(black_box(at), n * PAGE_SIZE));
+            }
+            total += t.elapsed();
+            done += k;
+        }
+        total
+    })
+}
+
+fn mark_core(n: u64, redirty: bool) -> Timed {
+    let ranges: u64 = (1 << 20) / n.max(64);
+    let stride = n.max(64);
+    let bm = PageBitmap::new(ranges * stride, false);
+    bm.write(0, ranges * stride);
+    if redirty {
+        bm.clear_all();
+    }
+    Box::new(move |iters| {
+        let mut total = Duration::ZERO;
+        let mut done = 0;
+        while done < iters {
+            let k = (iters - done).min(ranges);
+            if redirty {
+                bm.clear_all();
+            }
+            let t = Watch::start(true);
+            for i in 0..k {
+                let at = if redirty { i * stride } else { 0 };
+                black_box(bm.write(black_box(at), n));
+            }
+            total += t.elapsed();
+            done += k;
+        }
+        total
+    })
+}
+
+fn mark_base(n: u64, hot: bool) -> Timed {
+    let ranges: u64 = (1 << 20) / n.max(64);
+    let stride = (n.max(64) * PAGE_SIZE) as usize;
+    let bm = AtomicBitmap::new(ranges as usize * stride, page_size());
+    Box::new(move |iters| {
+        let mut total = Duration::ZERO;
+        let mut done = 0;
+        while done < iters {
+            let k = (iters - done).min(ranges);
+            bm.reset();
+            let t = Watch::start(true);
+            for i in 0..k as usize {
+                let at = if hot { 0 } else { i * stride };
+                bm.mark_dirty(black_box(at), n as usize * PAGE);
+            }
+            total += t.elapsed();
+            done += k;
+        }
+        total
+    })
+}
+
+/// Our harvest of `len` bytes after writing `runs` (page runs) before each iteration.
+fn harvest_ours(len: u64, runs: Vec<(u64, u64)>, parallel: Option<bool>) -> Timed {
+    let (mm, a) = warm_space(len);
+    let expect: u64 = runs.iter().map(|r| r.1).sum();
+    let mut checked = false;
+    Box::new(move |iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            for &(f, n) in &runs {
+                mm.write(a + (f << PAGE_SHIFT), n << PAGE_SHIFT)
+                    .expect("write");
+            }
+            let t = Watch::start(parallel.is_none());
+            let log = mm.scan_and_clear_with(a, len, parallel).expect("harvest");
+            total += t.elapsed();
+            if !checked {
+                assert_eq!(log.dirty_count(), expect, "harvest is exact");
+                checked = true;
+            }
+            drop(black_box(log));
+        }
+        total
+    })
+}
+
+/// `AtomicBitmap::get_and_reset` of `len` bytes after setting `runs` before each
+/// iteration (the returned vector is dropped outside the timed region).
+fn harvest_base(len: u64, runs: Vec<(u64, u64)>) -> Timed {
+    let bm = AtomicBitmap::new(len as usize, page_size());
+    let full = runs.len() == 1 && runs[0] == (0, len >> PAGE_SHIFT);
+    let template = if full {
+        let t = AtomicBitmap::new(len as usize, page_size());
+        t.mark_dirty(0, len as usize);
+        Some(t)
+    } else {
+        None
+    };
+    let mut bm = Some(bm);
+    Box::new(move |iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let b = match &template {
+                // Cloning copies the words: cheaper than setting 262,144 bits one by one.
+                Some(t) => t.clone(),
+                None => {
+                    let b = bm.take().expect("bitmap");
+                    for &(f, n) in &runs {
+                        b.mark_dirty((f as usize) * PAGE, (n as usize) * PAGE);
+                    }
+                    b
+                }
+            };
+            let t = Watch::start(true);
+            let v = b.get_and_reset();
+            total += t.elapsed();
+            drop(black_box(v));
+            if template.is_none() {
+                bm = Some(b);
+            }
+        }
+        total
+    })
+}
+
+/// Every case, in table order. Building them allocates the workloads (a few hundred
+/// MiB of tracking memory at most, nothing for untouched address space).
+pub fn cases(filter: Option<&str>) -> Vec<Case> {
+    type Make = Box<dyn Fn() -> Case>;
+    let g16 = 16 * GIB;
+    let p16 = g16 >> PAGE_SHIFT;
+    let makers: Vec<(&'static str, Make)> = vec![
+        (
+            "mark256/redirty",
+            Box::new(|| Case {
+                name: "mark256/redirty",
+                what: "mark 256 pages, first write since the last harvest (AddressSpace::write)",
+                ours: mark_ours(256, true),
+                baseline: "AtomicBitmap::mark_dirty",
+                baseline_side: Ok(mark_base(256, false)),
+                target: Some(30.0),
+            }),
+        ),
+        (
+            "mark256/dirty",
+            Box::new(|| Case {
+                name: "mark256/dirty",
+                what: "mark 256 already-dirty pages (AddressSpace::write)",
+                ours: mark_ours(256, false),
+                baseline: "AtomicBitmap::mark_dirty",
+                baseline_side: Ok(mark_base(256, true)),
+                target: Some(30.0),
+            }),
+        ),
+        (
+            "mark256/core",
+            Box::new(|| Case {
+                name: "mark256/core",
+                what: "mark 256 clean pages, bitmap core only (PageBitmap::write)",
+                ours: mark_core(256, true),
+                baseline: "AtomicBitmap::mark_dirty",
+                baseline_side: Ok(mark_base(256, false)),
+                target: Some(30.0),
+            }),
+        ),
+        (
+            "mark1/dirty",
+            Box::new(|| Case {
+                name: "mark1/dirty",
+                what: "mark one already-dirty page (AddressSpace::write: pin, VMA lookup, test)",
+                ours: mark_ours(1, false),
+                baseline: "AtomicBitmap::mark_dirty",
+                baseline_side: Ok(mark_base(1, true)),
+                target: Some(1.0),
+            }),
+        ),
+        (
+            "mark1/core",
+            Box::new(|| Case {
+                name: "mark1/core",
+                what: "mark one already-dirty page, bitmap core only (PageBitmap::write)",
+                ours: mark_core(1, false),
+                baseline: "AtomicBitmap::mark_dirty",
+                baseline_side: Ok(mark_base(1, true)),
+                target: Some(1.0),
+            }),
+        ),
+        (
+            "harvest16g/runs64",
+            Box::new(move || {
+                let runs = random_runs(p16, 0.001, 64, 1);
+                Case {
+                    name: "harvest16g/runs64",
+                    what: "harvest 16 GiB, 0.1% dirty in 64-page runs (scan_and_clear)",
+                    ours: harvest_ours(g16, runs.clone(), None),
+                    baseline: "AtomicBitmap::get_and_reset",
+                    baseline_side: Ok(harvest_base(g16, runs)),
+                    target: Some(20.0),
+                }
+            }),
+        ),
+        (
+            "harvest16g/scattered",
+            Box::new(move || {
+                let runs = random_runs(p16, 0.001, 1, 2);
+                Case {
+                    name: "harvest16g/scattered",
+                    what: "harvest 16 GiB, 0.1% of pages dirty, uniformly scattered",
+                    ours: harvest_ours(g16, runs.clone(), None),
+                    baseline: "AtomicBitmap::get_and_reset",
+                    baseline_side: Ok(harvest_base(g16, runs)),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "harvest1g/full",
+            Box::new(|| {
+                let runs = vec![(0, GIB >> PAGE_SHIFT)];
+                Case {
+                    name: "harvest1g/full",
+                    what: "harvest 1 GiB, 100% dirty, with clear",
+                    ours: harvest_ours(GIB, runs.clone(), None),
+                    baseline: "AtomicBitmap::get_and_reset",
+                    baseline_side: Ok(harvest_base(GIB, runs)),
+                    target: Some(2.0),
+                }
+            }),
+        ),
+        (
+            "harvest16g/full/par",
+            Box::new(move || {
+                let runs = vec![(0, p16)];
+                Case {
+                    name: "harvest16g/full/par",
+                    what: "harvest 16 GiB, 100% dirty: rayon vs our sequential path",
+                    ours: harvest_ours(g16, runs.clone(), Some(true)),
+                    baseline: "softdirty sequential",
+                    baseline_side: Ok(harvest_ours(g16, runs, Some(false))),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "harvest64g/full/par",
+            Box::new(move || {
+                let runs = vec![(0, 4 * p16)];
+                Case {
+                    name: "harvest64g/full/par",
+                    what: "harvest 64 GiB, 100% dirty: rayon vs our sequential path",
+                    ours: harvest_ours(4 * g16, runs.clone(), Some(true)),
+                    baseline: "softdirty sequential",
+                    baseline_side: Ok(harvest_ours(4 * g16, runs, Some(false))),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "harvest16g/runs64/par",
+            Box::new(move || {
+                let runs = random_runs(p16, 0.001, 64, 1);
+                Case {
+                    name: "harvest16g/runs64/par",
+                    what: "harvest 16 GiB, 0.1% in 64-page runs: rayon vs sequential",
+                    ours: harvest_ours(g16, runs.clone(), Some(true)),
+                    baseline: "softdirty sequential",
+                    baseline_side: Ok(harvest_ours(g16, runs, Some(false))),
+                    target: None,
+                }
+            }),
+        ),
+        // kernel-oracle.md §2, 1 GiB table, "scan+WP" column: CPU-time medians of run1.
+        (
+            "kernel1g/1pct-clustered",
+            Box::new(|| {
+                let p = GIB >> PAGE_SHIFT;
+                Case {
+                    name: "kernel1g/1pct-clustered",
+                    what: "harvest 1 GiB, 1% dirty in one block vs PAGEMAP_SCAN+WP (quoted)",
+                    ours: harvest_ours(GIB, vec![(p / 3, p / 100)], None),
+                    baseline: "kernel PAGEMAP_SCAN+WP (quoted, kernel-oracle.md)",
+                    baseline_side: Err(0.504e6),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "kernel1g/1pct-strided",
+            Box::new(|| {
+                let p = GIB >> PAGE_SHIFT;
+                Case {
+                    name: "kernel1g/1pct-strided",
+                    what: "harvest 1 GiB, every 100th page dirty vs PAGEMAP_SCAN+WP (quoted)",
+                    ours: harvest_ours(GIB, (0..p).step_by(100).map(|i| (i, 1)).collect(), None),
+                    baseline: "kernel PAGEMAP_SCAN+WP (quoted, kernel-oracle.md)",
+                    baseline_side: Err(0.656e6),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "kernel1g/full",
+            Box::new(|| Case {
+                name: "kernel1g/full",
+                what: "harvest 1 GiB, 100% dirty vs PAGEMAP_SCAN+WP (quoted)",
+                ours: harvest_ours(GIB, vec![(0, GIB >> PAGE_SHIFT)], None),
+                baseline: "kernel PAGEMAP_SCAN+WP (quoted, kernel-oracle.md)",
+                baseline_side: Err(9.07e6),
+                target: None,
+            }),
+        ),
+    ];
+    makers
+        .into_iter()
+        .filter(|(n, _)| filter.is_none_or(|f| n.contains(f)))
+        .map(|(_, m)| m())
+        .collect()
+}
+
+/// Runs `f` for about `budget` per sample: returns the per-iteration time of one
+/// sample, in ns.
+fn sample(f: &mut Timed, iters: u64) -> f64 {
+    f(iters).as_nanos() as f64 / iters as f64
+}
+
+/// Iterations that make one sample last about `target`.
+fn calibrate(f: &mut Timed, target: Duration) -> u64 {
+    let mut iters = 1u64;
+    loop {
+        let t = f(iters);
+        if t >= target / 8 || iters >= 1 << 30 {
+            let per = t.as_nanos().max(1) as f64 / iters as f64;
+            return ((target.as_nanos() as f64 / per) as u64).max(1);
+        }
+        iters *= 4;
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Measures one case: samples of ours and the baseline alternate, so that load from
+/// other processes hits both alike. Medians of per-operation times.
+pub fn measure(case: &mut Case, quick: bool) -> Row {
+    let (samples, target) = if quick {
+        (7, Duration::from_millis(20))
+    } else {
+        (21, Duration::from_millis(60))
+    };
+    let ni = calibrate(&mut case.ours, target);
+    let mut ours = Vec::with_capacity(samples);
+    let mut base = Vec::with_capacity(samples);
+    match &mut case.baseline_side {
+        Ok(b) => {
+            let nb = calibrate(b, target);
+            for _ in 0..samples {
+                ours.push(sample(&mut case.ours, ni));
+                base.push(sample(b, nb));
+            }
+        }
+        Err(ns) => {
+            for _ in 0..samples {
+                ours.push(sample(&mut case.ours, ni));
+            }
+            base.push(*ns);
+        }
+    }
+    let o = median(&mut ours);
+    let b = median(&mut base);
+    Row {
+        name: case.name.to_string(),
+        ours_ns: o,
+        baseline: case.baseline.to_string(),
+        baseline_ns: b,
+        ratio: b / o,
+    }
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
 
 /// Runs `softdirty bench` with `args`.
 pub fn main(args: &BenchArgs) -> ExitCode {
-    let _ = args;
+    let mut rows = Vec::new();
+    let mut lines = Vec::new();
+    for mut case in cases(args.filter.as_deref()) {
+        if !args.json {
+            eprintln!("measuring {} ...", case.name);
+        }
+        let row = measure(&mut case, args.quick);
+        let verdict = match case.target {
+            Some(t) if row.ratio >= t => format!("≥{t}×: met"),
+            Some(t) => format!("≥{t}×: MISSED"),
+            None => String::new(),
+        };
+        lines.push(format!(
+            "| {} | {} | {} | {} | {} | {:.1}× | {} |",
+            row.name,
+            case.what,
+            fmt_ns(row.ours_ns),
+            row.baseline,
+            fmt_ns(row.baseline_ns),
+            row.ratio,
+            verdict
+        ));
+        rows.push(row);
+    }
+    if args.json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        println!("| case | what | ours (median) | baseline | baseline (median) | ratio | target |");
+        println!("|---|---|---|---|---|---|---|");
+        for l in lines {
+            println!("{l}");
+        }
+        println!();
+        println!("ratio = baseline / ours (above 1: softdirty is faster). Kernel rows quote");
+        println!(
+            "kernel-oracle.md §2 (CPU-time medians, 1 GiB, scan+WP); they are not measured here."
+        );
+    }
     ExitCode::SUCCESS
 }

@@ -41,6 +41,13 @@
 
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+/// Ordering of the fault path's read-modify-writes. Broken twin `relaxed_fault`
+/// (loom-tests): Relaxed, which lets a fault that follows a drain miss the seal.
+#[cfg(not(softdirty_broken = "relaxed_fault"))]
+const FAULT_RMW: Ordering = Ordering::AcqRel;
+#[cfg(softdirty_broken = "relaxed_fault")]
+const FAULT_RMW: Ordering = Ordering::Relaxed;
+
 /// Pages per chunk (one directory slot).
 #[cfg(not(all(loom, feature = "loom")))]
 pub const CHUNK_PAGES: u64 = 4096;
@@ -294,6 +301,8 @@ impl PageBitmap {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    // Broken twin `no_cas_recheck` (loom-tests) skips this re-check.
+                    #[cfg(not(softdirty_broken = "no_cas_recheck"))]
                     if self.sealed.load(Ordering::Acquire) {
                         return Err(());
                     }
@@ -373,7 +382,7 @@ impl PageBitmap {
                     // AcqRel: Acquire pairs with the drain RMW of a sealing structural
                     // operation (then `sealed` is visible below) and with a harvest's
                     // RMW; Release lets a harvest that takes this bit see the summary.
-                    let prev = chunk.clean[wi].fetch_and(!m, Ordering::AcqRel);
+                    let prev = chunk.clean[wi].fetch_and(!m, FAULT_RMW);
                     faults += u64::from((prev & m).count_ones());
                     did_rmw = true;
                     let sbit = 1u64 << wi;
@@ -386,18 +395,25 @@ impl PageBitmap {
             }
             if chunk.populated[wi].load(Ordering::Relaxed) & m != m {
                 // AcqRel: pairs with the drain RMW (see above).
-                chunk.populated[wi].fetch_or(m, Ordering::AcqRel);
+                chunk.populated[wi].fetch_or(m, FAULT_RMW);
                 did_rmw = true;
             }
             if backed && chunk.backed[wi].load(Ordering::Relaxed) & m != m {
                 // AcqRel: pairs with the drain RMW (see above).
-                chunk.backed[wi].fetch_or(m, Ordering::AcqRel);
+                chunk.backed[wi].fetch_or(m, FAULT_RMW);
                 did_rmw = true;
             }
         });
         // Acquire: if any RMW above read from a drain, the seal store (sequenced before
         // the drain) is visible here.
+        #[cfg(not(softdirty_broken = "no_recheck"))]
         if sealed || (did_rmw && self.sealed.load(Ordering::Acquire)) {
+            return Mark::Sealed;
+        }
+        // Broken twin `no_recheck` (loom-tests): trusts the RMWs without the re-check.
+        #[cfg(softdirty_broken = "no_recheck")]
+        if sealed {
+            let _ = did_rmw;
             return Mark::Sealed;
         }
         Mark::Done { faults }
@@ -436,8 +452,12 @@ impl PageBitmap {
             Slot::Chunk(c) => {
                 // Acquire loads: populated and backed before clean, mirroring the fault
                 // path's order (clean first), so a page seen backed is seen dirty.
+                // Broken twin `copy_clean_first` (loom-tests): clean first.
+                #[cfg(softdirty_broken = "copy_clean_first")]
+                let clean = c.clean[wi].load(Ordering::Acquire);
                 let populated = c.populated[wi].load(Ordering::Acquire);
                 let backed = c.backed[wi].load(Ordering::Acquire);
+                #[cfg(not(softdirty_broken = "copy_clean_first"))]
                 let clean = c.clean[wi].load(Ordering::Acquire);
                 Bits {
                     clean,
@@ -518,10 +538,17 @@ impl PageBitmap {
                             let valid = self.valid_masks(k);
                             // Summary first, then words: a fault that dirties a word after
                             // we cleared it sets the summary bit again.
+                            #[cfg(not(softdirty_broken = "clear_summary_last"))]
                             let sum = c.summary.swap(0, Ordering::AcqRel);
+                            // Broken twin `clear_summary_last` (loom-tests): words first,
+                            // then the summary, which can erase a racing fault's flag.
+                            #[cfg(softdirty_broken = "clear_summary_last")]
+                            let sum = c.summary.load(Ordering::Acquire);
                             for_each_bit(sum, |wi| {
                                 c.clean[wi].fetch_or(valid[wi] | !valid[wi], Ordering::AcqRel);
                             });
+                            #[cfg(softdirty_broken = "clear_summary_last")]
+                            c.summary.swap(0, Ordering::AcqRel);
                         }
                         break;
                     }
@@ -609,13 +636,38 @@ impl PageBitmap {
                                 .unwrap_or(0)
                                 & valid[wi]
                         };
-                        if !c.clean[wi].load(Ordering::Relaxed) & m == 0 {
+                        // Shortcut (no RMW when nothing is dirty) only for words whose
+                        // summary bit we did NOT take. FIX (found by loom-tests'
+                        // `harvest_vs_write`): for a word whose summary bit the fetch_and
+                        // above took, the relaxed load may miss a fault's RMW while that
+                        // fault's relaxed summary load misses our fetch_and (store
+                        // buffering: neither synchronizes), so the fault keeps the stale
+                        // summary bit we just cleared, we skip the word, and the page stays
+                        // dirty with no summary bit: no later harvest or clear_refs ever
+                        // sees it. The RMW below always reads the latest value: either it
+                        // takes the fault's bit, or the fault's RMW reads from it,
+                        // synchronizes, and sees the cleared summary bit. Broken twin
+                        // `harvest_precheck` restores the old shortcut.
+                        #[cfg(not(softdirty_broken = "harvest_precheck"))]
+                        let skip =
+                            sum & (1 << wi) == 0 && !c.clean[wi].load(Ordering::Relaxed) & m == 0;
+                        #[cfg(softdirty_broken = "harvest_precheck")]
+                        let skip = !c.clean[wi].load(Ordering::Relaxed) & m == 0;
+                        if skip {
                             return; // nothing dirty: no RMW
                         }
                         // AcqRel: the get-and-clear is one RMW, so a racing fault's RMW on
                         // this word is either before it (reported now) or after it (stays
                         // dirty for the next harvest).
+                        #[cfg(not(softdirty_broken = "blind_harvest"))]
                         let prev = c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                        // Broken twin `blind_harvest` (loom-tests): load, then store.
+                        #[cfg(softdirty_broken = "blind_harvest")]
+                        let prev = {
+                            let v = c.clean[wi].load(Ordering::Acquire);
+                            c.clean[wi].store(v | m, Ordering::Release);
+                            v
+                        };
                         let taken = !prev & m;
                         let wbase = base + wi as u64 * 64;
                         for_each_run(taken, |s, n| {
@@ -857,6 +909,11 @@ impl PageBitmap {
         // Release: pairs with the Acquire load of `sealed` in the fault path after an RMW
         // that read from one of the drain RMWs below.
         self.sealed.store(true, Ordering::Release);
+        // Broken twin `no_drain` (loom-tests): seal, but carry nothing over.
+        #[cfg(softdirty_broken = "no_drain")]
+        if !targets.is_empty() {
+            return;
+        }
         for k in 0..self.slots.len() {
             // A value-preserving RMW: a fault's CAS ordered after it sees `sealed`.
             let v = self.slots[k].fetch_or(0, Ordering::AcqRel);
@@ -889,6 +946,8 @@ impl PageBitmap {
                     let mut dirty = (!clean >> shift) & m;
                     let pop = (populated >> shift) & m;
                     let bak = (backed >> shift) & m;
+                    // Broken twin `no_drain_rule` (loom-tests) ignores the rule.
+                    #[cfg(not(softdirty_broken = "no_drain_rule"))]
                     if rule == DrainRule::DirtyPopulated {
                         dirty |= pop;
                     }

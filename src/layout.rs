@@ -354,10 +354,15 @@ impl Layout {
                 pv.pieces.extend(new.pieces);
                 pv.pieces.extend(nv.pieces);
                 if pv.anon == 0 {
-                    pv.anon = if nv.anon != 0 { nv.anon } else { anon };
-                    if nv.anon != 0 {
-                        pv.meta.forked = nv.meta.forked;
-                    }
+                    // dup_anon_vma: the target takes the anon_vma (and its chain, so the
+                    // fork-child state) of the VMA it absorbs.
+                    let (a, f) = if nv.anon != 0 {
+                        (nv.anon, nv.meta.forked)
+                    } else {
+                        (anon, meta.forked)
+                    };
+                    pv.anon = a;
+                    pv.meta.forked = f;
                 }
                 pv.meta.flags.softdirty = sd;
                 p
@@ -372,8 +377,9 @@ impl Layout {
                 let pv = &mut self.vmas[p];
                 pv.end = end;
                 pv.pieces.extend(new.pieces);
-                if pv.anon == 0 {
+                if pv.anon == 0 && anon != 0 {
                     pv.anon = anon;
+                    pv.meta.forked = meta.forked;
                 }
                 pv.meta.flags.softdirty = sd;
                 p
@@ -391,8 +397,9 @@ impl Layout {
                 let mut pieces = new.pieces;
                 pieces.append(&mut nv.pieces);
                 nv.pieces = pieces;
-                if nv.anon == 0 {
+                if nv.anon == 0 && anon != 0 {
                     nv.anon = anon;
+                    nv.meta.forked = meta.forked;
                 }
                 nv.meta.flags.softdirty = sd;
                 n

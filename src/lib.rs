@@ -24,9 +24,13 @@
 
 pub mod bench;
 pub mod bitmap;
+pub mod dirtylog;
 pub mod epoch;
 pub mod errno;
+pub mod fuzz;
 pub mod index;
+#[cfg(all(target_os = "linux", not(all(loom, feature = "loom"))))]
+pub mod kernel;
 pub mod layout;
 pub mod mm;
 pub mod mode;
@@ -38,3 +42,4 @@ pub(crate) mod sync;
 pub mod trace;
 pub mod tracker;
 pub mod vma;
+pub mod workload;

@@ -30,18 +30,30 @@ enum Cmd {
         /// Report unexpected command errors as warnings (exit 0 if no expectation fails).
         #[arg(long)]
         allow_errors: bool,
+        /// What to replay against: `model`, or real memory of this process with
+        /// `kernel` (detects the flavour), `kernel=softdirty` or `kernel=uffd` (Linux;
+        /// exit status 3 when the kernel or the permissions do not allow it).
+        #[arg(long, default_value = "model", value_parser = parse_backend)]
+        backend: replay::BackendChoice,
     },
     /// Live-migration pre-copy simulator: vCPU writers, VMA churn and a migration thread
     /// harvesting rounds, in precise and legacy mode (the default command).
     Run(softdirty::run::RunArgs),
     /// Marking and harvest benchmarks against vm-memory's AtomicBitmap (medians, ratios).
     Bench(softdirty::bench::BenchArgs),
+    /// Random traces dense in VMA splits and merges, run on the model and on the kernel
+    /// step by step; on a disagreement, shrink to a minimal trace, write it, exit 1.
+    Fuzz(softdirty::fuzz::FuzzArgs),
     /// The seed thread's scenario in every implemented mode: pages reported soft-dirty that
     /// were never written since the last clear (the default when no command is given).
     Demo,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+fn parse_backend(s: &str) -> Result<replay::BackendChoice, String> {
     s.parse()
 }
 
@@ -60,6 +72,7 @@ fn main() -> ExitCode {
             file,
             mode,
             allow_errors,
+            backend,
         } => {
             let name = file.display().to_string();
             let bytes = match std::fs::read(&file) {
@@ -82,7 +95,11 @@ fn main() -> ExitCode {
             let summary = replay::replay(
                 &trace,
                 &name,
-                &replay::Options { mode, allow_errors },
+                &replay::Options {
+                    mode,
+                    allow_errors,
+                    backend,
+                },
                 &mut out,
                 &mut err,
             );
@@ -91,6 +108,7 @@ fn main() -> ExitCode {
         }
         Cmd::Run(args) => softdirty::run::main(&args),
         Cmd::Bench(args) => softdirty::bench::main(&args),
+        Cmd::Fuzz(args) => softdirty::fuzz::main(&args),
         Cmd::Demo => {
             softdirty_demo();
             ExitCode::SUCCESS

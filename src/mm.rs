@@ -26,6 +26,10 @@ use crate::vma::{
     next_id, Vma, VmaFlags, VmaMeta, MAX_MAP_COUNT, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE,
 };
 
+/// `vm.mmap_min_addr` (the DAC floor that `cap_mmap_addr` enforces for fixed mappings of
+/// callers without `CAP_SYS_RAWIO`); hints are raised to [`MMAP_MIN_ADDR`] instead.
+pub const DAC_MMAP_MIN_ADDR: u64 = 0x1000;
+
 /// Where the model's top-down allocator starts (the kernel randomizes `mmap_base`).
 pub const MMAP_BASE: u64 = 0x7f00_0000_0000;
 
@@ -230,6 +234,12 @@ impl AddressSpace {
     /// Builds and publishes `layout`, then seals and drains the retired bitmaps.
     fn publish(&self, layout: Layout, guard: &Guard) {
         let (vmas, retired) = layout.build();
+        // Broken twin `seal_before_publish` (loom-tests): seal and drain before the swap,
+        // so a fault that sees the seal can retry through the old index.
+        #[cfg(softdirty_broken = "seal_before_publish")]
+        for r in &retired {
+            r.drain();
+        }
         // AcqRel: Release publishes the new VMAs and bitmaps to readers' Acquire load;
         // Acquire orders our later seals after everything the old index's readers did
         // before we swapped (nothing needs it beyond the swap itself).
@@ -238,7 +248,18 @@ impl AddressSpace {
             .swap(Owned::new(VmaIndex::new(vmas)), Ordering::AcqRel, guard);
         // SAFETY: `old` is no longer reachable from `self.index`; readers that loaded it
         // hold guards pinned before this swap, and destruction waits for them.
-        unsafe { guard.defer_destroy(old) };
+        #[cfg(not(any(softdirty_broken = "no_defer", softdirty_broken = "no_reclaim")))]
+        unsafe {
+            guard.defer_destroy(old)
+        };
+        // Broken twins (loom-tests): `no_defer` frees the old index at once, under pinned
+        // readers; `no_reclaim` never frees it.
+        #[cfg(softdirty_broken = "no_defer")]
+        // SAFETY: none; deliberately wrong.
+        drop(unsafe { old.into_owned() });
+        #[cfg(softdirty_broken = "no_reclaim")]
+        let _ = old;
+        #[cfg(not(softdirty_broken = "seal_before_publish"))]
         for r in &retired {
             r.drain();
         }
@@ -303,8 +324,8 @@ impl AddressSpace {
             if addr % PAGE_SIZE != 0 {
                 return (Err(Errno::EINVAL), false);
             }
-            if fixed && addr < MMAP_MIN_ADDR {
-                // security_mmap_addr for a caller without CAP_SYS_RAWIO
+            if fixed && addr < DAC_MMAP_MIN_ADDR {
+                // security_mmap_addr → cap_mmap_addr, for a caller without CAP_SYS_RAWIO
                 return (Err(Errno::EPERM), false);
             }
             let end = addr + len;
@@ -547,6 +568,11 @@ impl AddressSpace {
                 return (Ok(addr), false);
             }
             if let Some(na) = fixed {
+                // check_prep_vma: the (possibly shrunk) source must lie in one VMA, checked
+                // before anything is unmapped.
+                if old_len.min(new_len) > v_end - addr {
+                    return (Err(Errno::EFAULT), false);
+                }
                 // mremap_to: the destination is unmapped first.
                 if let Err(e) = l.unmap(na, na + new_len) {
                     return (Err(e), false);
@@ -578,15 +604,19 @@ impl AddressSpace {
                 && v_end.checked_add(delta).is_some_and(|e| e <= TASK_SIZE)
                 && !l.intersects(v_end, v_end + delta)
             {
-                // In place: vma_merge_extend (never merges with next); the extension is
-                // unpopulated and keeps the VMA's flags.
-                let v = &mut l.vmas[i];
-                v.pieces.push(Piece {
+                // In place: vma_merge_extend, a new-range merge with the VMA as prev. The
+                // extension is unpopulated and the VMA keeps its flags; a compatible next
+                // VMA the extension reaches is swallowed too (checked on 6.18.44).
+                let v = &l.vmas[i];
+                let mut meta = v.meta;
+                meta.pgoff = v.meta.pgoff + v.pages();
+                let anon = v.anon;
+                let fresh = vec![Piece {
                     start: v_end,
                     end: v_end + delta,
                     src: Src::Fresh { dirty: precise },
-                });
-                v.end = v_end + delta;
+                }];
+                l.merge_new_range(v_end, v_end + delta, meta, anon, fresh);
                 return (Ok(addr), true);
             }
             if !maymove {
@@ -880,6 +910,14 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn address_space_is_send_and_sync() {
+        assert_send_sync::<AddressSpace>();
+        assert_send_sync::<crate::tracker::Tracker>();
+    }
 
     #[test]
     fn kstrtoint_like_the_kernel() {

@@ -1,8 +1,16 @@
-//! Replays a parsed trace against the model and checks every expectation.
+//! Replays a parsed trace against a [`Backend`] and checks every expectation.
+//!
+//! Backends: the model ([`ModelBackend`], any mode) and, on Linux, real memory of the
+//! running process ([`crate::kernel::KernelBackend`], `--backend kernel[=softdirty|uffd]`,
+//! as the spec's "Kernel backend" section says).
 //!
 //! Exit statuses (the contract): 0 every expectation held; 1 an expectation failed or a
 //! command failed unexpectedly (`--allow-errors` turns the latter into warnings); 2 the
-//! file is malformed (reported by the parser before anything runs).
+//! file is malformed (reported by the parser before anything runs); 3 the chosen backend
+//! cannot run here (the kernel lacks a feature or the process a permission; the message
+//! says which and how to get it). Expectations a backend cannot observe (`expect faults`
+//! on the kernel) are neither passed nor failed: they are counted as skipped and named in
+//! the summary line.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,10 +19,255 @@ use super::ast::{Addr, AddrBase, Command, Expect, MmapTarget, PageSet, Placement
 use crate::errno::Errno;
 use crate::mm::{self, AddressSpace};
 use crate::mode::Mode;
+use crate::prot::Prot;
 use crate::scan::{format_categories, ScanArgs, ScanResult};
 use crate::sync::Arc;
 use crate::tracker::Tracker;
 use crate::vma::{PAGE_SIZE, TASK_SIZE};
+
+/// The outcome of an operation on a backend: `Ok(Ok(v))` it succeeded, `Ok(Err(e))` it
+/// failed with a Linux error number, `Err(msg)` it could not run at all (the backend
+/// cannot perform it, or refuses it; the message says why).
+pub type Op<T> = Result<Result<T, Errno>, String>;
+
+/// Why an observation has no value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unobservable {
+    /// The backend cannot observe this by design (the expectation is skipped); the
+    /// string says what and why.
+    Skip(String),
+    /// The observation failed (an I/O error reading /proc, a refused range).
+    Broken(String),
+}
+
+/// Which flavour of the kernel backend (the spec's "Kernel backend" section).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelFlavour {
+    /// Real soft-dirty (CONFIG_MEM_SOFT_DIRTY): clear_refs, pagemap bit 55,
+    /// PAGE_IS_SOFT_DIRTY. What `legacy` mode must reproduce.
+    SoftDirty,
+    /// userfaultfd async write-protect: `softdirty` is PAGE_IS_WRITTEN. What `precise`
+    /// mode must reproduce.
+    Uffd,
+}
+
+impl KernelFlavour {
+    /// `softdirty` or `uffd`, as `--backend kernel=NAME` spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KernelFlavour::SoftDirty => "softdirty",
+            KernelFlavour::Uffd => "uffd",
+        }
+    }
+}
+
+/// The backend a replay runs against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The model, in the trace's mode (the default).
+    #[default]
+    Model,
+    /// Real memory of the replaying process; `None` detects the flavour (soft-dirty if
+    /// the kernel has it, else uffd).
+    Kernel(Option<KernelFlavour>),
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "model" => Ok(BackendChoice::Model),
+            "kernel" => Ok(BackendChoice::Kernel(None)),
+            "kernel=softdirty" => Ok(BackendChoice::Kernel(Some(KernelFlavour::SoftDirty))),
+            "kernel=uffd" => Ok(BackendChoice::Kernel(Some(KernelFlavour::Uffd))),
+            _ => Err(format!(
+                "unknown backend `{s}` (expected model, kernel, kernel=softdirty or kernel=uffd)"
+            )),
+        }
+    }
+}
+
+/// What a trace runs against: the model or real memory. Addresses are resolved (`$name`
+/// bound) by the replayer; every operation has the semantics the trace format gives it.
+pub trait Backend {
+    /// A short name for messages (`model`, `kernel=uffd`).
+    fn name(&self) -> String;
+    /// `space NAME`.
+    fn space(&mut self, name: &str) -> Result<(), String>;
+    /// `fork CHILD` of the current space.
+    fn fork(&mut self, child: &str) -> Op<()>;
+    /// `mmap`; returns the address of the mapping.
+    fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: mm::Placement,
+    ) -> Op<u64>;
+    /// `munmap`.
+    fn munmap(&mut self, addr: u64, len: u64) -> Op<()>;
+    /// `mprotect`.
+    fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> Op<()>;
+    /// `mremap`; returns the new address.
+    fn mremap(
+        &mut self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        maymove: bool,
+        fixed: Option<u64>,
+    ) -> Op<u64>;
+    /// `madvise(MADV_DONTNEED)`.
+    fn madvise_dontneed(&mut self, addr: u64, len: u64) -> Op<()>;
+    /// A store to every page overlapping the range, in order, stopping at the first page
+    /// that faults (EFAULT).
+    fn write(&mut self, addr: u64, len: u64) -> Op<()>;
+    /// A load from every page overlapping the range (EFAULT as for `write`).
+    fn read(&mut self, addr: u64, len: u64) -> Op<()>;
+    /// Writes `value` to clear_refs.
+    fn clear_refs(&mut self, value: &str) -> Op<()>;
+    /// Calls `f(address, entry)` for `pages` pages from the page-aligned `start`
+    /// (the `pagemap` command's output, PFN bits 0).
+    fn pagemap(
+        &mut self,
+        start: u64,
+        pages: u64,
+        f: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), String>;
+    /// PAGEMAP_SCAN.
+    fn scan(&mut self, args: &ScanArgs) -> Op<ScanResult>;
+    /// Why the regions and `walk_end` of this scan cannot be compared with the model's,
+    /// if they cannot (`expect regions`/`expect walk_end` after it are then skipped).
+    fn scan_unobservable(&self, args: &ScanArgs) -> Option<String> {
+        let _ = args;
+        None
+    }
+    /// The smaps `VmFlags` line of the VMA containing `addr`; `None` if there is none.
+    fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String>;
+    /// Soft-dirty pages of the range as runs of page indices relative to its first page.
+    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable>;
+    /// Present pages, as [`Self::softdirty_runs`].
+    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable>;
+    /// Number of VMAs intersecting the range.
+    fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable>;
+    /// Simulated write faults in the current space so far.
+    fn faults(&mut self) -> Result<u64, Unobservable>;
+}
+
+/// The model as a [`Backend`]: a [`Tracker`] and its current space.
+#[derive(Debug)]
+pub struct ModelBackend {
+    tracker: Tracker,
+    current: String,
+}
+
+impl ModelBackend {
+    /// A tracker in `mode` with the current space `main`.
+    pub fn new(mode: Mode) -> ModelBackend {
+        let tracker = Tracker::new(mode);
+        tracker.space("main");
+        ModelBackend {
+            tracker,
+            current: "main".to_string(),
+        }
+    }
+
+    /// The current space.
+    pub fn current(&self) -> Arc<AddressSpace> {
+        self.tracker.space(&self.current)
+    }
+
+    /// The tracker.
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+}
+
+impl Backend for ModelBackend {
+    fn name(&self) -> String {
+        format!("model ({})", self.tracker.mode())
+    }
+    fn space(&mut self, name: &str) -> Result<(), String> {
+        self.tracker.space(name);
+        self.current = name.to_string();
+        Ok(())
+    }
+    fn fork(&mut self, child: &str) -> Op<()> {
+        Ok(self.tracker.fork(&self.current, child).map(|_| ()))
+    }
+    fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: mm::Placement,
+    ) -> Op<u64> {
+        Ok(self.current().mmap(addr, len, prot, shared, placement))
+    }
+    fn munmap(&mut self, addr: u64, len: u64) -> Op<()> {
+        Ok(self.current().munmap(addr, len))
+    }
+    fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> Op<()> {
+        Ok(self.current().mprotect(addr, len, prot))
+    }
+    fn mremap(
+        &mut self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        maymove: bool,
+        fixed: Option<u64>,
+    ) -> Op<u64> {
+        Ok(self
+            .current()
+            .mremap(addr, old_len, new_len, maymove, fixed))
+    }
+    fn madvise_dontneed(&mut self, addr: u64, len: u64) -> Op<()> {
+        Ok(self.current().madvise_dontneed(addr, len))
+    }
+    fn write(&mut self, addr: u64, len: u64) -> Op<()> {
+        Ok(self.current().write(addr, len))
+    }
+    fn read(&mut self, addr: u64, len: u64) -> Op<()> {
+        Ok(self.current().read(addr, len))
+    }
+    fn clear_refs(&mut self, value: &str) -> Op<()> {
+        Ok(self.current().clear_refs_str(value))
+    }
+    fn pagemap(
+        &mut self,
+        start: u64,
+        pages: u64,
+        f: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), String> {
+        let sp = self.current();
+        for i in 0..pages {
+            let p = start + i * PAGE_SIZE;
+            f(p, sp.pagemap_entry(p));
+        }
+        Ok(())
+    }
+    fn scan(&mut self, args: &ScanArgs) -> Op<ScanResult> {
+        Ok(self.current().scan(args))
+    }
+    fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String> {
+        Ok(self.current().smaps_vmflags(addr))
+    }
+    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        Ok(self.current().softdirty_runs(addr, len))
+    }
+    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        Ok(self.current().present_runs(addr, len))
+    }
+    fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable> {
+        Ok(self.current().vma_count(addr, len) as u64)
+    }
+    fn faults(&mut self) -> Result<u64, Unobservable> {
+        Ok(self.current().faults())
+    }
+}
 
 /// Replay options.
 #[derive(Clone, Debug, Default)]
@@ -23,6 +276,17 @@ pub struct Options {
     pub mode: Mode,
     /// Unexpected errors are warnings, not failures.
     pub allow_errors: bool,
+    /// What the trace runs against (the model by default).
+    pub backend: BackendChoice,
+}
+
+/// An expectation that was neither passed nor failed: the backend cannot observe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// its line
+    pub line: usize,
+    /// what was skipped and why
+    pub what: String,
 }
 
 /// What a replay found.
@@ -38,12 +302,20 @@ pub struct Summary {
     pub unexpected_errors: usize,
     /// the mode the trace ran in
     pub mode: Option<Mode>,
+    /// expectations the backend could not observe (neither passed nor failed)
+    pub skipped: Vec<Skipped>,
+    /// the backend, when it is not the model
+    pub backend: Option<String>,
+    /// the backend could not start: why (exit status 3)
+    pub unavailable: Option<String>,
 }
 
 impl Summary {
     /// The process exit status the contract assigns to this outcome.
     pub fn exit_status(&self, allow_errors: bool) -> i32 {
-        if self.failed > 0 || (!allow_errors && self.unexpected_errors > 0) {
+        if self.unavailable.is_some() {
+            3
+        } else if self.failed > 0 || (!allow_errors && self.unexpected_errors > 0) {
             1
         } else {
             0
@@ -55,12 +327,13 @@ impl Summary {
 enum Outcome {
     Ok,
     Err(Errno),
-    /// a failure that is not an errno (unbound name, address out of range)
+    /// a failure that is not an errno (unbound name, address out of range, a command the
+    /// backend cannot perform)
     Broken(String),
 }
 
-/// Replays `trace` (read from `file`, for messages). Command output goes to `out`,
-/// diagnostics to `diag`.
+/// Replays `trace` (read from `file`, for messages) against the backend `opts` chooses.
+/// Command output goes to `out`, diagnostics to `diag`.
 pub fn replay(
     trace: &Trace,
     file: &str,
@@ -69,9 +342,56 @@ pub fn replay(
     diag: &mut dyn Write,
 ) -> Summary {
     let mode = trace.mode.unwrap_or(opts.mode);
-    let tracker = Tracker::new(mode);
+    match opts.backend {
+        BackendChoice::Model => {
+            let mut b = ModelBackend::new(mode);
+            replay_on(trace, file, &mut b, mode, opts.allow_errors, out, diag)
+        }
+        BackendChoice::Kernel(flavour) => match kernel_backend(flavour) {
+            Ok(mut b) => {
+                let mut s = replay_on(trace, file, b.as_mut(), mode, opts.allow_errors, out, diag);
+                s.backend = Some(b.name());
+                s
+            }
+            Err(msg) => {
+                let _ = writeln!(diag, "{file}: the kernel backend cannot run here: {msg}");
+                Summary {
+                    mode: Some(mode),
+                    unavailable: Some(msg),
+                    ..Summary::default()
+                }
+            }
+        },
+    }
+}
+
+#[cfg(all(target_os = "linux", not(all(loom, feature = "loom"))))]
+fn kernel_backend(flavour: Option<KernelFlavour>) -> Result<Box<dyn Backend>, String> {
+    crate::kernel::KernelBackend::new(flavour)
+        .map(|b| Box::new(b) as Box<dyn Backend>)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(all(target_os = "linux", not(all(loom, feature = "loom")))))]
+fn kernel_backend(flavour: Option<KernelFlavour>) -> Result<Box<dyn Backend>, String> {
+    let _ = flavour;
+    Err("the kernel backend exists only on Linux".to_string())
+}
+
+/// Replays `trace` against `backend` (`mode` is only reported). The summary line names
+/// every skipped expectation.
+pub fn replay_on(
+    trace: &Trace,
+    file: &str,
+    backend: &mut dyn Backend,
+    mode: Mode,
+    allow_errors: bool,
+    out: &mut dyn Write,
+    diag: &mut dyn Write,
+) -> Summary {
+    let is_model = backend.name().starts_with("model");
     let mut r = Replayer {
-        tracker,
+        backend,
         current: "main".to_string(),
         names: HashMap::new(),
         last_scan: None,
@@ -81,15 +401,13 @@ pub fn replay(
             ..Summary::default()
         },
         file,
-        allow_errors: opts.allow_errors,
     };
-    r.tracker.space("main");
     let cmds = &trace.commands;
     let mut last_outcome: Option<(usize, Outcome)> = None;
     for (k, c) in cmds.iter().enumerate() {
         r.summary.commands += 1;
         if let Command::Expect(e) = &c.node {
-            r.expect(c.line, e, last_outcome.as_ref(), out, diag);
+            r.expect(c.line, e, last_outcome.as_ref(), diag);
             continue;
         }
         let outcome = r.run(&c.node, out);
@@ -101,11 +419,7 @@ pub fn replay(
         match &outcome {
             Outcome::Err(e) if !expected_err => {
                 r.summary.unexpected_errors += 1;
-                let kind = if opts.allow_errors {
-                    "warning"
-                } else {
-                    "error"
-                };
+                let kind = if allow_errors { "warning" } else { "error" };
                 let _ = writeln!(
                     diag,
                     "{}:{}: {kind}: unexpected {} from `{}`",
@@ -124,11 +438,42 @@ pub fn replay(
         last_outcome = Some((c.line, outcome));
     }
     let s = r.summary.clone();
-    let _ = writeln!(
-        diag,
-        "{file}: {} commands, {} expectations passed, {} failed, {} unexpected errors (mode {mode})",
-        s.commands, s.passed, s.failed, s.unexpected_errors
-    );
+    if is_model {
+        let _ = writeln!(
+            diag,
+            "{file}: {} commands, {} expectations passed, {} failed, {} unexpected errors (mode {mode})",
+            s.commands, s.passed, s.failed, s.unexpected_errors
+        );
+    } else {
+        let mut skipped = String::new();
+        if !s.skipped.is_empty() {
+            let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+            for sk in &s.skipped {
+                match groups.iter_mut().find(|g| g.0 == sk.what) {
+                    Some(g) => g.1.push(sk.line),
+                    None => groups.push((sk.what.clone(), vec![sk.line])),
+                }
+            }
+            let parts: Vec<String> = groups
+                .iter()
+                .map(|(w, l)| {
+                    let lines: Vec<String> = l.iter().map(|x| x.to_string()).collect();
+                    format!("{w} (line {})", lines.join(", "))
+                })
+                .collect();
+            skipped = format!(": {}", parts.join("; "));
+        }
+        let _ = writeln!(
+            diag,
+            "{file}: {} commands, {} expectations passed, {} failed, {} skipped{skipped}, {} unexpected errors (backend {}, trace mode {mode})",
+            s.commands,
+            s.passed,
+            s.failed,
+            s.skipped.len(),
+            s.unexpected_errors,
+            r.backend.name()
+        );
+    }
     s
 }
 
@@ -151,22 +496,58 @@ fn describe(c: &Command) -> &'static str {
     }
 }
 
+fn expect_name(e: &Expect) -> &'static str {
+    match e {
+        Expect::Err(_) => "expect err",
+        Expect::Ok => "expect ok",
+        Expect::SoftDirty { .. } => "expect softdirty",
+        Expect::Present { .. } => "expect present",
+        Expect::Vmas { .. } => "expect vmas",
+        Expect::Regions(_) => "expect regions",
+        Expect::WalkEnd(_) => "expect walk_end",
+        Expect::Faults(_) => "expect faults",
+    }
+}
+
 struct Replayer<'a> {
-    tracker: Tracker,
+    backend: &'a mut dyn Backend,
     current: String,
     names: HashMap<String, u64>,
-    last_scan: Option<ScanResult>,
+    /// the last successful scan, and why it cannot be compared (if it cannot)
+    last_scan: Option<(ScanResult, Option<String>)>,
     fault_marks: HashMap<String, u64>,
     summary: Summary,
     file: &'a str,
-    allow_errors: bool,
+}
+
+/// The scan arguments of a `scan` command starting at `start`.
+pub fn scan_args(s: &super::ast::ScanCmd, start: u64) -> ScanArgs {
+    let args = ScanArgs {
+        start,
+        end: start.wrapping_add(s.len),
+        mask: s.mask,
+        anyof: s.anyof,
+        inverted: s.inverted,
+        ret: s.ret,
+        clear: s.clear,
+        max_pages: s.max_pages,
+        vec_len: s.vec_len,
+    };
+    if start.checked_add(s.len).is_none() {
+        ScanArgs { end: 0, ..args }
+    } else {
+        args
+    }
+}
+
+/// The pages the `pagemap ADDR LEN` command prints: the first page and the count.
+pub fn pagemap_pages(a: u64, len: u64) -> (u64, u64) {
+    let start = a & !(PAGE_SIZE - 1);
+    let end = a.saturating_add(len).min(TASK_SIZE).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    (start, end.saturating_sub(start) / PAGE_SIZE)
 }
 
 impl Replayer<'_> {
-    fn space(&self) -> Arc<AddressSpace> {
-        self.tracker.space(&self.current)
-    }
-
     fn addr(&self, a: &Addr) -> Result<u64, String> {
         let base = match &a.base {
             AddrBase::Number(n) => *n,
@@ -187,15 +568,14 @@ impl Replayer<'_> {
         }
     }
 
-    fn run_inner(&mut self, c: &Command, out: &mut dyn Write) -> Result<Result<(), Errno>, String> {
-        let sp = self.space();
+    fn run_inner(&mut self, c: &Command, out: &mut dyn Write) -> Op<()> {
         Ok(match c {
             Command::Space(n) => {
-                self.tracker.space(n);
+                self.backend.space(n)?;
                 self.current = n.clone();
                 Ok(())
             }
-            Command::Fork(child) => self.tracker.fork(&self.current, child).map(|_| ()),
+            Command::Fork(child) => self.backend.fork(child)?,
             Command::Mmap {
                 target,
                 len,
@@ -212,14 +592,22 @@ impl Replayer<'_> {
                     Placement::Fixed => mm::Placement::Fixed,
                     Placement::NoReplace => mm::Placement::NoReplace,
                 };
-                sp.mmap(addr, *len, *prot, *shared, placement).map(|a| {
-                    if let Some(n) = bind {
-                        self.names.insert(n, a);
-                    }
-                })
+                self.backend
+                    .mmap(addr, *len, *prot, *shared, placement)?
+                    .map(|a| {
+                        if let Some(n) = bind {
+                            self.names.insert(n, a);
+                        }
+                    })
             }
-            Command::Munmap { addr, len } => sp.munmap(self.addr(addr)?, *len),
-            Command::Mprotect { addr, len, prot } => sp.mprotect(self.addr(addr)?, *len, *prot),
+            Command::Munmap { addr, len } => {
+                let a = self.addr(addr)?;
+                self.backend.munmap(a, *len)?
+            }
+            Command::Mprotect { addr, len, prot } => {
+                let a = self.addr(addr)?;
+                self.backend.mprotect(a, *len, *prot)?
+            }
             Command::Mremap {
                 addr,
                 old_len,
@@ -232,51 +620,40 @@ impl Replayer<'_> {
                     Some(a) => Some(self.addr(a)?),
                     None => None,
                 };
-                sp.mremap(self.addr(addr)?, *old_len, *new_len, *maymove, fixed)
+                let a = self.addr(addr)?;
+                self.backend
+                    .mremap(a, *old_len, *new_len, *maymove, fixed)?
                     .map(|a| {
                         if let Some(n) = bind {
                             self.names.insert(n.clone(), a);
                         }
                     })
             }
-            Command::Madvise { addr, len, .. } => sp.madvise_dontneed(self.addr(addr)?, *len),
-            Command::Write { addr, len } => sp.write(self.addr(addr)?, *len),
-            Command::Read { addr, len } => sp.read(self.addr(addr)?, *len),
-            Command::ClearRefs(v) => sp.clear_refs_str(v),
+            Command::Madvise { addr, len, .. } => {
+                let a = self.addr(addr)?;
+                self.backend.madvise_dontneed(a, *len)?
+            }
+            Command::Write { addr, len } => {
+                let a = self.addr(addr)?;
+                self.backend.write(a, *len)?
+            }
+            Command::Read { addr, len } => {
+                let a = self.addr(addr)?;
+                self.backend.read(a, *len)?
+            }
+            Command::ClearRefs(v) => self.backend.clear_refs(v)?,
             Command::Pagemap { addr, len } => {
                 let a = self.addr(addr)?;
-                let start = a & !(PAGE_SIZE - 1);
-                let end = a.saturating_add(*len).min(TASK_SIZE).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-                let mut p = start;
-                let mut res = Ok(());
-                while p < end {
-                    let _ = writeln!(out, "{:#x} {:#018x}", p, sp.pagemap_entry(p));
-                    p += PAGE_SIZE;
-                }
-                if a.checked_add(*len).is_none_or(|e| e > TASK_SIZE) && *len > 0 && end <= start {
-                    res = Ok(());
-                }
-                res
+                let (start, n) = pagemap_pages(a, *len);
+                self.backend.pagemap(start, n, &mut |p, e| {
+                    let _ = writeln!(out, "{p:#x} {e:#018x}");
+                })?;
+                Ok(())
             }
             Command::Scan(s) => {
                 let start = self.addr(&s.start)?;
-                let args = ScanArgs {
-                    start,
-                    end: start.wrapping_add(s.len),
-                    mask: s.mask,
-                    anyof: s.anyof,
-                    inverted: s.inverted,
-                    ret: s.ret,
-                    clear: s.clear,
-                    max_pages: s.max_pages,
-                    vec_len: s.vec_len,
-                };
-                let args = if start.checked_add(s.len).is_none() {
-                    ScanArgs { end: 0, ..args }
-                } else {
-                    args
-                };
-                match sp.scan(&args) {
+                let args = scan_args(s, start);
+                match self.backend.scan(&args)? {
                     Ok(res) => {
                         let _ = writeln!(out, "walk_end {:#x}", res.walk_end);
                         for r in &res.regions {
@@ -288,7 +665,8 @@ impl Replayer<'_> {
                                 format_categories(r.categories)
                             );
                         }
-                        self.last_scan = Some(res);
+                        let why = self.backend.scan_unobservable(&args);
+                        self.last_scan = Some((res, why));
                         Ok(())
                     }
                     Err(e) => {
@@ -299,7 +677,7 @@ impl Replayer<'_> {
             }
             Command::Smaps(a) => {
                 let a = self.addr(a)?;
-                match sp.smaps_vmflags(a) {
+                match self.backend.smaps_vmflags(a)? {
                     Some(l) => {
                         let _ = writeln!(out, "{l}");
                         Ok(())
@@ -316,103 +694,105 @@ impl Replayer<'_> {
         line: usize,
         e: &Expect,
         last: Option<&(usize, Outcome)>,
-        out: &mut dyn Write,
         diag: &mut dyn Write,
     ) {
-        let _ = out;
-        let res: Result<(), String> = self.check(e, last);
-        match res {
+        match self.check(e, last) {
             Ok(()) => self.summary.passed += 1,
-            Err(msg) => {
+            Err(Unobservable::Skip(why)) => {
+                let what = format!("{}: {why}", expect_name(e));
+                let _ = writeln!(diag, "{}:{}: skipped: {what}", self.file, line);
+                self.summary.skipped.push(Skipped { line, what });
+            }
+            Err(Unobservable::Broken(msg)) => {
                 self.summary.failed += 1;
                 let _ = writeln!(diag, "{}:{}: expectation failed: {msg}", self.file, line);
             }
         }
-        let _ = self.allow_errors;
     }
 
-    fn check(&mut self, e: &Expect, last: Option<&(usize, Outcome)>) -> Result<(), String> {
-        let sp = self.space();
+    fn check(&mut self, e: &Expect, last: Option<&(usize, Outcome)>) -> Result<(), Unobservable> {
+        let fail = Unobservable::Broken;
         match e {
             Expect::Err(want) => match last {
                 Some((_, Outcome::Err(got))) if got == want => Ok(()),
-                Some((_, Outcome::Err(got))) => {
-                    Err(format!("expected {}, got {}", want.name(), got.name()))
-                }
-                Some((_, Outcome::Ok)) => Err(format!(
+                Some((_, Outcome::Err(got))) => Err(fail(format!(
+                    "expected {}, got {}",
+                    want.name(),
+                    got.name()
+                ))),
+                Some((_, Outcome::Ok)) => Err(fail(format!(
                     "expected {}, but the command succeeded",
                     want.name()
-                )),
-                Some((_, Outcome::Broken(m))) => Err(format!(
+                ))),
+                Some((_, Outcome::Broken(m))) => Err(fail(format!(
                     "expected {}, but the command could not run: {m}",
                     want.name()
-                )),
-                None => Err("`expect err` with no previous command".into()),
+                ))),
+                None => Err(fail("`expect err` with no previous command".into())),
             },
             Expect::Ok => match last {
                 Some((_, Outcome::Ok)) => Ok(()),
                 Some((_, Outcome::Err(got))) => {
-                    Err(format!("expected success, got {}", got.name()))
+                    Err(fail(format!("expected success, got {}", got.name())))
                 }
-                Some((_, Outcome::Broken(m))) => Err(format!("expected success: {m}")),
-                None => Err("`expect ok` with no previous command".into()),
+                Some((_, Outcome::Broken(m))) => Err(fail(format!("expected success: {m}"))),
+                None => Err(fail("`expect ok` with no previous command".into())),
             },
             Expect::SoftDirty { addr, len, pages } | Expect::Present { addr, len, pages } => {
-                let a = self.addr(addr)?;
+                let a = self.addr(addr).map_err(fail)?;
                 let n = npages(a, *len);
-                let got = if matches!(e, Expect::SoftDirty { .. }) {
-                    sp.softdirty_runs(a, *len)
+                let sd = matches!(e, Expect::SoftDirty { .. });
+                let got = if sd {
+                    self.backend.softdirty_runs(a, *len)?
                 } else {
-                    sp.present_runs(a, *len)
+                    self.backend.present_runs(a, *len)?
                 };
                 let want = normalize(pages, n);
-                let what = if matches!(e, Expect::SoftDirty { .. }) {
-                    "soft-dirty"
-                } else {
-                    "present"
-                };
+                let what = if sd { "soft-dirty" } else { "present" };
                 match want {
                     Some(w) if w == got => Ok(()),
-                    Some(w) => Err(format!(
+                    Some(w) => Err(fail(format!(
                         "{what} pages: expected {}, got {}",
                         fmt_pages(&w, n),
                         fmt_pages(&got, n)
-                    )),
-                    None => Err(format!(
+                    ))),
+                    None => Err(fail(format!(
                         "{what} pages: the expected list names pages outside the {n}-page range"
-                    )),
+                    ))),
                 }
             }
             Expect::Vmas { addr, len, count } => {
-                let a = self.addr(addr)?;
-                let got = sp.vma_count(a, *len) as u64;
+                let a = self.addr(addr).map_err(fail)?;
+                let got = self.backend.vma_count(a, *len)?;
                 if got == *count {
                     Ok(())
                 } else {
-                    Err(format!("expected {count} VMAs, found {got}"))
+                    Err(fail(format!("expected {count} VMAs, found {got}")))
                 }
             }
             Expect::Regions(n) => match &self.last_scan {
-                Some(s) if s.regions.len() as u64 == *n => Ok(()),
-                Some(s) => Err(format!(
+                Some((_, Some(why))) => Err(Unobservable::Skip(why.clone())),
+                Some((s, None)) if s.regions.len() as u64 == *n => Ok(()),
+                Some((s, None)) => Err(fail(format!(
                     "expected {n} regions, the last scan returned {}",
                     s.regions.len()
-                )),
-                None => Err("no successful scan before `expect regions`".into()),
+                ))),
+                None => Err(fail("no successful scan before `expect regions`".into())),
             },
             Expect::WalkEnd(a) => {
-                let a = self.addr(a)?;
+                let a = self.addr(a).map_err(fail)?;
                 match &self.last_scan {
-                    Some(s) if s.walk_end == a => Ok(()),
-                    Some(s) => Err(format!(
+                    Some((_, Some(why))) => Err(Unobservable::Skip(why.clone())),
+                    Some((s, None)) if s.walk_end == a => Ok(()),
+                    Some((s, None)) => Err(fail(format!(
                         "expected walk_end {a:#x}, the last scan stopped at {:#x}",
                         s.walk_end
-                    )),
-                    None => Err("no successful scan before `expect walk_end`".into()),
+                    ))),
+                    None => Err(fail("no successful scan before `expect walk_end`".into())),
                 }
             }
             Expect::Faults(n) => {
-                let now = sp.faults();
+                let now = self.backend.faults()?;
                 let mark = self
                     .fault_marks
                     .insert(self.current.clone(), now)
@@ -421,7 +801,7 @@ impl Replayer<'_> {
                 if got == *n {
                     Ok(())
                 } else {
-                    Err(format!("expected {n} write faults, counted {got}"))
+                    Err(fail(format!("expected {n} write faults, counted {got}")))
                 }
             }
         }

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Runs the loom models of loom-tests/ (see loom-tests/README.md).
+#
+#   scripts/loom.sh            every model, at its bound; must pass
+#   scripts/loom.sh broken     every broken twin: rebuilds softdirty with
+#                              --cfg softdirty_broken="NAME" and checks that the model
+#                              meant to catch NAME fails
+#   scripts/loom.sh broken NAME ...   only these twins
+#
+# Environment: LOOM_MAX_PREEMPTIONS (default 3; the epoch models cap it at
+# SOFTDIRTY_LOOM_EPOCH_BOUND, default 2), and any other LOOM_* variable loom reads.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# RUSTC_WORKSPACE_WRAPPER mode: cargo calls us as `loom.sh rustc ARGS...` for workspace
+# crates; add the broken-twin cfg to the softdirty library only, so a twin rebuilds one
+# crate instead of the whole dependency graph.
+if [[ "${SOFTDIRTY_LOOM_WRAP:-}" == 1 && $# -gt 0 && "$1" != broken ]]; then
+    rustc="$1"
+    shift
+    if [[ -n "${SOFTDIRTY_BROKEN:-}" && " $* " == *" --crate-name softdirty "* ]]; then
+        exec "$rustc" "$@" --cfg "softdirty_broken=\"$SOFTDIRTY_BROKEN\""
+    fi
+    exec "$rustc" "$@"
+fi
+
+export RUSTFLAGS="--cfg loom --cfg crossbeam_loom -C debug-assertions=on"
+export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
+export RUST_BACKTRACE=0
+
+run_models() {
+    CARGO_TARGET_DIR=target/loom cargo test --release -p softdirty-loom-tests -- \
+        --nocapture --test-threads=1 2>&1 |
+        grep -E '^(loom-model|test |test result|running|error|thread .* panicked)|FAILED' || true
+    # Re-run quietly for the exit status (cargo caches the build).
+    CARGO_TARGET_DIR=target/loom cargo test --release -p softdirty-loom-tests -q -- \
+        --test-threads=2 >/dev/null 2>&1
+}
+
+# twin -> "test-binary:model" that must fail when softdirty is built with the twin.
+declare -A TWINS=(
+    [relaxed_fault]="bitmap_protocol:split_vs_write"
+    [no_recheck]="bitmap_protocol:split_vs_write"
+    [no_drain]="bitmap_protocol:merge_vs_write"
+    [no_cas_recheck]="bitmap_protocol:split_vs_first_write_to_untouched_chunk"
+    [no_drain_rule]="bitmap_protocol:mremap_vs_faults"
+    [blind_harvest]="bitmap_protocol:two_writers_one_word_vs_harvest"
+    [harvest_precheck]="bitmap_protocol:harvest_vs_write"
+    [clear_summary_last]="bitmap_protocol:clear_refs_vs_write"
+    [copy_clean_first]="bitmap_protocol:fork_vs_write"
+    [seal_before_publish]="address_space:mprotect_split_vs_write"
+    [no_defer]="reclamation:reclamation_no_uaf_no_leak"
+    [no_reclaim]="reclamation:reclamation_no_uaf_no_leak"
+)
+
+run_broken() {
+    local names=("$@") failed=0
+    if [[ ${#names[@]} -eq 0 ]]; then
+        mapfile -t names < <(printf '%s\n' "${!TWINS[@]}" | sort)
+    fi
+    export RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/loom.sh" SOFTDIRTY_LOOM_WRAP=1
+    for name in "${names[@]}"; do
+        local spec="${TWINS[$name]:?unknown twin $name}"
+        local bin="${spec%%:*}" model="${spec#*:}"
+        # The cfg is invisible to cargo's fingerprint: touch the crate root so that only
+        # softdirty (and the test binaries) rebuild.
+        touch src/lib.rs
+        local t0=$SECONDS out
+        if out=$(SOFTDIRTY_BROKEN="$name" CARGO_TARGET_DIR=target/loom-broken \
+            cargo test --release -p softdirty-loom-tests --test "$bin" -- \
+            --exact "$model" --test-threads=1 2>&1); then
+            echo "NOT REJECTED: twin $name passed $bin::$model"
+            failed=1
+        elif grep -q "panicked" <<<"$out"; then
+            echo "rejected: twin $name fails $bin::$model ($((SECONDS - t0)) s with rebuild): $(grep -m1 -A1 panicked <<<"$out" | tail -1)"
+        else
+            echo "ERROR: twin $name did not build or run:"
+            tail -20 <<<"$out"
+            failed=1
+        fi
+    done
+    touch src/lib.rs
+    return $failed
+}
+
+case "${1:-}" in
+    broken) shift; run_broken "$@" ;;
+    "") run_models ;;
+    *) echo "usage: $0 [broken [NAME...]]" >&2; exit 2 ;;
+esac

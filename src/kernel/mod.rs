@@ -1,0 +1,996 @@
+//! Real memory: the trace operations on anonymous memory of the running process, with
+//! dirtiness from the kernel itself (Linux only).
+//!
+//! Two flavours (`../shared/spec/trace-format.md`, "Kernel backend"):
+//! - [`KernelFlavour::Uffd`]: a userfaultfd with `UFFD_FEATURE_WP_ASYNC |
+//!   WP_UNPOPULATED`; every mapping the trace makes is registered for write-protect when
+//!   made and again after an `mremap` (which drops the registration); `clear_refs 4`
+//!   write-protects all of them with `PAGEMAP_SCAN(PM_SCAN_WP_MATCHING)`; soft-dirty is
+//!   `PAGE_IS_WRITTEN`; `scan ... clear` is `PM_SCAN_WP_MATCHING`. What `precise` mode
+//!   must reproduce.
+//! - [`KernelFlavour::SoftDirty`]: CONFIG_MEM_SOFT_DIRTY: `clear_refs` writes
+//!   `/proc/self/clear_refs`, soft-dirty is pagemap bit 55 / `PAGE_IS_SOFT_DIRTY`. What
+//!   `legacy` mode must reproduce.
+//!
+//! Stores and loads go through `process_vm_writev`/`process_vm_readv` on our own pid, one
+//! byte per page: a bad address is EFAULT instead of SIGSEGV, and the kernel counts them
+//! as real accesses for soft-dirty and uffd-wp (`../shared/reference/kernel-oracle.md`
+//! §4 (i)).
+//!
+//! Safety of the process: the backend only touches memory the trace mapped. It refuses
+//! `fixed`/`noreplace` mappings below [`MIN_FIXED_ADDR`], and refuses any operation whose
+//! range covers mapped memory the trace did not map (the replaying process's heap,
+//! stacks, libraries). Everything the trace mapped is unmapped when the backend drops.
+
+pub mod error;
+pub mod procfs;
+pub mod uapi;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+pub use self::error::KernelError;
+use self::uapi::*;
+use crate::errno::Errno;
+use crate::mm::Placement;
+use crate::prot::Prot;
+use crate::scan::{Region, ScanArgs, ScanResult};
+pub use crate::trace::replay::KernelFlavour;
+use crate::trace::replay::{Backend, Op, Unobservable};
+use crate::vma::{PAGE_SIZE, TASK_SIZE};
+
+/// The lowest address the kernel backend maps at with `fixed`/`noreplace`: below it lie
+/// the replaying process's own executable and heap (the spec asks traces to stay above).
+pub const MIN_FIXED_ADDR: u64 = 0x10_0000_0000;
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn to_errno(e: i32, what: &str) -> Result<Errno, String> {
+    Errno::from_code(e).ok_or_else(|| format!("{what} failed with errno {e}, unknown to the model"))
+}
+
+fn page_down(a: u64) -> u64 {
+    a & !(PAGE_SIZE - 1)
+}
+
+fn page_up(a: u64) -> u64 {
+    a.checked_add(PAGE_SIZE - 1)
+        .map_or(!(PAGE_SIZE - 1), page_down)
+}
+
+/// Calls `userfaultfd(2)` with `flags`.
+fn userfaultfd(flags: i32) -> Result<OwnedFd, i32> {
+    // SAFETY: userfaultfd takes one integer argument and returns a new fd or -1; it
+    // touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: the syscall just returned this fd, which nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `UFFDIO_API` with `features`; returns the features the kernel reports.
+fn uffd_api(fd: &OwnedFd, features: u64) -> Result<u64, i32> {
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_API reads and writes one `struct uffdio_api`, whose layout
+    // `UffdioApi` reproduces (size checked in uapi.rs); `api` lives across the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut api as *mut UffdioApi) };
+    if r != 0 {
+        return Err(last_errno());
+    }
+    Ok(api.features)
+}
+
+/// Opens a userfaultfd (falling back to `UFFD_USER_MODE_ONLY` when refused).
+fn open_uffd_raw() -> Result<OwnedFd, KernelError> {
+    let base = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    match userfaultfd(base) {
+        Ok(fd) => Ok(fd),
+        Err(libc::ENOSYS) => Err(KernelError::UffdMissing),
+        Err(e @ (libc::EPERM | libc::EACCES)) => match userfaultfd(base | UFFD_USER_MODE_ONLY) {
+            Ok(fd) => Ok(fd),
+            Err(libc::EINVAL) => Err(KernelError::UffdPermission { errno: e }),
+            Err(e) => Err(KernelError::UffdPermission { errno: e }),
+        },
+        Err(e) => Err(KernelError::Syscall {
+            what: "userfaultfd(2)",
+            errno: e,
+        }),
+    }
+}
+
+/// A userfaultfd with async write-protect on unpopulated memory (and shmem if possible).
+fn open_uffd() -> Result<OwnedFd, KernelError> {
+    let probe = open_uffd_raw()?;
+    let supported = uffd_api(&probe, 0).map_err(|e| KernelError::Syscall {
+        what: "UFFDIO_API",
+        errno: e,
+    })?;
+    drop(probe);
+    let need = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+    if supported & need != need {
+        return Err(KernelError::UffdFeatures {
+            supported,
+            missing: need & !supported,
+        });
+    }
+    let fd = open_uffd_raw()?;
+    uffd_api(&fd, need | (supported & UFFD_FEATURE_WP_HUGETLBFS_SHMEM)).map_err(|e| {
+        KernelError::Syscall {
+            what: "UFFDIO_API with WP_ASYNC | WP_UNPOPULATED",
+            errno: e,
+        }
+    })?;
+    Ok(fd)
+}
+
+/// One PAGEMAP_SCAN ioctl; returns the region count or the errno.
+fn pm_scan(pagemap: &File, arg: &mut PmScanArg) -> Result<u64, i32> {
+    // SAFETY: PAGEMAP_SCAN reads and writes one `struct pm_scan_arg` (layout checked in
+    // uapi.rs) and writes at most `vec_len` `struct page_region`s at `vec`; every caller
+    // passes either a null `vec` with `vec_len` 0, or a buffer of `vec_len` regions, or
+    // (for `Backend::scan`) a buffer no smaller than the number of pages in the range,
+    // which bounds the regions the kernel can write.
+    let r = unsafe {
+        libc::ioctl(
+            pagemap.as_raw_fd(),
+            PAGEMAP_SCAN as _,
+            arg as *mut PmScanArg,
+        )
+    };
+    if r < 0 {
+        Err(last_errno())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// Is soft-dirty compiled in? A fresh anonymous VMA carries `sd` in its VmFlags.
+fn kernel_has_soft_dirty() -> Result<bool, KernelError> {
+    // SAFETY: an anonymous private mapping chosen by the kernel: it cannot overlap
+    // anything we use; we unmap it below and never touch its memory.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE_SIZE as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(KernelError::Syscall {
+            what: "mmap of a probe page",
+            errno: last_errno(),
+        });
+    }
+    let flags = procfs::smaps_vmflags(p as u64);
+    // SAFETY: `p` is the page mapped above, unused by anything else.
+    unsafe { libc::munmap(p, PAGE_SIZE as usize) };
+    let flags = flags.map_err(|e| KernelError::Syscall {
+        what: "reading /proc/self/smaps",
+        errno: e.raw_os_error().unwrap_or(0),
+    })?;
+    Ok(flags.is_some_and(|l| l.split_ascii_whitespace().any(|t| t == "sd")))
+}
+
+/// A region buffer for PAGEMAP_SCAN: a `Vec` when small, else a lazily populated
+/// `MAP_NORESERVE` mapping (the kernel touches only what it writes).
+struct RegionBuf {
+    ptr: *mut PageRegion,
+    len: usize,
+    mapped: bool,
+    _vec: Vec<PageRegion>,
+}
+
+impl RegionBuf {
+    fn new(len: usize) -> Result<RegionBuf, String> {
+        if len <= 1 << 16 {
+            let mut v = vec![PageRegion::default(); len];
+            return Ok(RegionBuf {
+                ptr: v.as_mut_ptr(),
+                len,
+                mapped: false,
+                _vec: v,
+            });
+        }
+        let bytes = len
+            .checked_mul(std::mem::size_of::<PageRegion>())
+            .filter(|b| (*b as u64) < (1 << 45))
+            .ok_or_else(|| format!("a {len}-region scan buffer is too large"))?;
+        // SAFETY: an anonymous mapping chosen by the kernel; it overlaps nothing and is
+        // unmapped in `drop`.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!("cannot map a {bytes}-byte scan buffer"));
+        }
+        Ok(RegionBuf {
+            ptr: p.cast(),
+            len,
+            mapped: true,
+            _vec: Vec::new(),
+        })
+    }
+
+    /// The first `n` regions (`n` ≤ `len`, written by the kernel).
+    fn regions(&self, n: usize) -> &[PageRegion] {
+        assert!(n <= self.len);
+        if n == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` points to `len` initialized (zeroed or written) regions that live
+        // as long as `self`; `n <= len`.
+        unsafe { std::slice::from_raw_parts(self.ptr, n) }
+    }
+}
+
+impl Drop for RegionBuf {
+    fn drop(&mut self) {
+        if self.mapped {
+            // SAFETY: the mapping made in `new`, of this size; no reference outlives self.
+            unsafe {
+                libc::munmap(
+                    self.ptr.cast(),
+                    self.len * std::mem::size_of::<PageRegion>(),
+                )
+            };
+        }
+    }
+}
+
+/// Anonymous memory of this process, tracked by the kernel (see the module doc).
+#[derive(Debug)]
+pub struct KernelBackend {
+    flavour: KernelFlavour,
+    uffd: Option<OwnedFd>,
+    pagemap: File,
+    /// The ranges the trace mapped and still maps: disjoint, coalesced, start → end.
+    owned: BTreeMap<u64, u64>,
+}
+
+impl KernelBackend {
+    /// Opens the backend: `flavour`, or detection (soft-dirty if the kernel has
+    /// CONFIG_MEM_SOFT_DIRTY, else uffd). Fails with what is missing and how to get it.
+    pub fn new(flavour: Option<KernelFlavour>) -> Result<KernelBackend, KernelError> {
+        let pagemap = File::open("/proc/self/pagemap").map_err(|e| KernelError::Syscall {
+            what: "open /proc/self/pagemap",
+            errno: e.raw_os_error().unwrap_or(0),
+        })?;
+        let mut probe = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            ..PmScanArg::default()
+        };
+        match pm_scan(&pagemap, &mut probe) {
+            Ok(_) => {}
+            Err(libc::ENOTTY) | Err(libc::EINVAL) => return Err(KernelError::NoPagemapScan),
+            Err(e) => {
+                return Err(KernelError::Syscall {
+                    what: "the PAGEMAP_SCAN ioctl",
+                    errno: e,
+                })
+            }
+        }
+        let has_sd = kernel_has_soft_dirty()?;
+        let flavour = match flavour {
+            Some(KernelFlavour::SoftDirty) if !has_sd => return Err(KernelError::NoSoftDirty),
+            Some(f) => f,
+            None if has_sd => KernelFlavour::SoftDirty,
+            None => KernelFlavour::Uffd,
+        };
+        let uffd = match flavour {
+            KernelFlavour::Uffd => Some(open_uffd()?),
+            KernelFlavour::SoftDirty => None,
+        };
+        Ok(KernelBackend {
+            flavour,
+            uffd,
+            pagemap,
+            owned: BTreeMap::new(),
+        })
+    }
+
+    /// The flavour in use.
+    pub fn flavour(&self) -> KernelFlavour {
+        self.flavour
+    }
+
+    /// The ranges the trace mapped and still maps, in address order.
+    pub fn owned(&self) -> Vec<(u64, u64)> {
+        self.owned.iter().map(|(&s, &e)| (s, e)).collect()
+    }
+
+    /// Unmaps everything the trace mapped (also done on drop).
+    pub fn unmap_all(&mut self) {
+        self.sync_owned();
+        for (s, e) in std::mem::take(&mut self.owned) {
+            // SAFETY: [s, e) was mapped by this backend (and is still mapped: synced just
+            // above); nothing outside the trace uses it.
+            unsafe { libc::munmap(s as *mut libc::c_void, (e - s) as usize) };
+        }
+    }
+
+    fn own(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        self.disown(start, end);
+        let (mut s, mut e) = (start, end);
+        if let Some((&ps, &pe)) = self.owned.range(..=s).next_back() {
+            if pe == s {
+                self.owned.remove(&ps);
+                s = ps;
+            }
+        }
+        if let Some(&ne) = self.owned.get(&e) {
+            self.owned.remove(&e);
+            e = ne;
+        }
+        self.owned.insert(s, e);
+    }
+
+    fn disown(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let hit: Vec<(u64, u64)> = self
+            .owned
+            .range(..end)
+            .filter(|(_, &e)| e > start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in hit {
+            self.owned.remove(&s);
+            if s < start {
+                self.owned.insert(s, start);
+            }
+            if e > end {
+                self.owned.insert(end, e);
+            }
+        }
+    }
+
+    fn covered(&self, start: u64, end: u64) -> bool {
+        match self.owned.range(..=start).next_back() {
+            Some((_, &e)) => e >= end,
+            None => false,
+        }
+    }
+
+    /// Drops from the owned set whatever is no longer mapped (a failed MAP_FIXED may have
+    /// unmapped the old range).
+    fn sync_owned(&mut self) {
+        let Ok(maps) = procfs::maps() else { return };
+        let mut keep = BTreeMap::new();
+        for (&s, &e) in &self.owned {
+            for m in &maps {
+                let (a, b) = (m.start.max(s), m.end.min(e));
+                if a < b {
+                    keep.insert(a, b);
+                }
+            }
+        }
+        self.owned = BTreeMap::new();
+        for (a, b) in keep {
+            self.own(a, b);
+        }
+    }
+
+    /// Refuses a range that covers mapped memory the trace did not map.
+    fn check_owned(&self, addr: u64, len: u64, what: &str) -> Result<(), String> {
+        let start = page_down(addr);
+        let end = page_up(addr.saturating_add(len.max(1)));
+        let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+        for m in maps {
+            let (a, b) = (m.start.max(start), m.end.min(end));
+            if a < b && !self.covered(a, b) {
+                return Err(format!(
+                    "{what} {addr:#x}+{len:#x}: the kernel backend refuses it: \
+                     {a:#x}-{b:#x} is memory of the replaying process that the trace did not map \
+                     (traces should use addresses at or above {MIN_FIXED_ADDR:#x})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse_low(addr: u64, what: &str) -> Result<(), String> {
+        if addr < MIN_FIXED_ADDR {
+            return Err(format!(
+                "{what} at {addr:#x}: the kernel backend refuses fixed addresses below \
+                 {MIN_FIXED_ADDR:#x}, where the replaying process's own memory lives \
+                 (traces should use addresses at or above it)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registers `[start, start + len)` for async write-protect (uffd flavour).
+    fn register(&self, start: u64, len: u64) -> Result<(), String> {
+        let Some(fd) = &self.uffd else {
+            return Ok(());
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        let mut reg = UffdioRegister {
+            range: UffdioRange { start, len },
+            mode: UFFDIO_REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER reads and writes one `struct uffdio_register` (layout
+        // checked in uapi.rs); it changes only the VMA flags of the range, which the trace
+        // mapped.
+        let r = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                UFFDIO_REGISTER as _,
+                &mut reg as *mut UffdioRegister,
+            )
+        };
+        if r != 0 {
+            return Err(format!(
+                "UFFDIO_REGISTER(WP) of {start:#x}+{len:#x} failed (errno {})",
+                last_errno()
+            ));
+        }
+        Ok(())
+    }
+
+    /// One scan over `[start, end)` with `arg`'s masks, following `walk_end` until done;
+    /// calls `f` on every region.
+    fn scan_all(
+        &self,
+        start: u64,
+        end: u64,
+        mask: u64,
+        flags: u64,
+        f: &mut dyn FnMut(&PageRegion),
+    ) -> Result<(), String> {
+        const N: usize = 4096;
+        let buf = RegionBuf::new(N)?;
+        let mut cur = start;
+        while cur < end {
+            let mut arg = PmScanArg {
+                size: std::mem::size_of::<PmScanArg>() as u64,
+                flags,
+                start: cur,
+                end,
+                vec: buf.ptr as u64,
+                vec_len: N as u64,
+                category_mask: mask,
+                return_mask: mask,
+                ..PmScanArg::default()
+            };
+            let n = pm_scan(&self.pagemap, &mut arg)
+                .map_err(|e| format!("PAGEMAP_SCAN over {cur:#x}-{end:#x} failed (errno {e})"))?
+                as usize;
+            for r in buf.regions(n) {
+                f(r);
+            }
+            // Complete unless the vector filled (walk_end is stale past 512 regions).
+            if n < N || arg.walk_end <= cur {
+                break;
+            }
+            cur = arg.walk_end;
+        }
+        Ok(())
+    }
+
+    /// Pages of `[addr, addr+len)` in category `cat`, as relative page runs.
+    fn runs_of(&self, addr: u64, len: u64, cat: u64) -> Result<Vec<(u64, u64)>, String> {
+        let base = page_down(addr);
+        let end = addr
+            .checked_add(len)
+            .map_or(TASK_SIZE, |e| e.min(TASK_SIZE));
+        let end = page_up(end);
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        if base >= end {
+            return Ok(out);
+        }
+        self.scan_all(base, end, cat, 0, &mut |r| {
+            let (a, b) = (
+                (r.start.max(base) - base) / PAGE_SIZE,
+                (r.end.min(end) - base) / PAGE_SIZE,
+            );
+            match out.last_mut() {
+                Some(l) if l.1 >= a => l.1 = l.1.max(b),
+                _ => out.push((a, b)),
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Reads pagemap entries for `n` pages from the page-aligned `start`.
+    fn read_pagemap(&self, start: u64, n: usize) -> Result<Vec<u64>, String> {
+        let mut buf = vec![0u8; n * 8];
+        self.pagemap
+            .read_exact_at(&mut buf, (start / PAGE_SIZE) * 8)
+            .map_err(|e| format!("reading /proc/self/pagemap at {start:#x}: {e}"))?;
+        Ok(buf
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect())
+    }
+
+    /// Write-protects everything the trace mapped (uffd `clear_refs 4`).
+    fn protect_all(&self) -> Result<(), String> {
+        for (&s, &e) in &self.owned {
+            let mut cur = s;
+            for _ in 0..4 {
+                let mut arg = PmScanArg {
+                    size: std::mem::size_of::<PmScanArg>() as u64,
+                    flags: PM_SCAN_WP_MATCHING,
+                    start: cur,
+                    end: e,
+                    category_mask: PAGE_IS_WRITTEN,
+                    return_mask: PAGE_IS_WRITTEN,
+                    ..PmScanArg::default()
+                };
+                pm_scan(&self.pagemap, &mut arg).map_err(|er| {
+                    format!("PAGEMAP_SCAN(WP_MATCHING) over {s:#x}-{e:#x} failed (errno {er})")
+                })?;
+                if arg.walk_end >= e || arg.walk_end <= cur {
+                    break;
+                }
+                cur = arg.walk_end;
+            }
+        }
+        Ok(())
+    }
+
+    /// Translates a trace's categories to this flavour's (`softdirty` is WRITTEN on uffd).
+    fn cats_in(&self, c: u64) -> u64 {
+        match self.flavour {
+            KernelFlavour::Uffd if c & PAGE_IS_SOFT_DIRTY != 0 => {
+                (c & !PAGE_IS_SOFT_DIRTY) | PAGE_IS_WRITTEN
+            }
+            _ => c,
+        }
+    }
+
+    fn touch(&mut self, addr: u64, len: u64, write: bool) -> Op<()> {
+        if len == 0 {
+            return Ok(Ok(()));
+        }
+        if write {
+            self.check_owned(addr, len, "write")?;
+        }
+        let last = addr
+            .checked_add(len - 1)
+            .map_or(!(PAGE_SIZE - 1), page_down);
+        let mut page = page_down(addr);
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        loop {
+            let target = page.max(addr);
+            let mut byte = [0x5au8];
+            let local = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            let remote = libc::iovec {
+                iov_base: target as *mut libc::c_void,
+                iov_len: 1,
+            };
+            // SAFETY: process_vm_{read,write}v copy one byte between `byte` (a live local
+            // buffer) and `target` in our own address space through the kernel: a bad
+            // `target` is EFAULT, never a signal. A write targets only memory the trace
+            // mapped (checked above), so it changes nothing this program uses.
+            let r = unsafe {
+                if write {
+                    libc::process_vm_writev(pid, &local, 1, &remote, 1, 0)
+                } else {
+                    libc::process_vm_readv(pid, &local, 1, &remote, 1, 0)
+                }
+            };
+            if r != 1 {
+                let e = if r < 0 { last_errno() } else { libc::EFAULT };
+                return Ok(Err(to_errno(e, "process_vm_writev")?));
+            }
+            if page == last {
+                return Ok(Ok(()));
+            }
+            page += PAGE_SIZE;
+        }
+    }
+}
+
+impl Drop for KernelBackend {
+    fn drop(&mut self) {
+        self.unmap_all();
+    }
+}
+
+impl Backend for KernelBackend {
+    fn name(&self) -> String {
+        format!("kernel={}", self.flavour.name())
+    }
+
+    fn space(&mut self, name: &str) -> Result<(), String> {
+        Err(format!(
+            "space {name}: the kernel backend has one address space (the replaying \
+             process's); multi-space traces run on the model only"
+        ))
+    }
+
+    fn fork(&mut self, child: &str) -> Op<()> {
+        Err(format!(
+            "fork {child}: the kernel backend cannot fork the replaying process; \
+             fork traces run on the model only"
+        ))
+    }
+
+    fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: Placement,
+    ) -> Op<u64> {
+        let fixed = match placement {
+            Placement::Hint => 0,
+            Placement::Fixed => libc::MAP_FIXED,
+            Placement::NoReplace => libc::MAP_FIXED_NOREPLACE,
+        };
+        if placement != Placement::Hint {
+            Self::refuse_low(addr, "mmap")?;
+        }
+        if placement == Placement::Fixed {
+            self.check_owned(addr, len, "mmap fixed")?;
+        }
+        let flags = libc::MAP_ANONYMOUS
+            | if shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            }
+            | fixed;
+        // SAFETY: an anonymous mapping. With MAP_FIXED it replaces only memory the trace
+        // mapped (checked above, and never below MIN_FIXED_ADDR); with
+        // MAP_FIXED_NOREPLACE or a hint it replaces nothing.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len as usize,
+                prot.bits(),
+                flags,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = last_errno();
+            if placement == Placement::Fixed {
+                self.sync_owned();
+            }
+            return Ok(Err(to_errno(e, "mmap")?));
+        }
+        let a = p as u64;
+        let end = page_up(a.saturating_add(len));
+        self.own(a, end);
+        self.register(a, end - a)?;
+        Ok(Ok(a))
+    }
+
+    fn munmap(&mut self, addr: u64, len: u64) -> Op<()> {
+        self.check_owned(addr, len, "munmap")?;
+        // SAFETY: the range holds only memory the trace mapped (checked above).
+        let r = unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
+        if r != 0 {
+            return Ok(Err(to_errno(last_errno(), "munmap")?));
+        }
+        self.disown(page_down(addr), page_up(addr.saturating_add(len)));
+        Ok(Ok(()))
+    }
+
+    fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> Op<()> {
+        self.check_owned(addr, len, "mprotect")?;
+        // SAFETY: the range holds only memory the trace mapped (checked above).
+        let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len as usize, prot.bits()) };
+        if r != 0 {
+            return Ok(Err(to_errno(last_errno(), "mprotect")?));
+        }
+        Ok(Ok(()))
+    }
+
+    fn mremap(
+        &mut self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        maymove: bool,
+        fixed: Option<u64>,
+    ) -> Op<u64> {
+        if let Some(n) = fixed {
+            Self::refuse_low(n, "mremap fixed")?;
+            self.check_owned(n, new_len, "mremap fixed")?;
+        }
+        self.check_owned(addr, old_len, "mremap")?;
+        let mut flags = 0;
+        if maymove {
+            flags |= libc::MREMAP_MAYMOVE;
+        }
+        if fixed.is_some() {
+            flags |= libc::MREMAP_FIXED;
+        }
+        // SAFETY: the source and the destination hold only memory the trace mapped
+        // (checked above); without MREMAP_FIXED the kernel picks a free destination.
+        let p = unsafe {
+            libc::mremap(
+                addr as *mut libc::c_void,
+                old_len as usize,
+                new_len as usize,
+                flags,
+                fixed.unwrap_or(0) as *mut libc::c_void,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = last_errno();
+            self.sync_owned();
+            return Ok(Err(to_errno(e, "mremap")?));
+        }
+        let a = p as u64;
+        let old_end = page_up(addr.saturating_add(old_len));
+        let new_end = page_up(a.saturating_add(new_len));
+        if a == addr {
+            if new_end < old_end {
+                self.disown(new_end, old_end);
+            }
+        } else if old_len != 0 {
+            self.disown(addr, old_end);
+        }
+        self.own(a, new_end);
+        // Without UFFD_FEATURE_EVENT_REMAP the kernel resets the registration of the VMA
+        // the moved range lands in, which a merge may have made larger than the range
+        // (an unmoved neighbour loses its registration too): register everything again.
+        let ranges = self.owned();
+        for (s, e) in ranges {
+            self.register(s, e - s)?;
+        }
+        Ok(Ok(a))
+    }
+
+    fn madvise_dontneed(&mut self, addr: u64, len: u64) -> Op<()> {
+        self.check_owned(addr, len, "madvise")?;
+        // SAFETY: the range holds only memory the trace mapped (checked above): zapping it
+        // loses no data this program uses.
+        let r =
+            unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+        if r != 0 {
+            return Ok(Err(to_errno(last_errno(), "madvise")?));
+        }
+        Ok(Ok(()))
+    }
+
+    fn write(&mut self, addr: u64, len: u64) -> Op<()> {
+        self.touch(addr, len, true)
+    }
+
+    fn read(&mut self, addr: u64, len: u64) -> Op<()> {
+        self.touch(addr, len, false)
+    }
+
+    fn clear_refs(&mut self, value: &str) -> Op<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/proc/self/clear_refs")
+            .map_err(|e| format!("open /proc/self/clear_refs: {e}"))?;
+        if let Err(e) = f.write(value.as_bytes()) {
+            return match e.raw_os_error() {
+                Some(c) => Ok(Err(to_errno(c, "clear_refs")?)),
+                None => Err(format!("writing /proc/self/clear_refs: {e}")),
+            };
+        }
+        if self.flavour == KernelFlavour::Uffd && crate::mm::parse_kstrtoint(value.trim()) == Ok(4)
+        {
+            self.protect_all()?;
+        }
+        Ok(Ok(()))
+    }
+
+    fn pagemap(
+        &mut self,
+        start: u64,
+        pages: u64,
+        f: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), String> {
+        let mut done = 0;
+        while done < pages {
+            let n = (pages - done).min(512);
+            let s = start + done * PAGE_SIZE;
+            let entries = self.read_pagemap(s, n as usize)?;
+            let written = if self.flavour == KernelFlavour::Uffd {
+                self.runs_of(s, n * PAGE_SIZE, PAGE_IS_WRITTEN)?
+            } else {
+                Vec::new()
+            };
+            for (i, mut e) in entries.into_iter().enumerate() {
+                e &= !PM_PFN_MASK;
+                if self.flavour == KernelFlavour::Uffd {
+                    // Bit 55 is WRITTEN; a uffd-wp marker is not a swap entry to the model.
+                    let i = i as u64;
+                    if written.iter().any(|&(a, b)| a <= i && i < b) {
+                        e |= PM_SOFT_DIRTY;
+                    }
+                    if e & PM_PRESENT == 0 && e & PM_UFFD_WP != 0 {
+                        e &= !PM_SWAP;
+                    }
+                    e &= !PM_UFFD_WP;
+                }
+                f(s + i as u64 * PAGE_SIZE, e);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn scan(&mut self, args: &ScanArgs) -> Op<ScanResult> {
+        let pages = args.end.saturating_sub(args.start).div_ceil(PAGE_SIZE);
+        let n = args.vec_len.min(pages.saturating_add(1));
+        let buf = RegionBuf::new(n as usize)?;
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: if args.clear { PM_SCAN_WP_MATCHING } else { 0 },
+            start: args.start,
+            end: args.end,
+            walk_end: 0,
+            vec: if args.vec_len == 0 { 0 } else { buf.ptr as u64 },
+            vec_len: args.vec_len,
+            max_pages: args.max_pages,
+            category_inverted: self.cats_in(args.inverted),
+            category_mask: self.cats_in(args.mask),
+            category_anyof_mask: self.cats_in(args.anyof),
+            return_mask: self.cats_in(args.ret),
+        };
+        let count = match pm_scan(&self.pagemap, &mut arg) {
+            Ok(c) => c as usize,
+            Err(e) => return Ok(Err(to_errno(e, "PAGEMAP_SCAN")?)),
+        };
+        if count > buf.len {
+            return Err(format!(
+                "PAGEMAP_SCAN returned {count} regions, more than the {} pages scanned",
+                buf.len
+            ));
+        }
+        let uffd = self.flavour == KernelFlavour::Uffd;
+        let regions = buf
+            .regions(count)
+            .iter()
+            .map(|r| {
+                let mut c = r.categories;
+                if uffd && c & PAGE_IS_WRITTEN != 0 {
+                    if args.ret & PAGE_IS_SOFT_DIRTY != 0 {
+                        c |= PAGE_IS_SOFT_DIRTY;
+                    }
+                    if args.ret & PAGE_IS_WRITTEN == 0 {
+                        c &= !PAGE_IS_WRITTEN;
+                    }
+                }
+                Region {
+                    start: r.start,
+                    end: r.end,
+                    categories: c,
+                }
+            })
+            .collect();
+        Ok(Ok(ScanResult {
+            regions,
+            walk_end: arg.walk_end,
+        }))
+    }
+
+    fn scan_unobservable(&self, args: &ScanArgs) -> Option<String> {
+        let cats = args.mask | args.anyof | args.inverted | args.ret;
+        let odd = PAGE_IS_WRITTEN | PAGE_IS_WPALLOWED | PAGE_IS_SWAPPED;
+        if self.flavour == KernelFlavour::Uffd && cats & odd != 0 {
+            return Some(
+                "the scan uses `written`, `wpallowed` or `swapped`, which uffd registration \
+                 changes (the model reports unregistered memory)"
+                    .to_string(),
+            );
+        }
+        None
+    }
+
+    fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String> {
+        procfs::smaps_vmflags(addr).map_err(|e| format!("reading /proc/self/smaps: {e}"))
+    }
+
+    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        match self.flavour {
+            KernelFlavour::Uffd => self
+                .runs_of(addr, len, PAGE_IS_WRITTEN)
+                .map_err(Unobservable::Broken),
+            KernelFlavour::SoftDirty => {
+                let base = page_down(addr);
+                let end = page_up(
+                    addr.checked_add(len)
+                        .map_or(TASK_SIZE, |e| e.min(TASK_SIZE)),
+                );
+                let mut out: Vec<(u64, u64)> = Vec::new();
+                let mut i = 0;
+                let total = end.saturating_sub(base) / PAGE_SIZE;
+                while i < total {
+                    let n = (total - i).min(4096);
+                    let es = self
+                        .read_pagemap(base + i * PAGE_SIZE, n as usize)
+                        .map_err(Unobservable::Broken)?;
+                    for (k, e) in es.into_iter().enumerate() {
+                        if e & PM_SOFT_DIRTY != 0 {
+                            let p = i + k as u64;
+                            match out.last_mut() {
+                                Some(l) if l.1 == p => l.1 = p + 1,
+                                _ => out.push((p, p + 1)),
+                            }
+                        }
+                    }
+                    i += n;
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        self.runs_of(addr, len, PAGE_IS_PRESENT)
+            .map_err(Unobservable::Broken)
+    }
+
+    fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable> {
+        let end = addr.saturating_add(len);
+        let maps = procfs::maps()
+            .map_err(|e| Unobservable::Broken(format!("reading /proc/self/maps: {e}")))?;
+        Ok(maps
+            .iter()
+            .filter(|m| m.start < end && m.end > addr)
+            .count() as u64)
+    }
+
+    fn faults(&mut self) -> Result<u64, Unobservable> {
+        Err(Unobservable::Skip(format!(
+            "the kernel ({} flavour) does not count simulated write faults",
+            self.flavour.name()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_set_coalesces_and_splits() {
+        let Ok(mut b) = KernelBackend::new(Some(KernelFlavour::Uffd)) else {
+            return;
+        };
+        b.own(0x1000, 0x3000);
+        b.own(0x3000, 0x5000);
+        assert_eq!(b.owned(), vec![(0x1000, 0x5000)]);
+        b.disown(0x2000, 0x3000);
+        assert_eq!(b.owned(), vec![(0x1000, 0x2000), (0x3000, 0x5000)]);
+        assert!(b.covered(0x3000, 0x5000));
+        assert!(!b.covered(0x1000, 0x3000));
+        b.owned.clear();
+    }
+}

@@ -1,0 +1,73 @@
+//! Reading `/proc/self/maps` and `/proc/self/smaps`.
+
+use std::io;
+
+/// One VMA of `/proc/self/maps`: `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapsEntry {
+    /// first address
+    pub start: u64,
+    /// end address (exclusive)
+    pub end: u64,
+}
+
+/// Parses `START-END` at the beginning of a maps/smaps header line.
+fn parse_range(line: &str) -> Option<(u64, u64)> {
+    let tok = line.split_ascii_whitespace().next()?;
+    let (a, b) = tok.split_once('-')?;
+    let a = u64::from_str_radix(a, 16).ok()?;
+    let b = u64::from_str_radix(b, 16).ok()?;
+    Some((a, b))
+}
+
+/// Every VMA of the calling process, in address order.
+pub fn maps() -> io::Result<Vec<MapsEntry>> {
+    let text = std::fs::read_to_string("/proc/self/maps")?;
+    Ok(text
+        .lines()
+        .filter_map(parse_range)
+        .map(|(start, end)| MapsEntry { start, end })
+        .collect())
+}
+
+/// The `VmFlags:` line (as printed, without the newline) of the VMA containing `addr`;
+/// `None` if no VMA contains it.
+pub fn smaps_vmflags(addr: u64) -> io::Result<Option<String>> {
+    let text = std::fs::read_to_string("/proc/self/smaps")?;
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("VmFlags:") {
+            if inside {
+                return Ok(Some(line.to_string()));
+            }
+            continue;
+        }
+        // A header line starts with a hex range; field lines start with `Name:`.
+        if let Some((s, e)) = parse_range(line) {
+            if !line
+                .split_ascii_whitespace()
+                .next()
+                .unwrap_or("")
+                .ends_with(':')
+            {
+                inside = s <= addr && addr < e;
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_header_lines() {
+        assert_eq!(
+            parse_range("7f0000000000-7f0000001000 rw-p 00000000 00:00 0"),
+            Some((0x7f00_0000_0000, 0x7f00_0000_1000))
+        );
+        assert_eq!(parse_range("Rss:                   4 kB"), None);
+        assert!(!maps().unwrap().is_empty());
+    }
+}

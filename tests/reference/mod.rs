@@ -1,0 +1,976 @@
+//! A deliberately simple reference model of one address space, for differential testing
+//! against `softdirty::mm::AddressSpace` (see `tests/model_vs_reference.rs`).
+//!
+//! Written from the rules, not from the real model's code:
+//! - the trace-format spec (`shared/spec/trace-format.md`, "Modes", "Memory operations");
+//! - `docs/kernel-rules.md` (errno order, Linux 6.18 split/merge rules, VM_ACCOUNT,
+//!   anon_vma, mremap);
+//! - `shared/reference/kernel-semantics.md` §1.2, §2, §5 (legacy VM_SOFTDIRTY rules).
+//!
+//! No cleverness: a `Vec` of VMAs, each with one `RefPage` per page; every operation
+//! copies slices of those vectors around. Only `precise` and `legacy` are modelled.
+//!
+//! Where the real model has to choose an address itself (a hint mmap the hint of which is
+//! not usable, an mremap that moves with MAYMOVE), the caller passes the model's choice
+//! in; the reference only checks that it is a free, aligned range and applies it.
+
+#![allow(dead_code)]
+
+use softdirty::errno::Errno;
+use softdirty::mm::{Placement, VmaInfo};
+use softdirty::mode::Mode;
+use softdirty::prot::Prot;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Page size.
+pub const P: u64 = 4096;
+/// x86-64 4-level TASK_SIZE.
+pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+/// `mmap_min_addr` = max(dac_mmap_min_addr, CONFIG_LSM_MMAP_MIN_ADDR): the hint floor.
+pub const MMAP_MIN_ADDR: u64 = 0x10000;
+/// `vm.mmap_min_addr` (dac): below it MAP_FIXED fails with EPERM for a caller without
+/// CAP_SYS_RAWIO (kernel-rules §1.1 step 7, `cap_mmap_addr`).
+pub const DAC_MMAP_MIN_ADDR: u64 = 0x1000;
+
+type R<T> = Result<T, Errno>;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh anon_vma / shmem-file identity (only compared for equality).
+fn new_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+fn page_align(x: u64) -> Option<u64> {
+    x.checked_add(P - 1).map(|v| v & !(P - 1))
+}
+
+/// The state of one page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefPage {
+    /// Page-level soft-dirty (precise: the whole truth; legacy: the PTE bit).
+    pub dirty: bool,
+    /// A PTE is present.
+    pub present: bool,
+    /// The present PTE maps the shared zero page.
+    pub zero: bool,
+}
+
+/// One VMA.
+#[derive(Clone, Debug)]
+pub struct RefVma {
+    pub start: u64,
+    pub end: u64,
+    pub prot: Prot,
+    pub shared: bool,
+    /// VM_ACCOUNT
+    pub account: bool,
+    /// VM_SOFTDIRTY
+    pub softdirty_flag: bool,
+    pub pgoff: u64,
+    /// shmem file identity of shared anonymous memory
+    pub file: Option<u64>,
+    /// anon_vma identity, 0 = none
+    pub anon: u64,
+    /// the anon_vma chain links a parent's anon_vma (fork child)
+    pub forked: bool,
+    pub pages: Vec<RefPage>,
+}
+
+impl RefVma {
+    fn npages(&self) -> u64 {
+        (self.end - self.start) / P
+    }
+    /// `vma_had_uncowed_parents`
+    fn uncowed(&self) -> bool {
+        self.forked && self.anon != 0
+    }
+    fn contains(&self, a: u64) -> bool {
+        self.start <= a && a < self.end
+    }
+    fn idx(&self, a: u64) -> usize {
+        ((a - self.start) / P) as usize
+    }
+}
+
+/// The flags `is_mergeable_vma` compares (everything except VM_SOFTDIRTY), plus the file.
+fn same_flags(a: &RefVma, prot: Prot, shared: bool, account: bool, file: Option<u64>) -> bool {
+    a.prot == prot && a.shared == shared && a.account == account && a.file == file
+}
+
+/// `is_mergeable_anon_vma` (6.18, after 879bca0a2c4f): `tgt` is the neighbour,
+/// `src_anon` the anon_vma the range brings, `src_uncowed` whether the VMA it comes from
+/// (`vmg->middle`, none for new ranges) had uncowed parents.
+fn anon_ok(tgt: &RefVma, src_anon: u64, src_uncowed: bool) -> bool {
+    if tgt.anon == 0 && src_anon != 0 {
+        return !src_uncowed;
+    }
+    if tgt.anon != 0 && src_anon == 0 {
+        return !tgt.uncowed();
+    }
+    tgt.anon == src_anon
+}
+
+/// `dup_anon_vma(dst, src)`: dst takes src's anon_vma (and a clone of its chain) if dst
+/// has none.
+fn dup_anon(dst: &mut RefVma, src_anon: u64, src_forked: bool) {
+    if dst.anon == 0 && src_anon != 0 {
+        dst.anon = src_anon;
+        dst.forked = src_forked;
+    }
+}
+
+/// One address space.
+#[derive(Clone, Debug)]
+pub struct RefSpace {
+    pub mode: Mode,
+    pub vmas: Vec<RefVma>,
+    /// simulated write faults (stores that turned a page from not-sd to sd as reported)
+    pub faults: u64,
+}
+
+impl RefSpace {
+    pub fn new(mode: Mode) -> RefSpace {
+        assert!(matches!(mode, Mode::Precise | Mode::Legacy));
+        RefSpace {
+            mode,
+            vmas: Vec::new(),
+            faults: 0,
+        }
+    }
+
+    fn precise(&self) -> bool {
+        self.mode == Mode::Precise
+    }
+
+    // ------------------------------------------------------------ helpers
+
+    fn find(&self, a: u64) -> Option<usize> {
+        self.vmas.iter().position(|v| v.contains(a))
+    }
+
+    fn intersects(&self, s: u64, e: u64) -> bool {
+        self.vmas.iter().any(|v| v.start < e && s < v.end)
+    }
+
+    fn check_sorted(&self) {
+        for w in self.vmas.windows(2) {
+            assert!(w[0].end <= w[1].start, "reference: VMAs overlap: {:x?}", w);
+        }
+        for v in &self.vmas {
+            assert!(v.start < v.end && v.pages.len() as u64 == v.npages());
+        }
+    }
+
+    /// `__split_vma` at `a` (strictly inside VMA `i`): both halves keep every flag.
+    fn split(&mut self, i: usize, a: u64) {
+        let v = &mut self.vmas[i];
+        assert!(v.start < a && a < v.end);
+        let k = v.idx(a);
+        let mut r = v.clone();
+        r.pages = v.pages.split_off(k);
+        r.start = a;
+        r.pgoff = v.pgoff + k as u64;
+        v.end = a;
+        self.vmas.insert(i + 1, r);
+    }
+
+    /// munmap of `[s, e)`: split the edge VMAs, drop everything inside.
+    fn unmap(&mut self, s: u64, e: u64) {
+        if s >= e {
+            return;
+        }
+        if let Some(i) = self.find(s) {
+            if self.vmas[i].start < s {
+                self.split(i, s);
+            }
+        }
+        if let Some(i) = self.find(e) {
+            if self.vmas[i].start < e {
+                self.split(i, e);
+            }
+        }
+        self.vmas.retain(|v| !(v.start < e && s < v.end));
+    }
+
+    /// `vma_merge_new_range` for the hole `[new.start, new.end)`, or insertion of `new`.
+    /// A merged VMA keeps the target's own flags (VM_SOFTDIRTY included). Returns the
+    /// index of the VMA that now covers the range.
+    fn merge_new(&mut self, new: RefVma) -> usize {
+        assert!(
+            !self.intersects(new.start, new.end),
+            "new range must be a hole"
+        );
+        let i = self
+            .vmas
+            .iter()
+            .position(|v| v.start >= new.end)
+            .unwrap_or(self.vmas.len());
+        let prev = (i > 0 && self.vmas[i - 1].end == new.start).then(|| i - 1);
+        let next = (i < self.vmas.len() && self.vmas[i].start == new.end).then_some(i);
+        // vmg->middle is NULL for a new range: src_uncowed = false (6.18, pre-FORKFIX).
+        let left = prev.is_some_and(|p| {
+            let pv = &self.vmas[p];
+            same_flags(pv, new.prot, new.shared, new.account, new.file)
+                && anon_ok(pv, new.anon, false)
+                && pv.pgoff + pv.npages() == new.pgoff
+        });
+        let right = next.is_some_and(|n| {
+            let nv = &self.vmas[n];
+            same_flags(nv, new.prot, new.shared, new.account, new.file)
+                && anon_ok(nv, new.anon, false)
+                && nv.pgoff == new.pgoff + new.npages()
+                && (!left || {
+                    let pv = &self.vmas[prev.unwrap()];
+                    pv.anon == 0 || nv.anon == 0 || pv.anon == nv.anon
+                })
+        });
+        match (left, right) {
+            (true, true) => {
+                let p = prev.unwrap();
+                let nv = self.vmas.remove(next.unwrap());
+                let pv = &mut self.vmas[p];
+                pv.end = nv.end;
+                pv.pages.extend_from_slice(&new.pages);
+                pv.pages.extend_from_slice(&nv.pages);
+                // vma_expand: dup_anon_vma(target, next); copy_vma: the source's.
+                dup_anon(pv, nv.anon, nv.forked);
+                dup_anon(pv, new.anon, new.forked);
+                p
+            }
+            (true, false) => {
+                let p = prev.unwrap();
+                let pv = &mut self.vmas[p];
+                pv.end = new.end;
+                pv.pages.extend_from_slice(&new.pages);
+                dup_anon(pv, new.anon, new.forked);
+                p
+            }
+            (false, true) => {
+                let n = next.unwrap();
+                let nv = &mut self.vmas[n];
+                nv.start = new.start;
+                nv.pgoff = new.pgoff;
+                let mut pages = new.pages.clone();
+                pages.extend_from_slice(&nv.pages);
+                nv.pages = pages;
+                dup_anon(nv, new.anon, new.forked);
+                n
+            }
+            (false, false) => {
+                self.vmas.insert(i, new);
+                i
+            }
+        }
+    }
+
+    /// mprotect_fixup's `vma_modify_flags` on `[s, e)` inside VMA `i`, then
+    /// `vm_flags_reset(newflags)`: the resulting VMA takes (prot, account, VM_SOFTDIRTY)
+    /// from the modified VMA's new flags.
+    fn modify(&mut self, i: usize, s: u64, e: u64, prot: Prot, account: bool, sd: bool) {
+        let mid = self.vmas[i].clone();
+        let left_side = s == mid.start;
+        let right_side = e == mid.end;
+        let pgoff = mid.pgoff + (s - mid.start) / P;
+        let pglen = (e - s) / P;
+        let (ks, ke) = (mid.idx(s), mid.idx(s) + pglen as usize);
+        if left_side || right_side {
+            let prev = (left_side && i > 0 && self.vmas[i - 1].end == s).then(|| i - 1);
+            let next = (right_side && i + 1 < self.vmas.len() && self.vmas[i + 1].start == e)
+                .then(|| i + 1);
+            let ml = prev.is_some_and(|p| {
+                let pv = &self.vmas[p];
+                same_flags(pv, prot, mid.shared, account, mid.file)
+                    && anon_ok(pv, mid.anon, mid.uncowed())
+                    && pv.pgoff + pv.npages() == pgoff
+            });
+            let mr = next.is_some_and(|n| {
+                let nv = &self.vmas[n];
+                same_flags(nv, prot, mid.shared, account, mid.file)
+                    && anon_ok(nv, mid.anon, mid.uncowed())
+                    && nv.pgoff == pgoff + pglen
+                    && (!ml || {
+                        let pv = &self.vmas[prev.unwrap()];
+                        pv.anon == 0 || nv.anon == 0 || pv.anon == nv.anon
+                    })
+            });
+            let reset = |v: &mut RefVma| {
+                v.prot = prot;
+                v.account = account;
+                v.softdirty_flag = sd;
+            };
+            if ml && mr {
+                let (p, n) = (prev.unwrap(), next.unwrap());
+                let nv = self.vmas[n].clone();
+                let pv = &mut self.vmas[p];
+                pv.end = nv.end;
+                pv.pages.extend_from_slice(&mid.pages);
+                pv.pages.extend_from_slice(&nv.pages);
+                if nv.anon != 0 {
+                    dup_anon(pv, nv.anon, nv.forked);
+                } else {
+                    dup_anon(pv, mid.anon, mid.forked);
+                }
+                reset(pv);
+                self.vmas.drain(i..=n);
+                return;
+            }
+            if ml {
+                let p = prev.unwrap();
+                let pv = &mut self.vmas[p];
+                pv.end = e;
+                pv.pages.extend_from_slice(&mid.pages[ks..ke]);
+                dup_anon(pv, mid.anon, mid.forked);
+                reset(pv);
+                if right_side {
+                    self.vmas.remove(i);
+                } else {
+                    let m = &mut self.vmas[i];
+                    m.pages.drain(..ke);
+                    m.start = e;
+                    m.pgoff += pglen;
+                }
+                return;
+            }
+            if mr {
+                let n = next.unwrap();
+                let nv = &mut self.vmas[n];
+                let mut pages = mid.pages[ks..ke].to_vec();
+                pages.extend_from_slice(&nv.pages);
+                nv.pages = pages;
+                nv.start = s;
+                nv.pgoff = pgoff;
+                dup_anon(nv, mid.anon, mid.forked);
+                reset(nv);
+                if left_side {
+                    self.vmas.remove(i);
+                } else {
+                    let m = &mut self.vmas[i];
+                    m.pages.truncate(ks);
+                    m.end = s;
+                }
+                return;
+            }
+        }
+        // No merge: split off what lies outside [s, e), change the rest.
+        let mut j = i;
+        if s > mid.start {
+            self.split(j, s);
+            j += 1;
+        }
+        if e < self.vmas[j].end {
+            self.split(j, e);
+        }
+        let v = &mut self.vmas[j];
+        v.prot = prot;
+        v.account = account;
+        v.softdirty_flag = sd;
+    }
+
+    /// `find_mergeable_anon_vma`: reuse an adjacent compatible neighbour's anon_vma if its
+    /// chain is singular (next first, then prev), else a new one.
+    fn anon_for_fault(&self, i: usize) -> u64 {
+        let v = &self.vmas[i];
+        // anon_vma_compatible(a, b): adjacent, same file, flags equal except access flags
+        // and VM_SOFTDIRTY, pgoff linear.
+        let compat = |a: &RefVma, b: &RefVma| {
+            a.end == b.start
+                && a.file == b.file
+                && a.shared == b.shared
+                && a.account == b.account
+                && b.pgoff == a.pgoff + a.npages()
+        };
+        if let Some(n) = self.vmas.get(i + 1) {
+            if compat(v, n) && n.anon != 0 && !n.forked {
+                return n.anon;
+            }
+        }
+        if i > 0 {
+            let p = &self.vmas[i - 1];
+            if compat(p, v) && p.anon != 0 && !p.forked {
+                return p.anon;
+            }
+        }
+        new_id()
+    }
+
+    fn reported_sd(&self, v: &RefVma, p: &RefPage) -> bool {
+        (!self.precise() && v.softdirty_flag) || p.dirty
+    }
+
+    // ------------------------------------------------------------ operations
+
+    /// `mmap`. For a hint that cannot be used as is, `choose` gives the real model's
+    /// choice (checked for being free and in range here).
+    pub fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: Placement,
+        choose: impl FnOnce() -> Option<u64>,
+    ) -> R<u64> {
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let fixed = placement != Placement::Hint;
+        let mut addr = addr;
+        if !fixed {
+            addr &= !(P - 1);
+            if addr != 0 && addr < MMAP_MIN_ADDR {
+                addr = MMAP_MIN_ADDR;
+            }
+        }
+        let len = match page_align(len) {
+            Some(l) if l != 0 => l,
+            _ => return Err(Errno::ENOMEM),
+        };
+        if len > TASK_SIZE {
+            return Err(Errno::ENOMEM);
+        }
+        if !fixed {
+            let usable = addr != 0
+                && addr.checked_add(len).is_some_and(|e| e <= TASK_SIZE)
+                && !self.intersects(addr, addr + len);
+            if !usable {
+                let Some(a) = choose() else {
+                    return Err(Errno::ENOMEM);
+                };
+                assert!(
+                    a % P == 0 && a >= MMAP_MIN_ADDR && a <= TASK_SIZE - len,
+                    "model chose a bad address {a:#x} for len {len:#x}"
+                );
+                assert!(
+                    !self.intersects(a, a + len),
+                    "model chose an occupied range {a:#x}+{len:#x}"
+                );
+                addr = a;
+            }
+        }
+        if addr > TASK_SIZE - len {
+            return Err(Errno::ENOMEM);
+        }
+        if addr % P != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if fixed && addr < DAC_MMAP_MIN_ADDR {
+            return Err(Errno::EPERM);
+        }
+        let end = addr + len;
+        if placement == Placement::NoReplace && self.intersects(addr, end) {
+            return Err(Errno::EEXIST);
+        }
+        self.unmap(addr, end);
+        let n = (len / P) as usize;
+        let new = RefVma {
+            start: addr,
+            end,
+            prot,
+            shared,
+            account: !shared && prot.write,
+            softdirty_flag: true,
+            pgoff: if shared { 0 } else { addr / P },
+            file: shared.then(new_id),
+            anon: 0,
+            forked: false,
+            pages: vec![
+                RefPage {
+                    dirty: self.precise(),
+                    present: false,
+                    zero: false,
+                };
+                n
+            ],
+        };
+        let i = self.merge_new(new);
+        // "New (or expanded) vma always get soft dirty status": on the merged VMA.
+        self.vmas[i].softdirty_flag = true;
+        self.check_sorted();
+        Ok(addr)
+    }
+
+    pub fn munmap(&mut self, addr: u64, len: u64) -> R<()> {
+        if addr % P != 0 || addr > TASK_SIZE || len > TASK_SIZE - addr {
+            return Err(Errno::EINVAL);
+        }
+        let len = page_align(len).unwrap();
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.unmap(addr, addr + len);
+        self.check_sorted();
+        Ok(())
+    }
+
+    pub fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> R<()> {
+        if addr % P != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let len = page_align(len).ok_or(Errno::ENOMEM)?;
+        let end = addr.checked_add(len).ok_or(Errno::ENOMEM)?;
+        let first = self.vmas.iter().find(|v| v.end > addr && v.start < end);
+        match first {
+            None => return Err(Errno::ENOMEM),
+            Some(v) if v.start > addr => return Err(Errno::ENOMEM),
+            _ => {}
+        }
+        let mut tmp = addr;
+        let r = loop {
+            let Some(i) = self.vmas.iter().position(|v| v.end > tmp && v.start < end) else {
+                break Ok(());
+            };
+            // A hole before this VMA (the kernel's `vma->vm_start != tmp`).
+            if self.vmas[i].start > tmp {
+                break Err(Errno::ENOMEM);
+            }
+            let v = &self.vmas[i];
+            let seg_end = v.end.min(end);
+            if v.prot != prot {
+                // VM_ACCOUNT gain / loss (mprotect_fixup), after the newflags==oldflags test.
+                let mut account = v.account;
+                if prot.write {
+                    if !(v.account || v.prot.write || v.shared) {
+                        account = true;
+                    }
+                } else if v.account && !v.shared && v.anon == 0 {
+                    account = false;
+                }
+                let sd = v.softdirty_flag;
+                self.modify(i, tmp, seg_end, prot, account, sd);
+            }
+            tmp = seg_end;
+            if tmp >= end {
+                break Ok(());
+            }
+        };
+        self.check_sorted();
+        r?;
+        if tmp < end {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(())
+    }
+
+    pub fn madvise_dontneed(&mut self, addr: u64, len: u64) -> R<()> {
+        if addr % P != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let len = page_align(len).ok_or(Errno::EINVAL)?;
+        let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let precise = self.precise();
+        let mut cursor = addr;
+        let mut hole = false;
+        for v in self.vmas.iter_mut() {
+            if v.end <= addr || v.start >= end {
+                continue;
+            }
+            if v.start > cursor {
+                hole = true;
+            }
+            let s = v.start.max(addr);
+            let e = v.end.min(end);
+            let (a, b) = (v.idx(s), v.idx(s) + ((e - s) / P) as usize);
+            for p in &mut v.pages[a..b] {
+                *p = RefPage {
+                    dirty: precise,
+                    present: false,
+                    zero: false,
+                };
+            }
+            cursor = e;
+        }
+        if hole || cursor < end {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(())
+    }
+
+    pub fn write(&mut self, addr: u64, len: u64) -> R<()> {
+        self.fault(addr, len, true)
+    }
+
+    pub fn read(&mut self, addr: u64, len: u64) -> R<()> {
+        self.fault(addr, len, false)
+    }
+
+    fn fault(&mut self, addr: u64, len: u64, write: bool) -> R<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let last = addr.checked_add(len - 1).unwrap_or(u64::MAX) & !(P - 1);
+        let mut page = addr & !(P - 1);
+        loop {
+            let Some(i) = self.find(page) else {
+                return Err(Errno::EFAULT);
+            };
+            let v = &self.vmas[i];
+            let prot = v.prot;
+            if !(prot.read || prot.write || prot.exec) || (write && !prot.write) {
+                return Err(Errno::EFAULT);
+            }
+            if write && !v.shared && v.anon == 0 {
+                let a = self.anon_for_fault(i);
+                self.vmas[i].anon = a;
+                self.vmas[i].forked = false;
+            }
+            let v = &self.vmas[i];
+            let k = v.idx(page);
+            let before = self.reported_sd(v, &v.pages[k]);
+            let shared = v.shared;
+            let pg = &mut self.vmas[i].pages[k];
+            if write {
+                *pg = RefPage {
+                    dirty: true,
+                    present: true,
+                    zero: false,
+                };
+                if !before {
+                    self.faults += 1;
+                }
+            } else if !pg.present {
+                pg.present = true;
+                pg.zero = !shared;
+            }
+            if page == last {
+                return Ok(());
+            }
+            page += P;
+        }
+    }
+
+    pub fn clear_refs(&mut self, value: i32) -> R<()> {
+        match value {
+            1 | 2 | 3 | 5 => Ok(()),
+            4 => {
+                for v in &mut self.vmas {
+                    v.softdirty_flag = false;
+                    for p in &mut v.pages {
+                        p.dirty = false;
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    pub fn fork(&self) -> RefSpace {
+        let precise = self.precise();
+        let vmas = self
+            .vmas
+            .iter()
+            .map(|v| {
+                let mut c = v.clone();
+                if !v.shared && v.anon != 0 {
+                    // PTEs copied (soft-dirty kept); a new anon_vma whose chain links ours.
+                    c.anon = new_id();
+                    c.forked = true;
+                } else {
+                    // No PTEs copied: unpopulated; legacy loses the PTE bits with them,
+                    // precise copies the state.
+                    c.anon = 0;
+                    c.forked = false;
+                    for p in &mut c.pages {
+                        *p = RefPage {
+                            dirty: precise && p.dirty,
+                            present: false,
+                            zero: false,
+                        };
+                    }
+                }
+                c
+            })
+            .collect();
+        RefSpace {
+            mode: self.mode,
+            vmas,
+            faults: 0,
+        }
+    }
+
+    /// `mremap`. `choose` gives the real model's destination for a MAYMOVE move that is
+    /// not in place (checked here for being free).
+    pub fn mremap(
+        &mut self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        maymove: bool,
+        fixed: Option<u64>,
+        choose: impl FnOnce() -> Option<u64>,
+    ) -> R<u64> {
+        let r = self.mremap_inner(addr, old_len, new_len, maymove, fixed, choose);
+        self.check_sorted();
+        r
+    }
+
+    fn mremap_inner(
+        &mut self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        maymove: bool,
+        fixed: Option<u64>,
+        choose: impl FnOnce() -> Option<u64>,
+    ) -> R<u64> {
+        // check_mremap_params (6.18 aligns both lengths first).
+        if addr % P != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let old_len = page_align(old_len).expect("generator keeps old_len small");
+        let new_len = page_align(new_len).unwrap_or(0);
+        if new_len == 0 || new_len > TASK_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(na) = fixed {
+            if na > TASK_SIZE - new_len || na % P != 0 || !maymove {
+                return Err(Errno::EINVAL);
+            }
+            // vrm_overlaps
+            if addr < na + new_len && na < addr + old_len {
+                return Err(Errno::EINVAL);
+            }
+            if old_len == new_len {
+                return self.remap_move(addr, old_len, na);
+            }
+        }
+        // check_prep_vma
+        let Some(i) = self.find(addr) else {
+            return Err(Errno::EFAULT);
+        };
+        let shrink = new_len < old_len;
+        let expand = new_len > old_len;
+        if fixed.is_none() && !expand {
+            if shrink {
+                self.unmap(addr + new_len, addr + old_len);
+            }
+            return Ok(addr);
+        }
+        if old_len == 0 {
+            // Private: EINVAL. Shared ("duplicate the mapping") is not modelled by the real
+            // model either, which refuses it with EINVAL.
+            return Err(Errno::EINVAL);
+        }
+        let chk = if shrink { new_len } else { old_len };
+        let v_end = self.vmas[i].end;
+        if chk > v_end - addr {
+            return Err(Errno::EFAULT);
+        }
+        if let Some(na) = fixed {
+            // mremap_to: unmap the destination, then shrink, then move.
+            self.unmap(na, na + new_len);
+            if self.find(addr).is_none() {
+                return Err(Errno::EFAULT);
+            }
+            let mut old_len = old_len;
+            if shrink {
+                self.unmap(addr + new_len, addr + old_len);
+                old_len = new_len;
+            }
+            self.move_range(addr, old_len, na, new_len);
+            return Ok(na);
+        }
+        // Expand, no FIXED.
+        let delta = new_len - old_len;
+        if v_end - addr == old_len
+            && v_end.checked_add(delta).is_some_and(|e| e <= TASK_SIZE)
+            && !self.intersects(v_end, v_end + delta)
+        {
+            // vma_merge_extend: a new-range merge with the VMA as prev (it keeps its
+            // flags); a compatible next VMA reached by the growth is swallowed too
+            // (checked on 6.18.44 with a C probe).
+            let precise = self.precise();
+            let v = &self.vmas[i];
+            let mut ext = v.clone();
+            ext.start = v_end;
+            ext.end = v_end + delta;
+            ext.pgoff = v.pgoff + v.npages();
+            ext.pages = vec![
+                RefPage {
+                    dirty: precise,
+                    present: false,
+                    zero: false,
+                };
+                (delta / P) as usize
+            ];
+            self.merge_new(ext);
+            return Ok(addr);
+        }
+        if !maymove {
+            return Err(Errno::ENOMEM);
+        }
+        let Some(na) = choose() else {
+            return Err(Errno::ENOMEM);
+        };
+        assert!(
+            na % P == 0 && na >= MMAP_MIN_ADDR && na <= TASK_SIZE - new_len,
+            "model moved to a bad address {na:#x}"
+        );
+        assert!(
+            !self.intersects(na, na + new_len),
+            "model moved onto an occupied range {na:#x}+{new_len:#x}"
+        );
+        self.move_range(addr, old_len, na, new_len);
+        Ok(na)
+    }
+
+    /// `remap_move` (6.17+): same-size MREMAP_FIXED of every VMA piece in the range,
+    /// gaps preserved, each piece moved on its own.
+    fn remap_move(&mut self, addr: u64, len: u64, na: u64) -> R<u64> {
+        let end = addr + len;
+        if self.find(addr).is_none() {
+            return Err(Errno::EFAULT);
+        }
+        let pieces: Vec<(u64, u64)> = self
+            .vmas
+            .iter()
+            .filter(|v| v.start < end && v.end > addr)
+            .map(|v| (v.start.max(addr), v.end.min(end)))
+            .collect();
+        for (s, e) in pieces {
+            let t = na + (s - addr);
+            self.unmap(t, t + (e - s));
+            self.move_range(s, e - s, t, e - s);
+        }
+        Ok(na)
+    }
+
+    /// `move_vma`: `[addr, addr+old_len)` (inside one VMA) to the hole
+    /// `[na, na+new_len)`: copy_vma (merge at the destination), move the PTEs (each moved
+    /// present PTE soft-dirty), unmap the source.
+    fn move_range(&mut self, addr: u64, old_len: u64, na: u64, new_len: u64) {
+        let i = self.find(addr).expect("move source");
+        let v = &self.vmas[i];
+        assert!(addr + old_len <= v.end);
+        let precise = self.precise();
+        let k = v.idx(addr);
+        let mut pages: Vec<RefPage> = v.pages[k..k + (old_len / P) as usize]
+            .iter()
+            .map(|p| RefPage {
+                // precise: the destination of a move is soft-dirty; legacy:
+                // move_soft_dirty_pte on every moved present PTE.
+                dirty: precise || p.dirty || p.present,
+                present: p.present,
+                zero: p.zero,
+            })
+            .collect();
+        pages.extend(vec![
+            RefPage {
+                dirty: precise,
+                present: false,
+                zero: false,
+            };
+            ((new_len - old_len) / P) as usize
+        ]);
+        let pgoff = if !v.shared && v.anon == 0 {
+            na / P
+        } else {
+            v.pgoff + k as u64
+        };
+        let new = RefVma {
+            start: na,
+            end: na + new_len,
+            pgoff,
+            pages,
+            ..v.clone()
+        };
+        self.merge_new(new);
+        self.unmap(addr, addr + old_len);
+    }
+
+    // ------------------------------------------------------------ observation
+
+    pub fn vma_infos(&self) -> Vec<VmaInfo> {
+        self.vmas
+            .iter()
+            .map(|v| VmaInfo {
+                start: v.start,
+                end: v.end,
+                prot: v.prot.to_string(),
+                shared: v.shared,
+                vm_softdirty: v.softdirty_flag,
+                faulted: v.anon != 0,
+            })
+            .collect()
+    }
+
+    /// (soft-dirty, present, zero page, shared) of the page at `a`, None outside VMAs.
+    pub fn page_info(&self, a: u64) -> Option<(bool, bool, bool, bool)> {
+        let v = &self.vmas[self.find(a)?];
+        let p = &v.pages[v.idx(a)];
+        Some((
+            self.reported_sd(v, p),
+            p.present,
+            p.present && p.zero,
+            v.shared,
+        ))
+    }
+
+    /// The pagemap entry (bits 55, 56, 61, 63).
+    pub fn pagemap_entry(&self, a: u64) -> u64 {
+        let Some((sd, present, zero, shared)) = self.page_info(a & !(P - 1)) else {
+            return 0;
+        };
+        let mut e = 0u64;
+        if sd {
+            e |= 1 << 55;
+        }
+        if present {
+            e |= 1 << 63;
+            if shared {
+                e |= 1 << 61;
+            }
+            if !zero {
+                e |= 1 << 56;
+            }
+        }
+        e
+    }
+
+    fn runs(
+        &self,
+        addr: u64,
+        len: u64,
+        pred: impl Fn((bool, bool, bool, bool)) -> bool,
+    ) -> Vec<(u64, u64)> {
+        let base = addr & !(P - 1);
+        let end = base + (len + (addr - base)).div_ceil(P) * P;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for v in self.vmas.iter().filter(|v| v.start < end && v.end > base) {
+            let mut a = v.start.max(base);
+            while a < v.end.min(end) {
+                let p = &v.pages[v.idx(a)];
+                let info = (
+                    self.reported_sd(v, p),
+                    p.present,
+                    p.present && p.zero,
+                    v.shared,
+                );
+                if pred(info) {
+                    let k = (a - base) / P;
+                    match out.last_mut() {
+                        Some(l) if l.1 == k => l.1 = k + 1,
+                        _ => out.push((k, k + 1)),
+                    }
+                }
+                a += P;
+            }
+        }
+        out
+    }
+
+    pub fn softdirty_runs(&self, addr: u64, len: u64) -> Vec<(u64, u64)> {
+        self.runs(addr, len, |i| i.0)
+    }
+
+    pub fn present_runs(&self, addr: u64, len: u64) -> Vec<(u64, u64)> {
+        self.runs(addr, len, |i| i.1)
+    }
+}
