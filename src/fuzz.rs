@@ -10,11 +10,14 @@
 //! removed while the sides still disagree), written to `--out` with the other side's
 //! answers as expectations, and the command exits 1. Deterministic for a seed.
 //!
-//! Known disagreements with Linux 6.18 (model bugs, reported; the model is not this
-//! module's): an mremap whose source runs past the end of its VMA succeeds in the model
-//! and fails with EFAULT in the kernel; an in-place mremap growth that makes a VMA touch
-//! a compatible next VMA merges the three in the kernel, not in the model.
-//! `--mremap-single-page` avoids the first to look for others.
+//! A by-design disagreement with the uffd flavour: a same-size `mremap ... fixed` whose
+//! source spans more than one VMA (or runs into a hole) is a multi-VMA move in Linux
+//! 6.17+, which the model implements; the kernel refuses it with EFAULT for VMAs armed
+//! with userfaultfd (`vma_multi_allowed`), and the uffd flavour arms every mapping.
+//! Without userfaultfd the kernel moves it as the model does (checked with a C probe on
+//! 6.18.44). `--mremap-single-page` keeps mremap sources to one page, away from it.
+//! (An earlier disagreement, an in-place mremap growth that reaches a compatible next VMA
+//! and swallows it, was a model bug found by this fuzzer and is fixed.)
 //!
 //! `--against kernel` is real memory of this process ([`crate::kernel`]): the uffd flavour
 //! for `--mode precise`, the soft-dirty flavour for `--mode legacy`.
@@ -65,8 +68,8 @@ pub struct FuzzArgs {
     /// The model's mode (precise against uffd, legacy against real soft-dirty).
     #[arg(long, default_value = "precise", value_parser = parse_mode)]
     pub mode: Mode,
-    /// mremap only one-page sources: steers clear of a known disagreement (an mremap
-    /// source running past the end of its VMA) to look for others.
+    /// mremap only one-page sources: steers clear of the uffd flavour's by-design
+    /// refusal of multi-VMA moves (see the module docs).
     #[arg(long)]
     pub mremap_single_page: bool,
     /// Where the minimal failing trace goes.

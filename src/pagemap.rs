@@ -58,8 +58,13 @@ impl AddressSpace {
     /// Calls `f(start, end, info)` for maximal runs of pages with equal [`PageInfo`] in
     /// `[start, end)` (page aligned), `info == None` for addresses outside any VMA.
     /// Cost follows the number of runs and touched chunks, not the size of the range.
-    pub fn for_each_run(&self, start: u64, end: u64, f: impl FnMut(u64, u64, Option<PageInfo>)) {
-        self.with_index(|idx| self.runs_in(idx, start, end, f))
+    pub fn for_each_run(&self, start: u64, end: u64, mut f: impl FnMut(u64, u64, Option<PageInfo>)) {
+        self.with_index(|idx| {
+            self.runs_in(idx, start, end, |s, e, i| {
+                f(s, e, i);
+                true
+            })
+        })
     }
 
     pub(crate) fn runs_in(
@@ -67,18 +72,22 @@ impl AddressSpace {
         idx: &VmaIndex,
         start: u64,
         end: u64,
-        mut f: impl FnMut(u64, u64, Option<PageInfo>),
+        mut f: impl FnMut(u64, u64, Option<PageInfo>) -> bool,
     ) {
+        // `f` returns false to stop the iteration early.
+        let stopped = std::cell::Cell::new(false);
         let mut pending: Option<(u64, u64, Option<PageInfo>)> = None;
         let mut emit = |s: u64, e: u64, i: Option<PageInfo>| {
-            if s >= e {
+            if s >= e || stopped.get() {
                 return;
             }
             match &mut pending {
                 Some((_, pe, pi)) if *pe == s && *pi == i => *pe = e,
                 _ => {
                     if let Some((a, b, c)) = pending.take() {
-                        f(a, b, c);
+                        if !f(a, b, c) {
+                            stopped.set(true);
+                        }
                     }
                     pending = Some((s, e, i));
                 }
@@ -86,6 +95,9 @@ impl AddressSpace {
         };
         let mut cursor = start;
         for v in idx.range(start, end) {
+            if stopped.get() {
+                return;
+            }
             if v.start > cursor {
                 emit(cursor, v.start, None);
             }
@@ -96,7 +108,7 @@ impl AddressSpace {
             let bm = &v.bitmap;
             let mut p = v.page_of(s);
             let pe = v.page_of(e - 1) + 1;
-            while p < pe {
+            while p < pe && !stopped.get() {
                 if let Some((clean, ue)) = bm.uniform_run_end(p, pe) {
                     let info = PageInfo {
                         softdirty: flag || !clean,
@@ -150,7 +162,9 @@ impl AddressSpace {
             emit(cursor, end, None);
         }
         if let Some((a, b, c)) = pending {
-            f(a, b, c);
+            if !stopped.get() {
+                f(a, b, c);
+            }
         }
     }
 

@@ -176,85 +176,93 @@ impl AddressSpace {
                         }
                     }
                 });
-                for (s, e) in todo {
-                    self.harvest_range(s, e, |_| {});
-                }
+                self.harvest_ranges(&todo, |_| {});
             }
             out.walk_end = end;
             return out;
         }
+        // One pass over the runs. The kernel walks, fills a bounce buffer of at most 512
+        // regions, flushes it and restarts the walk at the first page it could not report;
+        // pages from there on are untouched by the first walk, so continuing the same
+        // pass with a fresh buffer is exactly equivalent (and linear in the runs).
         let mut vec_left = a.vec_len;
+        let mut buf_len = BOUNCE.min(vec_left);
+        let mut buf: Vec<Region> = Vec::new();
         let mut found = 0u64;
         let mut walk_end: Option<u64> = None;
-        let mut walk_start = a.start;
-        while walk_start < end {
-            let buf_len = BOUNCE.min(vec_left);
-            let mut buf: Vec<Region> = Vec::new();
-            let mut enospc = false;
-            let mut runs = Vec::new();
-            // Collect matching runs first (a scan never holds the index while clearing).
-            self.for_each_run(walk_start, end, |s, e, i| {
-                if let Some(i) = i {
-                    let c = categories(&i);
-                    if matches(c) {
-                        runs.push((s, e, c, i.softdirty));
-                    }
-                }
-            });
-            for (s, e, c, sd) in runs {
-                let cats = c & a.ret;
-                let n = (e - s) >> PAGE_SHIFT;
-                let mut e2 = e;
-                let mut take = n;
-                if found.checked_add(n).is_none_or(|t| t > max) {
-                    take = max - found;
-                    e2 = s + (take << PAGE_SHIFT);
-                    enospc = true;
-                }
-                // pagemap_scan_push_range
-                let full = buf.len() as u64 >= buf_len;
-                let pushed = match buf.last_mut() {
-                    Some(last) if last.end == s && last.categories == cats => {
-                        last.end = e2;
-                        true
-                    }
-                    Some(_) if full => false,
-                    _ => {
-                        buf.push(Region {
-                            start: s,
-                            end: e2,
-                            categories: cats,
-                        });
-                        true
-                    }
-                };
-                if !pushed {
-                    e2 = s;
-                    take = 0;
-                    enospc = true;
-                }
-                found += take;
-                if a.clear && sd && e2 > s {
-                    self.harvest_range(s, e2, |_| {});
-                }
-                if enospc {
-                    walk_end = Some(e2);
-                    break;
-                }
-            }
-            // pagemap_scan_flush_buffer: a trailing empty region is dropped.
+        let mut to_clear: Vec<(u64, u64)> = Vec::new();
+        let flush = |buf: &mut Vec<Region>, out: &mut ScanResult| -> u64 {
+            // pagemap_scan_flush_buffer: a trailing empty region is not emitted.
             if buf.last().is_some_and(|r| r.start == r.end) {
                 buf.pop();
             }
-            vec_left -= buf.len() as u64;
-            out.regions.extend(buf);
-            if !enospc || vec_left == 0 || found == max {
-                break;
-            }
-            walk_start = walk_end.unwrap_or(end);
-        }
+            let n = buf.len() as u64;
+            out.regions.append(buf);
+            n
+        };
+        self.with_index(|idx| {
+            self.runs_in(idx, a.start, end, |s, e, i| {
+                let Some(i) = i else { return true };
+                let c = categories(&i);
+                if !matches(c) {
+                    return true;
+                }
+                let cats = c & a.ret;
+                loop {
+                    let n = (e - s) >> PAGE_SHIFT;
+                    let (mut e2, mut take, mut stop) = (e, n, false);
+                    if found.checked_add(n).is_none_or(|t| t > max) {
+                        take = max - found;
+                        e2 = s + (take << PAGE_SHIFT);
+                        stop = true;
+                    }
+                    // pagemap_scan_push_range
+                    let full = buf.len() as u64 >= buf_len;
+                    match buf.last_mut() {
+                        Some(last) if last.end == s && last.categories == cats => last.end = e2,
+                        Some(_) if full => {
+                            // Buffer full: flush, and restart at `s` with a fresh buffer.
+                            walk_end = Some(s);
+                            vec_left -= flush(&mut buf, &mut out);
+                            if vec_left == 0 || found == max {
+                                return false;
+                            }
+                            buf_len = BOUNCE.min(vec_left);
+                            continue;
+                        }
+                        _ => buf.push(Region { start: s, end: e2, categories: cats }),
+                    }
+                    found += take;
+                    if a.clear && i.softdirty && e2 > s {
+                        to_clear.push((s, e2));
+                    }
+                    if stop {
+                        walk_end = Some(e2);
+                        return false;
+                    }
+                    return true;
+                }
+            });
+        });
+        flush(&mut buf, &mut out);
+        self.harvest_ranges(&to_clear, |_| {});
         out.walk_end = walk_end.unwrap_or(end);
         out
+    }
+
+    /// [`Self::harvest_range`] for many sorted ranges under one index load.
+    pub(crate) fn harvest_ranges(&self, ranges: &[(u64, u64)], mut sink: impl FnMut(Run)) {
+        self.with_index(|idx| {
+            for &(start, end) in ranges {
+                for v in idx.range(start, end) {
+                    let s = v.start.max(start);
+                    let e = v.end.min(end);
+                    v.bitmap.harvest(v.page_of(s), (e - s) >> PAGE_SHIFT, |r| {
+                        sink(Run { first: (v.start >> PAGE_SHIFT) + r.first, count: r.count })
+                    });
+                }
+            }
+        })
     }
 
     /// Get-and-clear of the page-level soft-dirty bits in `[start, end)` (within mapped
