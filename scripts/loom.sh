@@ -29,12 +29,14 @@ export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
 export RUST_BACKTRACE=0
 
 run_models() {
+    local st
+    set +e
     CARGO_TARGET_DIR=target/loom cargo test --release -p softdirty-loom-tests -- \
         --nocapture --test-threads=1 2>&1 |
-        grep -E '^(loom-model|test |test result|running|error|thread .* panicked)|FAILED' || true
-    # Re-run quietly for the exit status (cargo caches the build).
-    CARGO_TARGET_DIR=target/loom cargo test --release -p softdirty-loom-tests -q -- \
-        --test-threads=2 >/dev/null 2>&1
+        grep -E '^(loom-model|test |test result|running|error|thread .* panicked)|FAILED'
+    st=${PIPESTATUS[0]}
+    set -e
+    return "$st"
 }
 
 # twin -> "test-binary:model" that must fail when softdirty is built with the twin.

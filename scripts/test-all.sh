@@ -14,7 +14,8 @@ cargo build --release --workspace --all-targets
 echo "== tests (release, PROPTEST_CASES=$PROPTEST_CASES)"
 cargo test --release --workspace
 
-if [ -x scripts/loom.sh ] || [ -f scripts/loom.sh ]; then
-  echo "== loom models"
-  bash scripts/loom.sh
-fi
+echo "== loom models (loom-tests/README.md)"
+bash scripts/loom.sh
+
+echo "== loom broken twins: each must make its model fail"
+bash scripts/loom.sh broken

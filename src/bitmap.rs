@@ -349,6 +349,17 @@ impl PageBitmap {
         let mut did_rmw = false;
         let mut cur: Option<(usize, &Chunk)> = None;
         let mut sealed = false;
+        // Summary bits this fault owes the current chunk, set with one RMW per chunk after
+        // the chunk's word RMWs (the order harvests rely on).
+        let mut owed = 0u64;
+        let settle = |c: &Chunk, owed: &mut u64| {
+            if *owed != 0 && c.summary.load(Ordering::Relaxed) & *owed != *owed {
+                // AcqRel: ordered after this fault's word RMWs, so a harvest that clears
+                // these summary bits and then visits the words sees our bits.
+                c.summary.fetch_or(*owed, Ordering::AcqRel);
+            }
+            *owed = 0;
+        };
         for_each_word(first, count, |w, m| {
             if sealed {
                 return;
@@ -358,6 +369,9 @@ impl PageBitmap {
             let chunk = match cur {
                 Some((ck, c)) if ck == k => c,
                 _ => {
+                    if let Some((_, c)) = cur {
+                        settle(c, &mut owed);
+                    }
                     // Fast check without allocating: an untouched chunk must be
                     // materialized only if this fault changes something in it (a read of
                     // an absent chunk always does: it populates).
@@ -385,12 +399,7 @@ impl PageBitmap {
                     let prev = chunk.clean[wi].fetch_and(!m, FAULT_RMW);
                     faults += u64::from((prev & m).count_ones());
                     did_rmw = true;
-                    let sbit = 1u64 << wi;
-                    if chunk.summary.load(Ordering::Relaxed) & sbit == 0 {
-                        // AcqRel: ordered after the word RMW above, so a harvest that
-                        // clears this summary bit and then visits the word sees our bit.
-                        chunk.summary.fetch_or(sbit, Ordering::AcqRel);
-                    }
+                    owed |= 1u64 << wi;
                 }
             }
             if chunk.populated[wi].load(Ordering::Relaxed) & m != m {
@@ -404,6 +413,9 @@ impl PageBitmap {
                 did_rmw = true;
             }
         });
+        if let Some((_, c)) = cur {
+            settle(c, &mut owed);
+        }
         // Acquire: if any RMW above read from a drain, the seal store (sequenced before
         // the drain) is visible here.
         #[cfg(not(softdirty_broken = "no_recheck"))]
@@ -603,6 +615,42 @@ impl PageBitmap {
                         },
                         &mut pending,
                     );
+                }
+                _ if whole && hi == base + CHUNK_PAGES => {
+                    // A whole chunk (not the tail): every word is full and valid, so take
+                    // the whole summary and get-and-clear exactly the flagged words.
+                    let c = self.materialize_ctl(k);
+                    let all = if CHUNK_WORDS == 64 { !0u64 } else { (1u64 << CHUNK_WORDS) - 1 };
+                    // Acquire load first: a chunk with no flagged word costs no RMW. A
+                    // fault whose summary RMW we miss leaves its bit for the next harvest.
+                    let sum = if c.summary.load(Ordering::Acquire) & all == 0 {
+                        0
+                    } else {
+                        // AcqRel: pairs with the fault path's summary RMW, which is ordered
+                        // after its word RMWs.
+                        c.summary.fetch_and(!all, Ordering::AcqRel) & all
+                    };
+                    for_each_bit(sum, |wi| {
+                        // Broken twin `harvest_precheck`: skip a flagged word that a relaxed
+                        // load shows clean (see the note in the general path below).
+                        #[cfg(softdirty_broken = "harvest_precheck")]
+                        if c.clean[wi].load(Ordering::Relaxed) == !0 {
+                            return;
+                        }
+                        // Always the RMW for a word whose summary bit we took (see the
+                        // `harvest_precheck` note below): AcqRel, one get-and-clear.
+                        #[cfg(not(softdirty_broken = "blind_harvest"))]
+                        let prev = c.clean[wi].swap(!0, Ordering::AcqRel);
+                        // Broken twin `blind_harvest`: load, then store.
+                        #[cfg(softdirty_broken = "blind_harvest")]
+                        let prev = {
+                            let v = c.clean[wi].load(Ordering::Acquire);
+                            c.clean[wi].store(!0, Ordering::Release);
+                            v
+                        };
+                        let wbase = base + wi as u64 * 64;
+                        for_each_run(!prev, |s, n| emit(Run { first: wbase + s, count: n }, &mut pending));
+                    });
                 }
                 _ => {
                     let c = self.materialize_ctl(k);

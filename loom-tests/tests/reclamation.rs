@@ -17,7 +17,7 @@ use std::time::Instant;
 const PAGE: u64 = 4096;
 
 /// No use-after-free, no leak. A reader pins and holds the published index while the main
-/// thread unmaps all of it, retiring every VMA. As
+/// thread unmaps all of it, retiring its VMA. As
 /// long as the reader is pinned, every VMA of the index it holds is alive (the counter
 /// cannot drop below what it sees); once the execution is over and its garbage
 /// collected, the live VMA and bitmap counts are back to zero. Broken twins:
