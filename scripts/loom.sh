@@ -44,7 +44,6 @@ declare -A TWINS=(
     [relaxed_fault]="bitmap_protocol:split_vs_write"
     [no_recheck]="bitmap_protocol:split_vs_write"
     [no_drain]="bitmap_protocol:merge_vs_write"
-    [no_cas_recheck]="bitmap_protocol:split_vs_first_write_to_untouched_chunk"
     [no_drain_rule]="bitmap_protocol:mremap_vs_faults"
     [blind_harvest]="bitmap_protocol:two_writers_one_word_vs_harvest"
     [harvest_precheck]="bitmap_protocol:harvest_vs_write"

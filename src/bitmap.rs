@@ -620,7 +620,11 @@ impl PageBitmap {
                     // A whole chunk (not the tail): every word is full and valid, so take
                     // the whole summary and get-and-clear exactly the flagged words.
                     let c = self.materialize_ctl(k);
-                    let all = if CHUNK_WORDS == 64 { !0u64 } else { (1u64 << CHUNK_WORDS) - 1 };
+                    let all = if CHUNK_WORDS == 64 {
+                        !0u64
+                    } else {
+                        (1u64 << CHUNK_WORDS) - 1
+                    };
                     // Acquire load first: a chunk with no flagged word costs no RMW. A
                     // fault whose summary RMW we miss leaves its bit for the next harvest.
                     let sum = if c.summary.load(Ordering::Acquire) & all == 0 {
@@ -649,7 +653,15 @@ impl PageBitmap {
                             v
                         };
                         let wbase = base + wi as u64 * 64;
-                        for_each_run(!prev, |s, n| emit(Run { first: wbase + s, count: n }, &mut pending));
+                        for_each_run(!prev, |s, n| {
+                            emit(
+                                Run {
+                                    first: wbase + s,
+                                    count: n,
+                                },
+                                &mut pending,
+                            )
+                        });
                     });
                 }
                 _ => {

@@ -58,7 +58,12 @@ impl AddressSpace {
     /// Calls `f(start, end, info)` for maximal runs of pages with equal [`PageInfo`] in
     /// `[start, end)` (page aligned), `info == None` for addresses outside any VMA.
     /// Cost follows the number of runs and touched chunks, not the size of the range.
-    pub fn for_each_run(&self, start: u64, end: u64, mut f: impl FnMut(u64, u64, Option<PageInfo>)) {
+    pub fn for_each_run(
+        &self,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(u64, u64, Option<PageInfo>),
+    ) {
         self.with_index(|idx| {
             self.runs_in(idx, start, end, |s, e, i| {
                 f(s, e, i);

@@ -36,7 +36,6 @@ use rand::Rng;
 
 use crate::mm::AddressSpace;
 use crate::mode::Mode;
-use crate::scan::{ScanArgs, PAGE_IS_SOFT_DIRTY};
 use crate::workload::{self, Churn, GuestLayout, Picker, Workload, PAGE};
 
 /// Which modes `softdirty run` simulates.
@@ -334,18 +333,10 @@ pub struct Report {
 /// Sorted, disjoint `(start, end)` address ranges.
 type Ranges = Vec<(u64, u64)>;
 
-/// Pages per scan window of [`harvest`].
-const WINDOW_PAGES: u64 = 4096;
-
 /// Harvests the soft-dirty pages of `mm` (get-and-clear), as sorted `(start, end)`
-/// address ranges. The one place the harvest is done, so a faster API can replace it.
-///
-/// It scans the mapped ranges in windows of [`WINDOW_PAGES`] rather than the whole space
-/// at once: `scan` re-walks everything from its restart point after each 512-region
-/// bounce buffer, so one scan over R scattered regions costs O(R²/512), which made a
-/// 4 GiB harvest take seconds. Windows change nothing the migration relies on: a page
-/// stays dirty until a scan reports it, so a range that a racing mremap moves into an
-/// already scanned window is reported by the next harvest.
+/// address ranges: one `scan_and_clear` per span of adjacent VMAs. A page stays dirty
+/// until a harvest reports it, so a range a racing mremap moves into an already harvested
+/// span is reported by the next harvest.
 pub fn harvest(mm: &AddressSpace) -> Vec<(u64, u64)> {
     let mut spans: Vec<(u64, u64)> = Vec::new();
     for v in mm.vmas() {
@@ -354,31 +345,18 @@ pub fn harvest(mm: &AddressSpace) -> Vec<(u64, u64)> {
             _ => spans.push((v.start, v.end)),
         }
     }
+    // One get-and-clear per span of adjacent VMAs (`AddressSpace::scan_and_clear`):
+    // atomic per word against the vCPUs, cost following the dirty pages.
     let mut out: Vec<(u64, u64)> = Vec::new();
-    let w = WINDOW_PAGES * PAGE;
     for (s, e) in spans {
-        let mut a = s;
-        while a < e {
-            let b = ((a / w + 1) * w).min(e);
-            let args = ScanArgs {
-                start: a,
-                end: b,
-                mask: PAGE_IS_SOFT_DIRTY,
-                ret: PAGE_IS_SOFT_DIRTY,
-                clear: true,
-                vec_len: 1 << 32,
-                ..ScanArgs::default()
-            };
-            let r = mm
-                .scan(&args)
-                .expect("a scan of mapped, aligned ranges is valid");
-            for g in r.regions {
-                match out.last_mut() {
-                    Some(l) if l.1 == g.start => l.1 = g.end,
-                    _ => out.push((g.start, g.end)),
-                }
+        let log = mm
+            .scan_and_clear(s, e - s)
+            .expect("a harvest of mapped, aligned ranges is valid");
+        for (a, b) in log.address_ranges() {
+            match out.last_mut() {
+                Some(l) if l.1 == a => l.1 = b,
+                _ => out.push((a, b)),
             }
-            a = b;
         }
     }
     out

@@ -230,7 +230,11 @@ impl AddressSpace {
                             buf_len = BOUNCE.min(vec_left);
                             continue;
                         }
-                        _ => buf.push(Region { start: s, end: e2, categories: cats }),
+                        _ => buf.push(Region {
+                            start: s,
+                            end: e2,
+                            categories: cats,
+                        }),
                     }
                     found += take;
                     if a.clear && i.softdirty && e2 > s {
@@ -250,7 +254,9 @@ impl AddressSpace {
         out
     }
 
-    /// [`Self::harvest_range`] for many sorted ranges under one index load.
+    /// Get-and-clear of the page-level soft-dirty bits in each of the sorted `ranges`
+    /// (within mapped VMAs), under one index load: calls `sink` with every run of pages it
+    /// cleared, as absolute page numbers. Callers hold the control lock.
     pub(crate) fn harvest_ranges(&self, ranges: &[(u64, u64)], mut sink: impl FnMut(Run)) {
         self.with_index(|idx| {
             for &(start, end) in ranges {
@@ -258,27 +264,12 @@ impl AddressSpace {
                     let s = v.start.max(start);
                     let e = v.end.min(end);
                     v.bitmap.harvest(v.page_of(s), (e - s) >> PAGE_SHIFT, |r| {
-                        sink(Run { first: (v.start >> PAGE_SHIFT) + r.first, count: r.count })
+                        sink(Run {
+                            first: (v.start >> PAGE_SHIFT) + r.first,
+                            count: r.count,
+                        })
                     });
                 }
-            }
-        })
-    }
-
-    /// Get-and-clear of the page-level soft-dirty bits in `[start, end)` (within mapped
-    /// VMAs): calls `sink` with every run of pages it cleared, as addresses. Callers hold
-    /// the control lock.
-    pub(crate) fn harvest_range(&self, start: u64, end: u64, mut sink: impl FnMut(Run)) {
-        self.with_index(|idx| {
-            for v in idx.range(start, end) {
-                let s = v.start.max(start);
-                let e = v.end.min(end);
-                v.bitmap.harvest(v.page_of(s), (e - s) >> PAGE_SHIFT, |r| {
-                    sink(Run {
-                        first: (v.start >> PAGE_SHIFT) + r.first,
-                        count: r.count,
-                    })
-                });
             }
         })
     }

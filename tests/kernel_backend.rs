@@ -249,7 +249,15 @@ fn fuzz_precise_against_the_kernel() {
         std::env::temp_dir().join(format!("softdirty-fuzz-{}.trace", std::process::id()));
     let out = Proc::new(env!("CARGO_BIN_EXE_softdirty"))
         .args([
-            "fuzz", "--seed", "1", "--cases", "200", "--ops", "100", "--mremap-single-page", "--out",
+            "fuzz",
+            "--seed",
+            "1",
+            "--cases",
+            "200",
+            "--ops",
+            "100",
+            "--mremap-single-page",
+            "--out",
         ])
         .arg(&out_file)
         .output()
