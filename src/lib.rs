@@ -24,6 +24,7 @@
 
 pub mod bench;
 pub mod bitmap;
+pub mod compare;
 pub mod dirtylog;
 pub mod epoch;
 pub mod errno;

@@ -39,6 +39,9 @@ enum Cmd {
     /// Live-migration pre-copy simulator: vCPU writers, VMA churn and a migration thread
     /// harvesting rounds, in precise and legacy mode (the default command).
     Run(softdirty::run::RunArgs),
+    /// One seeded workload under every mode, side by side: false positives and negatives,
+    /// VMA counts, tracking memory and operation costs.
+    Compare(softdirty::compare::CompareArgs),
     /// Marking and harvest benchmarks against vm-memory's AtomicBitmap (medians, ratios).
     Bench(softdirty::bench::BenchArgs),
     /// Random traces dense in VMA splits and merges, run on the model and on the kernel
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         }
         Cmd::Run(args) => softdirty::run::main(&args),
         Cmd::Bench(args) => softdirty::bench::main(&args),
+        Cmd::Compare(args) => softdirty::compare::main(&args),
         Cmd::Fuzz(args) => softdirty::fuzz::main(&args),
         Cmd::Demo => {
             softdirty_demo();
