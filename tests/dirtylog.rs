@@ -421,7 +421,14 @@ fn every_completed_write_is_in_a_later_harvest_or_still_dirty() {
     // need[p]: a write started after bound and completed before some later harvest began.
     let mut need = vec![false; PAGES as usize];
     let mut reports = 0u64;
+    // Let the writers get going first: on a loaded machine the 300 harvests below could
+    // otherwise all run before a writer thread is scheduled.
+    while done.iter().map(|d| d.load(Ordering::SeqCst)).sum::<u64>() < 1000 {
+        std::thread::yield_now();
+    }
     for _ in 0..300 {
+        // Give the writers time between harvests, so that each harvest has work.
+        std::thread::sleep(std::time::Duration::from_micros(50));
         let pre: Vec<u64> = done.iter().map(|d| d.load(Ordering::SeqCst)).collect();
         let log = mm.scan_and_clear(a, PAGES * P).unwrap();
         let post: Vec<u64> = started.iter().map(|d| d.load(Ordering::SeqCst)).collect();
