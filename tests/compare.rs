@@ -1,0 +1,125 @@
+//! Integration tests of `softdirty compare`: the JSON report, its columns, and the
+//! properties the comparison must show.
+
+use std::process::Command;
+
+fn compare(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_softdirty"))
+        .arg("compare")
+        .args(args)
+        .output()
+        .expect("run softdirty compare");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
+fn row<'a>(w: &'a serde_json::Value, mode: &str) -> &'a serde_json::Value {
+    w["modes"]
+        .as_array()
+        .expect("modes")
+        .iter()
+        .find(|m| m["mode"] == mode)
+        .unwrap_or_else(|| panic!("mode {mode} missing"))
+}
+
+fn workload<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    r["workloads"]
+        .as_array()
+        .expect("workloads")
+        .iter()
+        .find(|w| w["workload"] == name)
+        .unwrap_or_else(|| panic!("workload {name} missing"))
+}
+
+#[test]
+fn json_has_every_workload_mode_and_column() {
+    let r = compare(&["--json", "--seed", "3"]);
+    assert_eq!(r["seed"], 3);
+    for name in ["seed", "hildenbrand", "arena", "jit"] {
+        let w = workload(&r, name);
+        assert!(w["harvests"].as_u64().unwrap() > 0);
+        for mode in ["precise", "legacy", "sticky", "nomerge"] {
+            let m = row(w, mode);
+            for col in [
+                "false_positives",
+                "false_negatives",
+                "reported",
+                "peak_vmas",
+                "final_vmas",
+                "peak_tracking_bytes",
+                "errors",
+                "divergences",
+            ] {
+                assert!(m[col].is_u64(), "{name}/{mode}: {col} missing");
+            }
+            // The same operations succeed and fail, at the same addresses, in every mode.
+            assert_eq!(m["divergences"], 0, "{name}/{mode}");
+            let c = &m["costs"];
+            for col in ["mmap_ns", "clear_refs_ns", "write_fault_ns", "harvest_ns"] {
+                assert!(c[col].is_u64(), "{name}/{mode}: {col} missing");
+            }
+            assert!(c.get("mprotect_ns").is_some());
+        }
+        let p = row(w, "precise");
+        assert_eq!(p["false_positives"], 0, "{name}");
+        assert_eq!(p["false_negatives"], 0, "{name}");
+    }
+    assert!(row(workload(&r, "arena"), "legacy")["costs"]["mprotect_ns"].is_u64());
+}
+
+#[test]
+fn legacy_pays_false_positives_on_the_seed_pattern() {
+    let r = compare(&["--json", "--workload", "seed"]);
+    let w = workload(&r, "seed");
+    assert!(row(w, "legacy")["false_positives"].as_u64().unwrap() > 0);
+    assert!(row(w, "sticky")["false_positives"].as_u64().unwrap() > 0);
+    assert_eq!(row(w, "nomerge")["false_positives"], 0);
+}
+
+#[test]
+fn nomerge_pays_vmas_on_the_hildenbrand_pattern() {
+    let r = compare(&["--json", "--workload", "hildenbrand"]);
+    let w = workload(&r, "hildenbrand");
+    let vmas = |m| row(w, m)["peak_vmas"].as_u64().unwrap();
+    assert!(vmas("nomerge") >= vmas("legacy"));
+    assert!(vmas("nomerge") > 100 * vmas("precise"));
+    assert!(row(w, "legacy")["false_positives"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn trace_workload_and_plot() {
+    let trace = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/traces/selftest-merge-mprotect.legacy.trace"
+    );
+    let r = compare(&["--json", "--workload", &format!("trace:{trace}")]);
+    let w = &r["workloads"][0];
+    assert!(w["steps"].as_u64().unwrap() > 0);
+    assert_eq!(row(w, "precise")["false_negatives"], 0);
+
+    let svg = std::env::temp_dir().join(format!("softdirty-compare-{}.svg", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_softdirty"))
+        .args(["compare", "--workload", "seed,jit", "--plot"])
+        .arg(&svg)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("false+") && text.contains("peak VMAs") && text.contains("harvest ns"));
+    let s = std::fs::read_to_string(&svg).expect("svg written");
+    assert!(s.contains("<svg") && s.contains("nomerge"));
+    let _ = std::fs::remove_file(&svg);
+}
+
+#[test]
+fn unknown_workload_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_softdirty"))
+        .args(["compare", "--workload", "nope"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
