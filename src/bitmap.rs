@@ -800,14 +800,23 @@ impl PageBitmap {
     /// Unpopulates `[first, first+count)` keeping the soft-dirty state (a fork child's
     /// pages whose PTEs were not copied, in precise mode).
     pub fn unpopulate(&self, first: u64, count: u64) {
-        for_each_word(first, count, |w, m| {
-            let k = (w / CHUNK_WORDS as u64) as usize;
-            let wi = (w % CHUNK_WORDS as u64) as usize;
+        // Chunk by chunk: untouched chunks are unpopulated already, so a huge mapping
+        // costs one slot load per chunk, not one step per word.
+        let end = first + count;
+        let mut k = (first / CHUNK_PAGES) as usize;
+        while (k as u64) * CHUNK_PAGES < end {
+            let base = k as u64 * CHUNK_PAGES;
             if let Slot::Chunk(c) = self.slot(k) {
-                c.populated[wi].fetch_and(!m, Ordering::AcqRel);
-                c.backed[wi].fetch_and(!m, Ordering::AcqRel);
+                let lo = first.max(base);
+                let hi = end.min(base + CHUNK_PAGES);
+                for_each_word(lo - base, hi - lo, |w, m| {
+                    let wi = w as usize;
+                    c.populated[wi].fetch_and(!m, Ordering::AcqRel);
+                    c.backed[wi].fetch_and(!m, Ordering::AcqRel);
+                });
             }
-        });
+            k += 1;
+        }
     }
 
     /// Applies `f(chunk, word, mask, whole_word)` to every word of the range on the control
