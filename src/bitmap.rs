@@ -334,16 +334,24 @@ impl PageBitmap {
     /// and make soft-dirty at the page level. Test-before-set: a page already in that
     /// state costs one relaxed load per word and no read-modify-write.
     pub fn write(&self, first: u64, count: u64) -> Mark {
-        self.fault(first, count, true, true)
+        self.fault(first, count, true, true, true)
+    }
+
+    /// Marks `[first, first + count)` soft-dirty without touching population: the write
+    /// path of a VMM's dirty bitmap (`crate::vmm`), where only the dirty bit matters. One
+    /// relaxed load per word when the pages are already dirty; an untouched all-dirty
+    /// chunk is not even materialized.
+    pub fn mark_dirty(&self, first: u64, count: u64) -> Mark {
+        self.fault(first, count, true, false, false)
     }
 
     /// A read fault on `[first, first + count)`: populate without dirtying. `zero_page`:
     /// map the shared zero page (private anonymous memory) rather than a real page.
     pub fn read(&self, first: u64, count: u64, zero_page: bool) -> Mark {
-        self.fault(first, count, false, !zero_page)
+        self.fault(first, count, false, !zero_page, true)
     }
 
-    fn fault(&self, first: u64, count: u64, dirty: bool, backed: bool) -> Mark {
+    fn fault(&self, first: u64, count: u64, dirty: bool, backed: bool, populate: bool) -> Mark {
         debug_assert!(first + count <= self.pages);
         let mut faults = 0u64;
         let mut did_rmw = false;
@@ -371,6 +379,12 @@ impl PageBitmap {
                 _ => {
                     if let Some((_, c)) = cur {
                         settle(c, &mut owed);
+                    }
+                    // Marking only (no population): an untouched all-dirty chunk already
+                    // says what we would write.
+                    if !populate && self.slots[k].load(Ordering::Acquire) == ABSENT_DIRTY {
+                        cur = None;
+                        return;
                     }
                     // Fast check without allocating: an untouched chunk must be
                     // materialized only if this fault changes something in it (a read of
@@ -402,7 +416,7 @@ impl PageBitmap {
                     owed |= 1u64 << wi;
                 }
             }
-            if chunk.populated[wi].load(Ordering::Relaxed) & m != m {
+            if populate && chunk.populated[wi].load(Ordering::Relaxed) & m != m {
                 // AcqRel: pairs with the drain RMW (see above).
                 chunk.populated[wi].fetch_or(m, FAULT_RMW);
                 did_rmw = true;

@@ -39,8 +39,11 @@ pub mod pagemap;
 pub mod prot;
 pub mod run;
 pub mod scan;
+pub mod slots;
 pub(crate) mod sync;
 pub mod trace;
 pub mod tracker;
 pub mod vma;
+#[cfg(all(feature = "vm-memory", not(all(loom, feature = "loom"))))]
+pub mod vmm;
 pub mod workload;

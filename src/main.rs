@@ -20,10 +20,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Replay a trace file (../shared/spec/trace-format.md) and check its expectations.
+    /// Replay trace files (../shared/spec/trace-format.md) and check their expectations.
     Replay {
-        /// The trace file.
-        file: std::path::PathBuf,
+        /// The trace files, replayed one after the other in this process; the exit status
+        /// is the worst of theirs (the highest number).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
         /// Mode when the trace has no `mode` header.
         #[arg(long, default_value = "precise", value_parser = parse_mode)]
         mode: Mode,
@@ -72,42 +74,35 @@ fn main() -> ExitCode {
     };
     match cmd {
         Cmd::Replay {
-            file,
+            files,
             mode,
             allow_errors,
             backend,
         } => {
-            let name = file.display().to_string();
-            let bytes = match std::fs::read(&file) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("{name}: {e}");
-                    return ExitCode::from(2);
-                }
+            let opts = replay::Options {
+                mode,
+                allow_errors,
+                backend,
             };
-            let trace = match parse::parse_bytes(&bytes) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("{name}:{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let stdout = std::io::stdout();
-            let mut out = stdout.lock();
-            let mut err = std::io::stderr();
-            let summary = replay::replay(
-                &trace,
-                &name,
-                &replay::Options {
-                    mode,
-                    allow_errors,
-                    backend,
-                },
-                &mut out,
-                &mut err,
-            );
-            let _ = out.flush();
-            ExitCode::from(summary.exit_status(allow_errors) as u8)
+            let mut worst = 0u8;
+            let mut statuses = Vec::with_capacity(files.len());
+            for file in &files {
+                let status = replay_one(file, &opts);
+                worst = worst.max(status);
+                statuses.push(status);
+            }
+            if files.len() > 1 {
+                let count = |s: u8| statuses.iter().filter(|&&x| x == s).count();
+                println!(
+                    "{} files: {} passed, {} failed, {} malformed, {} backend unavailable (exit {worst})",
+                    files.len(),
+                    count(0),
+                    count(1),
+                    count(2),
+                    count(3)
+                );
+            }
+            ExitCode::from(worst)
         }
         Cmd::Run(args) => softdirty::run::main(&args),
         Cmd::Bench(args) => softdirty::bench::main(&args),
@@ -118,6 +113,32 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Replays one trace file; its exit status (0 passed, 1 failed, 2 malformed or unreadable,
+/// 3 backend unavailable).
+fn replay_one(file: &std::path::Path, opts: &replay::Options) -> u8 {
+    let name = file.display().to_string();
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return 2;
+        }
+    };
+    let trace = match parse::parse_bytes(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{name}:{e}");
+            return 2;
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut err = std::io::stderr();
+    let summary = replay::replay(&trace, &name, opts, &mut out, &mut err);
+    let _ = out.flush();
+    summary.exit_status(opts.allow_errors) as u8
 }
 
 fn softdirty_demo() {

@@ -1,0 +1,292 @@
+//! softdirty's bitmap as a [`vm_memory`] dirty-bitmap backend (Cargo feature `vm-memory`).
+//!
+//! [`SoftDirtyBitmap`] implements vm-memory 0.18's [`Bitmap`], [`WithBitmapSlice`] and
+//! [`NewBitmap`], so `GuestMemoryMmap<SoftDirtyBitmap>` marks the pages the VMM writes
+//! through vm-memory (`Bytes::write_obj`, `write_slice`, `store`, `VolatileSlice`
+//! copies), exactly as `GuestMemoryMmap<AtomicBitmap>` does. What it adds over
+//! `AtomicBitmap`:
+//!
+//! - **marking** is test-before-set: a page that is already dirty costs one relaxed load
+//!   and no read-modify-write (AtomicBitmap does one `SeqCst` `fetch_or` per page per
+//!   write), and a range is marked one 64-page word at a time;
+//! - **harvest** ([`SoftDirtyBitmap::harvest`]) is an atomic get-and-clear that visits
+//!   only the words flagged dirty in a per-chunk summary, so an idle region costs almost
+//!   nothing; AtomicBitmap's `get_and_reset` swaps every word and allocates;
+//! - **sparse**: memory for 4,096-page chunks is allocated on their first write;
+//! - the underlying [`PageBitmap`] can be shared (an [`Arc`]) with a
+//!   [`crate::slots::SlotRegistry`] slot, which adds the KVM-style dirty-log protocol
+//!   and several independent consumers on top.
+//!
+//! Slices (what `GuestMemoryRegion::bitmap()` returns) are vm-memory's own
+//! [`RefSlice`]: a reference plus a byte offset, no reference-count traffic on the
+//! write path.
+//!
+//! ```
+//! use softdirty::vmm::SoftDirtyBitmap;
+//! use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+//!
+//! let mem: GuestMemoryMmap<SoftDirtyBitmap> =
+//!     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 * 4096)]).unwrap();
+//! mem.write_obj(7u64, GuestAddress(3 * 4096 + 8)).unwrap();
+//! let region = mem.find_region(GuestAddress(0)).unwrap();
+//! // `(**region).bitmap()` is the region's whole `SoftDirtyBitmap`.
+//! let bitmap: &SoftDirtyBitmap = (**region).bitmap();
+//! assert!(bitmap.is_page_dirty(3));
+//! assert_eq!(bitmap.harvest_runs(), vec![(3, 1)]);
+//! assert!(!bitmap.is_page_dirty(3)); // harvested: clean again
+//! ```
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use vm_memory::bitmap::{Bitmap, NewBitmap, RefSlice, WithBitmapSlice};
+
+use crate::bitmap::{Mark, PageBitmap};
+
+/// A vm-memory dirty bitmap backed by a sparse atomic [`PageBitmap`], one bit per page.
+///
+/// Cloning shares the bitmap (it clones the [`Arc`]): a clone marks and harvests the same
+/// pages. Pages start clean. Offsets are bytes from the start of the tracked area
+/// (a guest memory region); ranges past the end are ignored, as `AtomicBitmap` ignores
+/// them.
+#[derive(Clone)]
+pub struct SoftDirtyBitmap {
+    inner: Arc<PageBitmap>,
+    byte_size: usize,
+    page_shift: u32,
+}
+
+impl std::fmt::Debug for SoftDirtyBitmap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftDirtyBitmap")
+            .field("byte_size", &self.byte_size)
+            .field("page_size", &self.page_size())
+            .field("bitmap", &self.inner)
+            .finish()
+    }
+}
+
+/// The host page size (`sysconf(_SC_PAGE_SIZE)`), what `AtomicBitmap::with_len` uses.
+fn host_page_size() -> NonZeroUsize {
+    // SAFETY: `sysconf` has no memory-safety preconditions; it only reads a constant.
+    let ps = unsafe { libc::sysconf(libc::_SC_PAGE_SIZE) };
+    usize::try_from(ps)
+        .ok()
+        .and_then(NonZeroUsize::new)
+        .unwrap_or(NonZeroUsize::new(4096).expect("nonzero"))
+}
+
+impl SoftDirtyBitmap {
+    /// A clean bitmap of `byte_size` bytes (rounded up to whole pages) with one bit per
+    /// `page_size` bytes. `page_size` must be a power of two.
+    ///
+    /// ```
+    /// use std::num::NonZeroUsize;
+    /// use softdirty::vmm::SoftDirtyBitmap;
+    /// let b = SoftDirtyBitmap::new(1025, NonZeroUsize::new(128).unwrap());
+    /// assert_eq!(b.len(), 9);
+    /// ```
+    pub fn new(byte_size: usize, page_size: NonZeroUsize) -> SoftDirtyBitmap {
+        assert!(
+            page_size.is_power_of_two(),
+            "page size must be a power of two"
+        );
+        let pages = byte_size.div_ceil(page_size.get()) as u64;
+        SoftDirtyBitmap {
+            inner: Arc::new(PageBitmap::new(pages, false)),
+            byte_size,
+            page_shift: page_size.trailing_zeros(),
+        }
+    }
+
+    /// Wraps an existing bitmap (for example a [`crate::slots::SlotRegistry`] slot's, so
+    /// that the slot's consumers see what vm-memory marks). The tracked area is
+    /// `bitmap.pages() * page_size` bytes; `page_size` must be a power of two.
+    pub fn from_page_bitmap(bitmap: Arc<PageBitmap>, page_size: NonZeroUsize) -> SoftDirtyBitmap {
+        assert!(
+            page_size.is_power_of_two(),
+            "page size must be a power of two"
+        );
+        let byte_size = (bitmap.pages() as usize).saturating_mul(page_size.get());
+        SoftDirtyBitmap {
+            inner: bitmap,
+            byte_size,
+            page_shift: page_size.trailing_zeros(),
+        }
+    }
+
+    /// The underlying page bitmap (shared with every clone).
+    pub fn page_bitmap(&self) -> &Arc<PageBitmap> {
+        &self.inner
+    }
+
+    /// Number of pages tracked.
+    pub fn len(&self) -> usize {
+        self.inner.pages() as usize
+    }
+
+    /// Is the tracked area empty?
+    pub fn is_empty(&self) -> bool {
+        self.inner.pages() == 0
+    }
+
+    /// Size of the tracked area in bytes, as given at construction.
+    pub fn byte_size(&self) -> usize {
+        self.byte_size
+    }
+
+    /// Bytes per bit.
+    pub fn page_size(&self) -> usize {
+        1usize << self.page_shift
+    }
+
+    /// The page range `[first, end)` that byte range `[offset, offset + len)` touches,
+    /// clipped to the bitmap; `None` if empty.
+    #[inline]
+    fn pages_of(&self, offset: usize, len: usize) -> Option<(u64, u64)> {
+        if len == 0 {
+            return None;
+        }
+        let first = (offset >> self.page_shift) as u64;
+        // As AtomicBitmap: saturate instead of overflowing for ranges near usize::MAX.
+        let last = (offset.saturating_add(len - 1) >> self.page_shift) as u64;
+        let end = (last + 1).min(self.inner.pages());
+        (first < end).then_some((first, end))
+    }
+
+    /// Marks the pages of `[offset, offset + len)` dirty (what [`Bitmap::mark_dirty`]
+    /// does). Lock-free; a page already dirty costs one relaxed load.
+    #[inline]
+    pub fn set_addr_range(&self, offset: usize, len: usize) {
+        if let Some((first, end)) = self.pages_of(offset, len) {
+            // This bitmap is never sealed (only an AddressSpace's structural operations
+            // seal bitmaps), so `write` always applies.
+            let m = self.inner.mark_dirty(first, end - first);
+            debug_assert!(matches!(m, Mark::Done { .. }));
+        }
+    }
+
+    /// Makes the pages of `[offset, offset + len)` clean.
+    pub fn reset_addr_range(&self, offset: usize, len: usize) {
+        if let Some((first, end)) = self.pages_of(offset, len) {
+            self.inner.set_clean(first, end - first, true);
+        }
+    }
+
+    /// Marks page `index` dirty; out of range is ignored.
+    pub fn set_bit(&self, index: usize) {
+        if (index as u64) < self.inner.pages() {
+            self.inner.mark_dirty(index as u64, 1);
+        }
+    }
+
+    /// Makes page `index` clean; out of range is ignored.
+    pub fn reset_bit(&self, index: usize) {
+        if (index as u64) < self.inner.pages() {
+            self.inner.set_clean(index as u64, 1, true);
+        }
+    }
+
+    /// Is page `index` dirty? Out of range is `false`.
+    #[inline]
+    pub fn is_page_dirty(&self, index: usize) -> bool {
+        (index as u64) < self.inner.pages() && self.inner.page(index as u64).clean == 0
+    }
+
+    /// Is the page holding byte `offset` dirty? Out of range is `false`.
+    #[inline]
+    pub fn is_addr_set(&self, offset: usize) -> bool {
+        self.is_page_dirty(offset >> self.page_shift)
+    }
+
+    /// Get-and-clear: calls `sink(first_page, count)` for each maximal run of dirty pages,
+    /// in order, making them clean. Atomic per 64-page word against concurrent marking: a
+    /// write is reported by exactly one harvest, or stays dirty for the next one.
+    pub fn harvest(&self, mut sink: impl FnMut(u64, u64)) {
+        self.inner
+            .harvest(0, self.inner.pages(), |r| sink(r.first, r.count));
+    }
+
+    /// [`Self::harvest`] collected into `(first_page, count)` runs.
+    pub fn harvest_runs(&self) -> Vec<(u64, u64)> {
+        let mut v = Vec::new();
+        self.harvest(|f, n| v.push((f, n)));
+        v
+    }
+
+    /// Get-and-clear in `AtomicBitmap::get_and_reset`'s format: one `u64` per 64 pages,
+    /// bit `i % 64` of word `i / 64` set for dirty page `i`.
+    pub fn get_and_reset(&self) -> Vec<u64> {
+        let mut v = vec![0u64; self.len().div_ceil(64)];
+        self.harvest(|f, n| {
+            // Word by word: a run of whole words costs one store per word.
+            let (mut p, end) = (f, f + n);
+            while p < end {
+                let lo = p % 64;
+                let hi = (end - (p - lo)).min(64);
+                let hi_mask = if hi == 64 { !0u64 } else { (1u64 << hi) - 1 };
+                v[(p / 64) as usize] |= hi_mask & !((1u64 << lo) - 1);
+                p += hi - lo;
+            }
+        });
+        v
+    }
+
+    /// Makes every page clean, dropping what was dirty (not a harvest).
+    pub fn reset(&self) {
+        self.inner.clear_all();
+    }
+}
+
+impl Default for SoftDirtyBitmap {
+    /// An empty bitmap (0 bytes, 4 KiB pages), as `AtomicBitmap::default`.
+    fn default() -> Self {
+        SoftDirtyBitmap::new(0, NonZeroUsize::new(4096).expect("nonzero"))
+    }
+}
+
+impl<'a> WithBitmapSlice<'a> for SoftDirtyBitmap {
+    type S = RefSlice<'a, SoftDirtyBitmap>;
+}
+
+impl Bitmap for SoftDirtyBitmap {
+    #[inline]
+    fn mark_dirty(&self, offset: usize, len: usize) {
+        self.set_addr_range(offset, len)
+    }
+
+    #[inline]
+    fn dirty_at(&self, offset: usize) -> bool {
+        self.is_addr_set(offset)
+    }
+
+    fn slice_at(&self, offset: usize) -> <Self as WithBitmapSlice<'_>>::S {
+        RefSlice::new(self, offset)
+    }
+}
+
+impl NewBitmap for SoftDirtyBitmap {
+    /// A clean bitmap of `len` bytes with the host page size, as `AtomicBitmap::with_len`.
+    fn with_len(len: usize) -> Self {
+        SoftDirtyBitmap::new(len, host_page_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_and_empty() {
+        let b = SoftDirtyBitmap::new(1024, NonZeroUsize::MIN);
+        b.set_addr_range(768, 512);
+        assert!(b.is_addr_set(768) && b.is_addr_set(1023));
+        assert!(!b.is_addr_set(1024));
+        b.set_addr_range(usize::MAX - 3, 100);
+        b.set_addr_range(5, 0);
+        assert!(!b.is_addr_set(5));
+        let d = SoftDirtyBitmap::default();
+        d.mark_dirty(0, 4096);
+        assert!(d.is_empty() && !d.dirty_at(0));
+    }
+}
