@@ -8,11 +8,14 @@ cd "$(dirname "$0")/.."
 export PROPTEST_CASES="${PROPTEST_CASES:-10000}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-echo "== build (release)"
-cargo build --release --workspace --all-targets
+echo "== build (release, all targets, feature vm-memory)"
+cargo build --release --workspace --all-targets --features vm-memory
 
 echo "== tests (release, PROPTEST_CASES=$PROPTEST_CASES)"
-cargo test --release --workspace
+cargo test --release --workspace --features vm-memory
+
+echo "== example: a VMM migrating guest memory through vm-memory over softdirty's bitmap"
+cargo run --release -q --features vm-memory --example vmm_migration
 
 echo "== loom models (loom-tests/README.md)"
 bash scripts/loom.sh

@@ -10,7 +10,7 @@
 //!    [`Layout::unmap`], [`Layout::merge_new_range`] (`vma_merge_new_range`: mmap, copy_vma,
 //!    mremap expand) and [`Layout::modify`] (`vma_merge_existing_range` or split: mprotect).
 //!    Bits never move during editing; only descriptors do.
-//! 3. [`Layout::commit`] builds the new VMAs: a descriptor that is exactly one unchanged
+//! 3. [`Layout::build`] builds the new VMAs: a descriptor that is exactly one unchanged
 //!    published VMA is reused; one that is a whole published bitmap with new flags shares
 //!    that bitmap; anything else gets a new bitmap copied from its pieces. It publishes the
 //!    new index, then seals and drains every bitmap that was copied (see `bitmap.rs`).

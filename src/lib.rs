@@ -7,10 +7,17 @@
 //! - `precise` reports a page soft-dirty iff its content may have changed since the last
 //!   clear: no split or merge changes any page's state.
 //!
-//! Where to start:
-//! - simulate a process: [`mm::AddressSpace`] (or several in a [`tracker::Tracker`]);
-//! - replay or check a scenario: [`trace`];
-//! - the bitmap core on its own: [`bitmap::PageBitmap`].
+//! Which type to start from:
+//!
+//! | you want to | start from |
+//! |---|---|
+//! | simulate a process's address space (mmap, mprotect, mremap, fork, faults, clear_refs, pagemap, PAGEMAP_SCAN) | [`mm::AddressSpace`], or several named ones in a [`tracker::Tracker`] |
+//! | harvest dirty pages as an embedder (runs, KVM-layout bitmaps, get/clear pairs) | [`dirtylog::DirtyLog`] via `AddressSpace::scan_and_clear` / `get_dirty_log` / `clear_dirty_log` |
+//! | track **real** memory of this process through the kernel (userfaultfd WP-async + PAGEMAP_SCAN, or real soft-dirty) | `kernel` (Linux only) |
+//! | give a rust-vmm VMM a dirty bitmap (`GuestMemoryMmap<SoftDirtyBitmap>`) | `vmm::SoftDirtyBitmap` (feature `vm-memory`) |
+//! | KVM-style memory-slot dirty logs with several independent consumers | [`slots::SlotRegistry`] |
+//! | write or check a scenario | [`trace`] (the trace language) |
+//! | the lock-free bitmap core on its own | [`bitmap::PageBitmap`] |
 //!
 //! ```
 //! use softdirty::{mm::{AddressSpace, Placement}, mode::Mode, prot::Prot};

@@ -5,7 +5,7 @@
 //! - whether a VMA carries the kernel's `VM_SOFTDIRTY` flag ([`Mode::uses_vma_flag`]),
 //! - what state the pages of a new mapping, an mremap destination or a `DONTNEED`
 //!   range start in,
-//! - which `VM_SOFTDIRTY` a merged VMA takes ([`Mode::merged_flag`]) and whether the
+//! - which `VM_SOFTDIRTY` a merged VMA takes (`Layout::merged_softdirty`) and whether the
 //!   flag takes part in merge decisions.
 
 use std::fmt;
