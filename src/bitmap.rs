@@ -69,6 +69,22 @@ static LIVE_CHUNKS: crate::sync::StdCounter = crate::sync::StdCounter::new(0);
 /// Live bitmap count, for leak tests.
 static LIVE_BITMAPS: crate::sync::StdCounter = crate::sync::StdCounter::new(0);
 
+/// The most chunks faults may materialize process-wide (the model's "RAM"): 2^17 chunks
+/// cover 2 TiB of touched pages in about 200 MiB. A fault that needs one more fails
+/// (`Mark::NoMem`, `ENOMEM` from `AddressSpace::write`/`read`) instead of letting a trace
+/// that writes 64 TiB allocate gigabytes; the kernel would OOM-kill instead.
+static CHUNK_LIMIT: crate::sync::StdCounter = crate::sync::StdCounter::new(1 << 17);
+
+/// Sets the process-wide limit on chunks that faults may materialize (see `CHUNK_LIMIT`).
+pub fn set_chunk_limit(chunks: usize) {
+    CHUNK_LIMIT.store(chunks, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The current limit on chunks that faults may materialize.
+pub fn chunk_limit() -> usize {
+    CHUNK_LIMIT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Number of [`PageBitmap`]s alive in the process.
 pub fn live_bitmaps() -> usize {
     LIVE_BITMAPS.load(std::sync::atomic::Ordering::Relaxed)
@@ -140,6 +156,9 @@ pub enum Mark {
     /// The bitmap was sealed by a structural operation after (some of) this call's
     /// updates: retry through a freshly loaded index.
     Sealed,
+    /// A chunk was needed and the process-wide chunk limit ([`chunk_limit`]) is reached;
+    /// the pages before the first one in that chunk were done.
+    NoMem,
 }
 
 /// How the drain of a sealed bitmap transforms late faults on their way to the new one.
@@ -193,6 +212,22 @@ fn word_mask(from_bit: u64, to_bit: u64) -> u64 {
         (1u64 << to_bit) - 1
     };
     hi & !((1u64 << from_bit) - 1)
+}
+
+/// Like [`for_each_word`], stopping as soon as `f` returns false.
+#[inline]
+fn for_each_word_until(first: u64, count: u64, mut f: impl FnMut(u64, u64) -> bool) {
+    let end = first + count;
+    let mut p = first;
+    while p < end {
+        let w = p / 64;
+        let lo = p % 64;
+        let hi = (end - w * 64).min(64);
+        if !f(w, word_mask(lo, hi)) {
+            return;
+        }
+        p = w * 64 + hi;
+    }
 }
 
 /// Calls `f(word_index_in_bitmap, mask)` for every word that overlaps `[first, first+count)`.
@@ -282,13 +317,17 @@ impl PageBitmap {
     }
 
     /// The chunk of slot `k`, allocating it (from the slot's tag) if absent.
-    /// `Err(())` if the bitmap was sealed after this call installed a chunk.
-    fn materialize(&self, k: usize) -> Result<&Chunk, ()> {
+    /// `Err(Sealed)` if the bitmap was sealed after this call installed a chunk;
+    /// `Err(NoMem)` if `limited` and the chunk limit is reached.
+    fn materialize(&self, k: usize, limited: bool) -> Result<&Chunk, Mark> {
         loop {
             let v = self.slots[k].load(Ordering::Acquire);
             if v != ABSENT_DIRTY && v != ABSENT_CLEAN {
                 // SAFETY: as in `slot`: a live chunk pointer owned by this bitmap.
                 return Ok(unsafe { &*(v as *const Chunk) });
+            }
+            if limited && live_chunks() >= chunk_limit() {
+                return Err(Mark::NoMem);
             }
             let chunk = Box::into_raw(Chunk::new(v == ABSENT_CLEAN, &self.valid_masks(k)));
             // AcqRel: Release publishes the chunk's initial contents to `slot` readers;
@@ -304,7 +343,7 @@ impl PageBitmap {
                     // Broken twin `no_cas_recheck` (loom-tests) skips this re-check.
                     #[cfg(not(softdirty_broken = "no_cas_recheck"))]
                     if self.sealed.load(Ordering::Acquire) {
-                        return Err(());
+                        return Err(Mark::Sealed);
                     }
                     // SAFETY: just installed; owned by the slot from now on.
                     return Ok(unsafe { &*chunk });
@@ -319,9 +358,9 @@ impl PageBitmap {
 
     /// Same as [`Self::materialize`] for the control plane (no concurrent seal possible).
     fn materialize_ctl(&self, k: usize) -> &Chunk {
-        match self.materialize(k) {
+        match self.materialize(k, false) {
             Ok(c) => c,
-            Err(()) => match self.slot(k) {
+            Err(_) => match self.slot(k) {
                 Slot::Chunk(c) => c,
                 Slot::Absent { .. } => unreachable!("materialize installed a chunk"),
             },
@@ -342,7 +381,7 @@ impl PageBitmap {
     /// relaxed load per word when the pages are already dirty; an untouched all-dirty
     /// chunk is not even materialized.
     pub fn mark_dirty(&self, first: u64, count: u64) -> Mark {
-        self.fault(first, count, true, false, false)
+        self.fault_impl(first, count, true, false, false, false)
     }
 
     /// A read fault on `[first, first + count)`: populate without dirtying. `zero_page`:
@@ -352,11 +391,24 @@ impl PageBitmap {
     }
 
     fn fault(&self, first: u64, count: u64, dirty: bool, backed: bool, populate: bool) -> Mark {
+        self.fault_impl(first, count, dirty, backed, populate, true)
+    }
+
+    fn fault_impl(
+        &self,
+        first: u64,
+        count: u64,
+        dirty: bool,
+        backed: bool,
+        populate: bool,
+        limited: bool,
+    ) -> Mark {
         debug_assert!(first + count <= self.pages);
         let mut faults = 0u64;
         let mut did_rmw = false;
         let mut cur: Option<(usize, &Chunk)> = None;
         let mut sealed = false;
+        let mut nomem = false;
         // Summary bits this fault owes the current chunk, set with one RMW per chunk after
         // the chunk's word RMWs (the order harvests rely on).
         let mut owed = 0u64;
@@ -368,9 +420,9 @@ impl PageBitmap {
             }
             *owed = 0;
         };
-        for_each_word(first, count, |w, m| {
-            if sealed {
-                return;
+        for_each_word_until(first, count, |w, m| {
+            if sealed || nomem {
+                return false;
             }
             let k = (w / CHUNK_WORDS as u64) as usize;
             let wi = (w % CHUNK_WORDS as u64) as usize;
@@ -384,19 +436,23 @@ impl PageBitmap {
                     // says what we would write.
                     if !populate && self.slots[k].load(Ordering::Acquire) == ABSENT_DIRTY {
                         cur = None;
-                        return;
+                        return true;
                     }
                     // Fast check without allocating: an untouched chunk must be
                     // materialized only if this fault changes something in it (a read of
                     // an absent chunk always does: it populates).
-                    match self.materialize(k) {
+                    match self.materialize(k, limited) {
                         Ok(c) => {
                             cur = Some((k, c));
                             c
                         }
-                        Err(()) => {
+                        Err(Mark::NoMem) => {
+                            nomem = true;
+                            return false;
+                        }
+                        Err(_) => {
                             sealed = true;
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -426,6 +482,7 @@ impl PageBitmap {
                 chunk.backed[wi].fetch_or(m, FAULT_RMW);
                 did_rmw = true;
             }
+            true
         });
         if let Some((_, c)) = cur {
             settle(c, &mut owed);
@@ -441,6 +498,9 @@ impl PageBitmap {
         if sealed {
             let _ = did_rmw;
             return Mark::Sealed;
+        }
+        if nomem {
+            return Mark::NoMem;
         }
         Mark::Done { faults }
     }

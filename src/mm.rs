@@ -213,6 +213,8 @@ impl AddressSpace {
                 // The VMA was replaced while we wrote: retry through the new index (it
                 // was published before the seal we observed).
                 Mark::Sealed => continue,
+                // The model's memory limit (bitmap::chunk_limit): the kernel would OOM.
+                Mark::NoMem => return Err(Errno::ENOMEM),
                 Mark::Done { faults } => {
                     if write && faults != 0 && !self.flag_reported(v) {
                         self.faults.add(faults);
