@@ -128,7 +128,7 @@ fn line() -> impl Strategy<Value = String> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).map(|n: u32| n / 10).unwrap_or(300).max(100),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).map(|n: u32| n / 40).unwrap_or(250).max(100),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
