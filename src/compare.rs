@@ -435,7 +435,7 @@ pub fn jit_pattern(seed: u64, scale: u32) -> Generated {
 /// skipped). `pagemap`, `scan` without `clear` and `expect softdirty` are harvests;
 /// `scan ... clear` is a get-and-clear; other expectations are ignored.
 pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
-    use crate::trace::ast::{AddrBase, Command, Expect, MmapTarget, Placement as TP};
+    use crate::trace::ast::{Command, Expect, MmapTarget};
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
     let trace = crate::trace::parse::parse_bytes(&bytes).map_err(|e| format!("{name}:{e}"))?;
@@ -444,13 +444,8 @@ pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
     let mut main = true;
     for c in &trace.commands {
         let resolve = |a: &crate::trace::ast::Addr| -> Result<u64, String> {
-            let base = match &a.base {
-                AddrBase::Number(n) => *n,
-                AddrBase::Name(n) => *names
-                    .get(n)
-                    .ok_or_else(|| format!("{name}:{}: unbound ${n}", c.line))?,
-            };
-            Ok((i128::from(base) + a.offset).clamp(0, i128::from(u64::MAX)) as u64)
+            a.resolve(&names)
+                .map_err(|e| format!("{name}:{}: {e}", c.line))
         };
         match &c.node {
             Command::Space(s) => main = s == "main",
@@ -467,11 +462,7 @@ pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
                     MmapTarget::At(a) => (resolve(a)?, None),
                     MmapTarget::Bind(n) => (0, Some(n.clone())),
                 };
-                let placement = match placement {
-                    TP::Hint => Placement::Hint,
-                    TP::Fixed => Placement::Fixed,
-                    TP::NoReplace => Placement::NoReplace,
-                };
+                let placement = Placement::from(*placement);
                 let r = g.op(Op::Mmap {
                     addr,
                     len: *len,

@@ -388,7 +388,7 @@ pub fn guest_layout(mem: u64, vcpus: usize, seed: u64) -> GuestLayout {
 /// writes, reads, scans and expectations are ignored. Writers target the writable pages
 /// left mapped; the churn zone is placed where the trace has nothing, or omitted.
 pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, String> {
-    use crate::trace::ast::{AddrBase, Command, MmapTarget, Placement as TP};
+    use crate::trace::ast::{Command, MmapTarget};
     use std::collections::HashMap;
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
@@ -397,13 +397,7 @@ pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, St
     let mut names: HashMap<String, u64> = HashMap::new();
     let mut current_main = true;
     let mut setup = Vec::new();
-    let resolve = |names: &HashMap<String, u64>, a: &crate::trace::ast::Addr| -> Option<u64> {
-        let base = match &a.base {
-            AddrBase::Number(n) => *n,
-            AddrBase::Name(n) => *names.get(n)?,
-        };
-        u64::try_from(i128::from(base) + a.offset).ok()
-    };
+    let resolve = |names: &HashMap<String, u64>, a: &crate::trace::ast::Addr| a.resolve(names).ok();
     for c in &trace.commands {
         let op = match &c.node {
             Command::Space(n) => {
@@ -425,11 +419,7 @@ pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, St
                     },
                     MmapTarget::Bind(n) => (0, Some(n.clone())),
                 };
-                let placement = match placement {
-                    TP::Hint => Placement::Hint,
-                    TP::Fixed => Placement::Fixed,
-                    TP::NoReplace => Placement::NoReplace,
-                };
+                let placement = Placement::from(*placement);
                 let op = Op::Mmap {
                     addr,
                     len: *len,

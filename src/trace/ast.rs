@@ -38,6 +38,23 @@ pub struct Addr {
     pub offset: i128,
 }
 
+impl Addr {
+    /// The address this expression names, given the current `$name` bindings: an error
+    /// message for an unbound name or a result outside `0..=u64::MAX`. The one place
+    /// every consumer of traces (replay, `softdirty run`'s and `compare`'s `trace:FILE`)
+    /// resolves addresses.
+    pub fn resolve(&self, names: &std::collections::HashMap<String, u64>) -> Result<u64, String> {
+        let base = match &self.base {
+            AddrBase::Number(n) => *n,
+            AddrBase::Name(n) => *names
+                .get(n)
+                .ok_or_else(|| format!("${n} is not bound (its mmap or mremap failed)"))?,
+        };
+        let v = i128::from(base) + self.offset;
+        u64::try_from(v).map_err(|_| format!("address {v:#x} is out of range"))
+    }
+}
+
 /// The base of an [`Addr`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AddrBase {
@@ -56,6 +73,16 @@ pub enum Placement {
     Fixed,
     /// `noreplace`: MAP_FIXED_NOREPLACE, EEXIST on overlap.
     NoReplace,
+}
+
+impl From<Placement> for crate::mm::Placement {
+    fn from(p: Placement) -> crate::mm::Placement {
+        match p {
+            Placement::Hint => crate::mm::Placement::Hint,
+            Placement::Fixed => crate::mm::Placement::Fixed,
+            Placement::NoReplace => crate::mm::Placement::NoReplace,
+        }
+    }
 }
 
 /// The address operand of `mmap`.

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use super::ast::{Addr, AddrBase, Command, Expect, MmapTarget, PageSet, Placement, Trace};
+use super::ast::{Addr, Command, Expect, MmapTarget, PageSet, Trace};
 use crate::errno::Errno;
 use crate::mm::{self, AddressSpace};
 use crate::mode::Mode;
@@ -549,15 +549,7 @@ pub fn pagemap_pages(a: u64, len: u64) -> (u64, u64) {
 
 impl Replayer<'_> {
     fn addr(&self, a: &Addr) -> Result<u64, String> {
-        let base = match &a.base {
-            AddrBase::Number(n) => *n,
-            AddrBase::Name(n) => *self
-                .names
-                .get(n)
-                .ok_or_else(|| format!("${n} is not bound (its mmap or mremap failed)"))?,
-        };
-        let v = i128::from(base) + a.offset;
-        u64::try_from(v).map_err(|_| format!("address {v:#x} is out of range"))
+        a.resolve(&self.names)
     }
 
     fn run(&mut self, c: &Command, out: &mut dyn Write) -> Outcome {
@@ -587,11 +579,7 @@ impl Replayer<'_> {
                     MmapTarget::At(a) => (self.addr(a)?, None),
                     MmapTarget::Bind(n) => (0, Some(n.clone())),
                 };
-                let placement = match placement {
-                    Placement::Hint => mm::Placement::Hint,
-                    Placement::Fixed => mm::Placement::Fixed,
-                    Placement::NoReplace => mm::Placement::NoReplace,
-                };
+                let placement = mm::Placement::from(*placement);
                 self.backend
                     .mmap(addr, *len, *prot, *shared, placement)?
                     .map(|a| {
