@@ -230,21 +230,23 @@ impl AddressSpace {
         self.with_control(|| {
             self.with_index(|idx| {
                 for v in idx.range(addr, end) {
-                    let s = v.start.max(addr);
-                    let e = v.end.min(end);
-                    let first = v.page_of(s);
-                    let count = (e - s) >> PAGE_SHIFT;
                     let vbase = v.start >> PAGE_SHIFT;
-                    if self.flag_reported(v) {
-                        // Every page is soft-dirty through VM_SOFTDIRTY, which only
-                        // `clear_refs 4` clears: report all, clear the page-level bits.
-                        v.bitmap.harvest(first, count, |_| {});
-                        log.push_run((s >> PAGE_SHIFT) - base, count);
-                        continue;
-                    }
-                    let par = parallel.unwrap_or(count >= PARALLEL_MIN_PAGES);
-                    harvest_vma(v, first, count, par, |r| {
-                        log.push_run(vbase + r.first - base, r.count)
+                    let (s, e) = (v.start.max(addr), v.end.min(end));
+                    self.vma_level_segments(v, s, e, |s, e, vma_dirty| {
+                        let first = v.page_of(s);
+                        let count = (e - s) >> PAGE_SHIFT;
+                        if vma_dirty {
+                            // Every page is soft-dirty at the VMA level (VM_SOFTDIRTY, or
+                            // outside every region), which only `clear_refs 4` clears:
+                            // report all, clear the page-level bits.
+                            v.bitmap.harvest(first, count, |_| {});
+                            log.push_run((s >> PAGE_SHIFT) - base, count);
+                            return;
+                        }
+                        let par = parallel.unwrap_or(count >= PARALLEL_MIN_PAGES);
+                        harvest_vma(v, first, count, par, |r| {
+                            log.push_run(vbase + r.first - base, r.count)
+                        });
                     });
                 }
             })

@@ -163,6 +163,24 @@ impl AddressSpace {
         self.mode.uses_vma_flag() && v.meta.flags.softdirty
     }
 
+    /// Splits `[s, e)` (within `v`) into the sub-ranges where the *VMA-level* dirtiness
+    /// is constant, and calls `f(start, end, vma_dirty)` for each in address order. A page
+    /// reports soft-dirty iff its VMA-level dirtiness or its page-level bit is set. In the
+    /// flag modes that is one range with `VM_SOFTDIRTY`; in `precise` one range, never
+    /// dirty at the VMA level.
+    pub(crate) fn vma_level_segments(
+        &self,
+        v: &Vma,
+        s: u64,
+        e: u64,
+        mut f: impl FnMut(u64, u64, bool),
+    ) {
+        debug_assert!(v.start <= s && s <= e && e <= v.end);
+        if s < e {
+            f(s, e, self.flag_reported(v));
+        }
+    }
+
     // ================================================================== data plane
 
     /// A store to every page overlapping `[addr, addr + len)`: the simulated write fault.

@@ -108,59 +108,60 @@ impl AddressSpace {
             }
             let s = v.start.max(start);
             let e = v.end.min(end);
-            let flag = self.flag_reported(v);
-            let shared = v.meta.flags.shared;
-            let bm = &v.bitmap;
-            let mut p = v.page_of(s);
-            let pe = v.page_of(e - 1) + 1;
-            while p < pe && !stopped.get() {
-                if let Some((clean, ue)) = bm.uniform_run_end(p, pe) {
-                    let info = PageInfo {
-                        softdirty: flag || !clean,
-                        present: false,
-                        zero: false,
-                        shared,
-                    };
-                    emit(
-                        v.start + (p << PAGE_SHIFT),
-                        v.start + (ue << PAGE_SHIFT),
-                        Some(info),
-                    );
-                    p = ue;
-                    continue;
-                }
-                let w = p - p % 64;
-                let bits = bm.window(w);
-                let lim = (w + 64).min(pe).min((p / CHUNK_PAGES + 1) * CHUNK_PAGES);
-                // Positions where any of the three bits changes from the previous page.
-                let all = [bits.clean, bits.populated, bits.backed];
-                let mut q = p;
-                while q < lim {
-                    let sh = q - w;
-                    let here = all.map(|x| (x >> sh) & 1);
-                    let mut r = q + 1;
-                    while r < lim {
-                        let s2 = r - w;
-                        if all.map(|x| (x >> s2) & 1) != here {
-                            break;
-                        }
-                        r += 1;
+            self.vma_level_segments(v, s, e, |s, e, flag| {
+                let mut p = v.page_of(s);
+                let pe = v.page_of(e - 1) + 1;
+                let shared = v.meta.flags.shared;
+                let bm = &v.bitmap;
+                while p < pe && !stopped.get() {
+                    if let Some((clean, ue)) = bm.uniform_run_end(p, pe) {
+                        let info = PageInfo {
+                            softdirty: flag || !clean,
+                            present: false,
+                            zero: false,
+                            shared,
+                        };
+                        emit(
+                            v.start + (p << PAGE_SHIFT),
+                            v.start + (ue << PAGE_SHIFT),
+                            Some(info),
+                        );
+                        p = ue;
+                        continue;
                     }
-                    let info = PageInfo {
-                        softdirty: flag || here[0] == 0,
-                        present: here[1] == 1,
-                        zero: here[1] == 1 && here[2] == 0,
-                        shared,
-                    };
-                    emit(
-                        v.start + (q << PAGE_SHIFT),
-                        v.start + (r << PAGE_SHIFT),
-                        Some(info),
-                    );
-                    q = r;
+                    let w = p - p % 64;
+                    let bits = bm.window(w);
+                    let lim = (w + 64).min(pe).min((p / CHUNK_PAGES + 1) * CHUNK_PAGES);
+                    // Positions where any of the three bits changes from the previous page.
+                    let all = [bits.clean, bits.populated, bits.backed];
+                    let mut q = p;
+                    while q < lim {
+                        let sh = q - w;
+                        let here = all.map(|x| (x >> sh) & 1);
+                        let mut r = q + 1;
+                        while r < lim {
+                            let s2 = r - w;
+                            if all.map(|x| (x >> s2) & 1) != here {
+                                break;
+                            }
+                            r += 1;
+                        }
+                        let info = PageInfo {
+                            softdirty: flag || here[0] == 0,
+                            present: here[1] == 1,
+                            zero: here[1] == 1 && here[2] == 0,
+                            shared,
+                        };
+                        emit(
+                            v.start + (q << PAGE_SHIFT),
+                            v.start + (r << PAGE_SHIFT),
+                            Some(info),
+                        );
+                        q = r;
+                    }
+                    p = lim;
                 }
-                p = lim;
-            }
+            });
             cursor = e;
         }
         if cursor < end {
