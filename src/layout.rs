@@ -23,6 +23,7 @@ use crate::bitmap::{CopyRule, DrainRule, PageBitmap};
 use crate::errno::{Errno, Result};
 use crate::index::VmaIndex;
 use crate::mode::Mode;
+use crate::regions::NonSdRegions;
 use crate::sync::Arc;
 use crate::vma::{Vma, VmaMeta, MAX_MAP_COUNT, PAGE_SHIFT};
 
@@ -69,6 +70,8 @@ pub struct WVma {
     pub anon: u64,
     /// page-state sources, in address order, covering `[start, end)`
     pub pieces: Vec<Piece>,
+    /// `regions` mode: the RFC's non-soft-dirty region list (empty in other modes)
+    pub nsdr: NonSdRegions,
 }
 
 impl WVma {
@@ -158,6 +161,20 @@ pub struct Layout {
     origin: Vec<Arc<Vma>>,
 }
 
+/// Which code path of the RFC's kernel (6.1) a new-range merge stands for. It decides,
+/// in `regions` mode only, what happens to the region list of a next VMA that the merge
+/// absorbs together with the previous one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewRange {
+    /// `mmap_region` → `vma_expand`, which the patch gives `nsdr_move(vma, next)`: next's
+    /// regions are kept.
+    Mmap,
+    /// `vma_merge` (copy_vma at an mremap destination, an mremap in-place growth): case 1
+    /// frees next, and with it its regions (the patch's `nsdr_adjust_new_first(prev,
+    /// next)` then runs on freed memory; the model takes it as doing nothing).
+    VmaMerge,
+}
+
 /// How a merge decides the resulting `VM_SOFTDIRTY`.
 #[derive(Clone, Copy, Debug)]
 enum FlagRule {
@@ -187,6 +204,7 @@ impl Layout {
                         rule: CopyRule::Plain,
                     },
                 }],
+                nsdr: v.nsdr.clone(),
             })
             .collect();
         Layout {
@@ -225,6 +243,7 @@ impl Layout {
         let left = &mut self.vmas[i];
         left.pieces = left.cut(left.start, addr);
         left.end = addr;
+        right.nsdr = left.nsdr.split_off(addr);
         self.vmas.insert(i + 1, right);
     }
 
@@ -298,6 +317,10 @@ impl Layout {
     /// `vma_merge_new_range` (and, failing a merge, inserting a new VMA) for the hole
     /// `[start, end)`: mmap, copy_vma (mremap destination). `anon` is the anon_vma the
     /// range brings (copy_vma). Returns the index of the VMA now covering the range.
+    ///
+    /// `nsdr` is the region list a VMA inserted without merging gets (`regions` mode:
+    /// empty for mmap, the source VMA's list cloned verbatim for copy_vma), and `origin`
+    /// which of the RFC's code paths the merge stands for ([`NewRange`]).
     pub fn merge_new_range(
         &mut self,
         start: u64,
@@ -305,6 +328,8 @@ impl Layout {
         meta: VmaMeta,
         anon: u64,
         pieces: Vec<Piece>,
+        nsdr: NonSdRegions,
+        origin: NewRange,
     ) -> usize {
         let i = self.find_from(start);
         debug_assert!(
@@ -318,6 +343,7 @@ impl Layout {
             meta,
             anon,
             pieces,
+            nsdr,
         };
         let prev = (i > 0 && self.vmas[i - 1].end == start).then(|| i - 1);
         let next = (i < self.vmas.len() && self.vmas[i].start == end).then_some(i);
@@ -353,6 +379,11 @@ impl Layout {
                 pv.end = nv.end;
                 pv.pieces.extend(new.pieces);
                 pv.pieces.extend(nv.pieces);
+                if origin == NewRange::Mmap {
+                    // `vma_expand(prev, .., next)` with `remove_next`: `nsdr_move`. On the
+                    // `vma_merge` path (case 1) next's list is freed with it.
+                    pv.nsdr.append(nv.nsdr);
+                }
                 if pv.anon == 0 {
                     // dup_anon_vma: the target takes the anon_vma (and its chain, so the
                     // fork-child state) of the VMA it absorbs.
@@ -582,12 +613,14 @@ impl Layout {
                     && w.start == vma.start
                     && w.end == vma.end
                 {
-                    if w.meta == vma.meta && w.anon == vma.anon() {
+                    if w.meta == vma.meta && w.anon == vma.anon() && w.nsdr == vma.nsdr {
                         out.push(vma.clone());
                     } else {
                         // New flags, same pages: share the bitmap, no copy.
-                        let nv =
-                            Arc::new(Vma::new(w.start, w.end, w.meta, w.anon, vma.bitmap.clone()));
+                        let nv = Arc::new(
+                            Vma::new(w.start, w.end, w.meta, w.anon, vma.bitmap.clone())
+                                .with_nsdr(w.nsdr),
+                        );
                         derived.push((vma.clone(), nv.clone()));
                         out.push(nv);
                     }
@@ -620,7 +653,7 @@ impl Layout {
                     }
                 }
             }
-            let nv = Arc::new(Vma::new(w.start, w.end, w.meta, w.anon, bm));
+            let nv = Arc::new(Vma::new(w.start, w.end, w.meta, w.anon, bm).with_nsdr(w.nsdr));
             for p in &w.pieces {
                 if let Src::Old { vma, .. } = &p.src {
                     derived.push((vma.clone(), nv.clone()));

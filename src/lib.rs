@@ -44,6 +44,7 @@ pub mod mm;
 pub mod mode;
 pub mod pagemap;
 pub mod prot;
+pub mod regions;
 pub mod run;
 pub mod scan;
 pub mod slots;

@@ -18,9 +18,10 @@ use crate::bitmap::{CopyRule, Mark, PageBitmap};
 use crate::epoch::{self, Atomic, Guard, Owned};
 use crate::errno::{Errno, Result};
 use crate::index::VmaIndex;
-use crate::layout::{cut_pieces, move_pieces, Layout, Piece, Src, WVma};
+use crate::layout::{cut_pieces, move_pieces, Layout, NewRange, Piece, Src, WVma};
 use crate::mode::Mode;
 use crate::prot::Prot;
+use crate::regions::NonSdRegions;
 use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 use crate::vma::{
     next_id, Vma, VmaFlags, VmaMeta, MAX_MAP_COUNT, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE,
@@ -168,6 +169,7 @@ impl AddressSpace {
     /// reports soft-dirty iff its VMA-level dirtiness or its page-level bit is set. In the
     /// flag modes that is one range with `VM_SOFTDIRTY`; in `precise` one range, never
     /// dirty at the VMA level.
+    /// In `regions`, the VMA's region list decides (`is_vma_addr_sd`).
     pub(crate) fn vma_level_segments(
         &self,
         v: &Vma,
@@ -176,7 +178,12 @@ impl AddressSpace {
         mut f: impl FnMut(u64, u64, bool),
     ) {
         debug_assert!(v.start <= s && s <= e && e <= v.end);
-        if s < e {
+        if s >= e {
+            return;
+        }
+        if self.mode == Mode::Regions {
+            v.nsdr.segments(s, e, f);
+        } else {
             f(s, e, self.flag_reported(v));
         }
     }
@@ -222,8 +229,13 @@ impl AddressSpace {
             if write && !shared && v.anon() == 0 {
                 v.assign_anon(Self::anon_for_first_fault(idx, v));
             }
-            let mark = if write {
-                v.bitmap.write(first, n)
+            let mark = if write && self.mode == Mode::Regions {
+                Self::write_by_region(v, page, stop + PAGE_SIZE)
+            } else if write {
+                match v.bitmap.write(first, n) {
+                    Mark::Done { .. } if self.flag_reported(v) => Mark::Done { faults: 0 },
+                    m => m,
+                }
             } else {
                 v.bitmap.read(first, n, !shared)
             };
@@ -234,7 +246,7 @@ impl AddressSpace {
                 // The model's memory limit (bitmap::chunk_limit): the kernel would OOM.
                 Mark::NoMem => return Err(Errno::ENOMEM),
                 Mark::Done { faults } => {
-                    if write && faults != 0 && !self.flag_reported(v) {
+                    if write && faults != 0 {
                         self.faults.add(faults);
                     }
                 }
@@ -244,6 +256,25 @@ impl AddressSpace {
             }
             page = stop + PAGE_SIZE;
         }
+    }
+
+    /// Regions mode: writes `[s, e)` of `v` one region segment at a time, and counts as
+    /// faults only the pages whose report changed: those a region covers (outside every
+    /// region a page already reports soft-dirty). Stops at the first segment that does
+    /// not complete.
+    fn write_by_region(v: &Vma, s: u64, e: u64) -> Mark {
+        let mut total = 0;
+        let mut stop = None;
+        v.nsdr.segments(s, e, |a, b, vma_dirty| {
+            if stop.is_some() {
+                return;
+            }
+            match v.bitmap.write(v.page_of(a), (b - a) >> PAGE_SHIFT) {
+                Mark::Done { faults } => total += if vma_dirty { 0 } else { faults },
+                m => stop = Some(m),
+            }
+        });
+        stop.unwrap_or(Mark::Done { faults: total })
     }
 
     /// `__anon_vma_prepare` → `find_mergeable_anon_vma`: reuse an adjacent, compatible
@@ -409,9 +440,20 @@ impl AddressSpace {
                 end,
                 src: Src::Fresh { dirty: precise },
             }];
-            let i = l.merge_new_range(addr, end, meta, 0, pieces);
-            // "New (or expanded) vma always get soft dirty status."
-            l.vmas[i].meta.flags.softdirty = true;
+            let i = l.merge_new_range(
+                addr,
+                end,
+                meta,
+                0,
+                pieces,
+                NonSdRegions::new(),
+                NewRange::Mmap,
+            );
+            // "New (or expanded) vma always get soft dirty status." (The RFC removes the
+            // flag: its new pages are in no region.)
+            if self.mode != Mode::Regions {
+                l.vmas[i].meta.flags.softdirty = true;
+            }
             (Ok(addr), true)
         })
     }
@@ -672,7 +714,15 @@ impl AddressSpace {
                     end: v_end + delta,
                     src: Src::Fresh { dirty: precise },
                 }];
-                l.merge_new_range(v_end, v_end + delta, meta, anon, fresh);
+                l.merge_new_range(
+                    v_end,
+                    v_end + delta,
+                    meta,
+                    anon,
+                    fresh,
+                    NonSdRegions::new(),
+                    NewRange::VmaMerge,
+                );
                 return (Ok(addr), true);
             }
             if !maymove {
@@ -754,7 +804,17 @@ impl AddressSpace {
         } else {
             v.meta.pgoff + ((addr - v.start) >> PAGE_SHIFT)
         };
-        l.merge_new_range(na, na + new_len, meta, v.anon, pieces);
+        // copy_vma: merged at the destination (`vma_merge`), or a new VMA with the whole
+        // source VMA's region list cloned verbatim, old addresses included (`nsdr_clone`).
+        l.merge_new_range(
+            na,
+            na + new_len,
+            meta,
+            v.anon,
+            pieces,
+            v.nsdr,
+            NewRange::VmaMerge,
+        );
         l.unmap(addr, addr + old_len)
     }
 
@@ -783,13 +843,10 @@ impl AddressSpace {
             let mut meta = v.meta;
             meta.forked = anon != 0;
             let child_anon = if anon != 0 { next_id() } else { 0 };
-            vmas.push(Arc::new(Vma::new(
-                v.start,
-                v.end,
-                meta,
-                child_anon,
-                Arc::new(bm),
-            )));
+            // dup_mmap: the RFC clones the region list (`nsdr_clone`).
+            vmas.push(Arc::new(
+                Vma::new(v.start, v.end, meta, child_anon, Arc::new(bm)).with_nsdr(v.nsdr.clone()),
+            ));
         }
         AddressSpace {
             mode: self.mode,
@@ -830,11 +887,16 @@ impl AddressSpace {
         for v in idx.vmas() {
             v.bitmap.clear_all();
             flags |= v.meta.flags.softdirty;
+            // Regions: the list must become the one region `[vm_start, vm_end)`.
+            flags |= self.mode == Mode::Regions && v.nsdr.is_vma_sd(v.start, v.end);
         }
         if flags || self.mode == Mode::Nomerge {
             let mut l = Layout::from_index(self.mode, idx);
             for w in &mut l.vmas {
                 w.meta.flags.softdirty = false;
+                if self.mode == Mode::Regions {
+                    w.nsdr = NonSdRegions::whole(w.start, w.end);
+                }
             }
             if self.mode == Mode::Nomerge {
                 l.merge_compatible_neighbours();
@@ -855,7 +917,11 @@ impl AddressSpace {
                     end: v.end,
                     prot: v.meta.flags.prot.to_string(),
                     shared: v.meta.flags.shared,
-                    vm_softdirty: v.meta.flags.softdirty,
+                    vm_softdirty: if self.mode == Mode::Regions {
+                        v.nsdr.is_vma_sd(v.start, v.end)
+                    } else {
+                        v.meta.flags.softdirty
+                    },
                     faulted: v.anon() != 0,
                 })
                 .collect()
@@ -876,14 +942,45 @@ impl AddressSpace {
     /// The smaps `VmFlags` line of the VMA containing `addr`.
     pub fn smaps_vmflags(&self, addr: u64) -> Option<String> {
         self.with_index(|idx| {
-            idx.lookup(addr)
-                .map(|v| v.smaps_vmflags(self.mode != Mode::Regions))
+            idx.lookup(addr).map(|v| {
+                if self.mode == Mode::Regions {
+                    // The RFC prints `sd` after every other flag, with no space after it,
+                    // when `is_vma_sd`.
+                    let mut line = v.smaps_vmflags(false);
+                    if v.nsdr.is_vma_sd(v.start, v.end) {
+                        line.push_str("sd");
+                    }
+                    line
+                } else {
+                    v.smaps_vmflags(true)
+                }
+            })
         })
     }
 
-    /// Bytes of tracking memory held by the current VMAs' bitmaps.
+    /// Bytes of tracking memory held by the current VMAs' bitmaps, plus, in `regions`
+    /// mode, what the RFC's region lists would cost the kernel
+    /// ([`NonSdRegions::bytes`]: a list head per VMA and a 32-byte object per region).
     pub fn tracking_bytes(&self) -> usize {
-        self.with_index(|idx| idx.vmas().iter().map(|v| v.bitmap.tracking_bytes()).sum())
+        self.with_index(|idx| {
+            idx.vmas()
+                .iter()
+                .map(|v| {
+                    let lists = if self.mode == Mode::Regions {
+                        v.nsdr.bytes()
+                    } else {
+                        0
+                    };
+                    v.bitmap.tracking_bytes() + lists
+                })
+                .sum()
+        })
+    }
+
+    /// Regions mode: the total number of non-soft-dirty regions over all VMAs (0 in other
+    /// modes).
+    pub fn region_count(&self) -> usize {
+        self.with_index(|idx| idx.vmas().iter().map(|v| v.nsdr.len()).sum())
     }
 
     /// Runs `f` under the control lock (get-and-clear scans).

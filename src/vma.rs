@@ -6,6 +6,7 @@
 
 use crate::bitmap::PageBitmap;
 use crate::prot::Prot;
+use crate::regions::NonSdRegions;
 use crate::sync::{Arc, AtomicU64, Ordering};
 
 /// Page size (x86-64).
@@ -67,6 +68,8 @@ pub struct Vma {
     anon: AtomicU64,
     /// The page state: page `i` of the bitmap is the page at `start + i * PAGE_SIZE`.
     pub bitmap: Arc<PageBitmap>,
+    /// `regions` mode: the RFC's list of non-soft-dirty regions (empty in other modes).
+    pub nsdr: NonSdRegions,
 }
 
 impl std::fmt::Debug for Vma {
@@ -91,7 +94,14 @@ impl Vma {
             meta,
             anon: AtomicU64::new(anon),
             bitmap,
+            nsdr: NonSdRegions::new(),
         }
+    }
+
+    /// The same VMA with the non-soft-dirty region list `nsdr` (`regions` mode).
+    pub fn with_nsdr(mut self, nsdr: NonSdRegions) -> Vma {
+        self.nsdr = nsdr;
+        self
     }
 
     /// Pages covered.

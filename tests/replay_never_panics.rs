@@ -134,8 +134,8 @@ proptest! {
     })]
 
     #[test]
-    fn random_traces_replay_without_panicking(lines in proptest::collection::vec(line(), 1..30), mode in 0usize..4) {
-        let mode = [Mode::Precise, Mode::Legacy, Mode::Sticky, Mode::Nomerge][mode];
+    fn random_traces_replay_without_panicking(lines in proptest::collection::vec(line(), 1..30), mode in 0usize..5) {
+        let mode = Mode::ALL[mode];
         // `$x` must be bound before use in the language: bind it first.
         let text = format!("mmap $x 4p rw\n{}\n", lines.join("\n"));
         let trace = parse::parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
