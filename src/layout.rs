@@ -321,6 +321,7 @@ impl Layout {
     /// `nsdr` is the region list a VMA inserted without merging gets (`regions` mode:
     /// empty for mmap, the source VMA's list cloned verbatim for copy_vma), and `origin`
     /// which of the RFC's code paths the merge stands for ([`NewRange`]).
+    #[allow(clippy::too_many_arguments)] // the kernel's vma_merge_new_range inputs, plus the RFC's two
     pub fn merge_new_range(
         &mut self,
         start: u64,
