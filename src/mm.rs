@@ -263,6 +263,13 @@ impl AddressSpace {
     /// region a page already reports soft-dirty). Stops at the first segment that does
     /// not complete.
     fn write_by_region(v: &Vma, s: u64, e: u64) -> Mark {
+        if e - s == PAGE_SIZE {
+            // One page: one list walk, no segment list.
+            return match v.bitmap.write(v.page_of(s), 1) {
+                Mark::Done { .. } if !v.nsdr.covers(s) => Mark::Done { faults: 0 },
+                m => m,
+            };
+        }
         let mut total = 0;
         let mut stop = None;
         v.nsdr.segments(s, e, |a, b, vma_dirty| {
