@@ -42,7 +42,7 @@ fn json_has_every_workload_mode_and_column() {
     for name in ["seed", "hildenbrand", "arena", "jit"] {
         let w = workload(&r, name);
         assert!(w["harvests"].as_u64().unwrap() > 0);
-        for mode in ["precise", "legacy", "sticky", "nomerge"] {
+        for mode in ["precise", "legacy", "sticky", "nomerge", "regions"] {
             let m = row(w, mode);
             for col in [
                 "false_positives",
@@ -88,6 +88,25 @@ fn nomerge_pays_vmas_on_the_hildenbrand_pattern() {
     assert!(vmas("nomerge") >= vmas("legacy"));
     assert!(vmas("nomerge") > 100 * vmas("precise"));
     assert!(row(w, "legacy")["false_positives"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn regions_is_precise_on_mmap_merges_and_over_reports_on_mprotect_merges() {
+    let r = compare(&["--json", "--workload", "seed,hildenbrand,jit"]);
+    for name in ["seed", "hildenbrand"] {
+        let w = workload(&r, name);
+        let m = row(w, "regions");
+        assert_eq!(m["false_positives"], 0, "{name}");
+        assert_eq!(m["false_negatives"], 0, "{name}");
+        // The lists cost memory the flag designs do not spend.
+        let bytes = |mode| row(w, mode)["peak_tracking_bytes"].as_u64().unwrap();
+        assert!(bytes("regions") > bytes("legacy"), "{name}");
+    }
+    // The JIT's mprotect merges free the absorbed VMAs' lists (the patch adjusts none).
+    let w = workload(&r, "jit");
+    let fp = |mode| row(w, mode)["false_positives"].as_u64().unwrap();
+    assert!(fp("regions") > 0);
+    assert!(fp("regions") > fp("legacy"));
 }
 
 #[test]
