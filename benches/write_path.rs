@@ -7,8 +7,11 @@
 //! the threads do not slow each other down.
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-conc cargo bench --bench write_path -- --warm-up-time 1 --measurement-time 3
+//! cargo bench --bench write_path -- --warm-up-time 1 --measurement-time 3
 //! ```
+//!
+//! `SOFTDIRTY_BENCH_THREADS=1,2,4,8,16` picks other thread counts (default `1,2`), for
+//! machines with more cores.
 
 // `criterion_group!` generates an undocumented function.
 #![allow(missing_docs)]
@@ -66,8 +69,21 @@ fn run(mm: &AddressSpace, a: u64, threads: u64, n: u64, first: bool) -> Duration
     total
 }
 
+/// The thread counts to measure: `SOFTDIRTY_BENCH_THREADS` (comma list), default 1 and 2.
+fn thread_counts() -> Vec<u64> {
+    std::env::var("SOFTDIRTY_BENCH_THREADS")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .map(|t| t.trim().parse().expect("SOFTDIRTY_BENCH_THREADS: numbers"))
+                .filter(|&t| t > 0)
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1, 2])
+}
+
 fn write_path(c: &mut Criterion) {
-    for threads in [1u64, 2] {
+    for threads in thread_counts() {
         let mut g = c.benchmark_group(format!("write_path/{threads}t"));
         g.sample_size(20);
         let (mm, a) = space(threads);
