@@ -1,9 +1,17 @@
 //! Differential test: random operation sequences run through the real model
 //! (`softdirty::mm::AddressSpace`) and the deliberately simple reference model in
-//! `tests/reference/mod.rs`, in `precise` and `legacy` mode; every observable is compared
-//! after every operation: the result (value or errno), the VMA list (boundaries, count,
-//! prot, shared, VM_SOFTDIRTY, faulted), soft-dirty and present runs over the arena and
-//! over every VMA, pagemap bits 55/56/61/63 of a few pages, and the write-fault count.
+//! `tests/reference/mod.rs`, in `precise`, `legacy`, `sticky` and `nomerge` mode; every
+//! observable is compared after every operation: the result (value or errno), the VMA
+//! list (boundaries, count, prot, shared, VM_SOFTDIRTY, faulted), soft-dirty and present
+//! runs over the arena and over every VMA, pagemap bits 55/56/61/63 of a few pages, and
+//! the write-fault count.
+//!
+//! `sticky` and `nomerge` differ from `legacy` only where VMAs with different
+//! VM_SOFTDIRTY meet a merge, so their cases (`dense_case_s`) mix the random operations
+//! with scenarios built to reach those merges: a cleared VMA next to a new mmap,
+//! mprotect merges of dirty and clean VMAs, mremap moves and in-place growth that merge
+//! at the destination, and alternating chains of clean and dirty VMAs followed by
+//! `clear_refs 4`.
 //!
 //! Cases: `PROPTEST_CASES` if set (CI runs `PROPTEST_CASES=10000`), else 1000 per mode.
 //!
@@ -305,6 +313,279 @@ fn case_s() -> impl Strategy<Value = (u64, Vec<Step>)> {
         })
 }
 
+// ------------------------------------------------------- scenarios where the modes differ
+
+fn fixed_at(u: i64, n: u64, prot: Prot) -> Op {
+    Op::Mmap {
+        addr: Addr::Arena(u, 0),
+        len: Len::Units(n),
+        prot,
+        shared: false,
+        place: Placement::Fixed,
+    }
+}
+
+fn write_at(u: i64, n: u64) -> Op {
+    Op::Write {
+        addr: Addr::Arena(u, 0),
+        len: Len::Units(n),
+    }
+}
+
+/// `prot` mostly RW (the prot that merges), sometimes R, for the scenarios.
+fn sprot_s() -> impl Strategy<Value = Prot> {
+    prop_oneof![4 => Just(Prot::RW), 1 => Just(Prot::R)]
+}
+
+/// Optionally a write of `n` units at `u` (`Read` instead sometimes: a read fault maps the
+/// zero page and gives the VMA no anon_vma).
+fn maybe_touch(u: i64, n: u64, what: u8) -> Option<Op> {
+    match what {
+        0 => Some(write_at(u, n)),
+        1 => Some(Op::Read {
+            addr: Addr::Arena(u, 0),
+            len: Len::Units(n),
+        }),
+        _ => None,
+    }
+}
+
+/// The seed thread's pattern: a VMA, (written,) cleared, then a new mapping placed right
+/// after it (or right before it), (then written,) and maybe cleared again.
+fn seed_s() -> impl Strategy<Value = Vec<Op>> {
+    (
+        0i64..20,
+        1u64..=4,
+        1u64..=4,
+        sprot_s(),
+        any::<bool>(),
+        0u8..3,
+        0u8..3,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(u, n, m, prot, left, t0, t1, noreplace, clear2)| {
+            let mut v = vec![fixed_at(u + 4, n, Prot::RW)];
+            v.extend(maybe_touch(u + 4, n, t0));
+            v.push(Op::ClearRefs(4));
+            let at = if left {
+                u + 4 - m as i64
+            } else {
+                u + 4 + n as i64
+            };
+            v.push(Op::Mmap {
+                addr: Addr::Arena(at, 0),
+                len: Len::Units(m),
+                prot,
+                shared: false,
+                place: if noreplace {
+                    Placement::NoReplace
+                } else {
+                    Placement::Fixed
+                },
+            });
+            v.extend(maybe_touch(at, 1, t1));
+            if clear2 {
+                v.push(Op::ClearRefs(4));
+            }
+            v
+        })
+}
+
+/// Three adjacent VMAs A, B, C of chosen prots, a `clear_refs 4` somewhere among their
+/// mmaps (so some are clean and some dirty), optional writes, then an mprotect of a range
+/// (often exactly one VMA, or an edge of one) to one of the prots present: the
+/// mprotect merges of `vma_merge_existing_range` between dirty and clean VMAs.
+fn mprotect_merge_s() -> impl Strategy<Value = Vec<Op>> {
+    let prot3 = prop_oneof![2 => Just(Prot::RW), 1 => Just(Prot::R), 1 => Just(Prot::NONE)];
+    (
+        0i64..16,
+        prop::array::uniform3(1u64..=4),
+        prop::array::uniform3(prot3),
+        0usize..=3,
+        prop::array::uniform3(0u8..4),
+        0usize..8,
+        0usize..3,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(u, n, prot, clear_at, touch, range, which_prot, clear_end)| {
+                let at = [u, u + n[0] as i64, u + (n[0] + n[1]) as i64];
+                let mut v = Vec::new();
+                for k in 0..3 {
+                    if clear_at == k {
+                        v.push(Op::ClearRefs(4));
+                    }
+                    v.push(fixed_at(at[k], n[k], prot[k]));
+                }
+                if clear_at == 3 {
+                    v.push(Op::ClearRefs(4));
+                }
+                for k in 0..3 {
+                    if prot[k].write {
+                        v.extend(maybe_touch(at[k], 1, touch[k]));
+                    }
+                }
+                // The range: a whole VMA, its head or its tail, or two VMAs' joining edges.
+                let (a, l) = match range {
+                    0 => (at[1], n[1]),
+                    1 => (at[1], 1),
+                    2 => (at[2] - 1, 1),
+                    3 => (at[0], n[0]),
+                    4 => (at[2], n[2]),
+                    5 => (at[1] - 1, 2),
+                    6 => (at[0], n[0] + n[1]),
+                    _ => (at[2] - 1, n[2] + 1),
+                };
+                v.push(Op::Mprotect {
+                    addr: Addr::Arena(a, 0),
+                    len: Len::Units(l),
+                    prot: prot[which_prot],
+                });
+                if clear_end {
+                    v.push(Op::ClearRefs(4));
+                }
+                v
+            },
+        )
+}
+
+/// A target VMA T, a source VMA S elsewhere, a `clear_refs 4` before or after S exists,
+/// optional touches, then S (or part of it) moved by mremap right after or right before T
+/// (copy_vma's merge at the destination: an unfaulted source's pgoff is rebased, so it
+/// merges); or T grown in place over a hole up to a next VMA (vma_merge_extend swallows
+/// it).
+fn mremap_merge_s() -> impl Strategy<Value = Vec<Op>> {
+    (
+        0i64..14,
+        1u64..=4,
+        1u64..=4,
+        sprot_s(),
+        any::<bool>(),
+        prop::array::uniform2(0u8..4),
+        0u8..4,
+        any::<bool>(),
+        1u64..=3,
+    )
+        .prop_map(|(u, n, m, prot, clear_first, touch, kind, part, gap)| {
+            let t = u + 4;
+            let src = 24i64;
+            let mut v = Vec::new();
+            if kind == 3 {
+                // In-place growth of T over a gap of `gap` units up to N.
+                let nx = t + (n + gap) as i64;
+                v.push(fixed_at(t, n, Prot::RW));
+                if clear_first {
+                    v.push(Op::ClearRefs(4));
+                }
+                v.push(fixed_at(nx, m, prot));
+                if !clear_first {
+                    v.push(Op::ClearRefs(4));
+                }
+                v.extend(maybe_touch(t, 1, touch[0]));
+                v.extend(maybe_touch(nx, 1, touch[1]));
+                v.push(Op::Mremap {
+                    addr: Addr::Arena(t, 0),
+                    old: Len::Units(n),
+                    new: Len::Units(n + gap),
+                    maymove: false,
+                    fixed: None,
+                });
+                return v;
+            }
+            v.push(fixed_at(t, n, Prot::RW));
+            if clear_first {
+                v.push(Op::ClearRefs(4));
+            }
+            v.push(fixed_at(src, m, prot));
+            if !clear_first {
+                v.push(Op::ClearRefs(4));
+            }
+            v.extend(maybe_touch(t, 1, touch[0]));
+            if prot.write {
+                v.extend(maybe_touch(src, 1, touch[1]));
+            }
+            let (from, len) = if part && m > 1 {
+                (src + 1, m - 1)
+            } else {
+                (src, m)
+            };
+            let dest = match kind {
+                0 => t + n as i64,
+                1 => t - len as i64,
+                _ => t + n as i64 + 1,
+            };
+            v.push(Op::Mremap {
+                addr: Addr::Arena(from, 0),
+                old: Len::Units(len),
+                new: Len::Units(len),
+                maymove: true,
+                fixed: Some(Addr::Arena(dest, 0)),
+            });
+            v
+        })
+}
+
+/// Hildenbrand's alternating chain: a VMA, cleared, then fresh one-unit mappings
+/// MAP_FIXED over every other unit ([clean][dirty][clean]...), writes, then
+/// `clear_refs 4` (which `nomerge` follows with its merges), and maybe a second round.
+fn chain_s() -> impl Strategy<Value = Vec<Op>> {
+    (
+        0i64..16,
+        3u64..=12,
+        0u64..2,
+        sprot_s(),
+        prop::collection::vec(0u64..12, 0..3),
+        any::<bool>(),
+    )
+        .prop_map(|(u, n, phase, prot, writes, again)| {
+            let mut v = vec![fixed_at(u, n, Prot::RW), Op::ClearRefs(4)];
+            let rounds = if again { 2 } else { 1 };
+            for r in 0..rounds {
+                let mut k = (phase + r) % 2;
+                while k < n {
+                    v.push(fixed_at(u + k as i64, 1, prot));
+                    k += 2;
+                }
+                for &w in &writes {
+                    v.push(write_at(u + (w % n) as i64, 1));
+                }
+                v.push(Op::ClearRefs(4));
+            }
+            v
+        })
+}
+
+/// One item of a dense case's body: a random operation, or a scenario (on one space).
+fn item_s() -> impl Strategy<Value = Vec<Step>> {
+    let sp = || prop_oneof![6 => Just(0u8), 1 => 1u8..3];
+    prop_oneof![
+        10 => (sp(), op_s()).prop_map(|(sp, op)| vec![Step { sp, op }]),
+        2 => (sp(), seed_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
+        3 => (sp(), mprotect_merge_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
+        2 => (sp(), mremap_merge_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
+        1 => (sp(), chain_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
+    ]
+}
+
+fn on_all(sp: u8, ops: Vec<Op>) -> Vec<Step> {
+    ops.into_iter().map(|op| Step { sp, op }).collect()
+}
+
+/// `case_s`'s shape (unit, a few filling mmaps, a body), with a body of random operations
+/// and scenarios (`item_s`).
+fn dense_case_s() -> impl Strategy<Value = (u64, Vec<Step>)> {
+    (
+        prop_oneof![6 => Just(1u64), 1 => Just(131u64)],
+        prop::collection::vec(fill_s(), 0..=4),
+        prop::collection::vec(item_s(), 1..=12),
+    )
+        .prop_map(|(unit, mut fill, body)| {
+            fill.extend(body.into_iter().flatten());
+            (unit, fill)
+        })
+}
+
 // ------------------------------------------------------------------------------ running
 
 /// Applies a step to the real model and to the reference; returns both results.
@@ -602,6 +883,16 @@ proptest! {
     #[test]
     fn legacy_model_matches_reference((unit, steps) in case_s()) {
         run_case(Mode::Legacy, unit, &steps)?;
+    }
+
+    #[test]
+    fn sticky_model_matches_reference((unit, steps) in dense_case_s()) {
+        run_case(Mode::Sticky, unit, &steps)?;
+    }
+
+    #[test]
+    fn nomerge_model_matches_reference((unit, steps) in dense_case_s()) {
+        run_case(Mode::Nomerge, unit, &steps)?;
     }
 }
 

@@ -5,10 +5,28 @@
 //! - the trace-format spec (`shared/spec/trace-format.md`, "Modes", "Memory operations");
 //! - `docs/kernel-rules.md` (errno order, Linux 6.18 split/merge rules, VM_ACCOUNT,
 //!   anon_vma, mremap);
-//! - `shared/reference/kernel-semantics.md` §1.2, §2, §5 (legacy VM_SOFTDIRTY rules).
+//! - `shared/reference/kernel-semantics.md` §1.2, §2, §5 (legacy VM_SOFTDIRTY rules;
+//!   §5.3's right-hand column for `sticky`);
+//! - `docs/design-comparison.md`, "The modes, stated precisely", and the seed thread
+//!   (`shared/reference/seed-lkml-thread.txt`, David Hildenbrand's reply) for `nomerge`.
 //!
 //! No cleverness: a `Vec` of VMAs, each with one `RefPage` per page; every operation
-//! copies slices of those vectors around. Only `precise` and `legacy` are modelled.
+//! copies slices of those vectors around. Modelled: `precise`, `legacy`, `sticky`,
+//! `nomerge` (not `regions`).
+//!
+//! The mode-specific rules, all in one place ([`RefSpace::flag_rule`] and
+//! [`RefSpace::nomerge_after_clear`]):
+//! - `legacy`: a merged VMA's VM_SOFTDIRTY is the surviving VMA's own (the target of a
+//!   new-range merge; the modified VMA's new flags after an mprotect merge, because of
+//!   `vm_flags_reset(newflags)`); mmap then forces it set.
+//! - `sticky`: a merged VMA's VM_SOFTDIRTY is the OR over every VMA (or new range) it was
+//!   made from, whatever the trigger; mmap still forces it set.
+//! - `nomerge`: as legacy, but VM_SOFTDIRTY is one more flag `is_mergeable_vma` compares
+//!   (a new mmap range carries it set, an mremap destination carries its source's, an
+//!   mprotect range the modified VMA's), so merges only ever join equal flags; and
+//!   `clear_refs 4`, after clearing every flag and page bit, merges adjacent VMAs that
+//!   are now compatible. The anon_vma reuse of a first fault (`anon_vma_compatible`)
+//!   ignores VM_SOFTDIRTY in every mode: the proposal changes merge decisions only.
 //!
 //! Where the real model has to choose an address itself (a hint mmap the hint of which is
 //! not usable, an mremap that moves with MAYMOVE), the caller passes the model's choice
@@ -93,9 +111,24 @@ impl RefVma {
     }
 }
 
-/// The flags `is_mergeable_vma` compares (everything except VM_SOFTDIRTY), plus the file.
-fn same_flags(a: &RefVma, prot: Prot, shared: bool, account: bool, file: Option<u64>) -> bool {
-    a.prot == prot && a.shared == shared && a.account == account && a.file == file
+/// The flags `is_mergeable_vma` compares, plus the file: everything except VM_SOFTDIRTY
+/// (and, in `nomerge`, VM_SOFTDIRTY too: `sd` is `Some(flag)` then, `None` otherwise).
+fn same_flags(
+    a: &RefVma,
+    prot: Prot,
+    shared: bool,
+    account: bool,
+    file: Option<u64>,
+    sd: Option<bool>,
+) -> bool {
+    a.prot == prot
+        && a.shared == shared
+        && a.account == account
+        && a.file == file
+        && match sd {
+            Some(f) => a.softdirty_flag == f,
+            None => true,
+        }
 }
 
 /// `is_mergeable_anon_vma` (6.18, after 879bca0a2c4f): `tgt` is the neighbour,
@@ -131,7 +164,10 @@ pub struct RefSpace {
 
 impl RefSpace {
     pub fn new(mode: Mode) -> RefSpace {
-        assert!(matches!(mode, Mode::Precise | Mode::Legacy));
+        assert!(matches!(
+            mode,
+            Mode::Precise | Mode::Legacy | Mode::Sticky | Mode::Nomerge
+        ));
         RefSpace {
             mode,
             vmas: Vec::new(),
@@ -141,6 +177,25 @@ impl RefSpace {
 
     fn precise(&self) -> bool {
         self.mode == Mode::Precise
+    }
+
+    /// What a merge decision compares of VM_SOFTDIRTY: in `nomerge` the flag the range
+    /// brings must equal the neighbour's; elsewhere it is ignored.
+    fn merge_sd(&self, range_flag: bool) -> Option<bool> {
+        (self.mode == Mode::Nomerge).then_some(range_flag)
+    }
+
+    /// The VM_SOFTDIRTY of a merged VMA. `own` is what the kernel's code leaves on the
+    /// surviving struct (≤6.18.36: the target's own flag for a new-range merge, the
+    /// modified VMA's new flags after `vm_flags_reset` for an mprotect merge); `parts`
+    /// are the flags of everything the merged VMA was made from (the surviving VMA, the
+    /// range, the VMAs removed). `sticky` ORs the parts (kernel-semantics §5.3, right
+    /// column); every other mode keeps `own` (in `nomerge` the parts are all equal).
+    fn flag_rule(&self, own: bool, parts: &[bool]) -> bool {
+        match self.mode {
+            Mode::Sticky => parts.iter().any(|&f| f),
+            _ => own,
+        }
     }
 
     // ------------------------------------------------------------ helpers
@@ -194,8 +249,10 @@ impl RefSpace {
     }
 
     /// `vma_merge_new_range` for the hole `[new.start, new.end)`, or insertion of `new`.
-    /// A merged VMA keeps the target's own flags (VM_SOFTDIRTY included). Returns the
-    /// index of the VMA that now covers the range.
+    /// `new.softdirty_flag` is the flag the range brings (mmap: set; copy_vma: the
+    /// source's; in-place grow: the VMA's own). A merged VMA keeps the target's own flags
+    /// (VM_SOFTDIRTY: see [`RefSpace::flag_rule`]). Returns the index of the VMA that now
+    /// covers the range.
     fn merge_new(&mut self, new: RefVma) -> usize {
         assert!(
             !self.intersects(new.start, new.end),
@@ -208,16 +265,17 @@ impl RefSpace {
             .unwrap_or(self.vmas.len());
         let prev = (i > 0 && self.vmas[i - 1].end == new.start).then(|| i - 1);
         let next = (i < self.vmas.len() && self.vmas[i].start == new.end).then_some(i);
+        let sd = self.merge_sd(new.softdirty_flag);
         // vmg->middle is NULL for a new range: src_uncowed = false (6.18, pre-FORKFIX).
         let left = prev.is_some_and(|p| {
             let pv = &self.vmas[p];
-            same_flags(pv, new.prot, new.shared, new.account, new.file)
+            same_flags(pv, new.prot, new.shared, new.account, new.file, sd)
                 && anon_ok(pv, new.anon, false)
                 && pv.pgoff + pv.npages() == new.pgoff
         });
         let right = next.is_some_and(|n| {
             let nv = &self.vmas[n];
-            same_flags(nv, new.prot, new.shared, new.account, new.file)
+            same_flags(nv, new.prot, new.shared, new.account, new.file, sd)
                 && anon_ok(nv, new.anon, false)
                 && nv.pgoff == new.pgoff + new.npages()
                 && (!left || {
@@ -229,10 +287,16 @@ impl RefSpace {
             (true, true) => {
                 let p = prev.unwrap();
                 let nv = self.vmas.remove(next.unwrap());
+                let flag = {
+                    let pv = &self.vmas[p];
+                    let parts = [pv.softdirty_flag, new.softdirty_flag, nv.softdirty_flag];
+                    self.flag_rule(pv.softdirty_flag, &parts)
+                };
                 let pv = &mut self.vmas[p];
                 pv.end = nv.end;
                 pv.pages.extend_from_slice(&new.pages);
                 pv.pages.extend_from_slice(&nv.pages);
+                pv.softdirty_flag = flag;
                 // vma_expand: dup_anon_vma(target, next); copy_vma: the source's.
                 dup_anon(pv, nv.anon, nv.forked);
                 dup_anon(pv, new.anon, new.forked);
@@ -240,20 +304,30 @@ impl RefSpace {
             }
             (true, false) => {
                 let p = prev.unwrap();
+                let flag = {
+                    let pv = &self.vmas[p];
+                    self.flag_rule(pv.softdirty_flag, &[pv.softdirty_flag, new.softdirty_flag])
+                };
                 let pv = &mut self.vmas[p];
                 pv.end = new.end;
                 pv.pages.extend_from_slice(&new.pages);
+                pv.softdirty_flag = flag;
                 dup_anon(pv, new.anon, new.forked);
                 p
             }
             (false, true) => {
                 let n = next.unwrap();
+                let flag = {
+                    let nv = &self.vmas[n];
+                    self.flag_rule(nv.softdirty_flag, &[nv.softdirty_flag, new.softdirty_flag])
+                };
                 let nv = &mut self.vmas[n];
                 nv.start = new.start;
                 nv.pgoff = new.pgoff;
                 let mut pages = new.pages.clone();
                 pages.extend_from_slice(&nv.pages);
                 nv.pages = pages;
+                nv.softdirty_flag = flag;
                 dup_anon(nv, new.anon, new.forked);
                 n
             }
@@ -266,7 +340,9 @@ impl RefSpace {
 
     /// mprotect_fixup's `vma_modify_flags` on `[s, e)` inside VMA `i`, then
     /// `vm_flags_reset(newflags)`: the resulting VMA takes (prot, account, VM_SOFTDIRTY)
-    /// from the modified VMA's new flags.
+    /// from the modified VMA's new flags; `sd` is that VM_SOFTDIRTY (the modified VMA's
+    /// own). In `sticky` a merged VMA ORs in the flags of the neighbours it absorbed or
+    /// grew from; in `nomerge` a neighbour whose flag differs from `sd` does not merge.
     fn modify(&mut self, i: usize, s: u64, e: u64, prot: Prot, account: bool, sd: bool) {
         let mid = self.vmas[i].clone();
         let left_side = s == mid.start;
@@ -274,19 +350,20 @@ impl RefSpace {
         let pgoff = mid.pgoff + (s - mid.start) / P;
         let pglen = (e - s) / P;
         let (ks, ke) = (mid.idx(s), mid.idx(s) + pglen as usize);
+        let msd = self.merge_sd(sd);
         if left_side || right_side {
             let prev = (left_side && i > 0 && self.vmas[i - 1].end == s).then(|| i - 1);
             let next = (right_side && i + 1 < self.vmas.len() && self.vmas[i + 1].start == e)
                 .then(|| i + 1);
             let ml = prev.is_some_and(|p| {
                 let pv = &self.vmas[p];
-                same_flags(pv, prot, mid.shared, account, mid.file)
+                same_flags(pv, prot, mid.shared, account, mid.file, msd)
                     && anon_ok(pv, mid.anon, mid.uncowed())
                     && pv.pgoff + pv.npages() == pgoff
             });
             let mr = next.is_some_and(|n| {
                 let nv = &self.vmas[n];
-                same_flags(nv, prot, mid.shared, account, mid.file)
+                same_flags(nv, prot, mid.shared, account, mid.file, msd)
                     && anon_ok(nv, mid.anon, mid.uncowed())
                     && nv.pgoff == pgoff + pglen
                     && (!ml || {
@@ -294,14 +371,16 @@ impl RefSpace {
                         pv.anon == 0 || nv.anon == 0 || pv.anon == nv.anon
                     })
             });
-            let reset = |v: &mut RefVma| {
+            let reset = |v: &mut RefVma, flag: bool| {
                 v.prot = prot;
                 v.account = account;
-                v.softdirty_flag = sd;
+                v.softdirty_flag = flag;
             };
             if ml && mr {
                 let (p, n) = (prev.unwrap(), next.unwrap());
                 let nv = self.vmas[n].clone();
+                let flag =
+                    self.flag_rule(sd, &[self.vmas[p].softdirty_flag, sd, nv.softdirty_flag]);
                 let pv = &mut self.vmas[p];
                 pv.end = nv.end;
                 pv.pages.extend_from_slice(&mid.pages);
@@ -311,17 +390,18 @@ impl RefSpace {
                 } else {
                     dup_anon(pv, mid.anon, mid.forked);
                 }
-                reset(pv);
+                reset(pv, flag);
                 self.vmas.drain(i..=n);
                 return;
             }
             if ml {
                 let p = prev.unwrap();
+                let flag = self.flag_rule(sd, &[self.vmas[p].softdirty_flag, sd]);
                 let pv = &mut self.vmas[p];
                 pv.end = e;
                 pv.pages.extend_from_slice(&mid.pages[ks..ke]);
                 dup_anon(pv, mid.anon, mid.forked);
-                reset(pv);
+                reset(pv, flag);
                 if right_side {
                     self.vmas.remove(i);
                 } else {
@@ -334,6 +414,7 @@ impl RefSpace {
             }
             if mr {
                 let n = next.unwrap();
+                let flag = self.flag_rule(sd, &[self.vmas[n].softdirty_flag, sd]);
                 let nv = &mut self.vmas[n];
                 let mut pages = mid.pages[ks..ke].to_vec();
                 pages.extend_from_slice(&nv.pages);
@@ -341,7 +422,7 @@ impl RefSpace {
                 nv.start = s;
                 nv.pgoff = pgoff;
                 dup_anon(nv, mid.anon, mid.forked);
-                reset(nv);
+                reset(nv, flag);
                 if left_side {
                     self.vmas.remove(i);
                 } else {
@@ -655,9 +736,54 @@ impl RefSpace {
                         p.dirty = false;
                     }
                 }
+                if self.mode == Mode::Nomerge {
+                    self.nomerge_after_clear();
+                }
                 Ok(())
             }
             _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// `nomerge`'s second rule (Hildenbrand: "try merging VMAs in clear_refs_write() when
+    /// clearing VM_SOFTDIRTY ... merge the modified VMA into the previous one or into the
+    /// next one -- or ... all of them into a single VMA"): with every flag now clear, any
+    /// two adjacent VMAs that the kernel's merge predicates accept are joined. Walked
+    /// left to right; a VMA that absorbed its right neighbour is tried again against the
+    /// next one, so a whole compatible run becomes one VMA.
+    ///
+    /// The predicates are those of an existing-range merge of the right VMA (`b`, the
+    /// "middle") into the left one (`a`, the target): `is_mergeable_vma` (all flags,
+    /// VM_SOFTDIRTY included, equal; the same file), pgoff linearity, and
+    /// `is_mergeable_anon_vma` with `b` as the source VMA. (Taking `a` as the middle
+    /// merging right into `b` gives the same answer: both directions reduce to "the
+    /// anon_vmas are equal, or one side has none and the side that has one is not a fork
+    /// child with uncowed parents".) The surviving VMA takes `b`'s anon_vma if it had
+    /// none (`dup_anon_vma`).
+    fn nomerge_after_clear(&mut self) {
+        let mut i = 0;
+        while i + 1 < self.vmas.len() {
+            let (a, b) = (&self.vmas[i], &self.vmas[i + 1]);
+            let join = a.end == b.start
+                && same_flags(
+                    a,
+                    b.prot,
+                    b.shared,
+                    b.account,
+                    b.file,
+                    Some(b.softdirty_flag),
+                )
+                && a.pgoff + a.npages() == b.pgoff
+                && anon_ok(a, b.anon, b.uncowed());
+            if !join {
+                i += 1;
+                continue;
+            }
+            let b = self.vmas.remove(i + 1);
+            let a = &mut self.vmas[i];
+            a.end = b.end;
+            a.pages.extend_from_slice(&b.pages);
+            dup_anon(a, b.anon, b.forked);
         }
     }
 
