@@ -21,7 +21,6 @@
 //! `regions` (the RFC) is the region-list design; its tracking memory includes what the
 //! lists would cost the kernel (a list head per VMA, 32 bytes per region).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -442,114 +441,53 @@ pub fn jit_pattern(seed: u64, scale: u32) -> Generated {
 /// skipped). `pagemap`, `scan` without `clear` and `expect softdirty` are harvests;
 /// `scan ... clear` is a get-and-clear; other expectations are ignored.
 pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
-    use crate::trace::ast::{Command, Expect, MmapTarget};
+    use crate::trace::lower::{bind, lower, Action, Bindings};
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
     let trace = crate::trace::parse::parse_bytes(&bytes).map_err(|e| format!("{name}:{e}"))?;
     let mut g = Gen::new();
-    let mut names: HashMap<String, u64> = HashMap::new();
+    let mut names = Bindings::new();
     let mut main = true;
     for c in &trace.commands {
-        let resolve = |a: &crate::trace::ast::Addr| -> Result<u64, String> {
-            a.resolve(&names)
-                .map_err(|e| format!("{name}:{}: {e}", c.line))
-        };
-        match &c.node {
-            Command::Space(s) => main = s == "main",
+        let action = lower(&c.node, &names).map_err(|e| format!("{name}:{}: {e}", c.line))?;
+        match action {
+            Action::Space(s) => main = s == "main",
             _ if !main => {}
-            Command::Fork(_) | Command::Smaps(_) => {}
-            Command::Mmap {
-                target,
-                len,
-                prot,
-                shared,
-                placement,
-            } => {
-                let (addr, bind) = match target {
-                    MmapTarget::At(a) => (resolve(a)?, None),
-                    MmapTarget::Bind(n) => (0, Some(n.clone())),
-                };
-                let placement = Placement::from(*placement);
-                let r = g.op(Op::Mmap {
-                    addr,
-                    len: *len,
-                    prot: *prot,
-                    shared: *shared,
-                    placement,
-                });
-                if let (Some(n), Some(a)) = (bind, r) {
-                    names.insert(n, a);
+            Action::Fork(_) | Action::Smaps(_) => {}
+            Action::Op { op, bind: b } => {
+                if let Some(a) = g.op(op) {
+                    bind(&mut names, b, a);
                 }
             }
-            Command::Munmap { addr, len } => {
-                let addr = resolve(addr)?;
-                g.op(Op::Munmap { addr, len: *len });
+            Action::Write { addr, len } => {
+                let _ = g.mm.write(addr, len);
+                g.steps.push(Step::Write { addr, len });
             }
-            Command::Mprotect { addr, len, prot } => {
-                let addr = resolve(addr)?;
-                g.op(Op::Mprotect {
-                    addr,
-                    len: *len,
-                    prot: *prot,
-                });
+            Action::Read { addr, len } => {
+                let _ = g.mm.read(addr, len);
+                g.steps.push(Step::Read { addr, len });
             }
-            Command::Mremap {
-                addr,
-                old_len,
-                new_len,
-                maymove,
-                fixed,
-                bind,
-            } => {
-                let fixed = match fixed {
-                    Some(a) => Some(resolve(a)?),
-                    None => None,
-                };
-                let addr = resolve(addr)?;
-                let r = g.op(Op::Mremap {
-                    addr,
-                    old_len: *old_len,
-                    new_len: *new_len,
-                    maymove: *maymove,
-                    fixed,
-                });
-                if let (Some(n), Some(a)) = (bind, r) {
-                    names.insert(n.clone(), a);
-                }
-            }
-            Command::Madvise { addr, len, .. } => {
-                let addr = resolve(addr)?;
-                g.op(Op::DontNeed { addr, len: *len });
-            }
-            Command::Write { addr, len } => {
-                let addr = resolve(addr)?;
-                let _ = g.mm.write(addr, *len);
-                g.steps.push(Step::Write { addr, len: *len });
-            }
-            Command::Read { addr, len } => {
-                let addr = resolve(addr)?;
-                let _ = g.mm.read(addr, *len);
-                g.steps.push(Step::Read { addr, len: *len });
-            }
-            Command::ClearRefs(v) => {
+            Action::ClearRefs(v) => {
                 if g.mm.clear_refs_str(v) == Ok(()) && crate::mm::parse_kstrtoint(v.trim()) == Ok(4)
                 {
                     g.steps.push(Step::ClearRefs);
                 }
             }
-            Command::Scan(s) if s.clear => {
-                let addr = resolve(&s.start)?;
-                let _ = g.mm.scan_and_clear(addr, s.len);
-                g.steps.push(Step::ScanClear { addr, len: s.len });
+            Action::Scan { start, scan } if scan.clear => {
+                let _ = g.mm.scan_and_clear(start, scan.len);
+                g.steps.push(Step::ScanClear {
+                    addr: start,
+                    len: scan.len,
+                });
             }
-            Command::Pagemap { .. }
-            | Command::Scan(_)
-            | Command::Expect(Expect::SoftDirty { .. }) => {
+            Action::Pagemap { .. }
+            | Action::Scan { .. }
+            | Action::Expect(crate::trace::ast::Expect::SoftDirty { .. }) => {
                 if g.steps.last() != Some(&Step::Harvest) {
                     g.steps.push(Step::Harvest);
                 }
             }
-            Command::Expect(_) => {}
+            Action::Expect(_) => {}
         }
     }
     Ok(g.done(

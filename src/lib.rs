@@ -42,6 +42,7 @@ pub mod kernel;
 pub mod layout;
 pub mod mm;
 pub mod mode;
+pub mod op;
 pub mod pagemap;
 pub mod prot;
 pub mod regions;

@@ -68,85 +68,7 @@ impl fmt::Display for Workload {
 
 // ===================================================================== operations
 
-/// One structural operation with concrete addresses, applied identically to every
-/// address space of a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// `mmap` of anonymous memory.
-    Mmap {
-        /// address
-        addr: u64,
-        /// length in bytes
-        len: u64,
-        /// protection
-        prot: Prot,
-        /// MAP_SHARED
-        shared: bool,
-        /// placement
-        placement: Placement,
-    },
-    /// `munmap`
-    Munmap {
-        /// address
-        addr: u64,
-        /// length in bytes
-        len: u64,
-    },
-    /// `mprotect`
-    Mprotect {
-        /// address
-        addr: u64,
-        /// length in bytes
-        len: u64,
-        /// new protection
-        prot: Prot,
-    },
-    /// `mremap`
-    Mremap {
-        /// old address
-        addr: u64,
-        /// old length in bytes
-        old_len: u64,
-        /// new length in bytes
-        new_len: u64,
-        /// MREMAP_MAYMOVE
-        maymove: bool,
-        /// MREMAP_FIXED destination
-        fixed: Option<u64>,
-    },
-    /// `madvise(MADV_DONTNEED)`
-    DontNeed {
-        /// address
-        addr: u64,
-        /// length in bytes
-        len: u64,
-    },
-}
-
-impl Op {
-    /// Applies the operation; returns the resulting address (mmap, mremap) or 0.
-    pub fn apply(&self, mm: &AddressSpace) -> Result<u64, Errno> {
-        match *self {
-            Op::Mmap {
-                addr,
-                len,
-                prot,
-                shared,
-                placement,
-            } => mm.mmap(addr, len, prot, shared, placement),
-            Op::Munmap { addr, len } => mm.munmap(addr, len).map(|()| 0),
-            Op::Mprotect { addr, len, prot } => mm.mprotect(addr, len, prot).map(|()| 0),
-            Op::Mremap {
-                addr,
-                old_len,
-                new_len,
-                maymove,
-                fixed,
-            } => mm.mremap(addr, old_len, new_len, maymove, fixed),
-            Op::DontNeed { addr, len } => mm.madvise_dontneed(addr, len).map(|()| 0),
-        }
-    }
-}
+pub use crate::op::Op;
 
 // ======================================================================= page sets
 
@@ -388,123 +310,73 @@ pub fn guest_layout(mem: u64, vcpus: usize, seed: u64) -> GuestLayout {
 /// writes, reads, scans and expectations are ignored. Writers target the writable pages
 /// left mapped; the churn zone is placed where the trace has nothing, or omitted.
 pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, String> {
-    use crate::trace::ast::{Command, MmapTarget};
-    use std::collections::HashMap;
+    use crate::trace::lower::{bind, lower, Action, Bindings};
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
     let trace = crate::trace::parse::parse_bytes(&bytes).map_err(|e| format!("{name}:{e}"))?;
     let scratch = AddressSpace::new(crate::mode::Mode::Precise);
-    let mut names: HashMap<String, u64> = HashMap::new();
+    let mut names = Bindings::new();
     let mut current_main = true;
     let mut setup = Vec::new();
-    let resolve = |names: &HashMap<String, u64>, a: &crate::trace::ast::Addr| a.resolve(names).ok();
     for c in &trace.commands {
-        let op = match &c.node {
-            Command::Space(n) => {
+        // A command whose address cannot be resolved (its `$name`'s mmap failed) is
+        // skipped, as its replay would be.
+        let Ok(action) = lower(&c.node, &names) else {
+            continue;
+        };
+        let (op, b) = match action {
+            Action::Space(n) => {
                 current_main = n == "main";
                 continue;
             }
-            _ if !current_main => continue,
-            Command::Mmap {
-                target,
+            Action::Op { op, bind } if current_main => (op, bind),
+            _ => continue,
+        };
+        let got = op.apply(&scratch);
+        if let Ok(a) = got {
+            bind(&mut names, b, a);
+        }
+        let recorded = match (op, got) {
+            // The model's choice is deterministic; record it as an exact address.
+            (
+                Op::Mmap {
+                    len, prot, shared, ..
+                },
+                Ok(a),
+            ) => Op::Mmap {
+                addr: a,
                 len,
                 prot,
                 shared,
-                placement,
-            } => {
-                let (addr, bind) = match target {
-                    MmapTarget::At(a) => match resolve(&names, a) {
-                        Some(a) => (a, None),
-                        None => continue,
-                    },
-                    MmapTarget::Bind(n) => (0, Some(n.clone())),
-                };
-                let placement = Placement::from(*placement);
-                let op = Op::Mmap {
+                placement: Placement::Fixed,
+            },
+            // Record where it went, so every replay moves it to the same place.
+            (
+                Op::Mremap {
                     addr,
-                    len: *len,
-                    prot: *prot,
-                    shared: *shared,
-                    placement,
-                };
-                if let Ok(got) = op.apply(&scratch) {
-                    if let Some(n) = bind {
-                        names.insert(n, got);
-                    }
-                    // The model's choice is deterministic; record it as an exact address.
-                    setup.push(Op::Mmap {
-                        addr: got,
-                        len: *len,
-                        prot: *prot,
-                        shared: *shared,
-                        placement: Placement::Fixed,
-                    });
-                }
-                continue;
-            }
-            Command::Munmap { addr, len } => match resolve(&names, addr) {
-                Some(addr) => Op::Munmap { addr, len: *len },
-                None => continue,
-            },
-            Command::Mprotect { addr, len, prot } => match resolve(&names, addr) {
-                Some(addr) => Op::Mprotect {
-                    addr,
-                    len: *len,
-                    prot: *prot,
-                },
-                None => continue,
-            },
-            Command::Madvise { addr, len, .. } => match resolve(&names, addr) {
-                Some(addr) => Op::DontNeed { addr, len: *len },
-                None => continue,
-            },
-            Command::Mremap {
-                addr,
-                old_len,
-                new_len,
-                maymove,
-                fixed,
-                bind,
-            } => {
-                let Some(a) = resolve(&names, addr) else {
-                    continue;
-                };
-                let fixed = match fixed {
-                    Some(f) => match resolve(&names, f) {
-                        Some(f) => Some(f),
-                        None => continue,
-                    },
-                    None => None,
-                };
-                let op = Op::Mremap {
-                    addr: a,
-                    old_len: *old_len,
-                    new_len: *new_len,
-                    maymove: *maymove,
+                    old_len,
+                    new_len,
+                    maymove,
                     fixed,
-                };
-                if let Ok(got) = op.apply(&scratch) {
-                    if let Some(n) = bind {
-                        names.insert(n.clone(), got);
-                    }
-                    // Record where it went, so every replay moves it to the same place.
-                    let moved = got != a;
-                    setup.push(Op::Mremap {
-                        addr: a,
-                        old_len: *old_len,
-                        new_len: *new_len,
-                        maymove: *maymove || moved,
-                        fixed: if moved { Some(got) } else { fixed },
-                    });
+                },
+                Ok(a),
+            ) => {
+                let moved = a != addr;
+                Op::Mremap {
+                    addr,
+                    old_len,
+                    new_len,
+                    maymove: maymove || moved,
+                    fixed: if moved { Some(a) } else { fixed },
                 }
-                continue;
             }
-            _ => continue,
-        };
-        if op.apply(&scratch).is_ok() || matches!(op, Op::Mprotect { .. } | Op::DontNeed { .. }) {
+            (Op::Mmap { .. } | Op::Mremap { .. }, Err(_)) => continue,
             // mprotect and madvise over a hole leave a partial effect, as in Linux.
-            setup.push(op);
-        }
+            (Op::Mprotect { .. } | Op::DontNeed { .. }, _) => op,
+            (Op::Munmap { .. }, Ok(_)) => op,
+            (Op::Munmap { .. }, Err(_)) => continue,
+        };
+        setup.push(recorded);
     }
     let vmas = scratch.vmas();
     let mut l = GuestLayout {

@@ -2,8 +2,10 @@
 //!
 //! - [`ast`]: the parsed form;
 //! - [`parse`]: text to [`ast::Trace`], with `LINE:COL` errors;
+//! - [`lower`]: a command with its addresses resolved, structural ones as [`crate::op::Op`];
 //! - [`replay`]: runs a trace against the model and checks its expectations.
 
 pub mod ast;
+pub mod lower;
 pub mod parse;
 pub mod replay;

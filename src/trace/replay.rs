@@ -15,10 +15,12 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use super::ast::{Addr, Command, Expect, MmapTarget, PageSet, Trace};
+use super::ast::{Addr, Command, Expect, PageSet, Trace};
+use super::lower::{bind, lower, Action};
 use crate::errno::Errno;
 use crate::mm::{self, AddressSpace};
 use crate::mode::Mode;
+use crate::op::Op as MemOp;
 use crate::prot::Prot;
 use crate::scan::{format_categories, ScanArgs, ScanResult};
 use crate::sync::Arc;
@@ -153,6 +155,30 @@ pub trait Backend {
     fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable>;
     /// Simulated write faults in the current space so far.
     fn faults(&mut self) -> Result<u64, Unobservable>;
+
+    /// Applies a structural operation through the methods above; returns the address
+    /// (mmap, mremap) or 0.
+    fn apply(&mut self, op: MemOp) -> Op<u64> {
+        Ok(match op {
+            MemOp::Mmap {
+                addr,
+                len,
+                prot,
+                shared,
+                placement,
+            } => self.mmap(addr, len, prot, shared, placement)?,
+            MemOp::Munmap { addr, len } => self.munmap(addr, len)?.map(|()| 0),
+            MemOp::Mprotect { addr, len, prot } => self.mprotect(addr, len, prot)?.map(|()| 0),
+            MemOp::Mremap {
+                addr,
+                old_len,
+                new_len,
+                maymove,
+                fixed,
+            } => self.mremap(addr, old_len, new_len, maymove, fixed)?,
+            MemOp::DontNeed { addr, len } => self.madvise_dontneed(addr, len)?.map(|()| 0),
+        })
+    }
 }
 
 /// The model as a [`Backend`]: a [`Tracker`] and its current space.
@@ -561,86 +587,28 @@ impl Replayer<'_> {
     }
 
     fn run_inner(&mut self, c: &Command, out: &mut dyn Write) -> Op<()> {
-        Ok(match c {
-            Command::Space(n) => {
+        Ok(match lower(c, &self.names)? {
+            Action::Space(n) => {
                 self.backend.space(n)?;
-                self.current = n.clone();
+                self.current = n.to_string();
                 Ok(())
             }
-            Command::Fork(child) => self.backend.fork(child)?,
-            Command::Mmap {
-                target,
-                len,
-                prot,
-                shared,
-                placement,
-            } => {
-                let (addr, bind) = match target {
-                    MmapTarget::At(a) => (self.addr(a)?, None),
-                    MmapTarget::Bind(n) => (0, Some(n.clone())),
-                };
-                let placement = mm::Placement::from(*placement);
-                self.backend
-                    .mmap(addr, *len, *prot, *shared, placement)?
-                    .map(|a| {
-                        if let Some(n) = bind {
-                            self.names.insert(n, a);
-                        }
-                    })
+            Action::Fork(child) => self.backend.fork(child)?,
+            Action::Op { op, bind: b } => {
+                self.backend.apply(op)?.map(|a| bind(&mut self.names, b, a))
             }
-            Command::Munmap { addr, len } => {
-                let a = self.addr(addr)?;
-                self.backend.munmap(a, *len)?
-            }
-            Command::Mprotect { addr, len, prot } => {
-                let a = self.addr(addr)?;
-                self.backend.mprotect(a, *len, *prot)?
-            }
-            Command::Mremap {
-                addr,
-                old_len,
-                new_len,
-                maymove,
-                fixed,
-                bind,
-            } => {
-                let fixed = match fixed {
-                    Some(a) => Some(self.addr(a)?),
-                    None => None,
-                };
-                let a = self.addr(addr)?;
-                self.backend
-                    .mremap(a, *old_len, *new_len, *maymove, fixed)?
-                    .map(|a| {
-                        if let Some(n) = bind {
-                            self.names.insert(n.clone(), a);
-                        }
-                    })
-            }
-            Command::Madvise { addr, len, .. } => {
-                let a = self.addr(addr)?;
-                self.backend.madvise_dontneed(a, *len)?
-            }
-            Command::Write { addr, len } => {
-                let a = self.addr(addr)?;
-                self.backend.write(a, *len)?
-            }
-            Command::Read { addr, len } => {
-                let a = self.addr(addr)?;
-                self.backend.read(a, *len)?
-            }
-            Command::ClearRefs(v) => self.backend.clear_refs(v)?,
-            Command::Pagemap { addr, len } => {
-                let a = self.addr(addr)?;
-                let (start, n) = pagemap_pages(a, *len);
+            Action::Write { addr, len } => self.backend.write(addr, len)?,
+            Action::Read { addr, len } => self.backend.read(addr, len)?,
+            Action::ClearRefs(v) => self.backend.clear_refs(v)?,
+            Action::Pagemap { addr, len } => {
+                let (start, n) = pagemap_pages(addr, len);
                 self.backend.pagemap(start, n, &mut |p, e| {
                     let _ = writeln!(out, "{p:#x} {e:#018x}");
                 })?;
                 Ok(())
             }
-            Command::Scan(s) => {
-                let start = self.addr(&s.start)?;
-                let args = scan_args(s, start);
+            Action::Scan { start, scan } => {
+                let args = scan_args(scan, start);
                 match self.backend.scan(&args)? {
                     Ok(res) => {
                         let _ = writeln!(out, "walk_end {:#x}", res.walk_end);
@@ -663,17 +631,14 @@ impl Replayer<'_> {
                     }
                 }
             }
-            Command::Smaps(a) => {
-                let a = self.addr(a)?;
-                match self.backend.smaps_vmflags(a)? {
-                    Some(l) => {
-                        let _ = writeln!(out, "{l}");
-                        Ok(())
-                    }
-                    None => Err(Errno::EINVAL),
+            Action::Smaps(a) => match self.backend.smaps_vmflags(a)? {
+                Some(l) => {
+                    let _ = writeln!(out, "{l}");
+                    Ok(())
                 }
-            }
-            Command::Expect(_) => Ok(()),
+                None => Err(Errno::EINVAL),
+            },
+            Action::Expect(_) => Ok(()),
         })
     }
 
