@@ -285,8 +285,8 @@ impl AddressSpace {
     /// skipped. Runs under the control lock.
     ///
     /// Returns the number of logged pages that were mapped (and are now clean at the page
-    /// level; in the legacy modes a VMA's `VM_SOFTDIRTY` keeps reporting them until
-    /// `clear_refs 4`).
+    /// level; in the flag modes a VMA's `VM_SOFTDIRTY`, and in `regions` the absence of a
+    /// region covering them, keeps reporting them until `clear_refs 4`).
     ///
     /// Errors as [`Self::scan_and_clear`] for `(addr, len)`, and EINVAL if `log` is the
     /// log of another range.
