@@ -947,7 +947,7 @@ fn regions_case_s() -> impl Strategy<Value = (u64, Vec<Step>)> {
     (
         prop_oneof![6 => Just(1u64), 1 => Just(131u64)],
         prop::collection::vec(fill_s(), 0..=4),
-        prop::collection::vec(regions_item_s(), 1..=12),
+        prop::collection::vec(regions_item_s(), 1..=8),
     )
         .prop_map(|(unit, mut fill, body)| {
             fill.extend(body.into_iter().flatten());
