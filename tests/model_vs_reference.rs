@@ -1195,6 +1195,12 @@ fn fmt_vmas(v: &[softdirty::mm::VmaInfo]) -> String {
 }
 
 fn run_case(mode: Mode, unit: u64, steps: &[Step]) -> Result<(), TestCaseError> {
+    run_spaces(mode, unit, steps).map(|_| ())
+}
+
+/// [`run_case`], returning the reference spaces at the end (equal to the model's on every
+/// observable, or this fails).
+fn run_spaces(mode: Mode, unit: u64, steps: &[Step]) -> Result<Vec<RefSpace>, TestCaseError> {
     let mut models = vec![AddressSpace::new(mode)];
     let mut refs = vec![RefSpace::new(mode)];
     let mut log = vec![format!("mode {mode}    # unit = {unit} page(s)")];
@@ -1247,7 +1253,7 @@ fn run_case(mode: Mode, unit: u64, steps: &[Step]) -> Result<(), TestCaseError> 
             compare(unit, m, r, &probe, forked).map_err(|e| fail(format!("space {j}: {e}")))?;
         }
     }
-    Ok(())
+    Ok(refs)
 }
 
 fn config() -> ProptestConfig {
@@ -1363,4 +1369,116 @@ fn fork_child_mremap_merge_keeps_uncowed_parents() {
         ),
         on(1, mmap(4, 2, Prot::RW)),
     ]);
+}
+
+/// `regions`: one hand-written sequence per list rule that a fix of the RFC would change,
+/// model and reference compared at every step, then what the patch predicts
+/// (docs/design-comparison.md, "The RFC patch, case by case"): soft-dirty pages (indices
+/// from arena unit 0), the number of regions, smaps `sd`.
+#[test]
+fn regions_rules_directed() {
+    let run = |steps: &[Op]| -> RefSpace {
+        let steps: Vec<Step> = steps.iter().cloned().map(|op| on(0, op)).collect();
+        match run_spaces(Mode::Regions, 1, &steps) {
+            Ok(mut refs) => refs.remove(0),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let sd = |r: &RefSpace| r.softdirty_runs(ARENA, 16 * P);
+    let vma_sd =
+        |r: &RefSpace| -> Vec<bool> { r.vma_infos().iter().map(|v| v.vm_softdirty).collect() };
+
+    // Point 7: an arena's tail poisoned next to its (faulted, VM_ACCOUNT) PROT_NONE guard.
+    // mprotect NONE merges the tail into the guard (case 4: A keeps the stale region, the
+    // guard does not cover the page: a false positive); DONTNEED zaps it; mprotect RW
+    // merges it back (case 5): A's stale region covers it again and the zeroed page
+    // reports clean, with both lists exact again.
+    let poison = [
+        mmap(0, 4, Prot::RW),
+        write_at(0, 4),
+        mmap(4, 1, Prot::RW),
+        write_at(4, 1),
+        mprotect_at(4, 1, Prot::NONE),
+        Op::ClearRefs(4),
+        mprotect_at(3, 1, Prot::NONE),
+    ];
+    let r = run(&poison);
+    assert_eq!(sd(&r), vec![(3, 4)]);
+    assert_eq!((r.vmas.len(), r.region_count()), (2, 2));
+    let mut back = poison.to_vec();
+    back.extend([dontneed_at(3, 1), mprotect_at(3, 1, Prot::RW)]);
+    let r = run(&back);
+    assert_eq!(sd(&r), vec![]);
+    assert_eq!(r.present_runs(ARENA, 16 * P), vec![(0, 3), (4, 5)]);
+    assert_eq!(vma_sd(&r), vec![false, false]);
+
+    // mmap into the hole between two cleared VMAs: vma_expand + nsdr_move keeps both
+    // lists; the same shape made by copy_vma (mremap into the hole) is vma_merge case 1,
+    // which frees next's list: next's clean pages report soft-dirty.
+    let two = [
+        mmap(0, 2, Prot::RW),
+        mmap(4, 2, Prot::RW),
+        mmap(10, 2, Prot::RW),
+    ];
+    let mut by_mmap = two.to_vec();
+    by_mmap.extend([Op::ClearRefs(4), mmap(2, 2, Prot::RW)]);
+    let r = run(&by_mmap);
+    assert_eq!((sd(&r), r.region_count()), (vec![(2, 4)], 3));
+    let mut by_move = two.to_vec();
+    by_move.extend([Op::ClearRefs(4), move_to(10, 2, 2, 2)]);
+    let r = run(&by_move);
+    assert_eq!(r.vmas.len(), 1);
+    assert_eq!((sd(&r), r.region_count()), (vec![(2, 6)], 1));
+
+    // In-place growth swallowing the next VMA: case 1 again.
+    let grow = [
+        mmap(0, 2, Prot::RW),
+        mmap(3, 2, Prot::RW),
+        Op::ClearRefs(4),
+        Op::Mremap {
+            addr: Addr::Arena(0, 0),
+            old: Len::Units(2),
+            new: Len::Units(3),
+            maymove: false,
+            fixed: None,
+        },
+    ];
+    let r = run(&grow);
+    assert_eq!(
+        (sd(&r), r.region_count(), vma_sd(&r)),
+        (vec![(2, 5)], 1, vec![true])
+    );
+
+    // copy_vma without a merge clones the list verbatim, old addresses included: moved
+    // away the pages report soft-dirty (present ones by their PTE bit, the others because
+    // no region covers them); zapped there and moved back, the clone of the clone covers
+    // them again and the zero pages report clean.
+    let away = [
+        mmap(0, 4, Prot::RW),
+        write_at(0, 2),
+        Op::ClearRefs(4),
+        move_to(0, 4, 4, 10),
+    ];
+    let r = run(&away);
+    assert_eq!((sd(&r), vma_sd(&r)), (vec![(10, 14)], vec![true]));
+    let mut home = away.to_vec();
+    home.extend([dontneed_at(10, 4), move_to(10, 4, 4, 0)]);
+    let r = run(&home);
+    assert_eq!(
+        (sd(&r), vma_sd(&r), r.region_count()),
+        (vec![], vec![false], 1)
+    );
+
+    // A split (mprotect in the middle: three lists) and the merge back (case 6: the
+    // middle's and next's lists are freed), then fork, which clones the one list left.
+    let steps = [
+        on(0, mmap(0, 4, Prot::RW)),
+        on(0, Op::ClearRefs(4)),
+        on(0, mprotect_at(1, 1, Prot::R)),
+        on(0, mprotect_at(1, 1, Prot::RW)),
+        on(0, Op::Fork),
+    ];
+    let refs = run_spaces(Mode::Regions, 1, &steps).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((sd(&refs[0]), refs[0].region_count()), (vec![(1, 4)], 1));
+    assert_eq!((sd(&refs[1]), refs[1].region_count()), (vec![(1, 4)], 1));
 }
