@@ -1,10 +1,11 @@
 //! Differential test: random operation sequences run through the real model
 //! (`softdirty::mm::AddressSpace`) and the deliberately simple reference model in
-//! `tests/reference/mod.rs`, in `precise`, `legacy`, `sticky` and `nomerge` mode; every
-//! observable is compared after every operation: the result (value or errno), the VMA
-//! list (boundaries, count, prot, shared, VM_SOFTDIRTY, faulted), soft-dirty and present
-//! runs over the arena and over every VMA, pagemap bits 55/56/61/63 of a few pages, and
-//! the write-fault count.
+//! `tests/reference/mod.rs`, in `precise`, `legacy`, `sticky`, `nomerge` and `regions`
+//! mode; every observable is compared after every operation: the result (value or
+//! errno), the VMA list (boundaries, count, prot, shared, VM_SOFTDIRTY — `is_vma_sd` in
+//! `regions` —, faulted), soft-dirty and present runs over the arena and over every VMA,
+//! pagemap bits 55/56/61/63 of a few pages, the write-fault count, and in `regions` the
+//! total number of non-soft-dirty regions and smaps' `sd`.
 //!
 //! `sticky` and `nomerge` differ from `legacy` only where VMAs with different
 //! VM_SOFTDIRTY meet a merge, so their cases (`dense_case_s`) mix the random operations
@@ -12,6 +13,15 @@
 //! mprotect merges of dirty and clean VMAs, mremap moves and in-place growth that merge
 //! at the destination, and alternating chains of clean and dirty VMAs followed by
 //! `clear_refs 4`.
+//!
+//! `regions` follows the RFC patch's list rules (split, `nsdr_move`, `nsdr_clone`, lists
+//! dropped or kept by the merges that do not adjust them), so its cases
+//! (`regions_case_s`) add scenarios for each: new mappings between cleared VMAs, splits by
+//! munmap and mprotect, the mprotect boundary between two VMAs moved back and forth (stale
+//! regions coming back), mremap moves into a hole between two VMAs, away and back, or
+//! below themselves and then grown in place, in-place growth swallowing the next VMA, and
+//! fork followed by operations on the child; with DONTNEED, writes and `clear_refs 4`
+//! between the steps.
 //!
 //! Cases: `PROPTEST_CASES` if set (CI runs `PROPTEST_CASES=10000`), else 1000 per mode.
 //!
@@ -586,6 +596,365 @@ fn dense_case_s() -> impl Strategy<Value = (u64, Vec<Step>)> {
         })
 }
 
+// ------------------------------------------------- scenarios for `regions`' list rules
+
+fn mprotect_at(u: i64, n: u64, prot: Prot) -> Op {
+    Op::Mprotect {
+        addr: Addr::Arena(u, 0),
+        len: Len::Units(n),
+        prot,
+    }
+}
+
+fn dontneed_at(u: i64, n: u64) -> Op {
+    Op::Dontneed {
+        addr: Addr::Arena(u, 0),
+        len: Len::Units(n),
+    }
+}
+
+fn move_to(from: i64, old: u64, new: u64, to: i64) -> Op {
+    Op::Mremap {
+        addr: Addr::Arena(from, 0),
+        old: Len::Units(old),
+        new: Len::Units(new),
+        maymove: true,
+        fixed: Some(Addr::Arena(to, 0)),
+    }
+}
+
+/// After a list-changing operation on `[u, u + n)`: nothing, a DONTNEED of it (the PTE bit
+/// goes, the list stays), a write or a read of its first unit, or `clear_refs 4`.
+fn after_op(u: i64, n: u64, what: u8) -> Option<Op> {
+    match what {
+        0 => Some(dontneed_at(u, n)),
+        1 => Some(write_at(u, 1)),
+        2 => Some(Op::Read {
+            addr: Addr::Arena(u, 0),
+            len: Len::Units(n),
+        }),
+        3 => Some(Op::ClearRefs(4)),
+        _ => None,
+    }
+}
+
+/// Two cleared VMAs A and B with a hole between them, maybe split first (munmap of a unit
+/// inside A; mprotect of a unit inside B and back, which splits and then merges the three
+/// parts again, case 6), then a new mapping in the hole: exactly the hole (both neighbours:
+/// `vma_expand` + `nsdr_move`), touching one side only, or MAP_FIXED over both edges
+/// (unmap splits A and B, then the new range merges with both).
+fn between_s() -> impl Strategy<Value = Vec<Op>> {
+    (
+        0i64..16,
+        prop::array::uniform3(1u64..=4),
+        prop::array::uniform2(0u8..4),
+        0u8..4,
+        0u8..4,
+        sprot_s(),
+        0u8..3,
+        0u8..6,
+    )
+        .prop_map(|(u, [a, g, b], touch, split, fill, prot, t_new, after)| {
+            let (pa, pb) = (u, u + (a + g) as i64);
+            let mut v = vec![fixed_at(pa, a, Prot::RW), fixed_at(pb, b, Prot::RW)];
+            v.extend(maybe_touch(pa, a, touch[0]));
+            v.extend(maybe_touch(pb, b, touch[1]));
+            v.push(Op::ClearRefs(4));
+            match split {
+                1 if a >= 3 => v.push(Op::Munmap {
+                    addr: Addr::Arena(pa + 1, 0),
+                    len: Len::Units(1),
+                }),
+                2 if b >= 3 => {
+                    v.push(mprotect_at(pb + 1, 1, Prot::R));
+                    v.extend(after_op(pb + 1, 1, touch[1]));
+                    v.push(mprotect_at(pb + 1, 1, Prot::RW));
+                }
+                3 => v.push(write_at(pb, 1)),
+                _ => {}
+            }
+            let hole = pa + a as i64;
+            let (at, n) = match fill {
+                0 => (hole, g),
+                1 if g > 1 => (hole, g - 1),
+                2 if g > 1 => (hole + 1, g - 1),
+                3 if a > 1 && b > 1 => (hole - 1, g + 2),
+                _ => (hole, g),
+            };
+            v.push(Op::Mmap {
+                addr: Addr::Arena(at, 0),
+                len: Len::Units(n),
+                prot,
+                shared: false,
+                place: Placement::Fixed,
+            });
+            v.extend(maybe_touch(at, 1, t_new));
+            v.extend(after_op(pa, a + g + b, after));
+            v
+        })
+}
+
+/// The boundary between a cleared RW VMA A and a VMA B of another prot (and maybe a RW C
+/// after B) moved back and forth by mprotect: A's tail to B's prot (case 4: A shrinks and
+/// keeps its regions, B grows), B's head to RW (case 5: A grows back over its stale
+/// regions, B keeps its own), a whole VMA (cases 7, 8, and 6 when C merges too), with
+/// DONTNEED, writes, reads and `clear_refs 4` in between: the arena's poisoned tail.
+fn boundary_s() -> impl Strategy<Value = Vec<Op>> {
+    (
+        0i64..12,
+        prop::array::uniform3(1u64..=5),
+        prop_oneof![2 => Just(Prot::NONE), 2 => Just(Prot::R), 1 => Just(Prot::RX)],
+        0u8..3,
+        any::<bool>(),
+        prop::array::uniform3(0u8..4),
+        0usize..3,
+        prop::collection::vec((any::<bool>(), 1u64..=3, 0u8..7), 1..=6),
+    )
+        .prop_map(
+            |(u, [a, b, c], p, b_init, with_c, touch, clear_at, moves)| {
+                let (pa, pb, pc) = (u, u + a as i64, u + (a + b) as i64);
+                let mut v = vec![fixed_at(pa, a, Prot::RW)];
+                v.extend(maybe_touch(pa, a, touch[0]));
+                if clear_at == 0 {
+                    v.push(Op::ClearRefs(4));
+                }
+                if b_init == 0 {
+                    v.push(fixed_at(pb, b, p));
+                } else {
+                    // B made RW first (faulted or not), then given its prot: it may keep
+                    // VM_ACCOUNT and share A's anon_vma, so that A's tail can merge into it.
+                    v.push(fixed_at(pb, b, Prot::RW));
+                    v.extend(maybe_touch(pb, b, touch[1]));
+                    v.push(mprotect_at(pb, b, p));
+                }
+                if with_c {
+                    v.push(fixed_at(pc, c, Prot::RW));
+                    v.extend(maybe_touch(pc, 1, touch[2]));
+                }
+                if clear_at == 1 {
+                    v.push(Op::ClearRefs(4));
+                }
+                let mut bd = pb;
+                for (left, k, what) in moves {
+                    if left {
+                        let k = k.min((bd - pa) as u64);
+                        if k == 0 {
+                            continue;
+                        }
+                        bd -= k as i64;
+                        v.push(mprotect_at(bd, k, p));
+                        v.extend(after_op(bd, k, what));
+                    } else {
+                        let k = k.min((pc - bd) as u64);
+                        if k == 0 {
+                            continue;
+                        }
+                        v.push(mprotect_at(bd, k, Prot::RW));
+                        v.extend(after_op(bd, k, what));
+                        bd += k as i64;
+                    }
+                    if clear_at == 2 && what == 6 {
+                        v.push(Op::ClearRefs(4));
+                    }
+                }
+                v
+            },
+        )
+}
+
+/// mremap against cleared VMAs: a move into the hole between two VMAs (both neighbours:
+/// copy_vma's case 1 frees next's list), a move that cannot merge (clone of the whole
+/// source list, old addresses) and later comes back over its old addresses or grows in
+/// place over them, a move that grows, an in-place growth swallowing the next VMA.
+fn mremap_regions_s() -> impl Strategy<Value = Vec<Op>> {
+    (
+        0i64..12,
+        prop::array::uniform3(1u64..=4),
+        0u8..5,
+        any::<bool>(),
+        prop::array::uniform3(0u8..4),
+        any::<bool>(),
+        0u8..5,
+        sprot_s(),
+    )
+        .prop_map(
+            |(u, [n, m, k], kind, part, touch, clear_first, after, prot)| {
+                let src = 24i64;
+                let mut v = Vec::new();
+                let (from, len) = if part && m > 1 {
+                    (src + 1, m - 1)
+                } else {
+                    (src, m)
+                };
+                match kind {
+                    0 => {
+                        // T1 [u, u+n), hole of `len`, T2; S moved into the hole.
+                        let t2 = u + (n + len) as i64;
+                        v.push(fixed_at(u, n, Prot::RW));
+                        v.push(fixed_at(t2, k, Prot::RW));
+                        v.push(fixed_at(src, m, prot));
+                        if clear_first {
+                            v.push(Op::ClearRefs(4));
+                        }
+                        v.extend(maybe_touch(u, 1, touch[0]));
+                        v.extend(maybe_touch(t2, 1, touch[1]));
+                        if prot.write {
+                            v.extend(maybe_touch(src, 1, touch[2]));
+                        }
+                        if !clear_first {
+                            v.push(Op::ClearRefs(4));
+                        }
+                        v.push(move_to(from, len, len, u + n as i64));
+                        v.extend(after_op(u, n + len + k, after));
+                    }
+                    1 => {
+                        // S (written or not) cleared, moved away next to a VMA of another
+                        // prot (a new VMA with S's cloned list, old addresses), then back.
+                        v.push(fixed_at(src, m, Prot::RW));
+                        v.extend(maybe_touch(src, m, touch[0]));
+                        v.push(fixed_at(u + len as i64, 1, Prot::R));
+                        v.push(Op::ClearRefs(4));
+                        v.push(move_to(from, len, len, u));
+                        v.extend(after_op(u, len, after));
+                        v.push(move_to(u, len, len, from));
+                        v.extend(after_op(from, len, touch[1]));
+                    }
+                    2 => {
+                        // S cleared, moved just below itself (a faulted S does not merge with
+                        // itself: its pgoff is kept), then grown in place over its old
+                        // addresses, which its cloned list still covers.
+                        let g = (k % 2) as i64;
+                        let to = src - m as i64 - g;
+                        v.push(fixed_at(src, m, Prot::RW));
+                        v.extend(maybe_touch(src, m, touch[0]));
+                        v.push(Op::ClearRefs(4));
+                        v.push(move_to(src, m, m, to));
+                        v.extend(after_op(to, m, after));
+                        v.push(Op::Mremap {
+                            addr: Addr::Arena(to, 0),
+                            old: Len::Units(m),
+                            new: Len::Units(m + k),
+                            maymove: false,
+                            fixed: None,
+                        });
+                        v.extend(after_op(to + m as i64, k, touch[1]));
+                    }
+                    3 => {
+                        // A move that grows, to a fixed address next to T or apart.
+                        v.push(fixed_at(u, n, Prot::RW));
+                        v.push(fixed_at(src, m, prot));
+                        v.extend(maybe_touch(src, 1, touch[0]));
+                        v.push(Op::ClearRefs(4));
+                        let to = if clear_first {
+                            u + n as i64
+                        } else {
+                            u + n as i64 + 1
+                        };
+                        v.push(move_to(from, len, len + k, to));
+                        v.extend(after_op(to, len + k, after));
+                    }
+                    _ => {
+                        // In-place growth over a hole up to N, cleared: swallows N (case 1).
+                        let nx = u + (n + k) as i64;
+                        v.push(fixed_at(u, n, Prot::RW));
+                        v.push(fixed_at(nx, m, prot));
+                        v.extend(maybe_touch(u, 1, touch[0]));
+                        v.extend(maybe_touch(nx, 1, touch[1]));
+                        v.push(Op::ClearRefs(4));
+                        if clear_first {
+                            v.push(write_at(nx, 1));
+                        }
+                        v.push(Op::Mremap {
+                            addr: Addr::Arena(u, 0),
+                            old: Len::Units(n),
+                            new: Len::Units(n + k),
+                            maymove: false,
+                            fixed: None,
+                        });
+                        v.extend(after_op(u, n + k + m, after));
+                    }
+                }
+                v
+            },
+        )
+}
+
+/// A cleared (and maybe split) VMA, then fork: the child's lists are clones; then
+/// list-changing operations on the child (or the parent).
+fn fork_s() -> impl Strategy<Value = Vec<Step>> {
+    (
+        0i64..16,
+        2u64..=6,
+        0u8..4,
+        0u8..3,
+        1u8..3,
+        prop::collection::vec(
+            prop_oneof![
+                2 => (0u64..6, 1u64..=2, prot_s()).prop_map(|(o, n, p)| (0u8, o, n, p)),
+                1 => (0u64..6, 1u64..=2).prop_map(|(o, n)| (1u8, o, n, Prot::RW)),
+                1 => (0u64..6, 1u64..=2).prop_map(|(o, n)| (2u8, o, n, Prot::RW)),
+                1 => (0u64..6, 1u64..=2).prop_map(|(o, n)| (3u8, o, n, Prot::RW)),
+            ],
+            1..=4,
+        ),
+    )
+        .prop_map(|(u, n, touch, split, child, ops)| {
+            let mut v = vec![fixed_at(u, n, Prot::RW)];
+            v.extend(maybe_touch(u, n, touch));
+            v.push(Op::ClearRefs(4));
+            match split {
+                1 => v.push(mprotect_at(u + 1, 1, Prot::R)),
+                2 => v.push(fixed_at(u + n as i64, 2, Prot::RW)),
+                _ => {}
+            }
+            let mut steps: Vec<Step> = v.into_iter().map(|op| Step { sp: 0, op }).collect();
+            steps.push(Step {
+                sp: 0,
+                op: Op::Fork,
+            });
+            for (what, o, k, p) in ops {
+                let at = u + (o % n) as i64;
+                let op = match what {
+                    0 => mprotect_at(at, k, p),
+                    1 => write_at(at, k),
+                    2 => dontneed_at(at, k),
+                    _ => move_to(at, k, k, 28),
+                };
+                steps.push(Step { sp: child, op });
+            }
+            steps
+        })
+}
+
+/// One item of a `regions` case's body: a random operation or a scenario.
+fn regions_item_s() -> impl Strategy<Value = Vec<Step>> {
+    let sp = || prop_oneof![6 => Just(0u8), 1 => 1u8..3];
+    prop_oneof![
+        8 => (sp(), op_s()).prop_map(|(sp, op)| vec![Step { sp, op }]),
+        2 => (sp(), seed_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
+        2 => (sp(), between_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
+        3 => (sp(), boundary_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
+        2 => (sp(), mprotect_merge_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
+        1 => (sp(), mremap_merge_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
+        3 => (sp(), mremap_regions_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
+        1 => (sp(), chain_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
+        1 => fork_s(),
+    ]
+}
+
+/// `dense_case_s`'s shape with `regions_item_s` items.
+fn regions_case_s() -> impl Strategy<Value = (u64, Vec<Step>)> {
+    (
+        prop_oneof![6 => Just(1u64), 1 => Just(131u64)],
+        prop::collection::vec(fill_s(), 0..=4),
+        prop::collection::vec(regions_item_s(), 1..=8),
+    )
+        .prop_map(|(unit, mut fill, body)| {
+            fill.extend(body.into_iter().flatten());
+            (unit, fill)
+        })
+}
+
 // ------------------------------------------------------------------------------ running
 
 /// Applies a step to the real model and to the reference; returns both results.
@@ -737,6 +1106,26 @@ fn compare(
             fmt_vmas(&rv)
         ));
     }
+    // Regions mode: the lists' lengths (stale and cut regions included), and smaps' `sd`
+    // (printed last, when `is_vma_sd`; `vm_softdirty` above is the same predicate).
+    if m.region_count() != r.region_count() {
+        return Err(format!(
+            "region counts differ: model {} reference {}",
+            m.region_count(),
+            r.region_count()
+        ));
+    }
+    if r.mode == Mode::Regions {
+        for v in &rv {
+            let line = m.smaps_vmflags(v.start).unwrap_or_default();
+            if line.ends_with("sd") != v.vm_softdirty {
+                return Err(format!(
+                    "smaps of the VMA at {:#x}: model {line:?}, reference sd = {}",
+                    v.start, v.vm_softdirty
+                ));
+            }
+        }
+    }
     if m.faults() != r.faults {
         return Err(format!(
             "write-fault counts differ: model {} reference {}",
@@ -806,6 +1195,12 @@ fn fmt_vmas(v: &[softdirty::mm::VmaInfo]) -> String {
 }
 
 fn run_case(mode: Mode, unit: u64, steps: &[Step]) -> Result<(), TestCaseError> {
+    run_spaces(mode, unit, steps).map(|_| ())
+}
+
+/// [`run_case`], returning the reference spaces at the end (equal to the model's on every
+/// observable, or this fails).
+fn run_spaces(mode: Mode, unit: u64, steps: &[Step]) -> Result<Vec<RefSpace>, TestCaseError> {
     let mut models = vec![AddressSpace::new(mode)];
     let mut refs = vec![RefSpace::new(mode)];
     let mut log = vec![format!("mode {mode}    # unit = {unit} page(s)")];
@@ -858,7 +1253,7 @@ fn run_case(mode: Mode, unit: u64, steps: &[Step]) -> Result<(), TestCaseError> 
             compare(unit, m, r, &probe, forked).map_err(|e| fail(format!("space {j}: {e}")))?;
         }
     }
-    Ok(())
+    Ok(refs)
 }
 
 fn config() -> ProptestConfig {
@@ -893,6 +1288,11 @@ proptest! {
     #[test]
     fn nomerge_model_matches_reference((unit, steps) in dense_case_s()) {
         run_case(Mode::Nomerge, unit, &steps)?;
+    }
+
+    #[test]
+    fn regions_model_matches_reference((unit, steps) in regions_case_s()) {
+        run_case(Mode::Regions, unit, &steps)?;
     }
 }
 
@@ -969,4 +1369,116 @@ fn fork_child_mremap_merge_keeps_uncowed_parents() {
         ),
         on(1, mmap(4, 2, Prot::RW)),
     ]);
+}
+
+/// `regions`: one hand-written sequence per list rule that a fix of the RFC would change,
+/// model and reference compared at every step, then what the patch predicts
+/// (docs/design-comparison.md, "The RFC patch, case by case"): soft-dirty pages (indices
+/// from arena unit 0), the number of regions, smaps `sd`.
+#[test]
+fn regions_rules_directed() {
+    let run = |steps: &[Op]| -> RefSpace {
+        let steps: Vec<Step> = steps.iter().cloned().map(|op| on(0, op)).collect();
+        match run_spaces(Mode::Regions, 1, &steps) {
+            Ok(mut refs) => refs.remove(0),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let sd = |r: &RefSpace| r.softdirty_runs(ARENA, 16 * P);
+    let vma_sd =
+        |r: &RefSpace| -> Vec<bool> { r.vma_infos().iter().map(|v| v.vm_softdirty).collect() };
+
+    // Point 7: an arena's tail poisoned next to its (faulted, VM_ACCOUNT) PROT_NONE guard.
+    // mprotect NONE merges the tail into the guard (case 4: A keeps the stale region, the
+    // guard does not cover the page: a false positive); DONTNEED zaps it; mprotect RW
+    // merges it back (case 5): A's stale region covers it again and the zeroed page
+    // reports clean, with both lists exact again.
+    let poison = [
+        mmap(0, 4, Prot::RW),
+        write_at(0, 4),
+        mmap(4, 1, Prot::RW),
+        write_at(4, 1),
+        mprotect_at(4, 1, Prot::NONE),
+        Op::ClearRefs(4),
+        mprotect_at(3, 1, Prot::NONE),
+    ];
+    let r = run(&poison);
+    assert_eq!(sd(&r), vec![(3, 4)]);
+    assert_eq!((r.vmas.len(), r.region_count()), (2, 2));
+    let mut back = poison.to_vec();
+    back.extend([dontneed_at(3, 1), mprotect_at(3, 1, Prot::RW)]);
+    let r = run(&back);
+    assert_eq!(sd(&r), vec![]);
+    assert_eq!(r.present_runs(ARENA, 16 * P), vec![(0, 3), (4, 5)]);
+    assert_eq!(vma_sd(&r), vec![false, false]);
+
+    // mmap into the hole between two cleared VMAs: vma_expand + nsdr_move keeps both
+    // lists; the same shape made by copy_vma (mremap into the hole) is vma_merge case 1,
+    // which frees next's list: next's clean pages report soft-dirty.
+    let two = [
+        mmap(0, 2, Prot::RW),
+        mmap(4, 2, Prot::RW),
+        mmap(10, 2, Prot::RW),
+    ];
+    let mut by_mmap = two.to_vec();
+    by_mmap.extend([Op::ClearRefs(4), mmap(2, 2, Prot::RW)]);
+    let r = run(&by_mmap);
+    assert_eq!((sd(&r), r.region_count()), (vec![(2, 4)], 3));
+    let mut by_move = two.to_vec();
+    by_move.extend([Op::ClearRefs(4), move_to(10, 2, 2, 2)]);
+    let r = run(&by_move);
+    assert_eq!(r.vmas.len(), 1);
+    assert_eq!((sd(&r), r.region_count()), (vec![(2, 6)], 1));
+
+    // In-place growth swallowing the next VMA: case 1 again.
+    let grow = [
+        mmap(0, 2, Prot::RW),
+        mmap(3, 2, Prot::RW),
+        Op::ClearRefs(4),
+        Op::Mremap {
+            addr: Addr::Arena(0, 0),
+            old: Len::Units(2),
+            new: Len::Units(3),
+            maymove: false,
+            fixed: None,
+        },
+    ];
+    let r = run(&grow);
+    assert_eq!(
+        (sd(&r), r.region_count(), vma_sd(&r)),
+        (vec![(2, 5)], 1, vec![true])
+    );
+
+    // copy_vma without a merge clones the list verbatim, old addresses included: moved
+    // away the pages report soft-dirty (present ones by their PTE bit, the others because
+    // no region covers them); zapped there and moved back, the clone of the clone covers
+    // them again and the zero pages report clean.
+    let away = [
+        mmap(0, 4, Prot::RW),
+        write_at(0, 2),
+        Op::ClearRefs(4),
+        move_to(0, 4, 4, 10),
+    ];
+    let r = run(&away);
+    assert_eq!((sd(&r), vma_sd(&r)), (vec![(10, 14)], vec![true]));
+    let mut home = away.to_vec();
+    home.extend([dontneed_at(10, 4), move_to(10, 4, 4, 0)]);
+    let r = run(&home);
+    assert_eq!(
+        (sd(&r), vma_sd(&r), r.region_count()),
+        (vec![], vec![false], 1)
+    );
+
+    // A split (mprotect in the middle: three lists) and the merge back (case 6: the
+    // middle's and next's lists are freed), then fork, which clones the one list left.
+    let steps = [
+        on(0, mmap(0, 4, Prot::RW)),
+        on(0, Op::ClearRefs(4)),
+        on(0, mprotect_at(1, 1, Prot::R)),
+        on(0, mprotect_at(1, 1, Prot::RW)),
+        on(0, Op::Fork),
+    ];
+    let refs = run_spaces(Mode::Regions, 1, &steps).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((sd(&refs[0]), refs[0].region_count()), (vec![(1, 4)], 1));
+    assert_eq!((sd(&refs[1]), refs[1].region_count()), (vec![(1, 4)], 1));
 }

@@ -10,9 +10,13 @@
 //! - `docs/design-comparison.md`, "The modes, stated precisely", and the seed thread
 //!   (`shared/reference/seed-lkml-thread.txt`, David Hildenbrand's reply) for `nomerge`.
 //!
+//! - for `regions`: the RFC's patch itself ("[PATCH RFC] mm: implement granular
+//!   soft-dirty vma support", `shared/reference/seed-lkml-thread.txt`), read against 6.1's
+//!   `mmap_region`, `vma_expand`, `vma_merge`, `__split_vma`, `copy_vma` and `dup_mmap`.
+//!
 //! No cleverness: a `Vec` of VMAs, each with one `RefPage` per page; every operation
 //! copies slices of those vectors around. Modelled: `precise`, `legacy`, `sticky`,
-//! `nomerge` (not `regions`).
+//! `nomerge`, `regions`.
 //!
 //! The mode-specific rules, all in one place ([`RefSpace::flag_rule`] and
 //! [`RefSpace::nomerge_after_clear`]):
@@ -27,6 +31,34 @@
 //!   `clear_refs 4`, after clearing every flag and page bit, merges adjacent VMAs that
 //!   are now compatible. The anon_vma reuse of a first fault (`anon_vma_compatible`)
 //!   ignores VM_SOFTDIRTY in every mode: the proposal changes merge decisions only.
+//!
+//! `regions` (the RFC as its patch implements it) has no VM_SOFTDIRTY: each VMA carries
+//! `RefVma::nsdr`, its list of non-soft-dirty regions `[start, end)` (byte addresses, in
+//! no particular order, never coalesced: a `Vec` standing for `list_head non_sd_reg`). A
+//! page reports soft-dirty iff its PTE bit is set or no region of its VMA's list contains
+//! it (`is_vma_addr_sd`); smaps `sd` / `VmaInfo::vm_softdirty` is `is_vma_sd` (the list is
+//! not exactly the one region `[vm_start, vm_end)`). The list rules, each at the place of
+//! the reference that stands for the kernel path the patch changed:
+//! - `clear_refs 4` (`clear_refs_write`): every list becomes `[(vm_start, vm_end)]`;
+//! - a split (`__split_vma` → `nsdr_adjust_new_first` / `nsdr_adjust_new_after`, which
+//!   both divide at the split address): regions ending at or below it go left, regions
+//!   starting at or above it go right, a crossing region is cut in two ([`nsdr_divide`]);
+//! - a new mapping (`vma_init`, `vm_area_alloc`): the empty list;
+//! - a new-range merge ([`RefSpace::merge_new`], [`Via`]): mmap (6.1 `mmap_region` →
+//!   `vma_expand`) merging with both neighbours appends next's list to prev's
+//!   (`nsdr_move`); copy_vma and in-place mremap growth (6.1 `vma_merge`) merging with
+//!   both neighbours are case 1, where `__vma_adjust` frees next with its list before
+//!   `nsdr_adjust_new_first(prev, next)` runs, so next's regions are lost; a merge with
+//!   one neighbour keeps that neighbour's list (no list operation in `vma_expand` without
+//!   `remove_next`, nor in `vma_merge` cases 2/3); a copy_vma that does not merge clones
+//!   the *whole* source VMA's list verbatim, old addresses included (`nsdr_clone`);
+//! - an existing-range merge ([`RefSpace::modify`], 6.1 `vma_merge` cases 4–8): the
+//!   surviving VMA keeps its own list, the lists of removed VMAs are freed with them
+//!   (`vm_area_free` → `nsdr_clear`), and a VMA whose boundary moved inward (cases 4, 5)
+//!   keeps every region, those now outside it included;
+//! - fork (`dup_mmap` → `nsdr_clone`): the child's VMA gets the parent's list verbatim;
+//! - DONTNEED and munmap's zap: no list operation.
+//! Page-level rules are legacy's.
 //!
 //! Where the real model has to choose an address itself (a hint mmap the hint of which is
 //! not usable, an mremap that moves with MAYMOVE), the caller passes the model's choice
@@ -93,6 +125,8 @@ pub struct RefVma {
     /// the anon_vma chain links a parent's anon_vma (fork child)
     pub forked: bool,
     pub pages: Vec<RefPage>,
+    /// `regions` only (empty elsewhere): the non-soft-dirty regions `[start, end)`.
+    pub nsdr: Vec<(u64, u64)>,
 }
 
 impl RefVma {
@@ -109,6 +143,44 @@ impl RefVma {
     fn idx(&self, a: u64) -> usize {
         ((a - self.start) / P) as usize
     }
+    /// `!is_vma_addr_sd`: some region of the list contains `a`.
+    fn nsdr_covers(&self, a: u64) -> bool {
+        self.nsdr.iter().any(|&(s, e)| s <= a && a < e)
+    }
+    /// `is_vma_sd`: the list is not exactly the one region `[vm_start, vm_end)`.
+    pub fn is_vma_sd(&self) -> bool {
+        self.nsdr != [(self.start, self.end)]
+    }
+}
+
+/// `__split_vma`'s list division at `mid`: (the lower VMA's list, the upper VMA's list).
+/// `nsdr_adjust_new_first(new, vma)` (new below, `mid = vma->vm_start`) and
+/// `nsdr_adjust_new_after(new, vma)` (new above, `mid = vma->vm_end`) divide the same way:
+/// a region with `start < mid < end` is cut into `[start, mid)` and `[mid, end)`, one with
+/// `end <= mid` goes below, every other one (`start >= mid`) above.
+fn nsdr_divide(list: &[(u64, u64)], mid: u64) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    let (mut lo, mut hi) = (Vec::new(), Vec::new());
+    for &(s, e) in list {
+        if s < mid && mid < e {
+            lo.push((s, mid));
+            hi.push((mid, e));
+        } else if e <= mid {
+            lo.push((s, e));
+        } else {
+            hi.push((s, e));
+        }
+    }
+    (lo, hi)
+}
+
+/// Which 6.1 path a new-range merge stands for in `regions` (the list rule differs only
+/// when both neighbours merge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// `mmap_region` → `vma_expand`: with `remove_next`, `nsdr_move(prev, next)`.
+    VmaExpand,
+    /// `vma_merge` (copy_vma, in-place mremap growth): case 1 frees next and its list.
+    VmaMerge,
 }
 
 /// The flags `is_mergeable_vma` compares, plus the file: everything except VM_SOFTDIRTY
@@ -166,13 +238,17 @@ impl RefSpace {
     pub fn new(mode: Mode) -> RefSpace {
         assert!(matches!(
             mode,
-            Mode::Precise | Mode::Legacy | Mode::Sticky | Mode::Nomerge
+            Mode::Precise | Mode::Legacy | Mode::Sticky | Mode::Nomerge | Mode::Regions
         ));
         RefSpace {
             mode,
             vmas: Vec::new(),
             faults: 0,
         }
+    }
+
+    fn regions(&self) -> bool {
+        self.mode == Mode::Regions
     }
 
     fn precise(&self) -> bool {
@@ -227,6 +303,7 @@ impl RefSpace {
         r.start = a;
         r.pgoff = v.pgoff + k as u64;
         v.end = a;
+        (v.nsdr, r.nsdr) = nsdr_divide(&v.nsdr, a);
         self.vmas.insert(i + 1, r);
     }
 
@@ -253,7 +330,12 @@ impl RefSpace {
     /// source's; in-place grow: the VMA's own). A merged VMA keeps the target's own flags
     /// (VM_SOFTDIRTY: see [`RefSpace::flag_rule`]). Returns the index of the VMA that now
     /// covers the range.
-    fn merge_new(&mut self, new: RefVma) -> usize {
+    ///
+    /// `regions`: `new.nsdr` is the list a new VMA would get (mmap: empty; copy_vma: the
+    /// source VMA's, cloned). A merge keeps the target's own list, except that with both
+    /// neighbours `via` [`Via::VmaExpand`] appends next's list to prev's; the range's own
+    /// list matters only when nothing merges.
+    fn merge_new(&mut self, new: RefVma, via: Via) -> usize {
         assert!(
             !self.intersects(new.start, new.end),
             "new range must be a hole"
@@ -297,6 +379,12 @@ impl RefSpace {
                 pv.pages.extend_from_slice(&new.pages);
                 pv.pages.extend_from_slice(&nv.pages);
                 pv.softdirty_flag = flag;
+                if via == Via::VmaExpand {
+                    // vma_expand with remove_next: nsdr_move(vma, next).
+                    pv.nsdr.extend_from_slice(&nv.nsdr);
+                }
+                // Via::VmaMerge: case 1 (__vma_adjust frees next, nsdr_clear): next's
+                // regions are gone; prev keeps its own.
                 // vma_expand: dup_anon_vma(target, next); copy_vma: the source's.
                 dup_anon(pv, nv.anon, nv.forked);
                 dup_anon(pv, new.anon, new.forked);
@@ -343,6 +431,11 @@ impl RefSpace {
     /// from the modified VMA's new flags; `sd` is that VM_SOFTDIRTY (the modified VMA's
     /// own). In `sticky` a merged VMA ORs in the flags of the neighbours it absorbed or
     /// grew from; in `nomerge` a neighbour whose flag differs from `sd` does not merge.
+    ///
+    /// `regions` (6.1 `vma_merge` cases 4–8, which the patch leaves alone except for the
+    /// use-after-free in cases 1/6): the surviving VMA keeps its own `nsdr`, the removed
+    /// VMAs' lists are dropped, and a VMA that only shrinks (cases 4, 5) keeps all its
+    /// regions. Nothing below touches `nsdr` except the splits of the no-merge path.
     fn modify(&mut self, i: usize, s: u64, e: u64, prot: Prot, account: bool, sd: bool) {
         let mid = self.vmas[i].clone();
         let left_side = s == mid.start;
@@ -475,8 +568,15 @@ impl RefSpace {
         new_id()
     }
 
-    fn reported_sd(&self, v: &RefVma, p: &RefPage) -> bool {
-        (!self.precise() && v.softdirty_flag) || p.dirty
+    /// What pagemap reports for the page at `a` of `v`: the page bit, or the VMA level
+    /// (legacy-like modes: VM_SOFTDIRTY; `regions`: no region of the list contains `a`).
+    fn reported_sd(&self, v: &RefVma, a: u64) -> bool {
+        let vma_level = match self.mode {
+            Mode::Precise => false,
+            Mode::Regions => !v.nsdr_covers(a),
+            _ => v.softdirty_flag,
+        };
+        vma_level || v.pages[v.idx(a)].dirty
     }
 
     // ------------------------------------------------------------ operations
@@ -563,8 +663,9 @@ impl RefSpace {
                 };
                 n
             ],
+            nsdr: Vec::new(),
         };
-        let i = self.merge_new(new);
+        let i = self.merge_new(new, Via::VmaExpand);
         // "New (or expanded) vma always get soft dirty status": on the merged VMA.
         self.vmas[i].softdirty_flag = true;
         self.check_sorted();
@@ -703,7 +804,7 @@ impl RefSpace {
             }
             let v = &self.vmas[i];
             let k = v.idx(page);
-            let before = self.reported_sd(v, &v.pages[k]);
+            let before = self.reported_sd(v, page);
             let shared = v.shared;
             let pg = &mut self.vmas[i].pages[k];
             if write {
@@ -730,10 +831,14 @@ impl RefSpace {
         match value {
             1 | 2 | 3 | 5 => Ok(()),
             4 => {
+                let regions = self.regions();
                 for v in &mut self.vmas {
                     v.softdirty_flag = false;
                     for p in &mut v.pages {
                         p.dirty = false;
+                    }
+                    if regions {
+                        v.nsdr = vec![(v.start, v.end)];
                     }
                 }
                 if self.mode == Mode::Nomerge {
@@ -926,7 +1031,9 @@ impl RefSpace {
                 };
                 (delta / P) as usize
             ];
-            self.merge_new(ext);
+            // Always merges with the VMA itself (case 2), or with it and next (case 1).
+            ext.nsdr = Vec::new();
+            self.merge_new(ext, Via::VmaMerge);
             return Ok(addr);
         }
         if !maymove {
@@ -1007,7 +1114,9 @@ impl RefSpace {
             pages,
             ..v.clone()
         };
-        self.merge_new(new);
+        // copy_vma: vma_merge at the destination, else vm_area_dup + nsdr_clone of the
+        // whole source VMA's list (`new.nsdr` is `v`'s, from the struct copy above).
+        self.merge_new(new, Via::VmaMerge);
         self.unmap(addr, addr + old_len);
     }
 
@@ -1021,7 +1130,11 @@ impl RefSpace {
                 end: v.end,
                 prot: v.prot.to_string(),
                 shared: v.shared,
-                vm_softdirty: v.softdirty_flag,
+                vm_softdirty: if self.regions() {
+                    v.is_vma_sd()
+                } else {
+                    v.softdirty_flag
+                },
                 faulted: v.anon != 0,
             })
             .collect()
@@ -1032,7 +1145,7 @@ impl RefSpace {
         let v = &self.vmas[self.find(a)?];
         let p = &v.pages[v.idx(a)];
         Some((
-            self.reported_sd(v, p),
+            self.reported_sd(v, a),
             p.present,
             p.present && p.zero,
             v.shared,
@@ -1074,7 +1187,7 @@ impl RefSpace {
             while a < v.end.min(end) {
                 let p = &v.pages[v.idx(a)];
                 let info = (
-                    self.reported_sd(v, p),
+                    self.reported_sd(v, a),
                     p.present,
                     p.present && p.zero,
                     v.shared,
@@ -1098,5 +1211,10 @@ impl RefSpace {
 
     pub fn present_runs(&self, addr: u64, len: u64) -> Vec<(u64, u64)> {
         self.runs(addr, len, |i| i.1)
+    }
+
+    /// `regions`: the number of regions over every VMA's list (0 in other modes).
+    pub fn region_count(&self) -> usize {
+        self.vmas.iter().map(|v| v.nsdr.len()).sum()
     }
 }
