@@ -640,6 +640,75 @@ impl PageBitmap {
         Some((tag, end.min(limit)))
     }
 
+    /// Calls `sink` with each maximal run of the pages of `[first, first+count)` that are
+    /// soft-dirty at the page level (`clean` bit 0), in order, changing nothing: the
+    /// read-only walk behind `AddressSpace::get_dirty_log`. Lock-free, data plane: it
+    /// runs concurrently with faults and harvests and reads each word once.
+    ///
+    /// Cost follows the words, not the pages: one slot load per chunk (an untouched chunk
+    /// is one run or nothing), one load per word of a materialized chunk, and
+    /// `trailing_zeros` per run boundary. Summary bits are not used to skip words: a
+    /// harvest clears a word's summary bit before it clears the word, so a reader that
+    /// trusted a clear summary bit could miss a page that is dirty during its whole call.
+    pub fn dirty_runs(&self, first: u64, count: u64, mut sink: impl FnMut(Run)) {
+        debug_assert!(first + count <= self.pages);
+        let end = first + count;
+        // The run being built, `[start, stop)`; emitted when a later run does not touch it.
+        let mut open: Option<(u64, u64)> = None;
+        let mut add = |s: u64, e: u64| match &mut open {
+            Some((_, stop)) if *stop == s => *stop = e,
+            _ => {
+                if let Some((a, b)) = open.replace((s, e)) {
+                    sink(Run {
+                        first: a,
+                        count: b - a,
+                    });
+                }
+            }
+        };
+        let mut p = first;
+        while p < end {
+            let k = (p / CHUNK_PAGES) as usize;
+            let base = k as u64 * CHUNK_PAGES;
+            let hi = end.min(base + CHUNK_PAGES);
+            match self.slot(k) {
+                Slot::Absent { clean: true } => {}
+                Slot::Absent { clean: false } => add(p, hi),
+                Slot::Chunk(c) => {
+                    let w0 = ((p - base) / 64) as usize;
+                    let w1 = ((hi - 1 - base) / 64) as usize;
+                    for wi in w0..=w1 {
+                        // Acquire: as `window`, pairs with the Release half of the fault
+                        // RMW that dirtied the word (a page reported dirty was written).
+                        let clean = c.clean[wi].load(Ordering::Acquire);
+                        if clean == !0 {
+                            continue; // the common case of a sparse log: a few instructions
+                        }
+                        let wbase = base + wi as u64 * 64;
+                        let m = if wi != w0 && wi != w1 {
+                            !0
+                        } else {
+                            word_mask(p.max(wbase) - wbase, hi.min(wbase + 64) - wbase)
+                        };
+                        let dirty = !clean & m;
+                        if dirty == !0 {
+                            add(wbase, wbase + 64);
+                        } else {
+                            for_each_run(dirty, |s, n| add(wbase + s, wbase + s + n));
+                        }
+                    }
+                }
+            }
+            p = hi;
+        }
+        if let Some((a, b)) = open {
+            sink(Run {
+                first: a,
+                count: b - a,
+            });
+        }
+    }
+
     // -------------------------------------------------------------- control plane
 
     /// `clear_refs 4` on this bitmap: every page clean at the page level. Visits only
