@@ -47,6 +47,7 @@ declare -A TWINS=(
     [no_drain_rule]="bitmap_protocol:mremap_vs_faults"
     [blind_harvest]="bitmap_protocol:two_writers_one_word_vs_harvest"
     [harvest_precheck]="bitmap_protocol:harvest_vs_write"
+    [relaxed_harvest_store]="bitmap_protocol:harvest_full_word_vs_write"
     [clear_summary_last]="bitmap_protocol:clear_refs_vs_write"
     [copy_clean_first]="bitmap_protocol:fork_vs_write"
     [seal_before_publish]="address_space:mprotect_split_vs_write"

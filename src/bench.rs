@@ -22,7 +22,9 @@
 //! | `mark256/redirty` | `AddressSpace::write` of 256 clean (harvested) pages | `mark_dirty` of 256 pages |
 //! | `mark256/dirty` | one hot range of 256 already-dirty pages | the same range |
 //! | `mark256/core` | `PageBitmap::write` (no VMA lookup), clean pages | the same |
+//! | `mark256/redirty-pinned` | `mark256/redirty`, the caller holding `epoch::pin()` across its writes | the same |
 //! | `mark1/dirty` | `AddressSpace::write` of one hot dirty page | `mark_dirty` of that page |
+//! | `mark1/dirty-pinned` | `mark1/dirty`, the caller holding `epoch::pin()` across its writes | the same |
 //! | `mark1/core` | `PageBitmap::write` of one dirty page | the same |
 //! | `harvest16g/runs64` | `scan_and_clear` of 16 GiB, 0.1% dirty in 64-page runs | `get_and_reset` |
 //! | `harvest16g/scattered` | the same, 0.1% of pages uniformly scattered | `get_and_reset` |
@@ -30,6 +32,7 @@
 //! | `harvest64g/full/par` | parallel `scan_and_clear`, 64 GiB 100% dirty | our sequential path |
 //! | `harvest16g/full/par` | parallel, 16 GiB 100% dirty | our sequential path |
 //! | `kernel1g/...` | `scan_and_clear` of 1 GiB at the oracle's densities | kernel (quoted) |
+//! | `getlog1g/...` | `get_dirty_log` (read-only, word-level walk) of 1 GiB | the per-page pagemap walk (`softdirty_runs`), what `get_dirty_log` used before |
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -182,6 +185,14 @@ fn random_runs(pages: u64, frac: f64, run: u64, seed: u64) -> Vec<(u64, u64)> {
 /// A mark benchmark over `ranges` of `n` pages each: ours re-dirties harvested pages
 /// (`redirty`) or writes dirty ones.
 fn mark_ours(n: u64, redirty: bool) -> Timed {
+    mark_ours_pinned(n, redirty, false)
+}
+
+/// [`mark_ours`]; with `pinned`, the timed loop holds an epoch guard
+/// (`softdirty::epoch::pin()`) across its writes, as an embedder's vCPU loop may do for
+/// a batch of writes: each `AddressSpace::write` then re-pins reentrantly (a counter, no
+/// locked instruction).
+fn mark_ours_pinned(n: u64, redirty: bool, pinned: bool) -> Timed {
     let ranges: u64 = (1 << 20) / n.max(64); // 4 GiB worth of distinct ranges at most
     let len = ranges * n.max(64) * PAGE_SIZE;
     let (mm, a) = warm_space(len);
@@ -198,12 +209,14 @@ fn mark_ours(n: u64, redirty: bool) -> Timed {
                 mm.clear_refs(4).expect("clear_refs");
             }
             let t = Watch::start(true);
+            let guard = pinned.then(crate::epoch::pin);
             for i in 0..k {
                 // Already dirty: the same (hot) range every time, as a vCPU re-writing
                 // its working set; first writes: distinct ranges (they were cleared).
                 let at = if redirty { a + i * stride } else { a };
                 let _ = black_box(mm.write(black_box(at), n * PAGE_SIZE));
             }
+            drop(guard);
             total += t.elapsed();
             done += k;
         }
@@ -325,6 +338,29 @@ fn harvest_base(len: u64, runs: Vec<(u64, u64)>) -> Timed {
     })
 }
 
+/// `get_dirty_log` of `len` bytes after writing `runs` once (read-only: the state stays),
+/// or, as the baseline, the per-page pagemap walk `softdirty_runs` of the same range.
+fn getlog(len: u64, runs: Vec<(u64, u64)>, pagemap: bool) -> Timed {
+    let (mm, a) = warm_space(len);
+    for &(f, n) in &runs {
+        mm.write(a + (f << PAGE_SHIFT), n << PAGE_SHIFT)
+            .expect("write");
+    }
+    let expect: u64 = runs.iter().map(|r| r.1).sum();
+    assert_eq!(mm.get_dirty_log(a, len).expect("log").dirty_count(), expect);
+    Box::new(move |iters| {
+        let t = Watch::start(true);
+        for _ in 0..iters {
+            if pagemap {
+                drop(black_box(mm.softdirty_runs(a, len)));
+            } else {
+                drop(black_box(mm.get_dirty_log(a, len).expect("log")));
+            }
+        }
+        t.elapsed()
+    })
+}
+
 /// Every case, in table order. Building them allocates the workloads (a few hundred
 /// MiB of tracking memory at most, nothing for untouched address space).
 pub fn cases(filter: Option<&str>) -> Vec<Case> {
@@ -338,6 +374,17 @@ pub fn cases(filter: Option<&str>) -> Vec<Case> {
                 name: "mark256/redirty",
                 what: "mark 256 pages, first write since the last harvest (AddressSpace::write)",
                 ours: mark_ours(256, true),
+                baseline: "AtomicBitmap::mark_dirty",
+                baseline_side: Ok(mark_base(256, false)),
+                target: Some(30.0),
+            }),
+        ),
+        (
+            "mark256/redirty-pinned",
+            Box::new(|| Case {
+                name: "mark256/redirty-pinned",
+                what: "mark256/redirty with the caller holding an epoch guard across its writes",
+                ours: mark_ours_pinned(256, true, true),
                 baseline: "AtomicBitmap::mark_dirty",
                 baseline_side: Ok(mark_base(256, false)),
                 target: Some(30.0),
@@ -371,6 +418,17 @@ pub fn cases(filter: Option<&str>) -> Vec<Case> {
                 name: "mark1/dirty",
                 what: "mark one already-dirty page (AddressSpace::write: pin, VMA lookup, test)",
                 ours: mark_ours(1, false),
+                baseline: "AtomicBitmap::mark_dirty",
+                baseline_side: Ok(mark_base(1, true)),
+                target: Some(1.0),
+            }),
+        ),
+        (
+            "mark1/dirty-pinned",
+            Box::new(|| Case {
+                name: "mark1/dirty-pinned",
+                what: "mark1/dirty with the caller holding an epoch guard across its writes",
+                ours: mark_ours_pinned(1, false, true),
                 baseline: "AtomicBitmap::mark_dirty",
                 baseline_side: Ok(mark_base(1, true)),
                 target: Some(1.0),
@@ -509,6 +567,50 @@ pub fn cases(filter: Option<&str>) -> Vec<Case> {
                 baseline: "kernel PAGEMAP_SCAN+WP (quoted, kernel-oracle.md)",
                 baseline_side: Err(9.07e6),
                 target: None,
+            }),
+        ),
+        (
+            "getlog1g/1pct-clustered",
+            Box::new(|| {
+                let p = GIB >> PAGE_SHIFT;
+                let runs = vec![(p / 3, p / 100)];
+                Case {
+                    name: "getlog1g/1pct-clustered",
+                    what: "get_dirty_log 1 GiB (no clear), 1% dirty in one block",
+                    ours: getlog(GIB, runs.clone(), false),
+                    baseline: "per-page pagemap walk (softdirty_runs)",
+                    baseline_side: Ok(getlog(GIB, runs, true)),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "getlog1g/1pct-strided",
+            Box::new(|| {
+                let p = GIB >> PAGE_SHIFT;
+                let runs: Vec<(u64, u64)> = (0..p).step_by(100).map(|i| (i, 1)).collect();
+                Case {
+                    name: "getlog1g/1pct-strided",
+                    what: "get_dirty_log 1 GiB (no clear), every 100th page dirty",
+                    ours: getlog(GIB, runs.clone(), false),
+                    baseline: "per-page pagemap walk (softdirty_runs)",
+                    baseline_side: Ok(getlog(GIB, runs, true)),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "getlog1g/full",
+            Box::new(|| {
+                let runs = vec![(0, GIB >> PAGE_SHIFT)];
+                Case {
+                    name: "getlog1g/full",
+                    what: "get_dirty_log 1 GiB (no clear), 100% dirty",
+                    ours: getlog(GIB, runs.clone(), false),
+                    baseline: "per-page pagemap walk (softdirty_runs)",
+                    baseline_side: Ok(getlog(GIB, runs, true)),
+                    target: None,
+                }
             }),
         ),
     ];

@@ -214,22 +214,6 @@ fn word_mask(from_bit: u64, to_bit: u64) -> u64 {
     hi & !((1u64 << from_bit) - 1)
 }
 
-/// Like [`for_each_word`], stopping as soon as `f` returns false.
-#[inline]
-fn for_each_word_until(first: u64, count: u64, mut f: impl FnMut(u64, u64) -> bool) {
-    let end = first + count;
-    let mut p = first;
-    while p < end {
-        let w = p / 64;
-        let lo = p % 64;
-        let hi = (end - w * 64).min(64);
-        if !f(w, word_mask(lo, hi)) {
-            return;
-        }
-        p = w * 64 + hi;
-    }
-}
-
 /// Calls `f(word_index_in_bitmap, mask)` for every word that overlaps `[first, first+count)`.
 #[inline]
 fn for_each_word(first: u64, count: u64, mut f: impl FnMut(u64, u64)) {
@@ -241,6 +225,64 @@ fn for_each_word(first: u64, count: u64, mut f: impl FnMut(u64, u64)) {
         let hi = (end - w * 64).min(64);
         f(w, word_mask(lo, hi));
         p = w * 64 + hi;
+    }
+}
+
+/// What a fault has done so far (see [`PageBitmap::fault_impl`]).
+#[derive(Clone, Copy, Default)]
+struct FaultState {
+    /// pages whose clean bit the fault flipped
+    faults: u64,
+    /// any RMW issued (then the seal must be re-checked)
+    did_rmw: bool,
+    /// summary bits owed to the current chunk (words whose clean bits it cleared)
+    owed: u64,
+}
+
+/// The fault path on one word `wi` of `chunk`, pages `m`: test-before-set of `clean`
+/// (if `dirty`), then `populated` and `backed` (`what` = (dirty, backed, populate)).
+#[inline(always)]
+fn fault_word(chunk: &Chunk, wi: usize, m: u64, what: (bool, bool, bool), st: &mut FaultState) {
+    let (dirty, backed, populate) = what;
+    // Order: clean first, then populated and backed. A copy reads populated before clean
+    // (see `copy_from`), so a snapshot never shows a page written (backed) but clean.
+    if dirty {
+        let c = chunk.clean[wi].load(Ordering::Relaxed);
+        if c & m != 0 {
+            // AcqRel: Acquire pairs with the drain RMW of a sealing structural operation
+            // (then `sealed` is visible in `finish_fault`) and with a harvest's RMW or
+            // `take_word`'s Release store (then the harvest's summary clear is visible to
+            // `settle_summary`); Release lets a harvest that takes this bit see the write.
+            let prev = chunk.clean[wi].fetch_and(!m, FAULT_RMW);
+            let flipped = prev & m;
+            st.faults += if flipped == !0 {
+                64 // a whole clean word (no software popcount: x86-64 has no POPCNT)
+            } else {
+                u64::from(flipped.count_ones())
+            };
+            st.did_rmw = true;
+            st.owed |= 1u64 << wi;
+        }
+    }
+    if populate && chunk.populated[wi].load(Ordering::Relaxed) & m != m {
+        // AcqRel: pairs with the drain RMW (see above).
+        chunk.populated[wi].fetch_or(m, FAULT_RMW);
+        st.did_rmw = true;
+    }
+    if backed && chunk.backed[wi].load(Ordering::Relaxed) & m != m {
+        // AcqRel: pairs with the drain RMW (see above).
+        chunk.backed[wi].fetch_or(m, FAULT_RMW);
+        st.did_rmw = true;
+    }
+}
+
+/// Sets the summary bits a fault owes `chunk`, after its word RMWs (test-before-set).
+#[inline]
+fn settle_summary(chunk: &Chunk, owed: u64) {
+    if owed != 0 && chunk.summary.load(Ordering::Relaxed) & owed != owed {
+        // AcqRel: ordered after this fault's word RMWs, so a harvest that clears these
+        // summary bits and then visits the words sees our bits.
+        chunk.summary.fetch_or(owed, Ordering::AcqRel);
     }
 }
 
@@ -394,6 +436,7 @@ impl PageBitmap {
         self.fault_impl(first, count, dirty, backed, populate, true)
     }
 
+    #[inline]
     fn fault_impl(
         &self,
         first: u64,
@@ -404,105 +447,107 @@ impl PageBitmap {
         limited: bool,
     ) -> Mark {
         debug_assert!(first + count <= self.pages);
-        let mut faults = 0u64;
-        let mut did_rmw = false;
-        let mut cur: Option<(usize, &Chunk)> = None;
+        // Fast path: a range inside one word of a materialized chunk (a hot page written
+        // again, a small store). The same atomic steps as the general path, without its
+        // chunk and word loop: one slot load, then `fault_word`; a fault that changes
+        // nothing returns after the word loads (no RMW, no summary, no seal re-check).
+        let off = first % 64;
+        if count != 0 && off + count <= 64 {
+            let k = (first / CHUNK_PAGES) as usize;
+            if let Slot::Chunk(c) = self.slot(k) {
+                let wi = ((first % CHUNK_PAGES) / 64) as usize;
+                let mut st = FaultState::default();
+                fault_word(
+                    c,
+                    wi,
+                    word_mask(off, off + count),
+                    (dirty, backed, populate),
+                    &mut st,
+                );
+                if !st.did_rmw {
+                    return Mark::Done { faults: 0 };
+                }
+                settle_summary(c, st.owed);
+                return self.finish_fault(false, false, st);
+            }
+        }
+        self.fault_words(first, count, dirty, backed, populate, limited)
+    }
+
+    /// The general fault path: chunk by chunk, word by word (full-word masks inside the
+    /// range), test-before-set per word, then one summary update per chunk.
+    fn fault_words(
+        &self,
+        first: u64,
+        count: u64,
+        dirty: bool,
+        backed: bool,
+        populate: bool,
+        limited: bool,
+    ) -> Mark {
+        let mut st = FaultState::default();
         let mut sealed = false;
         let mut nomem = false;
-        // Summary bits this fault owes the current chunk, set with one RMW per chunk after
-        // the chunk's word RMWs (the order harvests rely on).
-        let mut owed = 0u64;
-        let settle = |c: &Chunk, owed: &mut u64| {
-            if *owed != 0 && c.summary.load(Ordering::Relaxed) & *owed != *owed {
-                // AcqRel: ordered after this fault's word RMWs, so a harvest that clears
-                // these summary bits and then visits the words sees our bits.
-                c.summary.fetch_or(*owed, Ordering::AcqRel);
+        let end = first + count;
+        let mut p = first;
+        while p < end {
+            let k = (p / CHUNK_PAGES) as usize;
+            let base = k as u64 * CHUNK_PAGES;
+            let hi = end.min(base + CHUNK_PAGES);
+            // Marking only (no population): an untouched all-dirty chunk already says
+            // what we would write.
+            if !populate && self.slots[k].load(Ordering::Acquire) == ABSENT_DIRTY {
+                p = hi;
+                continue;
             }
-            *owed = 0;
-        };
-        for_each_word_until(first, count, |w, m| {
-            if sealed || nomem {
-                return false;
-            }
-            let k = (w / CHUNK_WORDS as u64) as usize;
-            let wi = (w % CHUNK_WORDS as u64) as usize;
-            let chunk = match cur {
-                Some((ck, c)) if ck == k => c,
-                _ => {
-                    if let Some((_, c)) = cur {
-                        settle(c, &mut owed);
-                    }
-                    // Marking only (no population): an untouched all-dirty chunk already
-                    // says what we would write.
-                    if !populate && self.slots[k].load(Ordering::Acquire) == ABSENT_DIRTY {
-                        cur = None;
-                        return true;
-                    }
-                    // Fast check without allocating: an untouched chunk must be
-                    // materialized only if this fault changes something in it (a read of
-                    // an absent chunk always does: it populates).
-                    match self.materialize(k, limited) {
-                        Ok(c) => {
-                            cur = Some((k, c));
-                            c
-                        }
-                        Err(Mark::NoMem) => {
-                            nomem = true;
-                            return false;
-                        }
-                        Err(_) => {
-                            sealed = true;
-                            return false;
-                        }
-                    }
+            let chunk = match self.materialize(k, limited) {
+                Ok(c) => c,
+                Err(Mark::NoMem) => {
+                    nomem = true;
+                    break;
+                }
+                Err(_) => {
+                    sealed = true;
+                    break;
                 }
             };
-            // Order: clean first, then populated and backed. A copy reads populated
-            // before clean (see `copy_from`), so a snapshot never shows a page written
-            // (backed) but still clean.
-            if dirty {
-                let c = chunk.clean[wi].load(Ordering::Relaxed);
-                if c & m != 0 {
-                    // AcqRel: Acquire pairs with the drain RMW of a sealing structural
-                    // operation (then `sealed` is visible below) and with a harvest's
-                    // RMW; Release lets a harvest that takes this bit see the summary.
-                    let prev = chunk.clean[wi].fetch_and(!m, FAULT_RMW);
-                    faults += u64::from((prev & m).count_ones());
-                    did_rmw = true;
-                    owed |= 1u64 << wi;
-                }
+            st.owed = 0;
+            let w0 = ((p - base) / 64) as usize;
+            let w1 = ((hi - 1 - base) / 64) as usize;
+            for wi in w0..=w1 {
+                let wbase = base + wi as u64 * 64;
+                // Full words inside the range: the whole mask, no per-page work.
+                let m = if wi != w0 && wi != w1 {
+                    !0
+                } else {
+                    word_mask(p.max(wbase) - wbase, hi.min(wbase + 64) - wbase)
+                };
+                fault_word(chunk, wi, m, (dirty, backed, populate), &mut st);
             }
-            if populate && chunk.populated[wi].load(Ordering::Relaxed) & m != m {
-                // AcqRel: pairs with the drain RMW (see above).
-                chunk.populated[wi].fetch_or(m, FAULT_RMW);
-                did_rmw = true;
-            }
-            if backed && chunk.backed[wi].load(Ordering::Relaxed) & m != m {
-                // AcqRel: pairs with the drain RMW (see above).
-                chunk.backed[wi].fetch_or(m, FAULT_RMW);
-                did_rmw = true;
-            }
-            true
-        });
-        if let Some((_, c)) = cur {
-            settle(c, &mut owed);
+            settle_summary(chunk, st.owed);
+            p = hi;
         }
-        // Acquire: if any RMW above read from a drain, the seal store (sequenced before
-        // the drain) is visible here.
+        self.finish_fault(sealed, nomem, st)
+    }
+
+    /// The end of a fault: the seal re-check after any RMW, then the result.
+    #[inline]
+    fn finish_fault(&self, sealed: bool, nomem: bool, st: FaultState) -> Mark {
+        // Acquire: if any RMW of the fault read from a drain, the seal store (sequenced
+        // before the drain) is visible here.
         #[cfg(not(softdirty_broken = "no_recheck"))]
-        if sealed || (did_rmw && self.sealed.load(Ordering::Acquire)) {
+        if sealed || (st.did_rmw && self.sealed.load(Ordering::Acquire)) {
             return Mark::Sealed;
         }
         // Broken twin `no_recheck` (loom-tests): trusts the RMWs without the re-check.
         #[cfg(softdirty_broken = "no_recheck")]
         if sealed {
-            let _ = did_rmw;
             return Mark::Sealed;
         }
         if nomem {
             return Mark::NoMem;
         }
-        Mark::Done { faults }
+        Mark::Done { faults: st.faults }
     }
 
     /// The bits of page `p`.
@@ -595,6 +640,75 @@ impl PageBitmap {
         Some((tag, end.min(limit)))
     }
 
+    /// Calls `sink` with each maximal run of the pages of `[first, first+count)` that are
+    /// soft-dirty at the page level (`clean` bit 0), in order, changing nothing: the
+    /// read-only walk behind `AddressSpace::get_dirty_log`. Lock-free, data plane: it
+    /// runs concurrently with faults and harvests and reads each word once.
+    ///
+    /// Cost follows the words, not the pages: one slot load per chunk (an untouched chunk
+    /// is one run or nothing), one load per word of a materialized chunk, and
+    /// `trailing_zeros` per run boundary. Summary bits are not used to skip words: a
+    /// harvest clears a word's summary bit before it clears the word, so a reader that
+    /// trusted a clear summary bit could miss a page that is dirty during its whole call.
+    pub fn dirty_runs(&self, first: u64, count: u64, mut sink: impl FnMut(Run)) {
+        debug_assert!(first + count <= self.pages);
+        let end = first + count;
+        // The run being built, `[start, stop)`; emitted when a later run does not touch it.
+        let mut open: Option<(u64, u64)> = None;
+        let mut add = |s: u64, e: u64| match &mut open {
+            Some((_, stop)) if *stop == s => *stop = e,
+            _ => {
+                if let Some((a, b)) = open.replace((s, e)) {
+                    sink(Run {
+                        first: a,
+                        count: b - a,
+                    });
+                }
+            }
+        };
+        let mut p = first;
+        while p < end {
+            let k = (p / CHUNK_PAGES) as usize;
+            let base = k as u64 * CHUNK_PAGES;
+            let hi = end.min(base + CHUNK_PAGES);
+            match self.slot(k) {
+                Slot::Absent { clean: true } => {}
+                Slot::Absent { clean: false } => add(p, hi),
+                Slot::Chunk(c) => {
+                    let w0 = ((p - base) / 64) as usize;
+                    let w1 = ((hi - 1 - base) / 64) as usize;
+                    for wi in w0..=w1 {
+                        // Acquire: as `window`, pairs with the Release half of the fault
+                        // RMW that dirtied the word (a page reported dirty was written).
+                        let clean = c.clean[wi].load(Ordering::Acquire);
+                        if clean == !0 {
+                            continue; // the common case of a sparse log: a few instructions
+                        }
+                        let wbase = base + wi as u64 * 64;
+                        let m = if wi != w0 && wi != w1 {
+                            !0
+                        } else {
+                            word_mask(p.max(wbase) - wbase, hi.min(wbase + 64) - wbase)
+                        };
+                        let dirty = !clean & m;
+                        if dirty == !0 {
+                            add(wbase, wbase + 64);
+                        } else {
+                            for_each_run(dirty, |s, n| add(wbase + s, wbase + s + n));
+                        }
+                    }
+                }
+            }
+            p = hi;
+        }
+        if let Some((a, b)) = open {
+            sink(Run {
+                first: a,
+                count: b - a,
+            });
+        }
+    }
+
     // -------------------------------------------------------------- control plane
 
     /// `clear_refs 4` on this bitmap: every page clean at the page level. Visits only
@@ -646,6 +760,12 @@ impl PageBitmap {
     /// Get-and-clear: makes the dirty pages of `[first, first+count)` clean and calls
     /// `sink` with each maximal run of them, in order. Atomic per word against faults:
     /// a page is reported by exactly one harvest, or stays dirty.
+    ///
+    /// A control-plane operation: the caller must serialize it with every other
+    /// operation that makes pages clean on the same words (harvest, `clear_all`,
+    /// `set_clean`, `clean_runs`, `zap`), as the address space's control lock does; a
+    /// fully dirty word is taken with a plain store (`take_word`). Harvests of disjoint
+    /// chunks may run in parallel.
     pub fn harvest(&self, first: u64, count: u64, mut sink: impl FnMut(Run)) {
         let mut pending: Option<Run> = None;
         let mut emit = |r: Run, pending: &mut Option<Run>| match pending {
@@ -715,10 +835,10 @@ impl PageBitmap {
                         if c.clean[wi].load(Ordering::Relaxed) == !0 {
                             return;
                         }
-                        // Always the RMW for a word whose summary bit we took (see the
-                        // `harvest_precheck` note below): AcqRel, one get-and-clear.
+                        // Always a get-and-clear for a word whose summary bit we took
+                        // (see the `harvest_precheck` note below): `take_word`.
                         #[cfg(not(softdirty_broken = "blind_harvest"))]
-                        let prev = c.clean[wi].swap(!0, Ordering::AcqRel);
+                        let prev = take_word(&c.clean[wi]);
                         // Broken twin `blind_harvest`: load, then store.
                         #[cfg(softdirty_broken = "blind_harvest")]
                         let prev = {
@@ -727,6 +847,17 @@ impl PageBitmap {
                             v
                         };
                         let wbase = base + wi as u64 * 64;
+                        if prev == 0 {
+                            // All 64 dirty (a dense harvest): one run, no bit scan.
+                            emit(
+                                Run {
+                                    first: wbase,
+                                    count: 64,
+                                },
+                                &mut pending,
+                            );
+                            return;
+                        }
                         for_each_run(!prev, |s, n| {
                             emit(
                                 Run {
@@ -792,9 +923,14 @@ impl PageBitmap {
                         }
                         // AcqRel: the get-and-clear is one RMW, so a racing fault's RMW on
                         // this word is either before it (reported now) or after it (stays
-                        // dirty for the next harvest).
+                        // dirty for the next harvest). A whole word whose summary bit we
+                        // took goes through `take_word` (plain store when all dirty).
                         #[cfg(not(softdirty_broken = "blind_harvest"))]
-                        let prev = c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                        let prev = if m == !0 && sum & (1 << wi) != 0 {
+                            take_word(&c.clean[wi])
+                        } else {
+                            c.clean[wi].fetch_or(m, Ordering::AcqRel)
+                        };
                         // Broken twin `blind_harvest` (loom-tests): load, then store.
                         #[cfg(softdirty_broken = "blind_harvest")]
                         let prev = {
@@ -1188,6 +1324,54 @@ fn zeroed_slots(n: usize) -> Box<[AtomicUsize]> {
     #[cfg(all(loom, feature = "loom"))]
     {
         (0..n).map(|_| AtomicUsize::new(0)).collect()
+    }
+}
+
+/// Ordering of the plain store with which a harvest takes a fully dirty word
+/// ([`take_word`]). Broken twin `relaxed_harvest_store` (loom-tests): Relaxed, which lets
+/// a fault whose RMW reads the store keep a stale summary bit the harvest just cleared.
+#[cfg(not(softdirty_broken = "relaxed_harvest_store"))]
+const HARVEST_STORE: Ordering = Ordering::Release;
+#[cfg(softdirty_broken = "relaxed_harvest_store")]
+const HARVEST_STORE: Ordering = Ordering::Relaxed;
+
+/// Get-and-clear of a whole `clean` word whose summary bit the calling harvest took:
+/// makes every page of the word clean and returns the previous value (0 bits = pages
+/// this harvest reports).
+///
+/// A fully dirty word (the common case of a dense harvest) is taken with a load and a
+/// plain store instead of a locked `swap`. Sound because of two facts:
+///
+/// - Only control-plane operations (harvest, `clear_all`, `set_clean`, a legacy `zap`)
+///   ever set a `clean` bit, and the caller serializes them on each word (the address
+///   space's control lock, a slot's harvest mutex, `SoftDirtyBitmap`'s control mutex;
+///   a parallel harvest splits at chunk boundaries): each one happens-before the next,
+///   so the load below reads the latest control-plane value of the word or a fault's
+///   later RMW, never an older value.
+/// - Faults only clear bits (`fetch_and`). Once the word holds 0, every fault RMW until
+///   our store leaves it 0. So a load that reads 0 proves the word stays 0 up to the
+///   store: no fault's bit can be overwritten (each such page was dirty already and is
+///   reported by this harvest). A fault ordered after the store re-dirties its page.
+///
+/// Orderings: the load is Acquire, pairing with the Release half of the fault RMWs that
+/// dirtied the word (the reporting harvest synchronizes with the writes it reports, as
+/// the `swap` did). The store is Release (`HARVEST_STORE`): a fault whose `fetch_and`
+/// reads from it synchronizes with it and so sees this harvest's summary `fetch_and`
+/// (sequenced before the store), which makes the fault's summary test fail and the
+/// fault set the summary bit again. Without Release the fault's relaxed summary test
+/// may read the stale set bit and skip the RMW: the page stays dirty behind a clear
+/// summary bit, lost to every later harvest (the `harvest_precheck` failure, by another
+/// route). A word with any clean bit falls back to the `swap`.
+#[inline]
+fn take_word(w: &AtomicU64) -> u64 {
+    let v = w.load(Ordering::Acquire);
+    if v == 0 {
+        w.store(!0, HARVEST_STORE);
+        0
+    } else {
+        // AcqRel: one get-and-clear RMW; a racing fault's RMW is before it (reported
+        // now) or after it (reads from it, synchronizes, sees the cleared summary).
+        w.swap(!0, Ordering::AcqRel)
     }
 }
 

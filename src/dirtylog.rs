@@ -262,20 +262,35 @@ impl AddressSpace {
     /// Errors as [`Self::scan_and_clear`].
     pub fn get_dirty_log(&self, addr: u64, len: u64) -> Result<DirtyLog> {
         let end = check_range(addr, len)?;
-        // `softdirty_runs` gives `[start, end)` page pairs; the log holds `(first, count)`.
-        let runs = if end == addr {
-            Vec::new()
-        } else {
-            self.softdirty_runs(addr, end - addr)
-                .into_iter()
-                .map(|(s, e)| (s, e - s))
-                .collect()
-        };
-        Ok(DirtyLog {
+        let mut log = DirtyLog {
             addr,
             len: end - addr,
-            runs,
-        })
+            runs: Vec::new(),
+        };
+        if end == addr {
+            return Ok(log);
+        }
+        let base = addr >> PAGE_SHIFT;
+        // Word-level: a segment dirty at the VMA level is one run; otherwise the bitmap's
+        // read-only walk (`PageBitmap::dirty_runs`), whose cost follows the words. Runs
+        // of adjacent VMAs and segments merge in `push_run`, as pagemap's runs do.
+        self.with_index(|idx| {
+            for v in idx.range(addr, end) {
+                let vbase = v.start >> PAGE_SHIFT;
+                let (s, e) = (v.start.max(addr), v.end.min(end));
+                self.vma_level_segments(v, s, e, |s, e, vma_dirty| {
+                    let count = (e - s) >> PAGE_SHIFT;
+                    if vma_dirty {
+                        log.push_run((s >> PAGE_SHIFT) - base, count);
+                    } else {
+                        v.bitmap.dirty_runs(v.page_of(s), count, |r| {
+                            log.push_run(vbase + r.first - base, r.count)
+                        });
+                    }
+                });
+            }
+        });
+        Ok(log)
     }
 
     /// Makes clean exactly the pages `log` names (KVM's `KVM_CLEAR_DIRTY_LOG`): pages the

@@ -37,7 +37,7 @@
 //! ```
 
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use vm_memory::bitmap::{Bitmap, NewBitmap, RefSlice, WithBitmapSlice};
 
@@ -52,6 +52,10 @@ use crate::bitmap::{Mark, PageBitmap};
 #[derive(Clone)]
 pub struct SoftDirtyBitmap {
     inner: Arc<PageBitmap>,
+    /// Serializes the operations that make pages clean (harvest, reset): the bitmap
+    /// core's control plane must not race itself (`PageBitmap::harvest` takes a fully
+    /// dirty word with a plain store). Shared by clones; marking never takes it.
+    ctl: Arc<Mutex<()>>,
     byte_size: usize,
     page_shift: u32,
 }
@@ -94,6 +98,7 @@ impl SoftDirtyBitmap {
         let pages = byte_size.div_ceil(page_size.get()) as u64;
         SoftDirtyBitmap {
             inner: Arc::new(PageBitmap::new(pages, false)),
+            ctl: Arc::default(),
             byte_size,
             page_shift: page_size.trailing_zeros(),
         }
@@ -102,6 +107,9 @@ impl SoftDirtyBitmap {
     /// Wraps an existing bitmap (for example a [`crate::slots::SlotRegistry`] slot's, so
     /// that the slot's consumers see what vm-memory marks). The tracked area is
     /// `bitmap.pages() * page_size` bytes; `page_size` must be a power of two.
+    ///
+    /// Harvest and reset a shared bitmap through one owner only (the slot registry, or
+    /// this wrapper and its clones): they serialize clearing under different locks.
     pub fn from_page_bitmap(bitmap: Arc<PageBitmap>, page_size: NonZeroUsize) -> SoftDirtyBitmap {
         assert!(
             page_size.is_power_of_two(),
@@ -110,9 +118,14 @@ impl SoftDirtyBitmap {
         let byte_size = (bitmap.pages() as usize).saturating_mul(page_size.get());
         SoftDirtyBitmap {
             inner: bitmap,
+            ctl: Arc::default(),
             byte_size,
             page_shift: page_size.trailing_zeros(),
         }
+    }
+
+    fn control(&self) -> MutexGuard<'_, ()> {
+        self.ctl.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The underlying page bitmap (shared with every clone).
@@ -169,6 +182,7 @@ impl SoftDirtyBitmap {
     /// Makes the pages of `[offset, offset + len)` clean.
     pub fn reset_addr_range(&self, offset: usize, len: usize) {
         if let Some((first, end)) = self.pages_of(offset, len) {
+            let _ctl = self.control();
             self.inner.set_clean(first, end - first, true);
         }
     }
@@ -183,6 +197,7 @@ impl SoftDirtyBitmap {
     /// Makes page `index` clean; out of range is ignored.
     pub fn reset_bit(&self, index: usize) {
         if (index as u64) < self.inner.pages() {
+            let _ctl = self.control();
             self.inner.set_clean(index as u64, 1, true);
         }
     }
@@ -203,6 +218,7 @@ impl SoftDirtyBitmap {
     /// in order, making them clean. Atomic per 64-page word against concurrent marking: a
     /// write is reported by exactly one harvest, or stays dirty for the next one.
     pub fn harvest(&self, mut sink: impl FnMut(u64, u64)) {
+        let _ctl = self.control();
         self.inner
             .harvest(0, self.inner.pages(), |r| sink(r.first, r.count));
     }
@@ -234,6 +250,7 @@ impl SoftDirtyBitmap {
 
     /// Makes every page clean, dropping what was dirty (not a harvest).
     pub fn reset(&self) {
+        let _ctl = self.control();
         self.inner.clear_all();
     }
 }

@@ -197,6 +197,38 @@ fn harvest_vs_write() {
     });
 }
 
+/// get-and-clear of a fully dirty word ∥ a write to it. The harvest takes an all-dirty
+/// word with a load and a plain `Release` store instead of a locked RMW (`take_word`).
+/// Contract 2: the racing harvest reports every page that was dirty before it started;
+/// a write that flipped its bit (`faults == 1`, so it ran after the store) is reported by
+/// the next harvest, one that found its page dirty (`faults == 0`) is not reported twice;
+/// and nothing stays dirty behind a clear summary bit. Broken twin: `relaxed_harvest_store`
+/// (the fault's RMW reads the store without synchronizing, its relaxed summary test reads
+/// the stale bit the harvest just cleared, and the page is lost to every later harvest).
+#[test]
+fn harvest_full_word_vs_write() {
+    check2("harvest_full_word_vs_write", 3, |swap| {
+        let b = Arc::new(PageBitmap::new(128, false));
+        b.write(0, 64); // word 0 all dirty, summary bit 0 set
+        let (b1, b2) = (b.clone(), b.clone());
+        let (mark, first) = race(swap, move || b1.write(5, 1), move || harvest_pages(&b2));
+        let Mark::Done { faults } = mark else {
+            panic!("unsealed bitmap answered {mark:?}")
+        };
+        assert_eq!(first, (0..64).collect::<Vec<u64>>(), "racing harvest");
+        let second = harvest_pages(&b);
+        let want: Vec<u64> = if faults == 1 { vec![5] } else { vec![] };
+        assert_eq!(
+            second, want,
+            "write lost or reported twice (faults {faults})"
+        );
+        assert!(
+            dirty(&b).is_empty(),
+            "a dirty page behind a clear summary bit"
+        );
+    });
+}
+
 /// Two writers on one bitmap word ∥ get-and-clear. Contract 2 with contention on the
 /// word: each write is reported exactly once across the racing and the final harvest.
 /// Broken twins: `blind_harvest`, `harvest_precheck`.
