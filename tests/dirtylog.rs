@@ -471,7 +471,7 @@ fn every_completed_write_is_in_a_later_harvest_or_still_dirty() {
 fn get_dirty_log_equals_pagemap_bit_55() {
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
-    for (seed, mode) in (0..60u64).zip([Mode::Precise, Mode::Legacy, Mode::Sticky].iter().cycle()) {
+    for (seed, mode) in (0..100u64).zip(Mode::ALL.iter().cycle()) {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mm = AddressSpace::new(*mode);
         let span = 3 * CHUNK_PAGES + 77;
@@ -499,6 +499,11 @@ fn get_dirty_log_equals_pagemap_bit_55() {
                     let _ = mm.madvise_dontneed(a + f * P, n * P);
                 }
                 4 if rng.gen_bool(0.3) => mm.clear_refs(4).unwrap(),
+                // A fresh mapping over part of a cleared one: new-range merges, and in
+                // `regions` a VMA whose list covers only part of it.
+                5 => {
+                    let _ = mm.mmap(a + f * P, n * P, Prot::RW, false, Placement::Fixed);
+                }
                 _ => {
                     let _ = mm.write(a + f * P, n * P);
                 }
