@@ -44,6 +44,10 @@ pub mod mm;
 pub mod mode;
 pub mod pagemap;
 pub mod prot;
+/// The independent reference model (`softdirty fuzz --against reference`, the
+/// model-vs-reference proptest); not an API.
+#[doc(hidden)]
+pub mod reference;
 pub mod run;
 pub mod scan;
 pub mod slots;
