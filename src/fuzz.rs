@@ -88,6 +88,10 @@ pub struct FuzzArgs {
     /// refusal of multi-VMA moves (see the module docs).
     #[arg(long)]
     pub mremap_single_page: bool,
+    /// Start no new case after this many seconds (the summary says how many ran): bounds
+    /// the time of a run on a slow machine, such as a kernel emulated by qemu in CI.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
     /// Where the minimal failing trace goes.
     #[arg(long, default_value = "fuzz-failure.trace")]
     pub out: PathBuf,
@@ -697,7 +701,15 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
     }
     let t0 = std::time::Instant::now();
     let mut skipped = 0u64;
+    let mut ran = 0u64;
     for k in 0..args.cases {
+        if args
+            .max_seconds
+            .is_some_and(|m| t0.elapsed().as_secs_f64() >= m)
+        {
+            break;
+        }
+        ran += 1;
         let seed = args.seed.wrapping_add(k);
         let ops = generate(seed, args.ops, profile);
         match run_case(&ops, args.mode, profile, &*other) {
@@ -732,11 +744,15 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
             }
         }
     }
-    let total = args.cases * args.ops as u64;
+    let total = ran * args.ops as u64;
+    let cut = if ran < args.cases {
+        format!(" (of {}: --max-seconds reached)", args.cases)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "fuzz: {} cases of {} operations from seed {}: the model ({}) and {name} agree \
+        "fuzz: {ran}{cut} cases of {} operations from seed {}: the model ({}) and {name} agree \
          ({}; {skipped} of {total} operations skipped; {:.1} s)",
-        args.cases,
         args.ops,
         args.seed,
         args.mode,
