@@ -93,19 +93,26 @@ else
     [ -x "$BIN" ] || { say "FAILED: no executable $BIN"; exit 1; }
     mkdir "$WORK/guest" "$WORK/guest/lib"
     strip_into "$BIN" "$WORK/guest/softdirty"
-    interp=""
+    interp="" static=0
+    file_desc=$(LC_ALL=C ldd "$BIN" 2>&1) || true
+    case $file_desc in *"not a dynamic executable"*|*"statically linked"*) static=1 ;; esac
     while read -r line; do
         case $line in
             *"=> /"*) lib=${line#*=> }; lib=${lib%% (*}
                       cp -L "$lib" "$WORK/guest/lib/" || { say "FAILED: copying $lib"; exit 1; } ;;
             /*) interp=${line%% (*} ;;
         esac
-    done < <(ldd "$BIN" 2>/dev/null)
-    [ -n "$interp" ] && [ -f "$interp" ] \
-        || { say "FAILED: ldd found no dynamic loader for $BIN (KVM_ORACLE_STATIC=1 builds a static one)"; exit 1; }
-    GUEST_FILES=(-f "$WORK/guest/lib" -f "$WORK/guest/softdirty")
-    RUN=("$interp" --library-path /data/lib /data/softdirty)
-    say "$BIN with $(ls "$WORK/guest/lib" | tr '\n' ' ')through $interp ($(elapsed) s)"
+    done <<< "$file_desc"
+    if [ $static = 1 ]; then
+        RUN=("$WORK/guest/softdirty")
+        say "$BIN, static ($(elapsed) s)"
+    else
+        [ -n "$interp" ] && [ -f "$interp" ] \
+            || { say "FAILED: ldd found no dynamic loader for $BIN (KVM_ORACLE_STATIC=1 builds a static one)"; exit 1; }
+        GUEST_FILES=(-f "$WORK/guest/lib" -f "$WORK/guest/softdirty")
+        RUN=("$interp" --library-path /data/lib /data/softdirty)
+        say "$BIN with $(ls "$WORK/guest/lib" | tr '\n' ' ')through $interp ($(elapsed) s)"
+    fi
 fi
 
 # A boot's result: 0 passed, 1 failed, 2 skipped (the VM never ran the program).
