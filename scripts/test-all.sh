@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the workspace's unit, integration, property and doc
 # tests (10,000 proptest cases per property unless PROPTEST_CASES says otherwise), the
-# shared and project traces, the stress test, then the loom models and their broken twins.
+# shared and project traces, the stress test, the loom models and their broken twins, then
+# legacy mode against a real soft-dirty kernel (Linux 6.12 under qemu,
+# scripts/kvm-oracle.sh): it installs what it needs where it can (root, apt), and skips
+# with a message where it cannot; SOFTDIRTY_KVM_ORACLE=0 leaves it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +15,8 @@ echo "== build (release, all targets, feature vm-memory)"
 cargo build --release --workspace --all-targets --features vm-memory
 
 echo "== tests (release, PROPTEST_CASES=$PROPTEST_CASES)"
-cargo test --release --workspace --features vm-memory
+# (tests/kvm_oracle.rs runs the oracle only with SOFTDIRTY_KVM_ORACLE=1; it runs below.)
+env -u SOFTDIRTY_KVM_ORACLE cargo test --release --workspace --features vm-memory
 
 echo "== example: a VMM migrating guest memory through vm-memory over softdirty's bitmap"
 cargo run --release -q --features vm-memory --example vmm_migration
@@ -22,3 +26,14 @@ bash scripts/loom.sh
 
 echo "== loom broken twins: each must make its model fail"
 bash scripts/loom.sh broken
+
+echo "== legacy mode against Linux 6.12's soft-dirty under qemu (scripts/kvm-oracle.sh)"
+if [ "${SOFTDIRTY_KVM_ORACLE:-}" = 0 ]; then
+    echo "kvm-oracle: skipped: SOFTDIRTY_KVM_ORACLE=0"
+else
+    # The release binary built above runs in the guest (no second, static build); the fuzz
+    # stops starting cases after FUZZ_SECONDS, so that a slow machine stays in budget.
+    KVM_ORACLE_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/softdirty" \
+        FUZZ_CASES="${FUZZ_CASES:-300}" FUZZ_SECONDS="${FUZZ_SECONDS:-120}" \
+        SETUP_TIMEOUT="${SETUP_TIMEOUT:-180}" bash scripts/kvm-oracle.sh
+fi

@@ -10,17 +10,31 @@
 //! removed while the sides still disagree), written to `--out` with the other side's
 //! answers as expectations, and the command exits 1. Deterministic for a seed.
 //!
-//! A by-design disagreement with the uffd flavour: a same-size `mremap ... fixed` whose
-//! source spans more than one VMA (or runs into a hole) is a multi-VMA move in Linux
-//! 6.17+, which the model implements; the kernel refuses it with EFAULT for VMAs armed
-//! with userfaultfd (`vma_multi_allowed`), and the uffd flavour arms every mapping.
-//! Without userfaultfd the kernel moves it as the model does (checked with a C probe on
-//! 6.18.44). `--mremap-single-page` keeps mremap sources to one page, away from it.
-//! (An earlier disagreement, an in-place mremap growth that reaches a compatible next VMA
-//! and swallows it, was a model bug found by this fuzzer and is fixed.)
+//! The other side ([`Side`]):
+//! - `--against kernel`: real memory of this process ([`crate::kernel`]), the uffd flavour
+//!   for `--mode precise`, the soft-dirty flavour for `--mode legacy`;
+//! - `--against reference`: the independent reference model ([`crate::reference`], the
+//!   one `tests/model_vs_reference.rs` uses), in any of the five modes. It shares no
+//!   code with the model but plain value types; it follows the same written rules (Linux
+//!   6.18), so it checks the model's implementation of them, not the rules themselves:
+//!   that is what `--against kernel` is for.
 //!
-//! `--against kernel` is real memory of this process ([`crate::kernel`]): the uffd flavour
-//! for `--mode precise`, the soft-dirty flavour for `--mode legacy`.
+//! What a kernel side is asked, and what is left out by design ([`Profile`], chosen from
+//! the side; every item is in ARCHITECTURE.md's list of deliberate divergences):
+//! - uffd flavour: a same-size `mremap ... fixed` whose source spans more than one VMA is
+//!   a multi-VMA move (Linux 6.17+), which the kernel refuses with EFAULT for VMAs armed
+//!   with userfaultfd and the flavour arms every mapping; `--mremap-single-page` keeps
+//!   mremap sources to one page, away from it. (An earlier disagreement, an in-place
+//!   mremap growth that swallows a compatible next VMA, was a model bug found by this
+//!   fuzzer and is fixed.)
+//! - soft-dirty flavour: `scan ... clear` is PM_SCAN_WP_MATCHING, which the kernel only
+//!   honours on uffd-registered memory (it skips every other VMA: no regions, nothing
+//!   cleared), and nothing else clears soft-dirty on a range; the generator asks for the
+//!   same scan without `clear` instead, whose regions are still compared.
+//! - a kernel older than 6.17 (the kvm oracle's 6.12): operations whose shape 6.12
+//!   answers differently from 6.18, which the model follows, are skipped on both sides,
+//!   judged on the model's state before each operation ([`linux_6_12_divergence`]), and
+//!   counted in the summary.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -29,9 +43,10 @@ use std::process::ExitCode;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::mm::Placement;
+use crate::mm::{Placement, VmaInfo};
 use crate::mode::Mode;
 use crate::prot::Prot;
+use crate::reference::RefSpace;
 use crate::scan::{ScanArgs, ScanResult, PAGE_IS_SOFT_DIRTY};
 use crate::trace::replay::{Backend, ModelBackend, Op};
 use crate::vma::PAGE_SIZE;
@@ -46,7 +61,7 @@ pub const WINDOW_PAGES: u64 = 24;
 pub enum Against {
     /// Real memory of this process through the kernel backend.
     Kernel,
-    /// An independent reference model (not implemented yet).
+    /// The independent reference model (`src/reference.rs`), in any mode.
     Reference,
 }
 
@@ -65,13 +80,18 @@ pub struct FuzzArgs {
     /// The other side.
     #[arg(long, value_enum, default_value = "kernel")]
     pub against: Against,
-    /// The model's mode (precise against uffd, legacy against real soft-dirty).
+    /// The model's mode (against the kernel: precise against uffd, legacy against real
+    /// soft-dirty; against the reference: any mode).
     #[arg(long, default_value = "precise", value_parser = parse_mode)]
     pub mode: Mode,
     /// mremap only one-page sources: steers clear of the uffd flavour's by-design
     /// refusal of multi-VMA moves (see the module docs).
     #[arg(long)]
     pub mremap_single_page: bool,
+    /// Start no new case after this many seconds (the summary says how many ran): bounds
+    /// the time of a run on a slow machine, such as a kernel emulated by qemu in CI.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
     /// Where the minimal failing trace goes.
     #[arg(long, default_value = "fuzz-failure.trace")]
     pub out: PathBuf,
@@ -102,6 +122,9 @@ pub enum FuzzOp {
     ClearRefs,
     /// `scan ADDR LEN mask=softdirty return=softdirty clear`
     ScanClear(u64, u64),
+    /// `scan ADDR LEN mask=softdirty return=softdirty` (what the soft-dirty flavour is
+    /// asked instead of [`FuzzOp::ScanClear`])
+    Scan(u64, u64),
 }
 
 fn prot_str(p: Prot) -> String {
@@ -137,12 +160,49 @@ impl fmt::Display for FuzzOp {
                     p(*l)
                 )
             }
+            FuzzOp::Scan(a, l) => {
+                write!(f, "scan {a:#x} {} mask=softdirty return=softdirty", p(*l))
+            }
         }
     }
 }
 
-/// A random case of `n` operations for `seed`.
-pub fn generate(seed: u64, n: usize, mremap_single_page: bool) -> Vec<FuzzOp> {
+/// What the other side can be asked, and what it answers differently by design.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// mremap sources of one page only (`--mremap-single-page`; see the module docs).
+    pub mremap_single_page: bool,
+    /// Scans without `clear` instead of `scan ... clear` (the soft-dirty flavour).
+    pub scan_without_clear: bool,
+    /// The other side is Linux older than 6.17 (checked on 6.12): skip the operations
+    /// [`linux_6_12_divergence`] names.
+    pub linux_6_12: bool,
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut v = Vec::new();
+        if self.mremap_single_page {
+            v.push("one-page mremap sources");
+        }
+        if self.scan_without_clear {
+            v.push("scans without clear");
+        }
+        if self.linux_6_12 {
+            v.push("skips Linux 6.12's by-design divergences");
+        }
+        if v.is_empty() {
+            f.write_str("every operation")
+        } else {
+            f.write_str(&v.join(", "))
+        }
+    }
+}
+
+/// A random case of `n` operations for `seed`. The profile changes the mremap source
+/// lengths and the kind of scan, never the rest of the sequence.
+pub fn generate(seed: u64, n: usize, profile: Profile) -> Vec<FuzzOp> {
+    let mremap_single_page = profile.mremap_single_page;
     let mut rng = SmallRng::seed_from_u64(seed);
     let prots = [Prot::NONE, Prot::R, Prot::RW, Prot::RW, Prot::RW, Prot::RX];
     let mut v = Vec::with_capacity(n);
@@ -186,6 +246,7 @@ pub fn generate(seed: u64, n: usize, mremap_single_page: bool) -> Vec<FuzzOp> {
             51..=72 => FuzzOp::Write(a, l),
             73..=80 => FuzzOp::Read(a, l),
             81..=88 => FuzzOp::ClearRefs,
+            _ if profile.scan_without_clear => FuzzOp::Scan(a, l),
             _ => FuzzOp::ScanClear(a, l),
         };
         v.push(op);
@@ -222,6 +283,25 @@ fn outcome_addr(r: Op<u64>) -> Result<String, String> {
     })
 }
 
+fn scan_args(a: u64, l: u64, clear: bool) -> ScanArgs {
+    ScanArgs {
+        start: a,
+        end: a + l,
+        mask: PAGE_IS_SOFT_DIRTY,
+        ret: PAGE_IS_SOFT_DIRTY,
+        clear,
+        vec_len: 1024,
+        ..ScanArgs::default()
+    }
+}
+
+/// Page runs of the window, relative to [`BASE`], from absolute `(start, end)` pairs.
+fn window_runs(v: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    v.map(|(s, e)| ((s - BASE) / PAGE_SIZE, (e - BASE) / PAGE_SIZE))
+        .collect()
+}
+
+/// One operation on a [`Backend`] (the model, or the kernel) and what it shows after it.
 fn step(b: &mut dyn Backend, op: &FuzzOp) -> Result<Observation, String> {
     let mut scan = None;
     let out = match op {
@@ -233,24 +313,11 @@ fn step(b: &mut dyn Backend, op: &FuzzOp) -> Result<Observation, String> {
         FuzzOp::Write(a, l) => outcome(b.write(*a, *l))?,
         FuzzOp::Read(a, l) => outcome(b.read(*a, *l))?,
         FuzzOp::ClearRefs => outcome(b.clear_refs("4"))?,
-        FuzzOp::ScanClear(a, l) => {
-            let args = ScanArgs {
-                start: *a,
-                end: a + l,
-                mask: PAGE_IS_SOFT_DIRTY,
-                ret: PAGE_IS_SOFT_DIRTY,
-                clear: true,
-                vec_len: 1024,
-                ..ScanArgs::default()
-            };
-            match b.scan(&args)? {
+        FuzzOp::ScanClear(a, l) | FuzzOp::Scan(a, l) => {
+            let clear = matches!(op, FuzzOp::ScanClear(..));
+            match b.scan(&scan_args(*a, *l, clear))? {
                 Ok(ScanResult { regions, .. }) => {
-                    scan = Some(
-                        regions
-                            .iter()
-                            .map(|r| ((r.start - BASE) / PAGE_SIZE, (r.end - BASE) / PAGE_SIZE))
-                            .collect(),
-                    );
+                    scan = Some(window_runs(regions.iter().map(|r| (r.start, r.end))));
                     "ok".to_string()
                 }
                 Err(e) => e.name().to_string(),
@@ -268,51 +335,228 @@ fn step(b: &mut dyn Backend, op: &FuzzOp) -> Result<Observation, String> {
     })
 }
 
+/// The other side of a comparison.
+pub trait Side {
+    /// Runs `op` and observes the window after it.
+    fn step(&mut self, op: &FuzzOp) -> Result<Observation, String>;
+}
+
+/// A [`Backend`] (the kernel) as a side.
+pub struct BackendSide(pub Box<dyn Backend>);
+
+impl Side for BackendSide {
+    fn step(&mut self, op: &FuzzOp) -> Result<Observation, String> {
+        step(self.0.as_mut(), op)
+    }
+}
+
+/// The reference model ([`crate::reference`]) as a side. Every operation the generator
+/// makes has a fixed address (`fixed`/`noreplace` mmaps, in-place or `fixed` mremaps), so
+/// the reference never needs the model's choice of an address.
+pub struct ReferenceSide(pub RefSpace);
+
+fn res<T>(r: Result<T, crate::errno::Errno>, f: impl FnOnce(T) -> String) -> String {
+    match r {
+        Ok(v) => f(v),
+        Err(e) => e.name().to_string(),
+    }
+}
+
+impl Side for ReferenceSide {
+    fn step(&mut self, op: &FuzzOp) -> Result<Observation, String> {
+        let r = &mut self.0;
+        let ok = |()| "ok".to_string();
+        let addr = |v: u64| format!("ok {v:#x}");
+        // The reference checks its own invariants with assertions: a failed one is a
+        // finding to report, not a crash of the fuzzer.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut scan = None;
+            let out = match *op {
+                FuzzOp::Mmap(a, l, p, pl) => res(r.mmap(a, l, p, false, pl, || None), addr),
+                FuzzOp::Munmap(a, l) => res(r.munmap(a, l), ok),
+                FuzzOp::Mprotect(a, l, p) => res(r.mprotect(a, l, p), ok),
+                FuzzOp::Mremap(a, o, n, d) => res(r.mremap(a, o, n, d.is_some(), d, || None), addr),
+                FuzzOp::Dontneed(a, l) => res(r.madvise_dontneed(a, l), ok),
+                FuzzOp::Write(a, l) => res(r.write(a, l), ok),
+                FuzzOp::Read(a, l) => res(r.read(a, l), ok),
+                FuzzOp::ClearRefs => res(r.clear_refs(4), ok),
+                FuzzOp::ScanClear(a, l) | FuzzOp::Scan(a, l) => {
+                    let clear = matches!(op, FuzzOp::ScanClear(..));
+                    scan = Some(window_runs(r.scan_softdirty(a, a + l, clear).into_iter()));
+                    "ok".to_string()
+                }
+            };
+            let len = WINDOW_PAGES * PAGE_SIZE;
+            let end = BASE + len;
+            Observation {
+                outcome: out,
+                softdirty: r.softdirty_runs(BASE, len),
+                present: r.present_runs(BASE, len),
+                vmas: r
+                    .vmas
+                    .iter()
+                    .filter(|v| v.start < end && v.end > BASE)
+                    .count() as u64,
+                scan,
+            }
+        }));
+        run.map_err(|e| {
+            let msg = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            format!("the reference model failed an internal check: {msg}")
+        })
+    }
+}
+
+/// The VMA of `v` containing `a`.
+fn vma_at(v: &[VmaInfo], a: u64) -> Option<&VmaInfo> {
+    v.iter().find(|w| w.start <= a && a < w.end)
+}
+
+/// Why Linux 6.12 would answer `op` differently from Linux 6.18 (which the model
+/// follows), judged on the model's VMAs `v` before it; `None` when it would not. Written
+/// from 6.12's `mm/mremap.c` and `mm/vma.c` (Debian 6.12.117); conservative (it may name
+/// an operation that would in fact agree, never the other way round, as far as the
+/// fuzzer has seen). Each reason is in ARCHITECTURE.md's list of deliberate divergences.
+pub fn linux_6_12_divergence(v: &[VmaInfo], op: &FuzzOp) -> Option<&'static str> {
+    let pages = |w: &VmaInfo| w.start..w.end;
+    // An unfaulted VMA that keeps `prot` and contains `page` (after the operation).
+    let unfaulted_with =
+        |page: u64, prot: &str| vma_at(v, page).is_some_and(|u| !u.faulted && u.prot == prot);
+    match *op {
+        FuzzOp::Mremap(a, o, n, Some(d)) => {
+            let Some(w) = vma_at(v, a) else {
+                // 6.12 looks the source up (EFAULT) before it checks the overlap of the
+                // two ranges (EINVAL); 6.18 checks the overlap first.
+                return (a < d + n && d < a + o).then_some("mremap-order-efault");
+            };
+            if a + o.min(n) > w.end {
+                // 6.12 unmaps the destination (and, for a shrink, the source's tail)
+                // before vma_to_resize finds that the source crosses the VMA's end
+                // (EFAULT); 6.18 fails before changing anything, or, for a same-size
+                // move, moves the source VMA by VMA (6.17+).
+                return Some("mremap-unmaps-before-efault");
+            }
+            // copy_vma merges the moved (faulted) VMA into an unfaulted neighbour at the
+            // destination: 6.18 does, 6.12 refuses.
+            (w.faulted
+                && (d > 0 && unfaulted_with(d - PAGE_SIZE, &w.prot)
+                    || unfaulted_with(d + n, &w.prot)))
+            .then_some("anon-merge-faulted-into-unfaulted")
+        }
+        FuzzOp::Mremap(a, o, n, None) => {
+            // An in-place growth (vma_merge_extend) of a faulted VMA that reaches an
+            // unfaulted next VMA: 6.18 merges them, 6.12 refuses.
+            let w = vma_at(v, a)?;
+            (n > o && w.faulted && a + o == w.end && unfaulted_with(a + n, &w.prot))
+                .then_some("anon-merge-faulted-into-unfaulted")
+        }
+        FuzzOp::Mprotect(a, l, prot) => {
+            // A faulted VMA whose changed part starts (ends) at its start (end), next to an
+            // unfaulted VMA that will have the same protection: vma_merge_existing_range
+            // merges it into that neighbour in 6.18, not in 6.12.
+            let e = a + l;
+            let prot = prot.to_string();
+            let after = |u: &VmaInfo| {
+                if u.start < e && u.end > a {
+                    prot.clone()
+                } else {
+                    u.prot.clone()
+                }
+            };
+            let next_to_unfaulted =
+                |page: u64| vma_at(v, page).is_some_and(|u| !u.faulted && after(u) == prot);
+            v.iter()
+                .filter(|w| w.faulted && w.start < e && w.end > a)
+                .any(|w| {
+                    let r = pages(w);
+                    (a <= r.start && r.start > 0 && next_to_unfaulted(r.start - PAGE_SIZE))
+                        || (e >= r.end && next_to_unfaulted(r.end))
+                })
+                .then_some("anon-merge-faulted-into-unfaulted")
+        }
+        _ => None,
+    }
+}
+
 /// A disagreement: the step, and what each side showed.
 #[derive(Clone, Debug)]
 pub struct Mismatch {
     /// index of the operation after which the sides differ
     pub step: usize,
+    /// the operations that ran, up to and including that one (the skipped ones left out)
+    pub ran: Vec<FuzzOp>,
     /// the model's observation
     pub model: Observation,
     /// the other side's
     pub other: Observation,
 }
 
-type MakeOther<'a> = &'a dyn Fn() -> Result<Box<dyn Backend>, String>;
+/// Makes a fresh other side.
+pub type MakeOther<'a> = &'a dyn Fn() -> Result<Box<dyn Side>, String>;
+
+/// A case's result.
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    /// the first mismatch, if any
+    pub mismatch: Option<Mismatch>,
+    /// operations skipped by the profile (not run on either side)
+    pub skipped: u64,
+}
 
 /// Runs `ops` on a fresh model and a fresh other side; the first mismatch, if any.
 pub fn run_case(
     ops: &[FuzzOp],
     mode: Mode,
+    profile: Profile,
     other: MakeOther<'_>,
-) -> Result<Option<Mismatch>, String> {
+) -> Result<CaseResult, String> {
     let mut model = ModelBackend::new(mode);
     let mut k = other()?;
+    let mut ran = Vec::with_capacity(ops.len());
+    let mut skipped = 0;
     for (i, op) in ops.iter().enumerate() {
+        if profile.linux_6_12 && linux_6_12_divergence(&model.current().vmas(), op).is_some() {
+            skipped += 1;
+            continue;
+        }
+        ran.push(op.clone());
         let m = step(&mut model, op)?;
-        let o = step(k.as_mut(), op).map_err(|e| format!("step {i} `{op}`: {e}"))?;
+        let o = k.step(op).map_err(|e| format!("step {i} `{op}`: {e}"))?;
         if m != o {
-            return Ok(Some(Mismatch {
-                step: i,
-                model: m,
-                other: o,
-            }));
+            return Ok(CaseResult {
+                mismatch: Some(Mismatch {
+                    step: i,
+                    ran,
+                    model: m,
+                    other: o,
+                }),
+                skipped,
+            });
         }
     }
-    Ok(None)
+    Ok(CaseResult {
+        mismatch: None,
+        skipped,
+    })
 }
 
 /// Shrinks a failing case: removes chunks, then single operations, while it still fails.
 pub fn shrink(
     ops: &[FuzzOp],
     mode: Mode,
+    profile: Profile,
     other: MakeOther<'_>,
 ) -> Result<(Vec<FuzzOp>, Mismatch), String> {
-    let fails = |v: &[FuzzOp]| -> Result<Option<Mismatch>, String> { run_case(v, mode, other) };
+    let fails = |v: &[FuzzOp]| -> Result<Option<Mismatch>, String> {
+        Ok(run_case(v, mode, profile, other)?.mismatch)
+    };
     let mut cur: Vec<FuzzOp> = ops.to_vec();
     let mut mm = fails(&cur)?.ok_or("the case no longer fails")?;
-    cur.truncate(mm.step + 1);
+    cur = mm.ran.clone();
     let mut chunk = cur.len().div_ceil(2).max(1);
     loop {
         let mut progress = false;
@@ -322,8 +566,7 @@ pub fn shrink(
             let end = (i + chunk).min(cand.len());
             cand.drain(i..end);
             if let Some(m) = fails(&cand)? {
-                cand.truncate(m.step + 1);
-                cur = cand;
+                cur = m.ran.clone();
                 mm = m;
                 progress = true;
             } else {
@@ -394,33 +637,86 @@ pub fn render(ops: &[FuzzOp], mode: Mode, m: &Mismatch, other_name: &str) -> Str
     s
 }
 
+/// The running kernel's (major, minor) version, from uname(2).
+fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: uname fills the zeroed `utsname` we own; the fields are NUL-terminated.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    let rel: String = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect();
+    let mut it = rel.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
 /// `softdirty fuzz`.
 pub fn main(args: &FuzzArgs) -> ExitCode {
-    let flavour = match (args.against, args.mode) {
-        (Against::Reference, _) => {
-            eprintln!("fuzz: --against reference is not implemented yet (no reference model in this crate); use --against kernel");
-            return ExitCode::from(2);
+    let mut profile = Profile {
+        mremap_single_page: args.mremap_single_page,
+        ..Profile::default()
+    };
+    let (name, other): (String, Box<dyn Fn() -> Result<Box<dyn Side>, String>>) = match (
+        args.against,
+        args.mode,
+    ) {
+        (Against::Reference, m) => (
+            "the reference model".to_string(),
+            Box::new(move || Ok(Box::new(ReferenceSide(RefSpace::new(m))) as Box<dyn Side>)),
+        ),
+        (Against::Kernel, m @ (Mode::Precise | Mode::Legacy)) => {
+            let flavour = if m == Mode::Precise {
+                crate::trace::replay::KernelFlavour::Uffd
+            } else {
+                crate::trace::replay::KernelFlavour::SoftDirty
+            };
+            profile.scan_without_clear = m == Mode::Legacy;
+            let version = kernel_version();
+            profile.linux_6_12 = version.is_some_and(|v| v < (6, 17));
+            let v = version.map_or("?".to_string(), |(a, b)| format!("{a}.{b}"));
+            (
+                format!("the kernel ({}, Linux {v})", flavour.name()),
+                Box::new(move || {
+                    kernel(flavour).map(|b| Box::new(BackendSide(b)) as Box<dyn Side>)
+                }),
+            )
         }
-        (Against::Kernel, Mode::Precise) => crate::trace::replay::KernelFlavour::Uffd,
-        (Against::Kernel, Mode::Legacy) => crate::trace::replay::KernelFlavour::SoftDirty,
         (Against::Kernel, m) => {
             eprintln!("fuzz: no kernel implements mode {m}; use --mode precise (uffd) or legacy (soft-dirty)");
             return ExitCode::from(2);
         }
     };
-    let other = move || -> Result<Box<dyn Backend>, String> { kernel(flavour) };
     if let Err(e) = other() {
-        eprintln!("fuzz: the kernel backend cannot run here: {e}");
+        eprintln!("fuzz: {name} cannot run here: {e}");
         return ExitCode::from(3);
     }
-    let name = format!("the kernel ({})", flavour.name());
+    let t0 = std::time::Instant::now();
+    let mut skipped = 0u64;
+    let mut ran = 0u64;
     for k in 0..args.cases {
+        if args
+            .max_seconds
+            .is_some_and(|m| t0.elapsed().as_secs_f64() >= m)
+        {
+            break;
+        }
+        ran += 1;
         let seed = args.seed.wrapping_add(k);
-        let ops = generate(seed, args.ops, args.mremap_single_page);
-        match run_case(&ops, args.mode, &other) {
-            Ok(None) => {}
-            Ok(Some(_)) => {
-                let (min, m) = match shrink(&ops, args.mode, &other) {
+        let ops = generate(seed, args.ops, profile);
+        match run_case(&ops, args.mode, profile, &*other) {
+            Ok(CaseResult {
+                mismatch: None,
+                skipped: s,
+            }) => skipped += s,
+            Ok(CaseResult {
+                mismatch: Some(_), ..
+            }) => {
+                let (min, m) = match shrink(&ops, args.mode, profile, &*other) {
                     Ok(x) => x,
                     Err(e) => {
                         eprintln!("fuzz: seed {seed}: shrinking failed: {e}");
@@ -444,9 +740,20 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
             }
         }
     }
+    let total = ran * args.ops as u64;
+    let cut = if ran < args.cases {
+        format!(" (of {}: --max-seconds reached)", args.cases)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "fuzz: {} cases of {} operations from seed {}: the model ({}) and {name} agree",
-        args.cases, args.ops, args.seed, args.mode
+        "fuzz: {ran}{cut} cases of {} operations from seed {}: the model ({}) and {name} agree \
+         ({}; {skipped} of {total} operations skipped; {:.1} s)",
+        args.ops,
+        args.seed,
+        args.mode,
+        profile,
+        t0.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS
 }
@@ -470,9 +777,184 @@ mod tests {
 
     #[test]
     fn generation_is_deterministic_and_parses() {
-        let a = generate(7, 50, false);
-        assert_eq!(a, generate(7, 50, false));
+        let a = generate(7, 50, Profile::default());
+        assert_eq!(a, generate(7, 50, Profile::default()));
         let text: String = a.iter().map(|o| format!("{o}\n")).collect();
         crate::trace::parse::parse_bytes(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn profiles_change_only_what_they_say() {
+        let all: Vec<FuzzOp> = (0..20)
+            .flat_map(|s| generate(s, 100, Profile::default()))
+            .collect();
+        let p = Profile {
+            mremap_single_page: true,
+            scan_without_clear: true,
+            linux_6_12: true,
+        };
+        let some: Vec<FuzzOp> = (0..20).flat_map(|s| generate(s, 100, p)).collect();
+        assert_eq!(all.len(), some.len());
+        let (mut scans, mut mremaps) = (0, 0);
+        for (a, b) in all.iter().zip(&some) {
+            match (a, b) {
+                (FuzzOp::ScanClear(x, y), FuzzOp::Scan(u, v)) => {
+                    assert_eq!((x, y), (u, v));
+                    scans += 1;
+                }
+                (FuzzOp::Mremap(x, _, n, d), FuzzOp::Mremap(u, o, m, e)) => {
+                    assert_eq!((x, n, d, *o), (u, m, e, PAGE_SIZE));
+                    mremaps += 1;
+                }
+                _ => assert_eq!(a, b),
+            }
+        }
+        assert!(
+            scans > 50 && mremaps > 50,
+            "{scans} scans, {mremaps} mremaps"
+        );
+        let text: String = some.iter().map(|o| format!("{o}\n")).collect();
+        crate::trace::parse::parse_bytes(text.as_bytes()).unwrap();
+    }
+
+    fn reference(mode: Mode) -> impl Fn() -> Result<Box<dyn Side>, String> {
+        move || Ok(Box::new(ReferenceSide(RefSpace::new(mode))) as Box<dyn Side>)
+    }
+
+    #[test]
+    fn the_model_agrees_with_the_reference() {
+        for mode in Mode::ALL {
+            for seed in 0..200 {
+                let ops = generate(seed, 100, Profile::default());
+                let r = run_case(&ops, mode, Profile::default(), &reference(mode)).unwrap();
+                assert!(r.mismatch.is_none(), "{mode} seed {seed}: {:?}", r.mismatch);
+                assert_eq!(r.skipped, 0);
+            }
+        }
+    }
+
+    /// The reference, except that it claims one VMA more after every successful mprotect.
+    struct Lying(ReferenceSide);
+
+    impl Side for Lying {
+        fn step(&mut self, op: &FuzzOp) -> Result<Observation, String> {
+            let mut o = self.0.step(op)?;
+            if matches!(op, FuzzOp::Mprotect(..)) && o.outcome == "ok" {
+                o.vmas += 1;
+            }
+            Ok(o)
+        }
+    }
+
+    #[test]
+    fn a_disagreement_is_found_shrunk_and_rendered() {
+        let lying =
+            || Ok(Box::new(Lying(ReferenceSide(RefSpace::new(Mode::Legacy)))) as Box<dyn Side>);
+        let ops = generate(3, 100, Profile::default());
+        let first = run_case(&ops, Mode::Legacy, Profile::default(), &lying).unwrap();
+        let m = first.mismatch.expect("the lie is seen");
+        assert!(matches!(ops[m.step], FuzzOp::Mprotect(..)));
+        let (min, m) = shrink(&ops, Mode::Legacy, Profile::default(), &lying).unwrap();
+        // An mprotect succeeds only on mapped memory: an mmap and the mprotect.
+        assert_eq!(min.len(), 2, "{min:?}");
+        assert!(matches!(min[0], FuzzOp::Mmap(..)) && matches!(min[1], FuzzOp::Mprotect(..)));
+        assert_eq!(m.other.vmas, m.model.vmas + 1);
+        let text = render(&min, Mode::Legacy, &m, "the liar");
+        assert!(text.contains(&format!("expect vmas {BASE:#x} 24p {}", m.other.vmas)));
+        crate::trace::parse::parse_bytes(text.as_bytes()).unwrap();
+    }
+
+    fn vma(start: u64, end: u64, prot: Prot, faulted: bool) -> VmaInfo {
+        VmaInfo {
+            start: BASE + start * PAGE_SIZE,
+            end: BASE + end * PAGE_SIZE,
+            prot: prot.to_string(),
+            shared: false,
+            vm_softdirty: true,
+            faulted,
+        }
+    }
+
+    #[test]
+    fn linux_6_12_shapes() {
+        let p = |n: u64| BASE + n * PAGE_SIZE;
+        let l = |n: u64| n * PAGE_SIZE;
+        let div = linux_6_12_divergence;
+        // No VMA at the source: overlapping ranges are EINVAL in 6.18, EFAULT in 6.12.
+        let v = [vma(0, 8, Prot::RW, true)];
+        let m = |a, o, n, d| FuzzOp::Mremap(p(a), l(o), l(n), Some(p(d)));
+        assert_eq!(div(&v, &m(9, 8, 7, 15)), Some("mremap-order-efault"));
+        assert_eq!(div(&v, &m(9, 2, 2, 15)), None);
+        // A source crossing its VMA's end.
+        let v = [vma(0, 1, Prot::RW, true), vma(1, 8, Prot::RX, false)];
+        assert_eq!(
+            div(&v, &m(0, 2, 3, 15)),
+            Some("mremap-unmaps-before-efault")
+        );
+        assert_eq!(
+            div(&v, &m(0, 2, 2, 15)),
+            Some("mremap-unmaps-before-efault")
+        );
+        assert_eq!(
+            div(&v, &m(0, 2, 1, 15)),
+            None,
+            "a shrink moves only [a, a+new)"
+        );
+        assert_eq!(div(&v, &m(1, 7, 7, 15)), None);
+        // A faulted source moved next to an unfaulted VMA of the same protection.
+        let v = [vma(0, 2, Prot::RW, true), vma(20, 24, Prot::RW, false)];
+        assert_eq!(
+            div(&v, &m(0, 2, 2, 18)),
+            Some("anon-merge-faulted-into-unfaulted")
+        );
+        assert_eq!(div(&v, &m(0, 2, 2, 17)), None, "not adjacent");
+        let v = [vma(0, 2, Prot::RW, true), vma(20, 24, Prot::R, false)];
+        assert_eq!(div(&v, &m(0, 2, 2, 18)), None, "another protection");
+        let v = [vma(0, 2, Prot::RW, false), vma(20, 24, Prot::RW, true)];
+        assert_eq!(div(&v, &m(0, 2, 2, 18)), None, "an unfaulted source");
+        // An in-place growth of a faulted VMA up to an unfaulted next VMA.
+        let v = [vma(0, 4, Prot::RW, true), vma(6, 8, Prot::RW, false)];
+        let g = |o, n| FuzzOp::Mremap(p(0), l(o), l(n), None);
+        assert_eq!(div(&v, &g(4, 6)), Some("anon-merge-faulted-into-unfaulted"));
+        assert_eq!(div(&v, &g(4, 5)), None);
+        let v = [vma(0, 4, Prot::RW, true), vma(6, 8, Prot::RW, true)];
+        assert_eq!(div(&v, &g(4, 6)), None);
+        // mprotect merging a faulted VMA into an unfaulted neighbour (the fuzzer's seed 7).
+        let v = [
+            vma(8, 10, Prot::RW, true),
+            vma(10, 15, Prot::NONE, false),
+            vma(15, 16, Prot::NONE, true),
+        ];
+        let mp = |a, n, prot| FuzzOp::Mprotect(p(a), l(n), prot);
+        assert_eq!(
+            div(&v, &mp(11, 5, Prot::RW)),
+            Some("anon-merge-faulted-into-unfaulted")
+        );
+        assert_eq!(
+            div(&v, &mp(15, 1, Prot::NONE)),
+            Some("anon-merge-faulted-into-unfaulted")
+        );
+        assert_eq!(
+            div(&v, &mp(15, 1, Prot::RW)),
+            None,
+            "the neighbour keeps PROT_NONE"
+        );
+        assert_eq!(
+            div(&v, &mp(8, 2, Prot::NONE)),
+            Some("anon-merge-faulted-into-unfaulted")
+        );
+        assert_eq!(
+            div(&v, &mp(8, 1, Prot::NONE)),
+            None,
+            "the changed part ends inside"
+        );
+        assert_eq!(
+            div(&v, &mp(10, 5, Prot::RW)),
+            None,
+            "an unfaulted VMA merging is fine"
+        );
+        // Everything else.
+        assert_eq!(div(&v, &FuzzOp::Write(p(8), l(8))), None);
+        assert_eq!(div(&v, &FuzzOp::Munmap(p(8), l(8))), None);
     }
 }

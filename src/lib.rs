@@ -45,6 +45,10 @@ pub mod mode;
 pub mod op;
 pub mod pagemap;
 pub mod prot;
+/// The independent reference model (`softdirty fuzz --against reference`, the
+/// model-vs-reference proptest); not an API.
+#[doc(hidden)]
+pub mod reference;
 pub mod regions;
 pub mod run;
 pub mod scan;

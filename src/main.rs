@@ -47,7 +47,8 @@ enum Cmd {
     /// Marking and harvest benchmarks against vm-memory's AtomicBitmap (medians, ratios).
     Bench(softdirty::bench::BenchArgs),
     /// Random traces dense in VMA splits and merges, run on the model and on the kernel
-    /// step by step; on a disagreement, shrink to a minimal trace, write it, exit 1.
+    /// (or the independent reference model) step by step; on a disagreement, shrink to a
+    /// minimal trace, write it, exit 1.
     Fuzz(softdirty::fuzz::FuzzArgs),
     /// The seed thread's scenario in every implemented mode: pages reported soft-dirty that
     /// were never written since the last clear (the default when no command is given).

@@ -1,6 +1,6 @@
 //! Differential test: random operation sequences run through the real model
 //! (`softdirty::mm::AddressSpace`) and the deliberately simple reference model in
-//! `tests/reference/mod.rs`, in `precise`, `legacy`, `sticky`, `nomerge` and `regions`
+//! `src/reference.rs`, in `precise`, `legacy`, `sticky`, `nomerge` and `regions`
 //! mode; every observable is compared after every operation: the result (value or
 //! errno), the VMA list (boundaries, count, prot, shared, VM_SOFTDIRTY — `is_vma_sd` in
 //! `regions` —, faulted), soft-dirty and present runs over the arena and over every VMA,
@@ -28,14 +28,12 @@
 //! On failure proptest shrinks to a minimal sequence and prints it, and the failure
 //! message holds the same sequence as resolved trace-format lines with both results.
 
-mod reference;
-
 use proptest::prelude::*;
-use reference::{RefSpace, P, TASK_SIZE};
 use softdirty::errno::Errno;
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
+use softdirty::reference::{RefSpace, P, TASK_SIZE};
 use std::fmt;
 
 /// The arena: 32 units (a unit is 1 page, or 131 pages in some cases so that VMAs cross
@@ -1481,4 +1479,89 @@ fn regions_rules_directed() {
     let refs = run_spaces(Mode::Regions, 1, &steps).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((sd(&refs[0]), refs[0].region_count()), (vec![(1, 4)], 1));
     assert_eq!((sd(&refs[1]), refs[1].region_count()), (vec![(1, 4)], 1));
+}
+
+/// The reference lives in the library (so that `softdirty fuzz --against reference` can
+/// run it) but must stay independent of the model it checks: it may take plain value
+/// types from the crate, never the model's machinery (mm's `AddressSpace`, layout, vma,
+/// bitmap, index, ...), and the model must never call it.
+#[test]
+fn reference_stays_independent_of_the_model() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let src = std::fs::read_to_string(format!("{root}/src/reference.rs")).unwrap();
+    let allowed = [
+        "crate::errno::Errno",
+        "crate::mm::{Placement, VmaInfo}",
+        "crate::mode::Mode",
+        "crate::prot::Prot",
+    ];
+    for (n, line) in src.lines().enumerate() {
+        let line = line.split("//").next().unwrap_or(""); // code, not comments
+        let mut rest = line;
+        while let Some(i) = rest.find("crate::") {
+            let tail = &rest[i..];
+            assert!(
+                allowed.iter().any(|a| tail.starts_with(a)),
+                "src/reference.rs:{}: takes `{}` from the crate; the reference may only use \
+                 the value types {allowed:?}",
+                n + 1,
+                tail.trim_end_matches(';')
+            );
+            rest = &tail[7..];
+        }
+        assert!(
+            !line.contains("softdirty::") && !line.contains("super::"),
+            "src/reference.rs:{}: reaches into the crate another way: {line}",
+            n + 1
+        );
+    }
+    // ... and nothing but the fuzz harness (where it is the other side) uses it.
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(std::path::Path::new(&format!("{root}/src")), &mut files);
+    assert!(files.len() > 10, "found only {files:?} under src/");
+    for path in files {
+        let rel = path.strip_prefix(root).unwrap().display().to_string();
+        if ["src/reference.rs", "src/fuzz.rs", "src/lib.rs"].contains(&rel.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("reference::"),
+            "{rel} uses the reference model: the model must not depend on what checks it"
+        );
+    }
+}
+
+/// `softdirty fuzz --against reference`: the model and the reference agree on random
+/// traces in every mode; a mode no kernel implements is refused `--against kernel` with
+/// exit status 2.
+#[test]
+fn fuzz_against_the_reference() {
+    for mode in ["precise", "legacy", "sticky", "nomerge", "regions"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_softdirty"))
+            .args(["fuzz", "--against", "reference", "--mode", mode])
+            .args(["--seed", "1000", "--cases", "1000", "--ops", "100"])
+            .arg("--out")
+            .arg(std::env::temp_dir().join(format!("softdirty-ref-{}.trace", std::process::id())))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{mode}: {err}");
+        assert!(err.contains("and the reference model agree"), "{err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_softdirty"))
+        .args(["fuzz", "--against", "kernel", "--mode", "sticky"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -1,5 +1,6 @@
 //! A deliberately simple reference model of one address space, for differential testing
-//! against `softdirty::mm::AddressSpace` (see `tests/model_vs_reference.rs`).
+//! against `softdirty::mm::AddressSpace`: `tests/model_vs_reference.rs` (proptest) and
+//! `softdirty fuzz --against reference`.
 //!
 //! Written from the rules, not from the real model's code:
 //! - the trace-format spec (`shared/spec/trace-format.md`, "Modes", "Memory operations");
@@ -60,16 +61,21 @@
 //! - DONTNEED and munmap's zap: no list operation.
 //! Page-level rules are legacy's.
 //!
+//! Independence: it is in the library only so that the `softdirty` binary can run it; it
+//! takes nothing from the model but plain value types (`Errno`, `Placement`, `VmaInfo`,
+//! `Mode`, `Prot`), and nothing in the model calls it. `tests/model_vs_reference.rs`
+//! checks that its imports stay that way. Not a public API (hidden from the docs).
+//!
 //! Where the real model has to choose an address itself (a hint mmap the hint of which is
 //! not usable, an mremap that moves with MAYMOVE), the caller passes the model's choice
 //! in; the reference only checks that it is a free, aligned range and applies it.
 
-#![allow(dead_code)]
+#![allow(dead_code, missing_docs)]
 
-use softdirty::errno::Errno;
-use softdirty::mm::{Placement, VmaInfo};
-use softdirty::mode::Mode;
-use softdirty::prot::Prot;
+use crate::errno::Errno;
+use crate::mm::{Placement, VmaInfo};
+use crate::mode::Mode;
+use crate::prot::Prot;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Page size.
@@ -890,6 +896,40 @@ impl RefSpace {
             a.pages.extend_from_slice(&b.pages);
             dup_anon(a, b.anon, b.forked);
         }
+    }
+
+    /// `scan START END mask=softdirty return=softdirty [clear]` (PAGEMAP_SCAN; with
+    /// `clear`, PM_SCAN_WP_MATCHING as the spec defines it for the model): the maximal runs
+    /// of pages in `[start, end)` that report soft-dirty, adjacent runs of neighbouring VMAs
+    /// joined (no limit on regions or pages), as absolute `(start, end)` addresses; with
+    /// `clear` the page-level bits of the reported pages are then cleared (VMA-level
+    /// dirtiness stays: a flagged VMA in the flag modes, pages outside every region in
+    /// `regions`, keep reporting). `start` and `end` are page-aligned.
+    pub fn scan_softdirty(&mut self, start: u64, end: u64, clear: bool) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut hits: Vec<(usize, usize)> = Vec::new();
+        for (vi, v) in self.vmas.iter().enumerate() {
+            if v.start >= end || v.end <= start {
+                continue;
+            }
+            let mut a = v.start.max(start);
+            while a < v.end.min(end) {
+                if self.reported_sd(v, a) {
+                    hits.push((vi, ((a - v.start) / P) as usize));
+                    match out.last_mut() {
+                        Some(l) if l.1 == a => l.1 = a + P,
+                        _ => out.push((a, a + P)),
+                    }
+                }
+                a += P;
+            }
+        }
+        if clear {
+            for (vi, i) in hits {
+                self.vmas[vi].pages[i].dirty = false;
+            }
+        }
+        out
     }
 
     pub fn fork(&self) -> RefSpace {
