@@ -39,7 +39,9 @@
 //!   synchronizes with it and sees `sealed`): no fault is lost and none is applied to a
 //!   retired bitmap only. `loom-tests/` checks this protocol against the code below.
 
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{
+    fence, lock, spin_loop, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering,
+};
 
 /// Ordering of the fault path's read-modify-writes. Broken twin `relaxed_fault`
 /// (loom-tests): Relaxed, which lets a fault that follows a drain miss the seal.
@@ -154,11 +156,44 @@ pub enum Mark {
         faults: u64,
     },
     /// The bitmap was sealed by a structural operation after (some of) this call's
-    /// updates: retry through a freshly loaded index.
+    /// updates and carries no forwarding list: retry through a freshly loaded index.
+    /// Only the broken twin `retry_via_index` produces it: a sealed bitmap always
+    /// forwards the fault to its successors ([`PageBitmap::seal_and_drain`]).
     Sealed,
     /// A chunk was needed and the process-wide chunk limit ([`chunk_limit`]) is reached;
     /// the pages before the first one in that chunk were done.
     NoMem,
+}
+
+/// The result of one fault attempt.
+enum Outcome {
+    /// applied; pages flipped clean to dirty
+    Done(u64),
+    /// the chunk limit was reached
+    NoMem,
+    /// sealed under the fault: forward it
+    Sealed,
+    /// a zap overlapped the fault: wait for it and redo (pages flipped so far)
+    Rezap(u64),
+}
+
+/// The mark side of the data-ordering contract (ARCHITECTURE.md, contract 0).
+#[inline(always)]
+fn mark_fence() {
+    // Broken twin `mark_no_fence` (loom-tests, tests/litmus.rs): the test-before-set
+    // marking of before the fix.
+    #[cfg(not(softdirty_broken = "mark_no_fence"))]
+    fence(Ordering::SeqCst);
+}
+
+/// The harvest side of the data-ordering contract: issued after a get-and-clear and
+/// before the pages it took are handed out (each `sink` call), and at the end of every
+/// other clean-making operation.
+#[inline(always)]
+fn clear_fence() {
+    // Broken twin `harvest_no_fence` (loom-tests).
+    #[cfg(not(softdirty_broken = "harvest_no_fence"))]
+    fence(Ordering::SeqCst);
 }
 
 /// How the drain of a sealed bitmap transforms late faults on their way to the new one.
@@ -185,7 +220,46 @@ pub struct PageBitmap {
     pages: u64,
     slots: Box<[AtomicUsize]>,
     sealed: AtomicBool,
+    /// Zap generation: odd while a zap (`MADV_DONTNEED`) is rewriting words, bumped
+    /// twice per zap. A fault that did any RMW re-reads it and redoes itself if a zap
+    /// overlapped it (see [`PageBitmap::zap`]): the kernel's page-table lock, as a
+    /// sequence count.
+    zap_seq: AtomicU64,
+    /// Serializes every operation that makes pages clean (harvest, `clear_all`,
+    /// `set_clean(.., true)`, zap) and the drain, whoever calls them: `take_word`'s plain
+    /// store is sound only if no other clean-making operation runs on the word. Marking
+    /// never takes it.
+    clear: Mutex<()>,
+    /// Where a sealed bitmap's pages went (set before `sealed`, read after seeing it): a
+    /// fault that finds the bitmap sealed applies itself there ([`PageBitmap::forward`]).
+    forward: Mutex<Option<Arc<[Target]>>>,
 }
+
+/// One successor of a sealed bitmap: pages `[src_first, src_first + count)` of the
+/// sealed bitmap went to `dst`'s pages from `dst_first`, transformed by `rule`.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// first page in the sealed bitmap
+    pub src_first: u64,
+    /// the successor bitmap
+    pub dst: Arc<PageBitmap>,
+    /// first page in `dst`
+    pub dst_first: u64,
+    /// number of pages
+    pub count: u64,
+    /// how late faults are transformed on the way
+    pub rule: DrainRule,
+}
+
+// `PageBitmap` is `Send + Sync` by its fields: chunk pointers are stored as `usize` in
+// atomics (no raw pointer field), and every chunk is reached only through `&self`
+// (shared, atomic words) and freed only in `Drop` (`&mut self`). Asserted here so that a
+// change of representation that loses it (a raw pointer, a `Cell`) fails to compile and
+// has to argue it again.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<PageBitmap>();
+};
 
 impl std::fmt::Debug for PageBitmap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -233,26 +307,56 @@ fn for_each_word(first: u64, count: u64, mut f: impl FnMut(u64, u64)) {
 struct FaultState {
     /// pages whose clean bit the fault flipped
     faults: u64,
-    /// any RMW issued (then the seal must be re-checked)
+    /// any RMW issued (then the seal and the zap generation must be re-checked)
     did_rmw: bool,
+    /// the zap generation read before the first RMW
+    zap0: u64,
     /// summary bits owed to the current chunk (words whose clean bits it cleared)
     owed: u64,
+}
+
+impl FaultState {
+    /// Called before each RMW: the first one reads the zap generation first.
+    #[inline(always)]
+    fn before_rmw(&mut self, zap_seq: &AtomicU64) {
+        if !self.did_rmw {
+            // Acquire: sequenced before the RMWs (which are AcqRel, so they cannot move
+            // above it). Pairs with nothing by itself; `finish_fault` compares it with a
+            // later read (see `PageBitmap::zap`).
+            #[cfg(not(softdirty_broken = "zap_no_seq"))]
+            {
+                self.zap0 = zap_seq.load(Ordering::Acquire);
+            }
+            #[cfg(softdirty_broken = "zap_no_seq")]
+            let _ = zap_seq;
+            self.did_rmw = true;
+        }
+    }
 }
 
 /// The fault path on one word `wi` of `chunk`, pages `m`: test-before-set of `clean`
 /// (if `dirty`), then `populated` and `backed` (`what` = (dirty, backed, populate)).
 #[inline(always)]
-fn fault_word(chunk: &Chunk, wi: usize, m: u64, what: (bool, bool, bool), st: &mut FaultState) {
+fn fault_word(
+    chunk: &Chunk,
+    zap_seq: &AtomicU64,
+    wi: usize,
+    m: u64,
+    what: (bool, bool, bool),
+    st: &mut FaultState,
+) {
     let (dirty, backed, populate) = what;
     // Order: clean first, then populated and backed. A copy reads populated before clean
     // (see `copy_from`), so a snapshot never shows a page written (backed) but clean.
     if dirty {
         let c = chunk.clean[wi].load(Ordering::Relaxed);
         if c & m != 0 {
+            st.before_rmw(zap_seq);
             // AcqRel: Acquire pairs with the drain RMW of a sealing structural operation
-            // (then `sealed` is visible in `finish_fault`) and with a harvest's RMW or
-            // `take_word`'s Release store (then the harvest's summary clear is visible to
-            // `settle_summary`); Release lets a harvest that takes this bit see the write.
+            // (then `sealed` is visible in `finish_fault`), with a zap's RMW (then its
+            // generation bump is), and with a harvest's RMW or `take_word`'s Release
+            // store (then the harvest's summary clear is visible to `settle_summary`);
+            // Release lets a harvest that takes this bit see the write.
             let prev = chunk.clean[wi].fetch_and(!m, FAULT_RMW);
             let flipped = prev & m;
             st.faults += if flipped == !0 {
@@ -260,19 +364,18 @@ fn fault_word(chunk: &Chunk, wi: usize, m: u64, what: (bool, bool, bool), st: &m
             } else {
                 u64::from(flipped.count_ones())
             };
-            st.did_rmw = true;
             st.owed |= 1u64 << wi;
         }
     }
     if populate && chunk.populated[wi].load(Ordering::Relaxed) & m != m {
-        // AcqRel: pairs with the drain RMW (see above).
+        st.before_rmw(zap_seq);
+        // AcqRel: pairs with the drain and zap RMWs (see above).
         chunk.populated[wi].fetch_or(m, FAULT_RMW);
-        st.did_rmw = true;
     }
     if backed && chunk.backed[wi].load(Ordering::Relaxed) & m != m {
-        // AcqRel: pairs with the drain RMW (see above).
+        st.before_rmw(zap_seq);
+        // AcqRel: pairs with the drain and zap RMWs (see above).
         chunk.backed[wi].fetch_or(m, FAULT_RMW);
-        st.did_rmw = true;
     }
 }
 
@@ -303,6 +406,9 @@ impl PageBitmap {
             pages,
             slots,
             sealed: AtomicBool::new(false),
+            zap_seq: AtomicU64::new(0),
+            clear: Mutex::new(()),
+            forward: Mutex::new(None),
         }
     }
 
@@ -382,8 +488,9 @@ impl PageBitmap {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    // Broken twin `no_cas_recheck` (loom-tests) skips this re-check.
-                    #[cfg(not(softdirty_broken = "no_cas_recheck"))]
+                    // A seal that the drain's slot RMW ordered before our CAS: forward
+                    // now (the fault's final re-check would also catch it once it has
+                    // done a word RMW).
                     if self.sealed.load(Ordering::Acquire) {
                         return Err(Mark::Sealed);
                     }
@@ -436,6 +543,7 @@ impl PageBitmap {
         self.fault_impl(first, count, dirty, backed, populate, true)
     }
 
+    /// A fault: the data-ordering fence of a mark, then [`Self::fault_loop`].
     #[inline]
     fn fault_impl(
         &self,
@@ -446,11 +554,71 @@ impl PageBitmap {
         populate: bool,
         limited: bool,
     ) -> Mark {
+        if dirty {
+            // Data ordering (ARCHITECTURE.md, contract 0): the caller's stores to the
+            // pages come before this call; the fence orders them before the test loads
+            // below, and pairs with the fence a harvest issues after its get-and-clear and
+            // before it hands out the pages (`clear_fence`). Either the harvest's fence
+            // comes first in the SeqCst order, and the test load sees the page clean (so
+            // the RMW re-dirties it), or ours does, and the harvest's copy sees the data.
+            mark_fence();
+        }
+        self.fault_loop(first, count, dirty, backed, populate, limited)
+    }
+
+    /// Applies a fault until it linearizes: redone after an overlapping zap, forwarded
+    /// to the successors of a bitmap sealed under it.
+    fn fault_loop(
+        &self,
+        first: u64,
+        count: u64,
+        dirty: bool,
+        backed: bool,
+        populate: bool,
+        limited: bool,
+    ) -> Mark {
         debug_assert!(first + count <= self.pages);
+        // Faults flipped by an attempt a zap then undid are counted once.
+        let mut counted = 0;
+        loop {
+            match self.fault_once(first, count, dirty, backed, populate, limited) {
+                Outcome::Done(f) => {
+                    return Mark::Done {
+                        faults: f.max(counted),
+                    }
+                }
+                Outcome::NoMem => return Mark::NoMem,
+                Outcome::Rezap(f) => {
+                    counted = counted.max(f);
+                    self.wait_zap();
+                }
+                Outcome::Sealed => {
+                    return match self.forward(first, count, dirty, backed, populate, limited) {
+                        Mark::Done { faults } => Mark::Done {
+                            faults: faults.max(counted),
+                        },
+                        m => m,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt of a fault.
+    #[inline]
+    fn fault_once(
+        &self,
+        first: u64,
+        count: u64,
+        dirty: bool,
+        backed: bool,
+        populate: bool,
+        limited: bool,
+    ) -> Outcome {
         // Fast path: a range inside one word of a materialized chunk (a hot page written
         // again, a small store). The same atomic steps as the general path, without its
         // chunk and word loop: one slot load, then `fault_word`; a fault that changes
-        // nothing returns after the word loads (no RMW, no summary, no seal re-check).
+        // nothing returns after the word loads (no RMW, no summary, no re-checks).
         let off = first % 64;
         if count != 0 && off + count <= 64 {
             let k = (first / CHUNK_PAGES) as usize;
@@ -459,13 +627,14 @@ impl PageBitmap {
                 let mut st = FaultState::default();
                 fault_word(
                     c,
+                    &self.zap_seq,
                     wi,
                     word_mask(off, off + count),
                     (dirty, backed, populate),
                     &mut st,
                 );
                 if !st.did_rmw {
-                    return Mark::Done { faults: 0 };
+                    return Outcome::Done(0);
                 }
                 settle_summary(c, st.owed);
                 return self.finish_fault(false, false, st);
@@ -484,7 +653,7 @@ impl PageBitmap {
         backed: bool,
         populate: bool,
         limited: bool,
-    ) -> Mark {
+    ) -> Outcome {
         let mut st = FaultState::default();
         let mut sealed = false;
         let mut nomem = false;
@@ -522,7 +691,14 @@ impl PageBitmap {
                 } else {
                     word_mask(p.max(wbase) - wbase, hi.min(wbase + 64) - wbase)
                 };
-                fault_word(chunk, wi, m, (dirty, backed, populate), &mut st);
+                fault_word(
+                    chunk,
+                    &self.zap_seq,
+                    wi,
+                    m,
+                    (dirty, backed, populate),
+                    &mut st,
+                );
             }
             settle_summary(chunk, st.owed);
             p = hi;
@@ -530,24 +706,93 @@ impl PageBitmap {
         self.finish_fault(sealed, nomem, st)
     }
 
-    /// The end of a fault: the seal re-check after any RMW, then the result.
+    /// The end of a fault attempt: the seal and zap re-checks after any RMW.
     #[inline]
-    fn finish_fault(&self, sealed: bool, nomem: bool, st: FaultState) -> Mark {
+    fn finish_fault(&self, sealed: bool, nomem: bool, st: FaultState) -> Outcome {
         // Acquire: if any RMW of the fault read from a drain, the seal store (sequenced
         // before the drain) is visible here.
         #[cfg(not(softdirty_broken = "no_recheck"))]
         if sealed || (st.did_rmw && self.sealed.load(Ordering::Acquire)) {
-            return Mark::Sealed;
+            return Outcome::Sealed;
         }
         // Broken twin `no_recheck` (loom-tests): trusts the RMWs without the re-check.
         #[cfg(softdirty_broken = "no_recheck")]
         if sealed {
-            return Mark::Sealed;
+            return Outcome::Sealed;
+        }
+        // Acquire: if any RMW of the fault read from a zap's RMW, the zap's first
+        // generation bump (sequenced before it) is visible here (see `zap`).
+        #[cfg(not(softdirty_broken = "zap_no_seq"))]
+        if st.did_rmw {
+            let now = self.zap_seq.load(Ordering::Acquire);
+            if st.zap0 & 1 == 1 || now != st.zap0 {
+                return Outcome::Rezap(st.faults);
+            }
         }
         if nomem {
-            return Mark::NoMem;
+            return Outcome::NoMem;
         }
-        Mark::Done { faults: st.faults }
+        Outcome::Done(st.faults)
+    }
+
+    /// Waits until no zap is rewriting this bitmap's words.
+    fn wait_zap(&self) {
+        // Acquire: pairs with the Release bump that ends the zap, so the redone fault's
+        // RMWs come after every zap RMW in their words' modification orders.
+        while self.zap_seq.load(Ordering::Acquire) & 1 == 1 {
+            spin_loop();
+        }
+    }
+
+    /// A fault that found this bitmap sealed: apply it to the successors the sealing
+    /// operation named, in their coordinates (recursively, if one of them was sealed in
+    /// turn). The fault linearizes before the structural operation: every page of it
+    /// lands where the operation carried that page (pages the operation dropped, an
+    /// unmapped part, are written into the retired bitmap only, as a write that
+    /// completed just before the unmap). Retrying through the index instead would let
+    /// a write that the drain partly carried over fail with EFAULT at the moved source.
+    fn forward(
+        &self,
+        first: u64,
+        count: u64,
+        dirty: bool,
+        backed: bool,
+        populate: bool,
+        limited: bool,
+    ) -> Mark {
+        // Broken twin `retry_via_index` (loom-tests): the code before forwarding.
+        #[cfg(softdirty_broken = "retry_via_index")]
+        {
+            let _ = (first, count, dirty, backed, populate, limited);
+            return Mark::Sealed;
+        }
+        // The mutex orders this read after the store in `seal_and_drain`, which precedes
+        // the seal we observed.
+        #[allow(unreachable_code)]
+        let Some(targets) = lock(&self.forward).clone() else {
+            return Mark::Sealed;
+        };
+        let end = first + count;
+        let mut faults = 0;
+        for t in targets.iter() {
+            let lo = first.max(t.src_first);
+            let hi = end.min(t.src_first + t.count);
+            if lo >= hi {
+                continue;
+            }
+            // A legacy mremap move marks every moved present page soft-dirty: a read
+            // fault that lands before the move is such a page.
+            let dirty_t = dirty || (populate && t.rule == DrainRule::DirtyPopulated);
+            let d = t.dst_first + (lo - t.src_first);
+            match t
+                .dst
+                .fault_loop(d, hi - lo, dirty_t, backed, populate, limited)
+            {
+                Mark::Done { faults: f } => faults += f,
+                m => return m,
+            }
+        }
+        Mark::Done { faults }
     }
 
     /// The bits of page `p`.
@@ -714,6 +959,12 @@ impl PageBitmap {
     /// `clear_refs 4` on this bitmap: every page clean at the page level. Visits only
     /// chunks and words that may hold dirty pages.
     pub fn clear_all(&self) {
+        let _clear = lock(&self.clear);
+        self.clear_all_held();
+        clear_fence();
+    }
+
+    fn clear_all_held(&self) {
         for k in 0..self.slots.len() {
             loop {
                 match self.slots[k].load(Ordering::Acquire) {
@@ -766,12 +1017,28 @@ impl PageBitmap {
     /// `set_clean`, `clean_runs`, `zap`), as the address space's control lock does; a
     /// fully dirty word is taken with a plain store (`take_word`). Harvests of disjoint
     /// chunks may run in parallel.
-    pub fn harvest(&self, first: u64, count: u64, mut sink: impl FnMut(Run)) {
+    pub fn harvest(&self, first: u64, count: u64, sink: impl FnMut(Run)) {
+        let _clear = lock(&self.clear);
+        self.harvest_held(first, count, sink);
+    }
+
+    /// The clear lock, for a caller that harvests several disjoint chunk-aligned pieces
+    /// of this bitmap in parallel through [`Self::harvest_held`].
+    pub(crate) fn clear_lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.clear)
+    }
+
+    /// [`Self::harvest`] for a caller that holds [`Self::clear_lock`]; concurrent calls
+    /// must cover disjoint chunks.
+    pub(crate) fn harvest_held(&self, first: u64, count: u64, mut sink: impl FnMut(Run)) {
         let mut pending: Option<Run> = None;
         let mut emit = |r: Run, pending: &mut Option<Run>| match pending {
             Some(p) if p.first + p.count == r.first => p.count += r.count,
             _ => {
                 if let Some(p) = pending.take() {
+                    // Data ordering: the get-and-clear of these pages is done; the fence
+                    // orders it before the caller reads their data (see `mark_fence`).
+                    clear_fence();
                     sink(p);
                 }
                 *pending = Some(r);
@@ -955,6 +1222,7 @@ impl PageBitmap {
             k += 1;
         }
         if let Some(p) = pending {
+            clear_fence();
             sink(p);
         }
     }
@@ -963,14 +1231,24 @@ impl PageBitmap {
     /// concurrently harvested): KVM's `clear_dirty_log` with a log it got earlier. Only
     /// the bits named are touched.
     pub fn clean_runs(&self, runs: impl IntoIterator<Item = Run>) {
+        let _clear = lock(&self.clear);
         for r in runs {
-            self.set_clean(r.first, r.count, true);
+            self.set_clean_held(r.first, r.count, true);
         }
+        clear_fence();
     }
 
     /// Sets the page-level state of `[first, first+count)` to clean (`clean`) or dirty,
     /// leaving population alone.
     pub fn set_clean(&self, first: u64, count: u64, clean: bool) {
+        let _clear = lock(&self.clear);
+        self.set_clean_held(first, count, clean);
+        if clean {
+            clear_fence();
+        }
+    }
+
+    fn set_clean_held(&self, first: u64, count: u64, clean: bool) {
         self.update_range(
             first,
             count,
@@ -989,7 +1267,24 @@ impl PageBitmap {
     /// `MADV_DONTNEED` / a zap: unpopulate `[first, first+count)`; the page-level state
     /// becomes dirty (`dirty`, precise mode: the content is now zero) or clean (legacy:
     /// the PTE and its soft-dirty bit are gone).
+    ///
+    /// Linearizable against faults, which update the same three words in another order
+    /// (in Linux the page-table lock serializes the two). The zap bumps `zap_seq` to odd
+    /// before its first RMW and back to even after its last; a fault reads `zap_seq`
+    /// before its first RMW and again after its last, and redoes itself (after waiting
+    /// for an even value) if the two differ or the first was odd. Why that suffices:
+    /// every RMW of either side is `AcqRel`, so a fault RMW that comes after a zap RMW in
+    /// its word's modification order synchronizes with it and its final load sees at
+    /// least the odd bump, which differs from its first read (taken before its first
+    /// RMW, so before the bump or odd): the fault redoes itself after the zap. A fault
+    /// whose RMWs all precede the zap's on their words is overwritten on every bit it
+    /// set: it linearizes before the zap. A fault with no RMW found every bit as it
+    /// would leave it and linearizes at its loads. Broken twin `zap_no_seq` (loom-tests:
+    /// `dontneed_vs_write`).
     pub fn zap(&self, first: u64, count: u64, dirty: bool) {
+        let _clear = lock(&self.clear);
+        // AcqRel RMW: sequenced before every zap RMW below (see above).
+        self.zap_seq.fetch_add(1, Ordering::AcqRel);
         self.update_range(
             first,
             count,
@@ -1005,6 +1300,9 @@ impl PageBitmap {
             },
             Some(!dirty),
         );
+        // Release: pairs with `wait_zap`'s Acquire load; a fault that reads this value
+        // before its first RMW sees every zap RMW.
+        self.zap_seq.fetch_add(1, Ordering::Release);
     }
 
     /// Unpopulates `[first, first+count)` keeping the soft-dirty state (a fork child's
@@ -1096,9 +1394,18 @@ impl PageBitmap {
             // Fast path: a whole destination chunk from uniform source chunks.
             if d % CHUNK_PAGES == 0 && count - done >= CHUNK_PAGES.min(self.pages - d) {
                 let n = CHUNK_PAGES.min(self.pages - d);
-                if let Some(clean) = src.uniform(s, n) {
+                let k = (d / CHUNK_PAGES) as usize;
+                // Only over a tag: a chunk pointer is never overwritten (it would leak,
+                // and a reader holding it would see it vanish). Pieces are copied in
+                // address order and this chunk starts here, so nothing materialized it
+                // yet; if that ever changes, the word-by-word path below is taken.
+                let untouched = matches!(
+                    self.slots[k].load(Ordering::Relaxed),
+                    ABSENT_CLEAN | ABSENT_DIRTY
+                );
+                debug_assert!(untouched, "copy_from over a materialized chunk");
+                if let Some(clean) = src.uniform(s, n).filter(|_| untouched) {
                     let clean = clean && xform != CopyRule::AllDirty;
-                    let k = (d / CHUNK_PAGES) as usize;
                     self.slots[k].store(
                         if clean { ABSENT_CLEAN } else { ABSENT_DIRTY },
                         Ordering::Relaxed,
@@ -1184,7 +1491,14 @@ impl PageBitmap {
     ///
     /// Must run after the index naming the successors is published: a fault that sees
     /// `sealed` retries through the index and must find them.
-    pub fn seal_and_drain(&self, targets: &[(u64, &PageBitmap, u64, u64, DrainRule)]) {
+    ///
+    /// `targets` also becomes the bitmap's forwarding list: a fault that finds it sealed
+    /// applies itself to the targets ([`Self::forward`]).
+    pub fn seal_and_drain(&self, targets: Arc<[Target]>) {
+        let _clear = lock(&self.clear);
+        // Before the seal: a fault that sees `sealed` finds the list (the mutex orders
+        // its read after this write, which is sequenced before the Release store).
+        *lock(&self.forward) = Some(targets.clone());
         // Release: pairs with the Acquire load of `sealed` in the fault path after an RMW
         // that read from one of the drain RMWs below.
         self.sealed.store(true, Ordering::Release);
@@ -1213,7 +1527,9 @@ impl PageBitmap {
                 let populated = c.populated[wi].fetch_or(0, Ordering::AcqRel);
                 let backed = c.backed[wi].fetch_or(0, Ordering::AcqRel);
                 let clean = c.clean[wi].fetch_or(0, Ordering::AcqRel);
-                for &(src_first, dst, dst_first, count, rule) in targets {
+                for t in targets.iter() {
+                    let (src_first, dst, dst_first, count, rule) =
+                        (t.src_first, &*t.dst, t.dst_first, t.count, t.rule);
                     let lo = p0.max(src_first);
                     let hi = (p0 + 64).min(src_first + count);
                     if lo >= hi {
@@ -1554,17 +1870,49 @@ mod tests {
     }
 
     #[test]
-    fn sealed_bitmap_reports_sealed_to_faults_and_drains_late_faults() {
+    fn sealed_bitmap_forwards_faults_and_drains_late_faults() {
         let old = PageBitmap::new(128, false);
         old.write(1, 1);
-        let new = PageBitmap::new(128, false);
+        let new = Arc::new(PageBitmap::new(128, false));
         new.copy_from(0, &old, 0, 128, CopyRule::Plain);
         // A "late" fault between copy and seal.
         old.write(70, 1);
-        old.seal_and_drain(&[(0, &new, 0, 128, DrainRule::Plain)]);
+        old.seal_and_drain(Arc::from(vec![Target {
+            src_first: 0,
+            dst: new.clone(),
+            dst_first: 0,
+            count: 128,
+            rule: DrainRule::Plain,
+        }]));
         assert_eq!(dirty_pages(&new), vec![1, 70]);
-        assert_eq!(old.write(90, 1), Mark::Sealed);
+        // A fault after the seal is forwarded to the successor.
+        assert_eq!(old.write(90, 1), Mark::Done { faults: 1 });
+        assert_eq!(dirty_pages(&new), vec![1, 70, 90]);
         // A fault that changes nothing needs no re-check.
         assert_eq!(old.write(1, 1), Mark::Done { faults: 0 });
+    }
+
+    #[test]
+    fn a_fault_after_a_zap_redoes_nothing_and_a_zap_after_a_write_wins() {
+        let b = PageBitmap::new(64, false);
+        b.write(3, 1);
+        b.zap(3, 1, false);
+        assert_eq!(
+            b.page(3),
+            Bits {
+                clean: 1,
+                populated: 0,
+                backed: 0
+            }
+        );
+        assert_eq!(b.write(3, 1), Mark::Done { faults: 1 });
+        assert_eq!(
+            b.page(3),
+            Bits {
+                clean: 0,
+                populated: 1,
+                backed: 1
+            }
+        );
     }
 }

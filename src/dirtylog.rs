@@ -358,13 +358,15 @@ fn harvest_vma(v: &Vma, first: u64, count: u64, par: bool, mut sink: impl FnMut(
         let p0 = first / PARALLEL_PIECE_PAGES;
         let p1 = (end - 1) / PARALLEL_PIECE_PAGES;
         let bm = &v.bitmap;
+        // One clear lock for all pieces: the tasks harvest disjoint chunks under it.
+        let _clear = bm.clear_lock();
         let parts: Vec<Vec<Run>> = (p0..=p1)
             .into_par_iter()
             .map(|p| {
                 let lo = (p * PARALLEL_PIECE_PAGES).max(first);
                 let hi = ((p + 1) * PARALLEL_PIECE_PAGES).min(end);
                 let mut out = Vec::new();
-                bm.harvest(lo, hi - lo, |r| out.push(r));
+                bm.harvest_held(lo, hi - lo, |r| out.push(r));
                 out
             })
             .collect();

@@ -27,6 +27,11 @@ mod imp {
         static HANDLE: LocalHandle = collector().register();
     }
 
+    /// Is `guard` pinned in softdirty's collector?
+    pub fn is_ours(guard: &Guard) -> bool {
+        guard.collector() == Some(collector())
+    }
+
     /// Pins the current thread in softdirty's reclamation domain.
     pub fn pin() -> Guard {
         HANDLE
@@ -43,9 +48,14 @@ mod imp {
     pub fn pin() -> crossbeam_epoch::Guard {
         crossbeam_epoch::pin()
     }
+
+    /// Is `guard` pinned (in the global collector that loom builds use)?
+    pub fn is_ours(guard: &crossbeam_epoch::Guard) -> bool {
+        guard.collector().is_some()
+    }
 }
 
-pub use imp::pin;
+pub use imp::{is_ours, pin};
 
 /// Pins and immediately flushes the thread's garbage bag several times, so that deferred
 /// destructions whose grace period has passed actually run. For tests and for the end of

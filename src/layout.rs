@@ -19,7 +19,7 @@
 //! own flag, the modified VMA's (`vm_flags_reset` after mprotect), or the OR of all of them
 //! (`sticky`). In `nomerge` the flag is compared like any other flag.
 
-use crate::bitmap::{CopyRule, DrainRule, PageBitmap};
+use crate::bitmap::{CopyRule, DrainRule, PageBitmap, Target};
 use crate::errno::{Errno, Result};
 use crate::index::VmaIndex;
 use crate::mode::Mode;
@@ -159,6 +159,41 @@ pub struct Layout {
     pub vmas: Vec<WVma>,
     /// the published VMAs this layout started from
     origin: Vec<Arc<Vma>>,
+    /// the published VMAs whose `anon_vma` cell this layout froze ([`Vma::freeze_anon`]):
+    /// thawed when the layout is dropped unpublished, or by [`Built::thaw`] for those
+    /// that survive its publication
+    frozen: Vec<Arc<Vma>>,
+}
+
+impl Drop for Layout {
+    fn drop(&mut self) {
+        // Not published (or `build` took the list): nothing was decided.
+        for v in self.frozen.drain(..) {
+            v.thaw_anon();
+        }
+    }
+}
+
+/// What [`Layout::build`] made: the new VMA list, the published VMAs it retires, and the
+/// frozen `anon_vma` cells to thaw once the list is published.
+pub struct Built {
+    /// the new VMAs, in address order
+    pub vmas: Vec<Arc<Vma>>,
+    /// the published VMAs whose bitmaps were copied, each with where its pages went
+    pub retired: Vec<Retired>,
+    /// VMAs (kept, or sharing their cell with a successor) whose frozen cell must thaw
+    thaw: Vec<Arc<Vma>>,
+}
+
+impl Built {
+    /// Thaws the `anon_vma` cells of the surviving VMAs; call after publishing. Retired
+    /// VMAs keep a frozen cell: a writer that holds one waits for the new index and
+    /// retries through it.
+    pub fn thaw(&mut self) {
+        for v in self.thaw.drain(..) {
+            v.thaw_anon();
+        }
+    }
 }
 
 /// Which code path of the RFC's kernel (6.1) a new-range merge stands for. It decides,
@@ -186,7 +221,11 @@ enum FlagRule {
 
 impl Layout {
     /// A working copy of the published index.
+    ///
+    /// Every VMA's `anon_vma` is read with [`Vma::freeze_anon`]: no first write assigns
+    /// one until the layout is published or dropped.
     pub fn from_index(mode: Mode, index: &VmaIndex) -> Layout {
+        let mut frozen = Vec::new();
         let vmas = index
             .vmas()
             .iter()
@@ -194,7 +233,13 @@ impl Layout {
                 start: v.start,
                 end: v.end,
                 meta: v.meta,
-                anon: v.anon(),
+                anon: {
+                    let (anon, froze) = v.freeze_anon();
+                    if froze {
+                        frozen.push(v.clone());
+                    }
+                    anon
+                },
                 pieces: vec![Piece {
                     start: v.start,
                     end: v.end,
@@ -211,6 +256,7 @@ impl Layout {
             mode,
             vmas,
             origin: index.vmas().to_vec(),
+            frozen,
         }
     }
 
@@ -591,12 +637,15 @@ impl Layout {
 
     /// Builds the VMAs and their bitmaps. Returns the new VMA list and the published VMAs
     /// whose bitmaps were copied, each with the places its pages went (for the drain).
-    pub fn build(self) -> (Vec<Arc<Vma>>, Vec<Retired>) {
-        let mut out = Vec::with_capacity(self.vmas.len());
+    pub fn build(mut self) -> Built {
+        let wvmas = std::mem::take(&mut self.vmas);
+        let origin = std::mem::take(&mut self.origin);
+        let frozen = std::mem::take(&mut self.frozen);
+        let mut out = Vec::with_capacity(wvmas.len());
         // For every new VMA built by copying: (old vma ptr, src page, dst bitmap, dst page, n, rule)
         let mut copies: Vec<(Arc<Vma>, u64, Arc<PageBitmap>, u64, u64, DrainRule)> = Vec::new();
         let mut derived: Vec<(Arc<Vma>, Arc<Vma>)> = Vec::new();
-        for w in self.vmas {
+        for w in wvmas {
             // Exactly one published VMA, whole and unchanged?
             if let [Piece {
                 start,
@@ -617,10 +666,22 @@ impl Layout {
                     if w.meta == vma.meta && w.anon == vma.anon() && w.nsdr == vma.nsdr {
                         out.push(vma.clone());
                     } else {
-                        // New flags, same pages: share the bitmap, no copy.
+                        // New flags, same pages: share the bitmap, no copy, and the
+                        // anon_vma cell. The writer that loaded the old index writes
+                        // this bitmap with no seal to stop it, and may assign the
+                        // anon_vma after we publish (its cell was not frozen if it
+                        // already had one; `w.anon` is what the cell holds): it must
+                        // land in the successor too.
+                        debug_assert!(w.anon == 0 || w.anon == vma.anon());
                         let nv = Arc::new(
-                            Vma::new(w.start, w.end, w.meta, w.anon, vma.bitmap.clone())
-                                .with_nsdr(w.nsdr),
+                            Vma::with_anon_cell(
+                                w.start,
+                                w.end,
+                                w.meta,
+                                vma.anon_cell().clone(),
+                                vma.bitmap.clone(),
+                            )
+                            .with_nsdr(w.nsdr),
                         );
                         derived.push((vma.clone(), nv.clone()));
                         out.push(nv);
@@ -664,10 +725,17 @@ impl Layout {
         }
         // Every published VMA whose bitmap no new VMA shares as a whole is retired: it
         // gets sealed and drained into the copies made from it.
+        let kept_bitmaps: std::collections::HashSet<*const PageBitmap> =
+            out.iter().map(|n| Arc::as_ptr(&n.bitmap)).collect();
+        let kept_cells: std::collections::HashSet<*const crate::sync::AtomicU64> =
+            out.iter().map(|n| Arc::as_ptr(n.anon_cell())).collect();
+        let thaw = frozen
+            .into_iter()
+            .filter(|v| kept_cells.contains(&Arc::as_ptr(v.anon_cell())))
+            .collect();
         let mut retired = Vec::new();
-        for old in &self.origin {
-            let kept = out.iter().any(|n| Arc::ptr_eq(&n.bitmap, &old.bitmap));
-            if kept {
+        for old in &origin {
+            if kept_bitmaps.contains(&Arc::as_ptr(&old.bitmap)) {
                 continue;
             }
             let targets: Vec<_> = copies
@@ -686,7 +754,11 @@ impl Layout {
                 heirs,
             });
         }
-        (out, retired)
+        Built {
+            vmas: out,
+            retired,
+            thaw,
+        }
     }
 }
 
@@ -705,12 +777,18 @@ impl Retired {
     /// anon_vma a racing first write fault assigned after the layout was read.
     pub fn drain(&self) {
         if !self.targets.is_empty() {
-            let t: Vec<_> = self
+            let t: Arc<[Target]> = self
                 .targets
                 .iter()
-                .map(|(s, d, dp, n, r)| (*s, &**d, *dp, *n, *r))
+                .map(|(s, d, dp, n, r)| Target {
+                    src_first: *s,
+                    dst: d.clone(),
+                    dst_first: *dp,
+                    count: *n,
+                    rule: *r,
+                })
                 .collect();
-            self.vma.bitmap.seal_and_drain(&t);
+            self.vma.bitmap.seal_and_drain(t);
         }
         let anon = self.vma.anon();
         if anon != 0 && !self.vma.meta.flags.shared {

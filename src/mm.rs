@@ -142,19 +142,37 @@ impl AddressSpace {
         self.faults.sum()
     }
 
-    /// The published index, valid while `guard` is held.
-    pub(crate) fn index<'g>(&self, guard: &'g Guard) -> &'g VmaIndex {
+    /// The published index, valid while both `guard` and the borrow of the space are
+    /// held. `guard` must be pinned in softdirty's collector ([`epoch::pin`]).
+    pub(crate) fn index<'g>(&'g self, guard: &'g Guard) -> &'g VmaIndex {
+        debug_assert!(epoch::is_ours(guard), "guard of another collector");
         // Acquire: pairs with the AcqRel swap in `publish`, so the VMAs and bitmaps the
         // index points to are fully built.
         let s = self.index.load(Ordering::Acquire, guard);
         // SAFETY: the pointer is never null (constructed with an index, and `publish` only
-        // swaps in owned ones), and the old index is destroyed only through
-        // `defer_destroy` after every guard pinned before the swap is gone.
+        // swaps in owned ones). An index is freed in two ways, and the lifetime `'g`
+        // excludes both while the reference lives: (1) one that `publish` replaced is
+        // destroyed through `defer_destroy` on softdirty's collector, after every guard
+        // of that collector pinned before the swap is gone — `guard` is one (asserted
+        // above; `epoch::pin` is the only way this crate pins) and it outlives `'g`;
+        // (2) the current one is freed at once by `Drop for AddressSpace`, which needs
+        // `&mut self`, impossible while `&'g self` is borrowed.
         unsafe { s.deref() }
     }
 
     /// Runs `f` with the current index under a fresh guard.
     pub fn with_index<R>(&self, f: impl FnOnce(&VmaIndex) -> R) -> R {
+        // Broken twin `no_pin` (loom-tests: `reclamation_no_uaf_no_leak`): a reader that
+        // does not pin, so a publication may free the index under it.
+        #[cfg(softdirty_broken = "no_pin")]
+        {
+            // SAFETY: none; deliberately wrong.
+            let g = unsafe { epoch::unprotected() };
+            let s = self.index.load(Ordering::Acquire, g);
+            // SAFETY: none; deliberately wrong.
+            return f(unsafe { s.deref() });
+        }
+        #[allow(unreachable_code)]
         let guard = epoch::pin();
         f(self.index(&guard))
     }
@@ -227,7 +245,15 @@ impl AddressSpace {
             let n = ((stop - page) >> PAGE_SHIFT) + 1;
             let shared = v.meta.flags.shared;
             if write && !shared && v.anon() == 0 {
-                v.assign_anon(Self::anon_for_first_fault(idx, v));
+                if v.assign_anon(Self::anon_for_first_fault(idx, v)).is_none() {
+                    // A structural operation is deciding with this VMA's anon_vma: wait
+                    // until it thaws the cell or publishes, then retry.
+                    let cur = self.index.load(Ordering::Acquire, &guard);
+                    while v.anon_frozen() && self.index.load(Ordering::Acquire, &guard) == cur {
+                        crate::sync::spin_loop();
+                    }
+                    continue;
+                }
             }
             let mark = if write && self.mode == Mode::Regions {
                 Self::write_by_region(v, page, stop + PAGE_SIZE)
@@ -327,7 +353,9 @@ impl AddressSpace {
 
     /// Builds and publishes `layout`, then seals and drains the retired bitmaps.
     fn publish(&self, layout: Layout, guard: &Guard) {
-        let (vmas, retired) = layout.build();
+        let mut built = layout.build();
+        let retired = std::mem::take(&mut built.retired);
+        let vmas = std::mem::take(&mut built.vmas);
         // Broken twin `seal_before_publish` (loom-tests): seal and drain before the swap,
         // so a fault that sees the seal can retry through the old index.
         #[cfg(softdirty_broken = "seal_before_publish")]
@@ -358,6 +386,9 @@ impl AddressSpace {
             r.drain();
         }
         drop(retired);
+        // After the swap: a writer waiting on a frozen cell sees the thaw or the new
+        // index (and retries through it).
+        built.thaw();
         guard.flush();
     }
 
@@ -833,8 +864,14 @@ impl AddressSpace {
         let guard = epoch::pin();
         let idx = self.index(&guard);
         let mut vmas = Vec::with_capacity(idx.len());
+        // Frozen while the child is built: a first write either assigned its anon_vma
+        // before (the child gets the PTEs) or waits until the child exists.
+        let mut frozen = Vec::new();
         for v in idx.vmas() {
-            let anon = v.anon();
+            let (anon, froze) = v.freeze_anon();
+            if froze {
+                frozen.push(v);
+            }
             let copy_ptes = !v.meta.flags.shared && anon != 0;
             let bm = PageBitmap::new(v.pages(), false);
             bm.copy_from(0, &v.bitmap, 0, v.pages(), CopyRule::Plain);
@@ -854,6 +891,9 @@ impl AddressSpace {
             vmas.push(Arc::new(
                 Vma::new(v.start, v.end, meta, child_anon, Arc::new(bm)).with_nsdr(v.nsdr.clone()),
             ));
+        }
+        for v in frozen {
+            v.thaw_anon();
         }
         AddressSpace {
             mode: self.mode,

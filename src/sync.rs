@@ -10,6 +10,11 @@
 mod imp {
     pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+
+    /// One round of a wait loop: loom must be told, or it explores the loop forever.
+    pub(crate) fn spin_loop() {
+        loom::thread::yield_now();
+    }
 }
 
 #[cfg(not(all(loom, feature = "loom")))]
@@ -17,6 +22,13 @@ mod imp {
 mod imp {
     pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+
+    /// One round of a wait loop. The waits it serves last one control-plane step of
+    /// another thread (a zap, a structural operation), which may be descheduled: yield
+    /// rather than burn the core it needs.
+    pub(crate) fn spin_loop() {
+        std::thread::yield_now();
+    }
 }
 
 #[allow(unused_imports)]

@@ -20,6 +20,10 @@ pub const MMAP_MIN_ADDR: u64 = 0x10000;
 /// `vm.max_map_count`'s default.
 pub const MAX_MAP_COUNT: usize = 65530;
 
+/// The value of an `anon_vma` cell frozen by a structural operation ([`Vma::freeze_anon`]);
+/// never an identity ([`next_id`] counts up from 1).
+pub const ANON_FROZEN: u64 = u64::MAX;
+
 /// Live VMA count (all address spaces), for leak tests.
 static LIVE_VMAS: crate::sync::StdCounter = crate::sync::StdCounter::new(0);
 
@@ -65,7 +69,11 @@ pub struct Vma {
     /// Flags, pgoff, file.
     pub meta: VmaMeta,
     /// `anon_vma` identity (0: none yet). Set by the first write fault of private memory.
-    anon: AtomicU64,
+    /// Shared with a successor that shares this VMA's bitmap (same pages, new flags: a
+    /// whole-VMA mprotect, a legacy `clear_refs`), so that a first write racing the
+    /// replacement assigns it to both ([`Vma::with_anon_cell`]). [`ANON_FROZEN`] while a
+    /// structural operation decides with it ([`Vma::freeze_anon`]).
+    anon: Arc<AtomicU64>,
     /// The page state: page `i` of the bitmap is the page at `start + i * PAGE_SIZE`.
     pub bitmap: Arc<PageBitmap>,
     /// `regions` mode: the RFC's list of non-soft-dirty regions (empty in other modes).
@@ -86,16 +94,33 @@ impl std::fmt::Debug for Vma {
 impl Vma {
     /// A VMA over `[start, end)` with the given bitmap (its length must match).
     pub fn new(start: u64, end: u64, meta: VmaMeta, anon: u64, bitmap: Arc<PageBitmap>) -> Vma {
+        Vma::with_anon_cell(start, end, meta, Arc::new(AtomicU64::new(anon)), bitmap)
+    }
+
+    /// A VMA over `[start, end)` whose `anon_vma` cell is `anon`, shared with the VMA it
+    /// replaces (which shares `bitmap` too).
+    pub fn with_anon_cell(
+        start: u64,
+        end: u64,
+        meta: VmaMeta,
+        anon: Arc<AtomicU64>,
+        bitmap: Arc<PageBitmap>,
+    ) -> Vma {
         debug_assert_eq!(bitmap.pages(), (end - start) >> PAGE_SHIFT);
         LIVE_VMAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Vma {
             start,
             end,
             meta,
-            anon: AtomicU64::new(anon),
+            anon,
             bitmap,
             nsdr: NonSdRegions::new(),
         }
+    }
+
+    /// The `anon_vma` cell, to share with a successor over the same bitmap.
+    pub fn anon_cell(&self) -> &Arc<AtomicU64> {
+        &self.anon
     }
 
     /// The same VMA with the non-soft-dirty region list `nsdr` (`regions` mode).
@@ -122,20 +147,67 @@ impl Vma {
     /// The `anon_vma` identity, 0 if the VMA was never write-faulted.
     pub fn anon(&self) -> u64 {
         // Acquire: pairs with the CAS in `assign_anon`.
-        self.anon.load(Ordering::Acquire)
+        match self.anon.load(Ordering::Acquire) {
+            ANON_FROZEN => 0,
+            a => a,
+        }
     }
 
     /// Gives the VMA an `anon_vma` if it has none (the first write fault); returns the one
-    /// it has afterwards.
-    pub fn assign_anon(&self, id: u64) -> u64 {
-        // AcqRel: several faulting threads race; one wins and all agree on its id.
+    /// it has afterwards, or `None` while a structural operation is deciding with the
+    /// VMA's `anon_vma` ([`Vma::freeze_anon`]): the caller waits until the cell thaws or
+    /// a new index is published, and retries through the index.
+    pub fn assign_anon(&self, id: u64) -> Option<u64> {
+        // AcqRel: several faulting threads race; one wins and all agree on its id. Pairs
+        // with `freeze_anon`'s CAS: whichever comes first in the cell's modification
+        // order is seen by the other.
         match self
             .anon
             .compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => id,
-            Err(cur) => cur,
+            Ok(_) => Some(id),
+            Err(ANON_FROZEN) => None,
+            Err(cur) => Some(cur),
         }
+    }
+
+    /// Reads the `anon_vma` for a structural operation's decisions (merges, `VM_ACCOUNT`,
+    /// fork's PTE copy) and, if there is none, freezes the cell so that no first write
+    /// assigns one until the operation is done: without it, a first write between the
+    /// read and the publication would complete on a VMA whose successor was decided
+    /// "never faulted" (VM_ACCOUNT dropped, an unfaulted merge, a fork child without the
+    /// page) — a state no sequential order gives, as in Linux, where `mmap_lock` keeps
+    /// faults out. Returns the identity (0: none, and the cell is now frozen: the caller
+    /// must [`Vma::thaw_anon`] it unless the VMA is retired, whose cell stays frozen).
+    /// Only the control plane calls it, under the space's control lock.
+    pub fn freeze_anon(&self) -> (u64, bool) {
+        // Broken twin `no_anon_freeze` (loom-tests): read without freezing.
+        #[cfg(softdirty_broken = "no_anon_freeze")]
+        return (self.anon(), false);
+        #[allow(unreachable_code)]
+        // AcqRel: pairs with `assign_anon`'s CAS (see there).
+        match self
+            .anon
+            .compare_exchange(0, ANON_FROZEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => (0, true),
+            Err(ANON_FROZEN) => (0, false), // frozen by this operation already
+            Err(cur) => (cur, false),
+        }
+    }
+
+    /// Ends a freeze: first writes may assign an `anon_vma` again.
+    pub fn thaw_anon(&self) {
+        // Release: the operation's publication (sequenced before) is visible to a
+        // writer whose Acquire CAS reads 0 from here.
+        let _ = self
+            .anon
+            .compare_exchange(ANON_FROZEN, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Is the cell frozen by a structural operation (or by a retirement)?
+    pub fn anon_frozen(&self) -> bool {
+        self.anon.load(Ordering::Acquire) == ANON_FROZEN
     }
 
     /// `vma_had_uncowed_parents()`.
