@@ -761,6 +761,9 @@ impl Backend for KernelBackend {
             self.disown(addr, old_end);
         }
         self.own(a, new_end);
+        // A same-size mremap in place succeeds without looking at the range, which may
+        // hold gaps: own only what is mapped.
+        self.sync_owned();
         // Without UFFD_FEATURE_EVENT_REMAP the kernel resets the registration of the VMA
         // the moved range lands in, which a merge may have made larger than the range
         // (an unmoved neighbour loses its registration too): register everything again.
