@@ -424,6 +424,38 @@ impl KernelBackend {
         Ok(())
     }
 
+    /// Why the uffd flavour cannot make this mremap, if it is a multi-VMA move: a move
+    /// only (`fixed`, old length = new length) whose source starts in a VMA and runs past
+    /// its end. Linux 6.17+ moves such a range VMA by VMA, but refuses it with EFAULT when
+    /// the VMA is armed with userfaultfd (`vma_multi_allowed`), as this flavour arms every
+    /// mapping: the EFAULT would be the flavour's, not the trace's.
+    fn multi_vma_move(
+        &self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        fixed: Option<u64>,
+    ) -> Result<Option<String>, String> {
+        if self.flavour != KernelFlavour::Uffd || fixed.is_none() || old_len != new_len {
+            return Ok(None);
+        }
+        let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+        let end = page_up(addr.saturating_add(old_len));
+        Ok(maps
+            .iter()
+            .find(|m| m.start <= addr && addr < m.end && m.end < end)
+            .map(|m| {
+                format!(
+                    "mremap {addr:#x}+{old_len:#x} to {:#x}: the kernel backend's uffd flavour \
+                     cannot make a multi-VMA move (the source runs past the VMA ending at {:#x}): \
+                     Linux refuses it with EFAULT for userfaultfd-armed VMAs, and the flavour \
+                     arms every mapping; replay this trace on the model",
+                    fixed.unwrap_or(0),
+                    m.end
+                )
+            }))
+    }
+
     /// Registers `[start, start + len)` for async write-protect (uffd flavour).
     fn register(&self, start: u64, len: u64) -> Result<(), String> {
         let Some(fd) = &self.uffd else {
@@ -727,6 +759,9 @@ impl Backend for KernelBackend {
             self.check_owned(n, new_len, "mremap fixed")?;
         }
         self.check_owned(addr, old_len, "mremap")?;
+        if let Some(why) = self.multi_vma_move(addr, old_len, new_len, fixed)? {
+            return Err(why);
+        }
         let mut flags = 0;
         if maymove {
             flags |= libc::MREMAP_MAYMOVE;
