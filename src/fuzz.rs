@@ -29,10 +29,12 @@
 //!   `--mremap-single-page` (one-page mremap sources) stays clear of them altogether. (An
 //!   earlier disagreement, an in-place mremap growth that swallows a compatible next VMA,
 //!   was a model bug found by this fuzzer and is fixed.)
-//! - soft-dirty flavour: `scan ... clear` is PM_SCAN_WP_MATCHING, which the kernel only
-//!   honours on uffd-registered memory (it skips every other VMA: no regions, nothing
-//!   cleared), and nothing else clears soft-dirty on a range; the generator asks for the
-//!   same scan without `clear` instead, whose regions are still compared.
+//! - soft-dirty flavour: no kernel call clears soft-dirty on a range (PM_SCAN_WP_MATCHING
+//!   acts on uffd-registered memory only); the flavour emulates `scan ... clear` with
+//!   `clear_refs 4` and stores where that is exact, and otherwise leaves soft-dirty
+//!   unobservable until the next `clear_refs 4` ([`crate::kernel::clear`]), which would
+//!   blind the rest of a case: the generator asks for the same scan without `clear`,
+//!   whose regions are still compared.
 //! - a kernel older than 6.17 (the kvm oracle's 6.12): operations whose shape 6.12
 //!   answers differently from 6.18, which the model follows, are skipped on both sides,
 //!   judged on the model's state before each operation ([`linux_6_12_divergence`]), and
