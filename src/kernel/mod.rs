@@ -9,8 +9,9 @@
 //!   `PAGE_IS_WRITTEN`; `scan ... clear` is `PM_SCAN_WP_MATCHING`. What `precise` mode
 //!   must reproduce.
 //! - [`KernelFlavour::SoftDirty`]: CONFIG_MEM_SOFT_DIRTY: `clear_refs` writes
-//!   `/proc/self/clear_refs`, soft-dirty is pagemap bit 55 / `PAGE_IS_SOFT_DIRTY`. What
-//!   `legacy` mode must reproduce.
+//!   `/proc/self/clear_refs`, soft-dirty is pagemap bit 55 / `PAGE_IS_SOFT_DIRTY`;
+//!   `scan ... clear` is emulated with `clear_refs 4` and stores where that is exact, and
+//!   reported as skipped where it is not ([`clear`]). What `legacy` mode must reproduce.
 //!
 //! Stores and loads go through `process_vm_writev`/`process_vm_readv` on our own pid, one
 //! byte per page: a bad address is EFAULT instead of SIGSEGV, and the kernel counts them
@@ -22,6 +23,7 @@
 //! range covers mapped memory the trace did not map (the replaying process's heap,
 //! stacks, libraries). Everything the trace mapped is unmapped when the backend drops.
 
+pub mod clear;
 pub mod error;
 pub mod procfs;
 pub mod uapi;
@@ -266,6 +268,11 @@ pub struct KernelBackend {
     pagemap: File,
     /// The ranges the trace mapped and still maps: disjoint, coalesced, start → end.
     owned: BTreeMap<u64, u64>,
+    /// Soft-dirty flavour: why its soft-dirty bits are not the trace's since a
+    /// `scan ... clear` it could not emulate (until the next `clear_refs 4`).
+    tainted: Option<String>,
+    /// Why the last scan did not clear as asked ([`Backend::take_scan_skip`]).
+    scan_skip: Option<String>,
 }
 
 impl KernelBackend {
@@ -306,6 +313,8 @@ impl KernelBackend {
             uffd,
             pagemap,
             owned: BTreeMap::new(),
+            tainted: None,
+            scan_skip: None,
         })
     }
 
@@ -422,6 +431,38 @@ impl KernelBackend {
             ));
         }
         Ok(())
+    }
+
+    /// Why the uffd flavour cannot make this mremap, if it is a multi-VMA move: a move
+    /// only (`fixed`, old length = new length) whose source starts in a VMA and runs past
+    /// its end. Linux 6.17+ moves such a range VMA by VMA, but refuses it with EFAULT when
+    /// the VMA is armed with userfaultfd (`vma_multi_allowed`), as this flavour arms every
+    /// mapping: the EFAULT would be the flavour's, not the trace's.
+    fn multi_vma_move(
+        &self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        fixed: Option<u64>,
+    ) -> Result<Option<String>, String> {
+        if self.flavour != KernelFlavour::Uffd || fixed.is_none() || old_len != new_len {
+            return Ok(None);
+        }
+        let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+        let end = page_up(addr.saturating_add(old_len));
+        Ok(maps
+            .iter()
+            .find(|m| m.start <= addr && addr < m.end && m.end < end)
+            .map(|m| {
+                format!(
+                    "mremap {addr:#x}+{old_len:#x} to {:#x}: the kernel backend's uffd flavour \
+                     cannot make a multi-VMA move (the source runs past the VMA ending at {:#x}): \
+                     Linux refuses it with EFAULT for userfaultfd-armed VMAs, and the flavour \
+                     arms every mapping; replay this trace on the model",
+                    fixed.unwrap_or(0),
+                    m.end
+                )
+            }))
     }
 
     /// Registers `[start, start + len)` for async write-protect (uffd flavour).
@@ -566,6 +607,172 @@ impl KernelBackend {
             }
             _ => c,
         }
+    }
+
+    /// The trace's mappings as the clear emulation sees them ([`clear::Before`]).
+    fn clear_before(&mut self) -> Result<clear::Before, String> {
+        self.sync_owned();
+        let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+        let owned = self.owned();
+        let mut b = clear::Before::default();
+        for m in &maps {
+            for &(s, e) in &owned {
+                let (a, z) = (m.start.max(s), m.end.min(e));
+                if a < z {
+                    let flags = procfs::smaps_vmflags(m.start)
+                        .map_err(|e| format!("reading /proc/self/smaps: {e}"))?;
+                    b.vmas.push(clear::TrackedVma {
+                        start: a,
+                        end: z,
+                        writable: m.writable,
+                        vm_softdirty: flags
+                            .is_some_and(|l| l.split_ascii_whitespace().skip(1).any(|t| t == "sd")),
+                    });
+                }
+            }
+        }
+        let abs = |s: u64, v: Vec<(u64, u64)>| -> Vec<(u64, u64)> {
+            v.into_iter()
+                .map(|(x, y)| (s + x * PAGE_SIZE, s + y * PAGE_SIZE))
+                .collect()
+        };
+        for (s, e) in owned {
+            let sd = self.pagemap_runs(s, e - s, PM_SOFT_DIRTY)?;
+            b.soft_dirty.extend(abs(s, sd));
+            b.present
+                .extend(abs(s, self.runs_of(s, e - s, PAGE_IS_PRESENT)?));
+            b.zero_pfn
+                .extend(abs(s, self.runs_of(s, e - s, PAGE_IS_PFNZERO)?));
+        }
+        Ok(b)
+    }
+
+    /// Pages of `[addr, addr+len)` whose pagemap entry has `bit`, as relative page runs.
+    fn pagemap_runs(&self, addr: u64, len: u64, bit: u64) -> Result<Vec<(u64, u64)>, String> {
+        let base = page_down(addr);
+        let end = page_up(
+            addr.checked_add(len)
+                .map_or(TASK_SIZE, |e| e.min(TASK_SIZE)),
+        );
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut i = 0;
+        let total = end.saturating_sub(base) / PAGE_SIZE;
+        while i < total {
+            let n = (total - i).min(4096);
+            let es = self.read_pagemap(base + i * PAGE_SIZE, n as usize)?;
+            for (k, e) in es.into_iter().enumerate() {
+                if e & bit != 0 {
+                    let p = i + k as u64;
+                    match out.last_mut() {
+                        Some(l) if l.1 == p => l.1 = p + 1,
+                        _ => out.push((p, p + 1)),
+                    }
+                }
+            }
+            i += n;
+        }
+        Ok(out)
+    }
+
+    /// Loads the byte at `addr` and stores it back (through the kernel, as [`Self::touch`]
+    /// does): the page is dirty again, its contents unchanged.
+    fn restore_byte(&self, addr: u64) -> Result<(), String> {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        let mut byte = [0u8];
+        let local = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: 1,
+        };
+        // SAFETY: as in `touch`: one byte between the live local `byte` and `addr`, a page
+        // of the trace's mappings (the caller's plan keeps to them), through the kernel; the
+        // store writes back the value just loaded, so no contents change.
+        let r = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        if r != 1 {
+            return Err(format!(
+                "loading the byte at {addr:#x} failed (errno {})",
+                last_errno()
+            ));
+        }
+        // SAFETY: as above.
+        let r = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+        if r != 1 {
+            return Err(format!(
+                "storing the byte at {addr:#x} failed (errno {})",
+                last_errno()
+            ));
+        }
+        Ok(())
+    }
+
+    /// `scan ... clear` on the soft-dirty flavour: the scan without PM_SCAN_WP_MATCHING,
+    /// then the clear of exactly the reported pages where [`clear::plan`] finds it exact;
+    /// otherwise no clear, and the reason is kept for the replay to report.
+    fn scan_clear_softdirty(&mut self, args: &ScanArgs) -> Op<ScanResult> {
+        let plain = ScanArgs {
+            clear: false,
+            ..*args
+        };
+        let res = match self.scan(&plain)? {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let cleared: Vec<(u64, u64)> = if args.vec_len == 0 {
+            // Nothing reported, every matching page cleared (as the model does).
+            let pages = args.end.saturating_sub(args.start).div_ceil(PAGE_SIZE);
+            let all = ScanArgs {
+                vec_len: pages.saturating_add(1),
+                max_pages: 0,
+                ..plain
+            };
+            match self.scan(&all)? {
+                Ok(r) => r.regions.iter().map(|r| (r.start, r.end)).collect(),
+                Err(e) => return Ok(Err(e)),
+            }
+        } else {
+            res.regions.iter().map(|r| (r.start, r.end)).collect()
+        };
+        let before = self.clear_before()?;
+        match clear::plan(&before, &cleared) {
+            Ok(keep) => {
+                self.clear_refs("4")?
+                    .map_err(|e| format!("clear_refs 4 failed: {}", e.name()))?;
+                for &(s, e) in &keep {
+                    let mut p = s;
+                    while p < e {
+                        self.restore_byte(p)?;
+                        p += PAGE_SIZE;
+                    }
+                }
+                // Check the emulation (a transparent huge page, for one, is dirtied whole).
+                let want = clear::normalize(&keep);
+                let mut got = Vec::new();
+                for (s, e) in self.owned() {
+                    let sd = self.pagemap_runs(s, e - s, PM_SOFT_DIRTY)?;
+                    got.extend(
+                        sd.into_iter()
+                            .map(|(x, y)| (s + x * PAGE_SIZE, s + y * PAGE_SIZE)),
+                    );
+                }
+                if clear::normalize(&got) != want {
+                    let why = "whose emulation failed: clear_refs 4 and stores did not leave \
+                               exactly the soft-dirty pages the scan did not report"
+                        .to_string();
+                    self.tainted = Some(why.clone());
+                    self.scan_skip = Some(why);
+                }
+            }
+            Err(why) => {
+                let why = format!("that the soft-dirty flavour cannot emulate: {why}");
+                self.tainted = Some(why.clone());
+                self.scan_skip = Some(why);
+            }
+        }
+        Ok(Ok(res))
     }
 
     fn touch(&mut self, addr: u64, len: u64, write: bool) -> Op<()> {
@@ -727,6 +934,9 @@ impl Backend for KernelBackend {
             self.check_owned(n, new_len, "mremap fixed")?;
         }
         self.check_owned(addr, old_len, "mremap")?;
+        if let Some(why) = self.multi_vma_move(addr, old_len, new_len, fixed)? {
+            return Err(why);
+        }
         let mut flags = 0;
         if maymove {
             flags |= libc::MREMAP_MAYMOVE;
@@ -761,6 +971,9 @@ impl Backend for KernelBackend {
             self.disown(addr, old_end);
         }
         self.own(a, new_end);
+        // A same-size mremap in place succeeds without looking at the range, which may
+        // hold gaps: own only what is mapped.
+        self.sync_owned();
         // Without UFFD_FEATURE_EVENT_REMAP the kernel resets the registration of the VMA
         // the moved range lands in, which a merge may have made larger than the range
         // (an unmoved neighbour loses its registration too): register everything again.
@@ -802,9 +1015,12 @@ impl Backend for KernelBackend {
                 None => Err(format!("writing /proc/self/clear_refs: {e}")),
             };
         }
-        if self.flavour == KernelFlavour::Uffd && crate::mm::parse_kstrtoint(value.trim()) == Ok(4)
-        {
-            self.protect_all()?;
+        if crate::mm::parse_kstrtoint(value.trim()) == Ok(4) {
+            if self.flavour == KernelFlavour::Uffd {
+                self.protect_all()?;
+            }
+            // Every soft-dirty bit of the process is clear, as in the model.
+            self.tainted = None;
         }
         Ok(Ok(()))
     }
@@ -846,6 +1062,9 @@ impl Backend for KernelBackend {
     }
 
     fn scan(&mut self, args: &ScanArgs) -> Op<ScanResult> {
+        if args.clear && self.flavour == KernelFlavour::SoftDirty {
+            return self.scan_clear_softdirty(args);
+        }
         let pages = args.end.saturating_sub(args.start).div_ceil(PAGE_SIZE);
         let n = args.vec_len.min(pages.saturating_add(1));
         let buf = RegionBuf::new(n as usize)?;
@@ -903,6 +1122,11 @@ impl Backend for KernelBackend {
     fn scan_unobservable(&self, args: &ScanArgs) -> Option<String> {
         let cats = args.mask | args.anyof | args.inverted | args.ret;
         let odd = PAGE_IS_WRITTEN | PAGE_IS_WPALLOWED | PAGE_IS_SWAPPED;
+        if let Some(why) = &self.tainted {
+            if cats & PAGE_IS_SOFT_DIRTY != 0 {
+                return Some(format!("soft-dirty since a `scan ... clear` {why}"));
+            }
+        }
         if self.flavour == KernelFlavour::Uffd && cats & odd != 0 {
             return Some(
                 "the scan uses `written`, `wpallowed` or `swapped`, which uffd registration \
@@ -913,42 +1137,27 @@ impl Backend for KernelBackend {
         None
     }
 
+    fn take_scan_skip(&mut self) -> Option<String> {
+        self.scan_skip.take()
+    }
+
     fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String> {
         procfs::smaps_vmflags(addr).map_err(|e| format!("reading /proc/self/smaps: {e}"))
     }
 
     fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        if let Some(why) = &self.tainted {
+            return Err(Unobservable::Skip(format!(
+                "soft-dirty since a `scan ... clear` {why}"
+            )));
+        }
         match self.flavour {
             KernelFlavour::Uffd => self
                 .runs_of(addr, len, PAGE_IS_WRITTEN)
                 .map_err(Unobservable::Broken),
-            KernelFlavour::SoftDirty => {
-                let base = page_down(addr);
-                let end = page_up(
-                    addr.checked_add(len)
-                        .map_or(TASK_SIZE, |e| e.min(TASK_SIZE)),
-                );
-                let mut out: Vec<(u64, u64)> = Vec::new();
-                let mut i = 0;
-                let total = end.saturating_sub(base) / PAGE_SIZE;
-                while i < total {
-                    let n = (total - i).min(4096);
-                    let es = self
-                        .read_pagemap(base + i * PAGE_SIZE, n as usize)
-                        .map_err(Unobservable::Broken)?;
-                    for (k, e) in es.into_iter().enumerate() {
-                        if e & PM_SOFT_DIRTY != 0 {
-                            let p = i + k as u64;
-                            match out.last_mut() {
-                                Some(l) if l.1 == p => l.1 = p + 1,
-                                _ => out.push((p, p + 1)),
-                            }
-                        }
-                    }
-                    i += n;
-                }
-                Ok(out)
-            }
+            KernelFlavour::SoftDirty => self
+                .pagemap_runs(addr, len, PM_SOFT_DIRTY)
+                .map_err(Unobservable::Broken),
         }
     }
 

@@ -9,6 +9,8 @@ pub struct MapsEntry {
     pub start: u64,
     /// end address (exclusive)
     pub end: u64,
+    /// mapped with `PROT_WRITE` (`w` in the permissions)
+    pub writable: bool,
 }
 
 /// Parses `START-END` at the beginning of a maps/smaps header line.
@@ -25,8 +27,15 @@ pub fn maps() -> io::Result<Vec<MapsEntry>> {
     let text = std::fs::read_to_string("/proc/self/maps")?;
     Ok(text
         .lines()
-        .filter_map(parse_range)
-        .map(|(start, end)| MapsEntry { start, end })
+        .filter_map(|l| {
+            let (start, end) = parse_range(l)?;
+            let perms = l.split_ascii_whitespace().nth(1).unwrap_or("");
+            Some(MapsEntry {
+                start,
+                end,
+                writable: perms.as_bytes().get(1) == Some(&b'w'),
+            })
+        })
         .collect())
 }
 

@@ -10,7 +10,8 @@
 //! cannot run here (the kernel lacks a feature or the process a permission; the message
 //! says which and how to get it). Expectations a backend cannot observe (`expect faults`
 //! on the kernel) are neither passed nor failed: they are counted as skipped and named in
-//! the summary line.
+//! the summary line; so is a command it cannot perform exactly (a `scan ... clear` whose
+//! clear the kernel's soft-dirty flavour cannot emulate, [`Backend::take_scan_skip`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -143,6 +144,13 @@ pub trait Backend {
     /// if they cannot (`expect regions`/`expect walk_end` after it are then skipped).
     fn scan_unobservable(&self, args: &ScanArgs) -> Option<String> {
         let _ = args;
+        None
+    }
+    /// Why the last successful `scan` did not do all that the trace asked of it, if it
+    /// did not (the kernel's soft-dirty flavour, where it cannot emulate a `clear`
+    /// exactly): the replay reports the scan as skipped with this reason, neither passed
+    /// nor failed. Taken once.
+    fn take_scan_skip(&mut self) -> Option<String> {
         None
     }
     /// The smaps `VmFlags` line of the VMA containing `addr`; `None` if there is none.
@@ -306,7 +314,9 @@ pub struct Options {
     pub backend: BackendChoice,
 }
 
-/// An expectation that was neither passed nor failed: the backend cannot observe it.
+/// An expectation that was neither passed nor failed (the backend cannot observe it), or
+/// a command the backend could not perform exactly (a `scan ... clear` whose clear the
+/// soft-dirty flavour cannot emulate).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
     /// its line
@@ -328,7 +338,8 @@ pub struct Summary {
     pub unexpected_errors: usize,
     /// the mode the trace ran in
     pub mode: Option<Mode>,
-    /// expectations the backend could not observe (neither passed nor failed)
+    /// expectations the backend could not observe (neither passed nor failed), and
+    /// commands it could not perform exactly
     pub skipped: Vec<Skipped>,
     /// the backend, when it is not the model
     pub backend: Option<String>,
@@ -421,6 +432,7 @@ pub fn replay_on(
         current: "main".to_string(),
         names: HashMap::new(),
         last_scan: None,
+        scan_skip: None,
         fault_marks: HashMap::new(),
         summary: Summary {
             mode: Some(mode),
@@ -437,6 +449,11 @@ pub fn replay_on(
             continue;
         }
         let outcome = r.run(&c.node, out);
+        if let Some(why) = r.scan_skip.take() {
+            let what = format!("scan ... clear: {why}");
+            let _ = writeln!(diag, "{}:{}: skipped: {what}", file, c.line);
+            r.summary.skipped.push(Skipped { line: c.line, what });
+        }
         // An error is expected if an `expect err` follows before the next command.
         let expected_err = cmds[k + 1..]
             .iter()
@@ -541,6 +558,8 @@ struct Replayer<'a> {
     names: HashMap<String, u64>,
     /// the last successful scan, and why it cannot be compared (if it cannot)
     last_scan: Option<(ScanResult, Option<String>)>,
+    /// why the command just run (a scan) was not performed exactly, if it was not
+    scan_skip: Option<String>,
     fault_marks: HashMap<String, u64>,
     summary: Summary,
     file: &'a str,
@@ -621,6 +640,7 @@ impl Replayer<'_> {
                                 format_categories(r.categories)
                             );
                         }
+                        self.scan_skip = self.backend.take_scan_skip();
                         let why = self.backend.scan_unobservable(&args);
                         self.last_scan = Some((res, why));
                         Ok(())
@@ -813,4 +833,128 @@ fn fmt_pages(v: &[(u64, u64)], n: u64) -> String {
         })
         .collect();
     parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The model, except that `scan ... clear` does not clear and says so, as the kernel's
+    /// soft-dirty flavour does where it cannot emulate the clear; soft-dirty is then
+    /// unobservable until the next `clear_refs 4`.
+    struct NoClear {
+        model: ModelBackend,
+        skip: Option<String>,
+        tainted: bool,
+    }
+
+    impl Backend for NoClear {
+        fn name(&self) -> String {
+            "no-clear".into()
+        }
+        fn space(&mut self, name: &str) -> Result<(), String> {
+            self.model.space(name)
+        }
+        fn fork(&mut self, child: &str) -> Op<()> {
+            self.model.fork(child)
+        }
+        fn mmap(&mut self, a: u64, l: u64, p: Prot, sh: bool, pl: mm::Placement) -> Op<u64> {
+            self.model.mmap(a, l, p, sh, pl)
+        }
+        fn munmap(&mut self, a: u64, l: u64) -> Op<()> {
+            self.model.munmap(a, l)
+        }
+        fn mprotect(&mut self, a: u64, l: u64, p: Prot) -> Op<()> {
+            self.model.mprotect(a, l, p)
+        }
+        fn mremap(&mut self, a: u64, o: u64, n: u64, m: bool, f: Option<u64>) -> Op<u64> {
+            self.model.mremap(a, o, n, m, f)
+        }
+        fn madvise_dontneed(&mut self, a: u64, l: u64) -> Op<()> {
+            self.model.madvise_dontneed(a, l)
+        }
+        fn write(&mut self, a: u64, l: u64) -> Op<()> {
+            self.model.write(a, l)
+        }
+        fn read(&mut self, a: u64, l: u64) -> Op<()> {
+            self.model.read(a, l)
+        }
+        fn clear_refs(&mut self, v: &str) -> Op<()> {
+            self.tainted = false;
+            self.model.clear_refs(v)
+        }
+        fn pagemap(&mut self, s: u64, n: u64, f: &mut dyn FnMut(u64, u64)) -> Result<(), String> {
+            self.model.pagemap(s, n, f)
+        }
+        fn scan(&mut self, args: &ScanArgs) -> Op<ScanResult> {
+            if args.clear {
+                self.skip = Some("cannot clear".into());
+                self.tainted = true;
+            }
+            self.model.scan(&ScanArgs {
+                clear: false,
+                ..*args
+            })
+        }
+        fn scan_unobservable(&self, _: &ScanArgs) -> Option<String> {
+            self.tainted.then(|| "tainted".to_string())
+        }
+        fn take_scan_skip(&mut self) -> Option<String> {
+            self.skip.take()
+        }
+        fn smaps_vmflags(&mut self, a: u64) -> Result<Option<String>, String> {
+            self.model.smaps_vmflags(a)
+        }
+        fn softdirty_runs(&mut self, a: u64, l: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+            if self.tainted {
+                return Err(Unobservable::Skip("tainted".into()));
+            }
+            self.model.softdirty_runs(a, l)
+        }
+        fn present_runs(&mut self, a: u64, l: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+            self.model.present_runs(a, l)
+        }
+        fn vma_count(&mut self, a: u64, l: u64) -> Result<u64, Unobservable> {
+            self.model.vma_count(a, l)
+        }
+        fn faults(&mut self) -> Result<u64, Unobservable> {
+            self.model.faults()
+        }
+    }
+
+    #[test]
+    fn a_scan_the_backend_cannot_perform_is_skipped_with_what_depends_on_it() {
+        let text = "mode legacy\nmmap 0x20_0000_0000 4p rw noreplace\nclear_refs 4\n\
+                    write 0x20_0000_0000 2p\n\
+                    scan 0x20_0000_0000 4p mask=softdirty return=softdirty clear\n\
+                    expect regions 1\nexpect softdirty 0x20_0000_0000 4p none\n\
+                    expect present 0x20_0000_0000 4p 0 1\n\
+                    clear_refs 4\nexpect softdirty 0x20_0000_0000 4p none\n";
+        let t = crate::trace::parse::parse_bytes(text.as_bytes()).unwrap();
+        let mut b = NoClear {
+            model: ModelBackend::new(Mode::Legacy),
+            skip: None,
+            tainted: false,
+        };
+        let (mut out, mut diag) = (Vec::new(), Vec::new());
+        let s = replay_on(&t, "t", &mut b, Mode::Legacy, false, &mut out, &mut diag);
+        let diag = String::from_utf8(diag).unwrap();
+        assert_eq!(
+            (s.passed, s.failed, s.unexpected_errors),
+            (2, 0, 0),
+            "{diag}"
+        );
+        let lines: Vec<usize> = s.skipped.iter().map(|k| k.line).collect();
+        assert_eq!(lines, vec![5, 6, 7], "{diag}");
+        assert!(
+            diag.contains("t:5: skipped: scan ... clear: cannot clear"),
+            "{diag}"
+        );
+        assert!(
+            diag.contains("t:7: skipped: expect softdirty: tainted"),
+            "{diag}"
+        );
+        assert!(diag.contains("3 skipped"), "{diag}");
+        assert_eq!(s.exit_status(false), 0);
+    }
 }
