@@ -232,7 +232,7 @@ pub struct PageBitmap {
     clear: Mutex<()>,
     /// Where a sealed bitmap's pages went (set before `sealed`, read after seeing it): a
     /// fault that finds the bitmap sealed applies itself there ([`PageBitmap::forward`]).
-    forward: Mutex<Option<Arc<[Target]>>>,
+    forward: Mutex<Option<Arc<Vec<Target>>>>,
 }
 
 /// One successor of a sealed bitmap: pages `[src_first, src_first + count)` of the
@@ -1024,6 +1024,7 @@ impl PageBitmap {
 
     /// The clear lock, for a caller that harvests several disjoint chunk-aligned pieces
     /// of this bitmap in parallel through [`Self::harvest_held`].
+    #[cfg_attr(all(loom, feature = "loom"), allow(dead_code))]
     pub(crate) fn clear_lock(&self) -> MutexGuard<'_, ()> {
         lock(&self.clear)
     }
@@ -1494,7 +1495,8 @@ impl PageBitmap {
     ///
     /// `targets` also becomes the bitmap's forwarding list: a fault that finds it sealed
     /// applies itself to the targets ([`Self::forward`]).
-    pub fn seal_and_drain(&self, targets: Arc<[Target]>) {
+    pub fn seal_and_drain(&self, targets: Vec<Target>) {
+        let targets = Arc::new(targets);
         let _clear = lock(&self.clear);
         // Before the seal: a fault that sees `sealed` finds the list (the mutex orders
         // its read after this write, which is sequenced before the Release store).
@@ -1877,13 +1879,13 @@ mod tests {
         new.copy_from(0, &old, 0, 128, CopyRule::Plain);
         // A "late" fault between copy and seal.
         old.write(70, 1);
-        old.seal_and_drain(Arc::from(vec![Target {
+        old.seal_and_drain(vec![Target {
             src_first: 0,
             dst: new.clone(),
             dst_first: 0,
             count: 128,
             rule: DrainRule::Plain,
-        }]));
+        }]);
         assert_eq!(dirty_pages(&new), vec![1, 70]);
         // A fault after the seal is forwarded to the successor.
         assert_eq!(old.write(90, 1), Mark::Done { faults: 1 });

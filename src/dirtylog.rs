@@ -347,7 +347,7 @@ impl AddressSpace {
 
 /// Harvests pages `[first, first + count)` of `v`'s bitmap, calling `sink` with the runs
 /// (VMA-relative page indices) in order; in parallel over chunk-aligned pieces if `par`.
-fn harvest_vma(v: &Vma, first: u64, count: u64, par: bool, mut sink: impl FnMut(Run)) {
+fn harvest_vma(v: &Vma, first: u64, count: u64, par: bool, sink: impl FnMut(Run)) {
     #[cfg(not(all(loom, feature = "loom")))]
     if par && count > PARALLEL_PIECE_PAGES {
         use rayon::prelude::*;
@@ -370,6 +370,7 @@ fn harvest_vma(v: &Vma, first: u64, count: u64, par: bool, mut sink: impl FnMut(
                 out
             })
             .collect();
+        let mut sink = sink;
         for r in parts.into_iter().flatten() {
             sink(r);
         }

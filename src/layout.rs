@@ -181,14 +181,14 @@ pub struct Built {
     pub vmas: Vec<Arc<Vma>>,
     /// the published VMAs whose bitmaps were copied, each with where its pages went
     pub retired: Vec<Retired>,
-    /// VMAs (kept, or sharing their cell with a successor) whose frozen cell must thaw
+    /// VMAs kept unchanged whose frozen cell must thaw
     thaw: Vec<Arc<Vma>>,
 }
 
 impl Built {
-    /// Thaws the `anon_vma` cells of the surviving VMAs; call after publishing. Retired
-    /// VMAs keep a frozen cell: a writer that holds one waits for the new index and
-    /// retries through it.
+    /// Thaws the `anon_vma` cells of the VMAs kept unchanged; call after publishing.
+    /// Replaced VMAs (retired, or succeeded by a VMA over the same bitmap) keep a frozen
+    /// cell: a writer that holds one waits for the new index and retries through it.
     pub fn thaw(&mut self) {
         for v in self.thaw.drain(..) {
             v.thaw_anon();
@@ -666,22 +666,14 @@ impl Layout {
                     if w.meta == vma.meta && w.anon == vma.anon() && w.nsdr == vma.nsdr {
                         out.push(vma.clone());
                     } else {
-                        // New flags, same pages: share the bitmap, no copy, and the
-                        // anon_vma cell. The writer that loaded the old index writes
-                        // this bitmap with no seal to stop it, and may assign the
-                        // anon_vma after we publish (its cell was not frozen if it
-                        // already had one; `w.anon` is what the cell holds): it must
-                        // land in the successor too.
-                        debug_assert!(w.anon == 0 || w.anon == vma.anon());
+                        // New flags, same pages: share the bitmap, no copy. The
+                        // anon_vma cell is new: the old one stays frozen (if this
+                        // layout froze it), so a writer that loaded the old index
+                        // cannot assign an anon_vma the successor would not have; it
+                        // waits for the new index and retries there.
                         let nv = Arc::new(
-                            Vma::with_anon_cell(
-                                w.start,
-                                w.end,
-                                w.meta,
-                                vma.anon_cell().clone(),
-                                vma.bitmap.clone(),
-                            )
-                            .with_nsdr(w.nsdr),
+                            Vma::new(w.start, w.end, w.meta, w.anon, vma.bitmap.clone())
+                                .with_nsdr(w.nsdr),
                         );
                         derived.push((vma.clone(), nv.clone()));
                         out.push(nv);
@@ -777,7 +769,7 @@ impl Retired {
     /// anon_vma a racing first write fault assigned after the layout was read.
     pub fn drain(&self) {
         if !self.targets.is_empty() {
-            let t: Arc<[Target]> = self
+            let t: Vec<Target> = self
                 .targets
                 .iter()
                 .map(|(s, d, dp, n, r)| Target {

@@ -248,8 +248,12 @@ impl AddressSpace {
                 if v.assign_anon(Self::anon_for_first_fault(idx, v)).is_none() {
                     // A structural operation is deciding with this VMA's anon_vma: wait
                     // until it thaws the cell or publishes, then retry.
-                    let cur = self.index.load(Ordering::Acquire, &guard);
-                    while v.anon_frozen() && self.index.load(Ordering::Acquire, &guard) == cur {
+                    // (`idx` is the index `v` came from: a replaced VMA's cell stays
+                    // frozen, and the index that replaced it may be published already.)
+                    let cur: *const VmaIndex = idx;
+                    while v.anon_frozen()
+                        && std::ptr::eq(self.index.load(Ordering::Acquire, &guard).as_raw(), cur)
+                    {
                         crate::sync::spin_loop();
                     }
                     continue;

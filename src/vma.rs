@@ -69,10 +69,8 @@ pub struct Vma {
     /// Flags, pgoff, file.
     pub meta: VmaMeta,
     /// `anon_vma` identity (0: none yet). Set by the first write fault of private memory.
-    /// Shared with a successor that shares this VMA's bitmap (same pages, new flags: a
-    /// whole-VMA mprotect, a legacy `clear_refs`), so that a first write racing the
-    /// replacement assigns it to both ([`Vma::with_anon_cell`]). [`ANON_FROZEN`] while a
-    /// structural operation decides with it ([`Vma::freeze_anon`]).
+    /// [`ANON_FROZEN`] while a structural operation decides with it, and for good once
+    /// the VMA is replaced by one ([`Vma::freeze_anon`]).
     anon: Arc<AtomicU64>,
     /// The page state: page `i` of the bitmap is the page at `start + i * PAGE_SIZE`.
     pub bitmap: Arc<PageBitmap>,
@@ -94,32 +92,20 @@ impl std::fmt::Debug for Vma {
 impl Vma {
     /// A VMA over `[start, end)` with the given bitmap (its length must match).
     pub fn new(start: u64, end: u64, meta: VmaMeta, anon: u64, bitmap: Arc<PageBitmap>) -> Vma {
-        Vma::with_anon_cell(start, end, meta, Arc::new(AtomicU64::new(anon)), bitmap)
-    }
-
-    /// A VMA over `[start, end)` whose `anon_vma` cell is `anon`, shared with the VMA it
-    /// replaces (which shares `bitmap` too).
-    pub fn with_anon_cell(
-        start: u64,
-        end: u64,
-        meta: VmaMeta,
-        anon: Arc<AtomicU64>,
-        bitmap: Arc<PageBitmap>,
-    ) -> Vma {
         debug_assert_eq!(bitmap.pages(), (end - start) >> PAGE_SHIFT);
         LIVE_VMAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Vma {
             start,
             end,
             meta,
-            anon,
+            anon: Arc::new(AtomicU64::new(anon)),
             bitmap,
             nsdr: NonSdRegions::new(),
         }
     }
 
-    /// The `anon_vma` cell, to share with a successor over the same bitmap.
-    pub fn anon_cell(&self) -> &Arc<AtomicU64> {
+    /// The `anon_vma` cell (its identity tells which VMAs a layout kept).
+    pub(crate) fn anon_cell(&self) -> &Arc<AtomicU64> {
         &self.anon
     }
 
@@ -178,10 +164,12 @@ impl Vma {
     /// "never faulted" (VM_ACCOUNT dropped, an unfaulted merge, a fork child without the
     /// page) — a state no sequential order gives, as in Linux, where `mmap_lock` keeps
     /// faults out. Returns the identity (0: none, and the cell is now frozen: the caller
-    /// must [`Vma::thaw_anon`] it unless the VMA is retired, whose cell stays frozen).
+    /// must [`Vma::thaw_anon`] it if the VMA survives unchanged; a replaced VMA's cell
+    /// stays frozen, so that a writer holding it waits for the new index and retries).
     /// Only the control plane calls it, under the space's control lock.
     pub fn freeze_anon(&self) -> (u64, bool) {
-        // Broken twin `no_anon_freeze` (loom-tests): read without freezing.
+        // Broken twin `no_anon_freeze` (loom-tests): the code before the fix, a plain
+        // read.
         #[cfg(softdirty_broken = "no_anon_freeze")]
         return (self.anon(), false);
         #[allow(unreachable_code)]

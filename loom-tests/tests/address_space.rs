@@ -94,3 +94,210 @@ fn mprotect_split_vs_write() {
         );
     });
 }
+
+/// A space with one private RW mapping of `pages` pages whose page 0 was written and
+/// then cleared (present, real page, not soft-dirty).
+fn written_then_cleared(mode: Mode, pages: u64) -> (Arc<AddressSpace>, u64) {
+    let mm = Arc::new(AddressSpace::new(mode));
+    let a = mm
+        .mmap(0, pages * PAGE, Prot::RW, false, Placement::Hint)
+        .unwrap();
+    mm.write(a, 1).unwrap();
+    mm.clear_refs(4).unwrap();
+    (mm, a)
+}
+
+/// `MADV_DONTNEED` ∥ write of the same page (issue "No write lost, for real", bug 1):
+/// the zap rewrites `populated`, `backed` and `clean` with three RMWs, the fault in
+/// another order. Whatever the interleaving, the page ends as one of the two sequential
+/// orders leaves it (computed on fresh spaces first): write then zap, or zap then write.
+/// In `legacy` the bug left the page present, shown as the zero page, and not
+/// soft-dirty: the next harvest missed the write. Broken twin: `zap_no_seq`.
+fn dontneed_model(name: &str, mode: Mode) {
+    check(name, 2, move || {
+        let sequential = |write_first: bool| {
+            let (mm, a) = written_then_cleared(mode, 1);
+            if write_first {
+                mm.write(a, 1).unwrap();
+                mm.madvise_dontneed(a, PAGE).unwrap();
+            } else {
+                mm.madvise_dontneed(a, PAGE).unwrap();
+                mm.write(a, 1).unwrap();
+            }
+            mm.pagemap_entry(a)
+        };
+        let (write_zap, zap_write) = (sequential(true), sequential(false));
+        let (mm, a) = written_then_cleared(mode, 1);
+        let w = {
+            let mm = mm.clone();
+            thread::spawn(move || mm.write(a, 1))
+        };
+        mm.madvise_dontneed(a, PAGE).unwrap();
+        assert_eq!(w.join().unwrap(), Ok(()));
+        let e = mm.pagemap_entry(a);
+        assert!(
+            e == write_zap || e == zap_write,
+            "pagemap {e:#x} matches no sequential order (write;zap {write_zap:#x}, \
+             zap;write {zap_write:#x})"
+        );
+    });
+}
+
+#[test]
+fn dontneed_vs_write_legacy() {
+    dontneed_model("dontneed_vs_write_legacy", Mode::Legacy);
+}
+
+#[test]
+fn dontneed_vs_write_precise() {
+    dontneed_model("dontneed_vs_write_precise", Mode::Precise);
+}
+
+/// A first write ∥ an operation that republishes the VMA over the same bitmap (a
+/// whole-VMA mprotect, a legacy `clear_refs 4`), then fork (bug 2). The successor shares
+/// the old VMA's bitmap; the writer that loaded the old index assigns the anon_vma on
+/// the old VMA. In every sequential order the write precedes the fork, so the child has
+/// the page. Broken twin: `no_anon_freeze` (nothing froze the old VMA's anon_vma cell: the
+/// writer assigned it after the operation read it, and the child lacked the page).
+fn first_write_vs_republish_then_fork(name: &str, mode: Mode, mprotect: bool) {
+    check(name, 2, move || {
+        let mm = Arc::new(AddressSpace::new(mode));
+        let a = mm
+            .mmap(0, 2 * PAGE, Prot::RW, false, Placement::Hint)
+            .unwrap();
+        let w = {
+            let mm = mm.clone();
+            thread::spawn(move || mm.write(a, 1))
+        };
+        if mprotect {
+            mm.mprotect(a, 2 * PAGE, Prot::RWX).unwrap();
+        } else {
+            mm.clear_refs(4).unwrap();
+        }
+        assert_eq!(w.join().unwrap(), Ok(()));
+        let child = mm.fork();
+        assert_eq!(
+            child.present_runs(a, 2 * PAGE),
+            vec![(0, 1)],
+            "child lacks the page"
+        );
+        assert_eq!(mm.present_runs(a, 2 * PAGE), vec![(0, 1)]);
+    });
+}
+
+#[test]
+fn first_write_vs_whole_mprotect_then_fork() {
+    first_write_vs_republish_then_fork(
+        "first_write_vs_whole_mprotect_then_fork",
+        Mode::Precise,
+        true,
+    );
+}
+
+#[test]
+fn first_write_vs_legacy_clear_refs_then_fork() {
+    first_write_vs_republish_then_fork(
+        "first_write_vs_legacy_clear_refs_then_fork",
+        Mode::Legacy,
+        false,
+    );
+}
+
+/// A first write ∥ mprotect to read-only of the whole, never-written VMA: mprotect drops
+/// `VM_ACCOUNT` from a VMA that has no anon_vma. Sequentially either the write comes
+/// first (`Ok`, the VMA is faulted and keeps `ac`) or the mprotect does (`EFAULT`, the
+/// VMA is unfaulted without `ac`). Broken twins: `no_anon_freeze` (the anon_vma read
+/// without freezing the cell: the write completes after the decision, `Ok` with `ac`
+/// dropped).
+#[test]
+fn first_write_vs_mprotect_readonly_account() {
+    check("first_write_vs_mprotect_readonly_account", 2, || {
+        let mm = Arc::new(AddressSpace::new(Mode::Precise));
+        let a = mm
+            .mmap(0, 2 * PAGE, Prot::RW, false, Placement::Hint)
+            .unwrap();
+        let w = {
+            let mm = mm.clone();
+            thread::spawn(move || mm.write(a, 1))
+        };
+        mm.mprotect(a, 2 * PAGE, Prot::R).unwrap();
+        let r = w.join().unwrap();
+        let flags = mm.smaps_vmflags(a).unwrap();
+        let ac = flags.split(' ').any(|f| f == "ac");
+        let faulted = mm.vmas()[0].faulted;
+        match r {
+            Ok(()) => assert!(ac && faulted, "write Ok but {flags} faulted={faulted}"),
+            Err(e) => {
+                assert_eq!(e, Errno::EFAULT);
+                assert!(
+                    !ac && !faulted,
+                    "write EFAULT but {flags} faulted={faulted}"
+                )
+            }
+        }
+    });
+}
+
+/// A write of two pages in two bitmap words ∥ an mremap move of the whole VMA (legacy;
+/// the moved VMA keeps `VM_SOFTDIRTY`, so presence is what tells). Sequentially the write comes first (`Ok`, both
+/// pages present at the destination) or the move does (`EFAULT`, nothing present there).
+/// Before forwarding, a fault that found the source sealed retried through the index,
+/// hit the unmapped source and returned EFAULT after the drain had carried one of its
+/// words. Broken twin: `retry_via_index`.
+#[test]
+fn write_vs_mremap_move() {
+    check("write_vs_mremap_move", 2, || {
+        let mm = Arc::new(AddressSpace::new(Mode::Legacy));
+        let a = mm
+            .mmap(0, 128 * PAGE, Prot::RW, false, Placement::Hint)
+            .unwrap();
+        let b = mm
+            .mmap(0, 128 * PAGE, Prot::RW, false, Placement::Hint)
+            .unwrap();
+        mm.munmap(b, 128 * PAGE).unwrap();
+        mm.write(a + 100 * PAGE, 1).unwrap(); // materialize the chunk: the race is on words
+        let w = {
+            let mm = mm.clone();
+            thread::spawn(move || mm.write(a + 63 * PAGE, 2 * PAGE))
+        };
+        assert_eq!(mm.mremap(a, 128 * PAGE, 128 * PAGE, true, Some(b)), Ok(b));
+        let r = w.join().unwrap();
+        let present = mm.present_runs(b + 63 * PAGE, 2 * PAGE);
+        match r {
+            Ok(()) => assert_eq!(present, vec![(0, 2)], "write Ok but not all moved"),
+            Err(e) => {
+                assert_eq!(e, Errno::EFAULT);
+                assert_eq!(present, vec![], "write EFAULT but part of it moved")
+            }
+        }
+    });
+}
+
+/// A write ∥ an mprotect that merges its VMA into the neighbour (copy, publish, seal,
+/// drain of two bitmaps into one): the write lands in the merged VMA. Broken twins:
+/// `no_drain`, `no_recheck`.
+#[test]
+fn write_vs_mprotect_merge() {
+    check("write_vs_mprotect_merge", 2, || {
+        let mm = Arc::new(AddressSpace::new(Mode::Precise));
+        let a = mm
+            .mmap(0, 128 * PAGE, Prot::RW, false, Placement::Hint)
+            .unwrap();
+        mm.mprotect(a + 64 * PAGE, 64 * PAGE, Prot::RWX).unwrap();
+        mm.write(a, 1).unwrap();
+        mm.write(a + 64 * PAGE, 1).unwrap();
+        mm.clear_refs(4).unwrap();
+        let w = {
+            let mm = mm.clone();
+            thread::spawn(move || mm.write(a + 70 * PAGE, 1))
+        };
+        mm.mprotect(a + 64 * PAGE, 64 * PAGE, Prot::RW).unwrap();
+        assert_eq!(w.join().unwrap(), Ok(()));
+        assert_eq!(mm.vma_total(), 1);
+        assert_eq!(
+            mm.softdirty_runs(a, 128 * PAGE),
+            vec![(70, 71)],
+            "write lost"
+        );
+    });
+}

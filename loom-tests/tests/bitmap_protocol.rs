@@ -11,7 +11,7 @@
 
 use loom::sync::Arc;
 use loom::thread;
-use softdirty::bitmap::{Bits, CopyRule, DrainRule, Mark, PageBitmap, Run};
+use softdirty::bitmap::{Bits, CopyRule, DrainRule, Mark, PageBitmap, Run, Target};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -96,6 +96,23 @@ fn pages_where(b: &PageBitmap, pick: impl Fn(Bits) -> u64) -> Vec<u64> {
         }
     }
     out
+}
+
+/// One successor of a sealed bitmap.
+fn target(
+    src_first: u64,
+    dst: &Arc<PageBitmap>,
+    dst_first: u64,
+    count: u64,
+    rule: DrainRule,
+) -> Target {
+    Target {
+        src_first,
+        dst: dst.clone(),
+        dst_first,
+        count,
+        rule,
+    }
 }
 
 fn dirty(b: &PageBitmap) -> Vec<u64> {
@@ -305,7 +322,8 @@ fn split_vs_write() {
 }
 
 /// The same split, the old bitmap untouched (its chunk not materialized): the writer's
-/// chunk-installing CAS races the drain's slot RMW. Broken twin: `no_cas_recheck`.
+/// chunk-installing CAS races the drain's slot RMW. Broken twins: `no_recheck`,
+/// `no_drain`.
 #[test]
 fn split_vs_first_write_to_untouched_chunk() {
     split_model("split_vs_first_write_to_untouched_chunk", false);
@@ -329,7 +347,9 @@ fn split_model(name: &str, materialized: bool) {
             swap,
             move || {
                 for p in [3u64, 70] {
-                    // Sealed: retry through the index, which names the heirs.
+                    // A sealed bitmap forwards the fault to its heirs; only the broken
+                    // twin `retry_via_index` answers Sealed, and the index names the
+                    // heirs.
                     if o1.write(p, 1) == Mark::Sealed {
                         let (h, q) = if p < 64 { (&l1, p) } else { (&r1, p - 64) };
                         assert_ne!(h.write(q, 1), Mark::Sealed, "heir sealed");
@@ -339,9 +359,9 @@ fn split_model(name: &str, materialized: bool) {
             move || {
                 l2.copy_from(0, &o2, 0, 64, CopyRule::Plain);
                 r2.copy_from(0, &o2, 64, 64, CopyRule::Plain);
-                o2.seal_and_drain(&[
-                    (0, &l2, 0, 64, DrainRule::Plain),
-                    (64, &r2, 0, 64, DrainRule::Plain),
+                o2.seal_and_drain(vec![
+                    target(0, &l2, 0, 64, DrainRule::Plain),
+                    target(64, &r2, 0, 64, DrainRule::Plain),
                 ]);
             },
         );
@@ -349,10 +369,13 @@ fn split_model(name: &str, materialized: bool) {
         assert_eq!(dirty(&right), vec![6], "right heir");
         assert_eq!(populated(&left), vec![3]);
         assert_eq!(populated(&right), vec![6]);
+        // A fault on the retired bitmap is forwarded to the heir (broken twin
+        // `retry_via_index`: it answers `Sealed` instead).
+        assert_eq!(old.write(5, 1), Mark::Done { faults: 1 }, "forwarded");
         assert_eq!(
-            old.write(5, 1),
-            Mark::Sealed,
-            "a retired bitmap takes no new fault"
+            dirty(&left),
+            vec![3, 5],
+            "a retired bitmap forwards a new fault"
         );
     });
 }
@@ -382,8 +405,8 @@ fn merge_vs_write() {
             move || {
                 m2.copy_from(0, &a2, 0, 64, CopyRule::Plain);
                 m2.copy_from(64, &b2, 0, 64, CopyRule::Plain);
-                a2.seal_and_drain(&[(0, &m2, 0, 64, DrainRule::Plain)]);
-                b2.seal_and_drain(&[(0, &m2, 64, 64, DrainRule::Plain)]);
+                a2.seal_and_drain(vec![target(0, &m2, 0, 64, DrainRule::Plain)]);
+                b2.seal_and_drain(vec![target(0, &m2, 64, 64, DrainRule::Plain)]);
             },
         );
         assert_eq!(dirty(&m), vec![3, 69]);
@@ -422,7 +445,7 @@ fn mremap_vs_faults() {
             },
             move || {
                 d2.copy_from(0, &s2, 0, 128, CopyRule::DirtyPopulated);
-                s2.seal_and_drain(&[(0, &d2, 0, 128, DrainRule::DirtyPopulated)]);
+                s2.seal_and_drain(vec![target(0, &d2, 0, 128, DrainRule::DirtyPopulated)]);
             },
         );
         assert_eq!(populated(&dst), vec![3, 70]);
