@@ -7,6 +7,7 @@
 //! ```text
 //! writer:   data.store(i, Relaxed); mark_dirty(page)
 //! migrator: dirty = get_and_clear(page); seen = data.load(Relaxed)
+//!           (the load in the harvest's sink, as a migration copies a reported page)
 //! ```
 //!
 //! The contract a dirty log must keep: the migrator either copies the new data, or the
@@ -20,7 +21,7 @@
 //! the bit (vm-memory's `AtomicBitmap`, one `SeqCst` `fetch_or`) forbids it.
 //!
 //! Shapes: softdirty's core (`PageBitmap::mark_dirty` / `PageBitmap::harvest`), softdirty
-//! through vm-memory (`Bitmap::mark_dirty` / `SoftDirtyBitmap::get_and_reset` on
+//! through vm-memory (`Bitmap::mark_dirty` / `SoftDirtyBitmap::harvest` on
 //! `softdirty::vmm::SoftDirtyBitmap`, feature `vm-memory`) and, as the control, vm-memory's
 //! own `AtomicBitmap` (`mark_dirty` / `get_and_reset`). The test prints the lost count of
 //! each shape and requires 0 for every shape.
@@ -31,7 +32,7 @@
 
 use softdirty::bitmap::PageBitmap;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
 use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 
@@ -43,8 +44,10 @@ const P: usize = 5;
 trait Shape: Sync {
     /// The writer's mark of page `P`.
     fn mark(&self);
-    /// The migrator's get-and-clear: was page `P` reported?
-    fn take(&self) -> bool;
+    /// The migrator's get-and-clear, then its copy of the data (`copy`), as early as the
+    /// interface allows (in the harvest's sink where it has one): (was page `P` reported,
+    /// the data copied).
+    fn take(&self, copy: &dyn Fn() -> u64) -> (bool, u64);
     /// Is page `P` dirty (quiescent)?
     fn dirty(&self) -> bool;
 }
@@ -54,12 +57,14 @@ impl Shape for Core {
     fn mark(&self) {
         self.0.mark_dirty(P as u64, 1);
     }
-    fn take(&self) -> bool {
-        let mut hit = false;
+    fn take(&self, copy: &dyn Fn() -> u64) -> (bool, u64) {
+        let mut got = None;
         self.0.harvest(0, 64, |r| {
-            hit |= r.first <= P as u64 && (P as u64) < r.first + r.count
+            if r.first <= P as u64 && (P as u64) < r.first + r.count {
+                got = Some(copy());
+            }
         });
-        hit
+        got.map_or_else(|| (false, copy()), |d| (true, d))
     }
     fn dirty(&self) -> bool {
         self.0.page(P as u64).clean == 0
@@ -73,8 +78,14 @@ impl Shape for Vmm {
     fn mark(&self) {
         Bitmap::mark_dirty(&self.0, P * PAGE + 8, 8);
     }
-    fn take(&self) -> bool {
-        self.0.get_and_reset()[P / 64] & (1 << (P % 64)) != 0
+    fn take(&self, copy: &dyn Fn() -> u64) -> (bool, u64) {
+        let mut got = None;
+        self.0.harvest(|first, n| {
+            if first <= P as u64 && (P as u64) < first + n {
+                got = Some(copy());
+            }
+        });
+        got.map_or_else(|| (false, copy()), |d| (true, d))
     }
     fn dirty(&self) -> bool {
         self.0.is_page_dirty(P)
@@ -86,8 +97,9 @@ impl Shape for Atomic {
     fn mark(&self) {
         Bitmap::mark_dirty(&self.0, P * PAGE + 8, 8);
     }
-    fn take(&self) -> bool {
-        self.0.get_and_reset()[P / 64] & (1 << (P % 64)) != 0
+    fn take(&self, copy: &dyn Fn() -> u64) -> (bool, u64) {
+        let hit = self.0.get_and_reset()[P / 64] & (1 << (P % 64)) != 0;
+        (hit, copy())
     }
     fn dirty(&self) -> bool {
         self.0.is_bit_set(P)
@@ -108,6 +120,16 @@ fn spin(f: impl Fn() -> bool) {
     }
 }
 
+/// A delay of about `n` cycles (finer than `spin_loop`'s pause, which is ~100 cycles on
+/// some x86 parts): the store-buffering window is a few tens of cycles wide.
+#[inline]
+fn pause(n: u32) {
+    let mut x = 0u32;
+    for _ in 0..n {
+        x = std::hint::black_box(x + 1);
+    }
+}
+
 /// Runs `iters` iterations of the shape; returns (lost, reported-with-old-data-but-dirty,
 /// seconds).
 fn run(b: &dyn Shape, iters: u64) -> (u64, u64, f64) {
@@ -116,26 +138,53 @@ fn run(b: &dyn Shape, iters: u64) -> (u64, u64, f64) {
     let data = AtomicU64::new(0);
     let go = AtomicU64::new(0);
     let wdone = AtomicU64::new(0);
+    let wdelay = AtomicU32::new(0);
     b.mark(); // iteration 1 starts dirty with old data (0)
     let t0 = Instant::now();
     let (mut lost, mut caught) = (0u64, 0u64);
     std::thread::scope(|s| {
         s.spawn(|| {
+            let mut rng = 0x2545_f491u32;
             for i in 1..=iters {
                 spin(|| go.load(Acquire) == i);
+                rng ^= rng << 13;
+                rng ^= rng >> 17;
+                rng ^= rng << 5;
+                pause(wdelay.load(Relaxed) + rng % 32);
                 data.store(i, Relaxed);
                 b.mark();
                 wdone.store(i, Release);
             }
         });
+        // The migrator starts `delay` (plus jitter) spin steps after releasing the writer,
+        // and the writer `wdelay` steps after seeing the release, adapted so that the two
+        // sides keep meeting: the migrator later (or the writer earlier) when the harvest
+        // ran before the writer's store, the other way when the store was already visible.
+        let (mut delay, mut rng) = (0u32, 0x9e37_79b9u32);
         for i in 1..=iters {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            let wait = delay + rng % 32;
             go.store(i, Release);
-            let reported = b.take();
-            let seen = data.load(Relaxed);
+            pause(wait);
+            let (reported, seen) = b.take(&|| data.load(Relaxed));
             spin(|| wdone.load(Acquire) == i);
-            if reported && seen != i {
+            let w = wdelay.load(Relaxed);
+            if seen == i {
+                if delay > 0 {
+                    delay -= 1;
+                } else {
+                    wdelay.store((w + 1).min(1 << 16), Relaxed);
+                }
+            } else if reported {
                 if b.dirty() {
                     caught += 1; // the writer's mark made it dirty again: fine
+                    if w > 0 {
+                        wdelay.store(w - 1, Relaxed);
+                    } else {
+                        delay = (delay + 1).min(1 << 16);
+                    }
                 } else {
                     lost += 1;
                 }
@@ -161,7 +210,7 @@ fn store_buffering_marks_lose_no_write() {
         ),
         #[cfg(feature = "vm-memory")]
         (
-            "softdirty vm-memory (SoftDirtyBitmap mark_dirty / get_and_reset)",
+            "softdirty vm-memory (Bitmap::mark_dirty / SoftDirtyBitmap::harvest)",
             Box::new(Vmm(softdirty::vmm::SoftDirtyBitmap::new(64 * PAGE, page))),
         ),
         (
