@@ -39,7 +39,8 @@
 //! (and with the harvests' total order) and computes the set of possible report counts,
 //! keeping only the orders that end in the observed present state. The observed number of
 //! reports of the page in the round (summed over all harvests, the final one included)
-//! **must be in that set**. Where no interval overlaps another, the set has one element:
+//! **must be in that set**, and after the final harvest no page may be soft-dirty in
+//! pagemap ("hidden": a dirty bit the harvests no longer visit). Where no interval overlaps another, the set has one element:
 //! a page written once and touched by nothing else must be reported exactly once, a page
 //! nobody wrote exactly zero times. A lost write shows as fewer reports than the minimum
 //! ("lost"), a phantom as more than the maximum ("spurious"), a page present at the end
@@ -71,7 +72,12 @@
 //!   reported (or be dirty for the final harvest): "present but not soft-dirty" is a loss.
 //! - clear_refs 4 by the churn, once in every 4th round, over the precise address space.
 //!
-//! The test stops at the first round with a violation and prints its pages. The default
+//! The test stops at the first round with a violation and prints its pages. Today's code
+//! fails it now and then in three known ways (see [`allowed`]: a write that returned
+//! EFAULT but landed, a fork child missing a written page, the legacy DONTNEED race);
+//! `SOFTDIRTY_STRESS_ALLOW=all` tolerates them, which is how `scripts/stress-twins.sh`
+//! runs the stress against the broken twins of the core (each twin it can see must make
+//! it fail). The default
 //! (`SOFTDIRTY_STRESS_ROUNDS`, default 300, about 10,000 writes a round) runs a few
 //! seconds in release; `SOFTDIRTY_STRESS_WRITES=N` asks for about N writes instead.
 //! `cargo test --release --test stress -- --nocapture` prints a summary per region.
@@ -417,6 +423,7 @@ struct Stats {
     lost: u64,
     spurious: u64,
     impossible: u64,
+    hidden: u64,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -942,6 +949,18 @@ fn exactly_once_rounds() {
             let mut hs = log.harvests[reg].clone();
             scans += hs.len() as u64;
             hs.push(harvest_region(&sh.mm, &sh.mm_l, reg, led));
+            // Quiescent, just harvested: nothing may be soft-dirty (pagemap reads every
+            // word; a dirty bit that harvests no longer visit shows here).
+            let span = if reg == B { 2 * B_PAGES } else { PAGES[reg] };
+            let left = mm.softdirty_runs(ADDRS[reg], span * PAGE);
+            if !left.is_empty() {
+                stats[reg].hidden += left.iter().map(|(s, e)| e - s).sum::<u64>();
+                violations.push(format!(
+                    "round {r}, region {}: HIDDEN: soft-dirty after the final harvest \
+                     (pagemap) but not reported by it: page runs {left:?}",
+                    NAMES[reg]
+                ));
+            }
             per_page.resize(PAGES[reg] as usize, vec![]);
             for v in per_page.iter_mut() {
                 v.clear();
@@ -1061,7 +1080,8 @@ fn exactly_once_rounds() {
     for (reg, s) in stats.iter().enumerate() {
         eprintln!(
             "stress {:<24} {rounds} rounds, {} writes ({} ok, {} EFAULT), {} reports, {} \
-             events, {} pages ambiguous, {} unchecked, lost={} spurious={} impossible={}",
+             events, {} pages ambiguous, {} unchecked, lost={} spurious={} impossible={} \
+             hidden={}",
             NAMES[reg],
             s.writes,
             s.ok,
@@ -1072,7 +1092,8 @@ fn exactly_once_rounds() {
             s.unchecked,
             s.lost,
             s.spurious,
-            s.impossible
+            s.impossible,
+            s.hidden
         );
     }
     let writes: u64 = stats.iter().map(|s| s.writes).sum();
