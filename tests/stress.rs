@@ -54,7 +54,7 @@
 //! - **A** (8192 pages, precise): mprotect splits and merges (RW <-> RWX on sub-ranges, so
 //!   writes never fail). A fork by the churn (every 4th round, several times) must give a
 //!   child in which every page whose first write completed before the fork started is
-//!   present, every present page is soft-dirty unless its first write completed before the
+//!   present, every present page is soft-dirty unless its first write started before the
 //!   fork, and nothing is present whose first write started after the fork returned.
 //! - **B** (1024 pages, precise): a sub-range is moved away (`mremap` MAYMOVE|FIXED to the
 //!   same offset in B2, the 1024 pages after B) and back within one churn step, and holes
@@ -73,8 +73,9 @@
 //! - clear_refs 4 by the churn, once in every 4th round, over the precise address space.
 //!
 //! The test stops at the first round with a violation and prints its pages. Today's code
-//! fails it now and then in three known ways (see [`allowed`]: a write that returned
-//! EFAULT but landed, a fork child missing a written page, the legacy DONTNEED race);
+//! fails it now and then in known ways (see [`allowed`]: a write that returned EFAULT but
+//! landed, a fork child missing a written page, the legacy DONTNEED race, and, rarely, a
+//! write reported twice);
 //! `SOFTDIRTY_STRESS_ALLOW=all` tolerates them, which is how `scripts/stress-twins.sh`
 //! runs the stress against the broken twins of the core (each twin it can see must make
 //! it fail). The default
@@ -590,6 +591,13 @@ fn harvester(sh: &Shared) {
 ///   fault assigns the VMA's anon_vma on the published VMA; a structural operation that
 ///   built its layout just before (mprotect) carries `anon == 0` to the successor, whose
 ///   pages the fork then does not copy.
+/// - `write_twice`: a write may take effect twice (one extra report). A fault whose RMW
+///   on a bitmap comes before the drain's in the word's order is carried to the successor
+///   by the drain, yet may still see the seal (stored before the drain) and retry; if a
+///   harvest takes the carried bit between the drain and the retry, the retry dirties the
+///   page again and it is reported twice for one write. Seen once (a SPURIOUS second report
+///   of a region A page, under load average 9; the twin built then, `no_reclaim`, does
+///   not touch this path); the mechanism is inferred from the code, not yet confirmed.
 /// - `legacy_zap`: region L's pages may end present but not soft-dirty. A legacy zap that
 ///   runs between a write's clean RMW and its populated RMW leaves the page populated and
 ///   clean: the write happened after the zap but its soft-dirty bit was zapped.
@@ -628,10 +636,12 @@ fn check_fork(sh: &Shared, child: &AddressSpace, f_start: u64, f_end: u64) {
             "fork [{f_start}, {f_end}]: page A+{p} was first written at {fs}, after \
              the fork, but the child has it present: {i:?}"
         );
+        // Present and clean in the child needs a harvest (or clear_refs) between the
+        // first write and the fork, so that write started before the fork did.
         assert!(
-            !i.present || i.softdirty || fe < f_start,
+            !i.present || i.softdirty || fs < f_start,
             "fork [{f_start}, {f_end}]: page A+{p} is present but clean in the child and its \
-             first write [{fs}, {fe}] did not complete before the fork: written but clean"
+             first write [{fs}, {fe}] started after the fork: written but clean"
         );
     }
 }
@@ -993,14 +1003,22 @@ fn exactly_once_rounds() {
                 }
                 if o == OK {
                     st.ok += 1;
-                    evs.push(Ev {
+                    let w = Ev {
                         what: "write",
                         s: ws,
                         e: we,
                         dirty: Some(true),
                         present: Some(true),
                         optional: false,
-                    });
+                    };
+                    evs.push(w);
+                    if reg != L && allowed("write_twice") {
+                        evs.push(Ev {
+                            what: "write (retried)",
+                            optional: true,
+                            ..w
+                        });
+                    }
                 }
                 if reg != L {
                     evs.extend_from_slice(&log.clear_refs);
