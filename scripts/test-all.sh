@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the workspace's unit, integration, property and doc
 # tests (10,000 proptest cases per property unless PROPTEST_CASES says otherwise), the
-# shared and project traces, the stress test, the loom models and their broken twins, then
+# shared and project traces, the stress test and the store-buffering litmus
+# (tests/litmus.rs), the stress against the broken twins it can see
+# (scripts/stress-twins.sh), the loom models and their broken twins, then
 # legacy mode against a real soft-dirty kernel (Linux 6.12 under qemu,
 # scripts/kvm-oracle.sh): it installs what it needs where it can (root, apt), and skips
 # with a message where it cannot; SOFTDIRTY_KVM_ORACLE=0 leaves it out.
@@ -17,6 +19,10 @@ cargo build --release --workspace --all-targets --features vm-memory
 echo "== tests (release, PROPTEST_CASES=$PROPTEST_CASES)"
 # (tests/kvm_oracle.rs runs the oracle only with SOFTDIRTY_KVM_ORACLE=1; it runs below.)
 env -u SOFTDIRTY_KVM_ORACLE cargo test --release --workspace --features vm-memory
+
+echo "== stress against the broken twins: each twin it can see must make it fail"
+# (tests/stress.rs and tests/litmus.rs ran above, with the other integration tests.)
+bash scripts/stress-twins.sh
 
 echo "== example: a VMM migrating guest memory through vm-memory over softdirty's bitmap"
 cargo run --release -q --features vm-memory --example vmm_migration

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Runs tests/stress.rs against the broken twins of the core (scripts/loom.sh's TWINS, built
+# with --cfg softdirty_broken="NAME") and requires it to FAIL on each: the stress stops at
+# the first round with a lost or spurious report, so a twin it can see fails in seconds.
+#
+#   scripts/stress-twins.sh            the twins the stress catches (CAUGHT below); each
+#                                      must fail within SOFTDIRTY_TWIN_TIMEOUT (60 s)
+#   scripts/stress-twins.sh NAME ...   only these twins (any name softdirty_broken knows)
+#   scripts/stress-twins.sh survey     every twin of scripts/loom.sh: report, never fail
+#
+# First it runs the stress without a twin, which must pass. All runs set
+# SOFTDIRTY_STRESS_ALLOW=all (tests/stress.rs: tolerate the known failures of today's
+# code, so that a twin's failure is the twin's) unless the caller sets it. The twins build
+# in the ordinary target dir, with test-all.sh's features, and rebuild only the softdirty
+# crate and the stress binary (scripts/loom.sh's RUSTC_WORKSPACE_WRAPPER mode adds the
+# cfg to softdirty alone); the crate root is touched at the end so that the next ordinary
+# build rebuilds softdirty without the twin.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Twins the stress catches on x86-64 (2 cores), with the round of detection seen
+# (a round is ~10-30 ms):
+#   no_drain             round 0, 3 of 3 (region A: a write to a VMA that mprotect replaced is
+#                        dropped: LOST, and its page absent)
+#   no_recheck           rounds 3, 11 and 31 (region B: a write that hit a sealed, drained
+#                        bitmap returns Ok but is gone: absent, not reported)
+#   blind_harvest        rounds 0, 3 and 11 (region A: LOST, present but never reported)
+#   seal_before_publish  rounds 0, 2 and 6 (regions A and B: LOST)
+#   no_defer             within 3 s (use after free: SIGSEGV)
+# Not caught (survey): relaxed_fault, relaxed_harvest_store (orderings x86-64 does not
+# reorder), no_cas_recheck, harvest_precheck, clear_summary_last, copy_clean_first (windows
+# of a few instructions), no_drain_rule (precise moves make every moved page dirty, so the
+# rule the twin drops is invisible). no_reclaim (a leak) fails only by exhausting the
+# model's chunk limit (a write gets ENOMEM after ~17 s under load), or not at all.
+CAUGHT=(no_drain no_recheck blind_harvest seal_before_publish no_defer)
+ALL=(relaxed_fault no_recheck no_cas_recheck no_drain no_drain_rule blind_harvest
+    harvest_precheck relaxed_harvest_store clear_summary_last copy_clean_first
+    seal_before_publish no_defer no_reclaim)
+
+export RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/loom.sh" SOFTDIRTY_LOOM_WRAP=1
+export SOFTDIRTY_STRESS_ALLOW="${SOFTDIRTY_STRESS_ALLOW-all}"
+timeout_s="${SOFTDIRTY_TWIN_TIMEOUT:-60}"
+
+survey=0
+names=("$@")
+if [[ ${#names[@]} -eq 0 ]]; then
+    names=("${CAUGHT[@]}")
+elif [[ "${names[0]}" == survey ]]; then
+    survey=1
+    names=("${ALL[@]}")
+fi
+
+# build NAME: rebuilds softdirty (and the stress binary) with twin NAME ("" for none).
+# The cfg is invisible to cargo's fingerprint: touch the crate root.
+build() {
+    touch src/lib.rs
+    local log
+    if ! log=$(SOFTDIRTY_BROKEN="$1" cargo build --release --features vm-memory --test stress 2>&1); then
+        echo "ERROR: the stress does not build with twin '${1:-none}':"
+        tail -20 <<<"$log"
+        touch src/lib.rs
+        exit 1
+    fi
+}
+
+# run: runs the stress; sets $out, $rc and $secs.
+run() {
+    local t0=$SECONDS
+    set +e
+    out=$(timeout "$timeout_s" cargo test --release -q --features vm-memory --test stress -- \
+        --nocapture 2>&1)
+    rc=$?
+    set -e
+    secs=$((SECONDS - t0))
+}
+
+echo "stress-twins: baseline (no twin) must pass"
+build ""
+run
+if [[ $rc -ne 0 ]]; then
+    echo "ERROR: the stress fails without a twin (rc $rc):"
+    grep -E -m5 "violations after|^round|panicked at|^fork" <<<"$out" | cut -c1-600
+    touch src/lib.rs
+    exit 1
+fi
+grep -E '^stress: ' <<<"$out" || true
+
+failed=0
+for name in "${names[@]}"; do
+    build "$name"
+    run
+    first=$(grep -E -m1 '^round [0-9]+, region|^fork |helper thread failed|SIGSEGV|signal' <<<"$out" |
+        cut -c1-300 || true)
+    if [[ $rc -eq 0 ]]; then
+        echo "NOT CAUGHT: twin $name passed the stress (${secs} s)"
+        [[ $survey -eq 1 ]] || failed=1
+    elif [[ $rc -eq 124 ]]; then
+        echo "NOT CAUGHT: twin $name still running after ${timeout_s} s"
+        [[ $survey -eq 1 ]] || failed=1
+    elif grep -qE 'violations after|panicked at|SIGSEGV|signal' <<<"$out"; then
+        echo "caught: twin $name fails the stress after ${secs} s (rc $rc): $first"
+    else
+        echo "ERROR: twin $name did not build or run (rc $rc):"
+        tail -20 <<<"$out"
+        failed=1
+    fi
+done
+touch src/lib.rs
+exit $failed
