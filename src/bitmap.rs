@@ -61,6 +61,9 @@ pub const CHUNK_PAGES: u64 = 128;
 pub const CHUNK_WORDS: usize = (CHUNK_PAGES / 64) as usize;
 const _: () = assert!(CHUNK_WORDS >= 1 && CHUNK_WORDS <= 64, "summary is one u64");
 
+/// Zaps whose ranges a bitmap remembers (`PageBitmap::zap_ring`).
+const ZAP_RING: usize = 8;
+
 /// Slot tag: chunk untouched, every page soft-dirty, none populated.
 pub const ABSENT_DIRTY: usize = 0;
 /// Slot tag: chunk untouched, every page clean, none populated.
@@ -173,8 +176,9 @@ enum Outcome {
     NoMem,
     /// sealed under the fault: forward it
     Sealed,
-    /// a zap overlapped the fault: wait for it and redo (pages flipped so far)
-    Rezap(u64),
+    /// a zap overlapped the fault: wait for it and redo unless it zapped other pages
+    /// (pages flipped so far, the zap generation read before the first RMW)
+    Rezap(u64, u64),
 }
 
 /// The mark side of the data-ordering contract (ARCHITECTURE.md, contract 0).
@@ -225,6 +229,12 @@ pub struct PageBitmap {
     /// overlapped it (see [`PageBitmap::zap`]): the kernel's page-table lock, as a
     /// sequence count.
     zap_seq: AtomicU64,
+    /// The page ranges `[first, end)` of the latest [`ZAP_RING`] zaps (zap `n`, whose
+    /// odd generation is `2n + 1`, in slot `n % ZAP_RING`), each stored after its odd
+    /// bump: a fault that overlapped only zaps of other pages need not redo itself (a
+    /// redo would re-dirty a page a harvest took in between: a second report of one
+    /// write).
+    zap_ring: [[AtomicU64; 2]; ZAP_RING],
     /// Serializes every operation that makes pages clean (harvest, `clear_all`,
     /// `set_clean(.., true)`, zap) and the drain, whoever calls them: `take_word`'s plain
     /// store is sound only if no other clean-making operation runs on the word. Marking
@@ -407,6 +417,7 @@ impl PageBitmap {
             slots,
             sealed: AtomicBool::new(false),
             zap_seq: AtomicU64::new(0),
+            zap_ring: std::array::from_fn(|_| [AtomicU64::new(0), AtomicU64::new(0)]),
             clear: Mutex::new(()),
             forward: Mutex::new(None),
         }
@@ -588,9 +599,12 @@ impl PageBitmap {
                     }
                 }
                 Outcome::NoMem => return Mark::NoMem,
-                Outcome::Rezap(f) => {
+                Outcome::Rezap(f, zap0) => {
                     counted = counted.max(f);
                     self.wait_zap();
+                    if self.only_other_pages_zapped(zap0, first, first + count) {
+                        return Mark::Done { faults: counted };
+                    }
                 }
                 Outcome::Sealed => {
                     return match self.forward(first, count, dirty, backed, populate, limited) {
@@ -726,7 +740,7 @@ impl PageBitmap {
         if st.did_rmw {
             let now = self.zap_seq.load(Ordering::Acquire);
             if st.zap0 & 1 == 1 || now != st.zap0 {
-                return Outcome::Rezap(st.faults);
+                return Outcome::Rezap(st.faults, st.zap0);
             }
         }
         if nomem {
@@ -742,6 +756,39 @@ impl PageBitmap {
         while self.zap_seq.load(Ordering::Acquire) & 1 == 1 {
             spin_loop();
         }
+    }
+
+    /// After [`Self::wait_zap`]: were all the zaps that ran since the fault read `zap0`
+    /// (the one in progress then, and those after it) on pages disjoint from
+    /// `[first, end)`? Then they changed none of the fault's bits (every zap RMW is
+    /// masked to its pages) and the fault stands. Read like a seqlock: the ranges between
+    /// two reads of the generation, which must agree; more zaps than the ring holds, or a
+    /// new one meanwhile, mean a redo.
+    fn only_other_pages_zapped(&self, zap0: u64, first: u64, end: u64) -> bool {
+        // Acquire: pairs with the zaps' Release bumps, so the ranges they stored after
+        // their odd bumps are visible.
+        let g = self.zap_seq.load(Ordering::Acquire);
+        if g & 1 == 1 {
+            return false;
+        }
+        // Zaps `n0..n1` ran: the one in progress at `zap0` (odd) or the next one, up to
+        // the last completed one.
+        let (n0, n1) = (zap0 / 2, g / 2);
+        if n1 <= n0 || n1 - n0 > ZAP_RING as u64 {
+            return n1 <= n0;
+        }
+        let disjoint = (n0..n1).all(|n| {
+            let slot = &self.zap_ring[(n % ZAP_RING as u64) as usize];
+            let (lo, hi) = (
+                slot[0].load(Ordering::Relaxed),
+                slot[1].load(Ordering::Relaxed),
+            );
+            hi <= first || end <= lo
+        });
+        // Acquire fence: orders the range loads before the re-read; a zap that stored a
+        // range we read after its odd bump makes the re-read differ (see `zap`).
+        fence(Ordering::Acquire);
+        disjoint && self.zap_seq.load(Ordering::Relaxed) == g
     }
 
     /// A fault that found this bitmap sealed: apply it to the successors the sealing
@@ -1286,6 +1333,15 @@ impl PageBitmap {
         let _clear = lock(&self.clear);
         // AcqRel RMW: sequenced before every zap RMW below (see above).
         self.zap_seq.fetch_add(1, Ordering::AcqRel);
+        // The range, written as a seqlock writer does (odd bump, Release fence, data):
+        // `only_other_pages_zapped` reads it between two reads of the generation, and
+        // its Acquire fence pairs with this one if it read our range, so its re-read
+        // sees the odd bump and it does not trust the range.
+        let n = self.zap_seq.load(Ordering::Relaxed) / 2;
+        fence(Ordering::Release);
+        let slot = &self.zap_ring[(n % ZAP_RING as u64) as usize];
+        slot[0].store(first, Ordering::Relaxed);
+        slot[1].store(first + count, Ordering::Relaxed);
         self.update_range(
             first,
             count,
