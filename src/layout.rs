@@ -777,17 +777,18 @@ impl Retired {
     /// anon_vma a racing first write fault assigned after the layout was read.
     pub fn drain(&self) {
         if !self.targets.is_empty() {
-            let t: Arc<[Target]> = self
-                .targets
-                .iter()
-                .map(|(s, d, dp, n, r)| Target {
-                    src_first: *s,
-                    dst: d.clone(),
-                    dst_first: *dp,
-                    count: *n,
-                    rule: *r,
-                })
-                .collect();
+            let t: Arc<[Target]> = crate::sync::arc_slice(
+                self.targets
+                    .iter()
+                    .map(|(s, d, dp, n, r)| Target {
+                        src_first: *s,
+                        dst: d.clone(),
+                        dst_first: *dp,
+                        count: *n,
+                        rule: *r,
+                    })
+                    .collect(),
+            );
             self.vma.bitmap.seal_and_drain(t);
         }
         let anon = self.vma.anon();

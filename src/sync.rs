@@ -15,6 +15,11 @@ mod imp {
     pub(crate) fn spin_loop() {
         loom::thread::yield_now();
     }
+
+    /// An `Arc<[T]>` from a vector (loom's `Arc` only builds unsized values from std's).
+    pub(crate) fn arc_slice<T>(v: Vec<T>) -> Arc<[T]> {
+        Arc::from_std(std::sync::Arc::from(v))
+    }
 }
 
 #[cfg(not(all(loom, feature = "loom")))]
@@ -28,6 +33,11 @@ mod imp {
     /// rather than burn the core it needs.
     pub(crate) fn spin_loop() {
         std::thread::yield_now();
+    }
+
+    /// An `Arc<[T]>` from a vector.
+    pub(crate) fn arc_slice<T>(v: Vec<T>) -> Arc<[T]> {
+        Arc::from(v)
     }
 }
 
