@@ -1667,9 +1667,9 @@ const HARVEST_STORE: Ordering = Ordering::Relaxed;
 /// plain store instead of a locked `swap`. Sound because of two facts:
 ///
 /// - Only control-plane operations (harvest, `clear_all`, `set_clean`, a legacy `zap`)
-///   ever set a `clean` bit, and the caller serializes them on each word (the address
-///   space's control lock, a slot's harvest mutex, `SoftDirtyBitmap`'s control mutex;
-///   a parallel harvest splits at chunk boundaries): each one happens-before the next,
+///   ever set a `clean` bit, and each of them holds the bitmap's clear lock
+///   ([`PageBitmap::clear_lock`], whoever owns the bitmap; a parallel harvest splits at
+///   chunk boundaries under one hold of it): each one happens-before the next,
 ///   so the load below reads the latest control-plane value of the word or a fault's
 ///   later RMW, never an older value.
 /// - Faults only clear bits (`fetch_and`). Once the word holds 0, every fault RMW until
