@@ -49,12 +49,9 @@ fn main() {
     for (i, region) in mem.iter().enumerate() {
         let bitmap: &SoftDirtyBitmap = (**region).bitmap();
         assert_eq!(bitmap.page_size() as u64, PAGE, "slots use 4 KiB pages");
-        reg.register_slot_with(
-            i as u32,
-            region.start_addr().0,
-            Arc::clone(bitmap.page_bitmap()),
-        )
-        .expect("slot");
+        bitmap
+            .register_slot(&reg, i as u32, region.start_addr().0)
+            .expect("slot");
     }
 
     let stop = Arc::new(AtomicBool::new(false));

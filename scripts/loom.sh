@@ -7,8 +7,10 @@
 #                              meant to catch NAME fails
 #   scripts/loom.sh broken NAME ...   only these twins
 #
-# Environment: LOOM_MAX_PREEMPTIONS (default 3; the epoch models cap it at
-# SOFTDIRTY_LOOM_EPOCH_BOUND, default 2), and any other LOOM_* variable loom reads.
+# Environment: LOOM_MAX_PREEMPTIONS (unset by default: every model runs at the bound
+# coded in it, see loom-tests/README.md; set, it overrides those bounds, except that the
+# epoch models cap it at SOFTDIRTY_LOOM_EPOCH_BOUND, default 2), and any other LOOM_*
+# variable loom reads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +27,11 @@ if [[ "${SOFTDIRTY_LOOM_WRAP:-}" == 1 && $# -gt 0 && "$1" != broken ]]; then
 fi
 
 export RUSTFLAGS="--cfg loom --cfg crossbeam_loom -C debug-assertions=on"
-export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
+# Passed through only if the user set it: loom's Builder reads it and the models then
+# use it instead of their coded bound.
+if [[ -n "${LOOM_MAX_PREEMPTIONS:-}" ]]; then
+    export LOOM_MAX_PREEMPTIONS
+fi
 export RUST_BACKTRACE=0
 
 run_models() {
@@ -56,6 +62,10 @@ declare -A TWINS=(
     [no_anon_freeze]="address_space:first_write_vs_whole_mprotect_then_fork"
     [no_defer]="reclamation:reclamation_no_uaf_no_leak"
     [no_reclaim]="reclamation:reclamation_no_uaf_no_leak"
+    [mark_no_fence]="data_ordering:producer_mark_vs_harvest"
+    [harvest_no_fence]="data_ordering:producer_mark_vs_harvest"
+    [no_pin]="reclamation:reclamation_no_uaf_no_leak"
+    [no_clear_lock]="data_ordering:two_owners_harvest_vs_put_back"
 )
 
 run_broken() {

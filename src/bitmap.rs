@@ -184,7 +184,7 @@ enum Outcome {
 /// The mark side of the data-ordering contract (ARCHITECTURE.md, contract 0).
 #[inline(always)]
 fn mark_fence() {
-    // Broken twin `mark_no_fence` (loom-tests, tests/litmus.rs): the test-before-set
+    // Broken twin `mark_no_fence` (loom-tests, tests/data_ordering.rs): the test-before-set
     // marking of before the fix.
     #[cfg(not(softdirty_broken = "mark_no_fence"))]
     fence(Ordering::SeqCst);
@@ -195,7 +195,7 @@ fn mark_fence() {
 /// other clean-making operation.
 #[inline(always)]
 fn clear_fence() {
-    // Broken twin `harvest_no_fence` (loom-tests).
+    // Broken twin `harvest_no_fence` (loom-tests, tests/data_ordering.rs).
     #[cfg(not(softdirty_broken = "harvest_no_fence"))]
     fence(Ordering::SeqCst);
 }
@@ -1006,7 +1006,7 @@ impl PageBitmap {
     /// `clear_refs 4` on this bitmap: every page clean at the page level. Visits only
     /// chunks and words that may hold dirty pages.
     pub fn clear_all(&self) {
-        let _clear = lock(&self.clear);
+        let _clear = self.clear_lock();
         self.clear_all_held();
         clear_fence();
     }
@@ -1065,15 +1065,22 @@ impl PageBitmap {
     /// fully dirty word is taken with a plain store (`take_word`). Harvests of disjoint
     /// chunks may run in parallel.
     pub fn harvest(&self, first: u64, count: u64, sink: impl FnMut(Run)) {
-        let _clear = lock(&self.clear);
+        let _clear = self.clear_lock();
         self.harvest_held(first, count, sink);
     }
 
     /// The clear lock, for a caller that harvests several disjoint chunk-aligned pieces
     /// of this bitmap in parallel through [`Self::harvest_held`].
-    #[cfg_attr(all(loom, feature = "loom"), allow(dead_code))]
-    pub(crate) fn clear_lock(&self) -> MutexGuard<'_, ()> {
-        lock(&self.clear)
+    ///
+    /// Every clean-making operation takes the lock here and nowhere else. Broken twin
+    /// `no_clear_lock` (loom-tests: `data_ordering::two_owners_harvest_vs_put_back`): skip
+    /// it, as two owners of a shared bitmap serializing their harvests under two
+    /// different locks did before the lock moved into the bitmap.
+    pub(crate) fn clear_lock(&self) -> Option<MutexGuard<'_, ()>> {
+        #[cfg(softdirty_broken = "no_clear_lock")]
+        return None;
+        #[allow(unreachable_code)]
+        Some(lock(&self.clear))
     }
 
     /// [`Self::harvest`] for a caller that holds [`Self::clear_lock`]; concurrent calls
@@ -1279,7 +1286,7 @@ impl PageBitmap {
     /// concurrently harvested): KVM's `clear_dirty_log` with a log it got earlier. Only
     /// the bits named are touched.
     pub fn clean_runs(&self, runs: impl IntoIterator<Item = Run>) {
-        let _clear = lock(&self.clear);
+        let _clear = self.clear_lock();
         for r in runs {
             self.set_clean_held(r.first, r.count, true);
         }
@@ -1289,7 +1296,7 @@ impl PageBitmap {
     /// Sets the page-level state of `[first, first+count)` to clean (`clean`) or dirty,
     /// leaving population alone.
     pub fn set_clean(&self, first: u64, count: u64, clean: bool) {
-        let _clear = lock(&self.clear);
+        let _clear = self.clear_lock();
         self.set_clean_held(first, count, clean);
         if clean {
             clear_fence();
@@ -1330,7 +1337,7 @@ impl PageBitmap {
     /// would leave it and linearizes at its loads. Broken twin `zap_no_seq` (loom-tests:
     /// `dontneed_vs_write`).
     pub fn zap(&self, first: u64, count: u64, dirty: bool) {
-        let _clear = lock(&self.clear);
+        let _clear = self.clear_lock();
         // AcqRel RMW: sequenced before every zap RMW below (see above).
         self.zap_seq.fetch_add(1, Ordering::AcqRel);
         // The range, written as a seqlock writer does (odd bump, Release fence, data):
@@ -1553,7 +1560,7 @@ impl PageBitmap {
     /// applies itself to the targets ([`Self::forward`]).
     pub fn seal_and_drain(&self, targets: Vec<Target>) {
         let targets = Arc::new(targets);
-        let _clear = lock(&self.clear);
+        let _clear = self.clear_lock();
         // Before the seal: a fault that sees `sealed` finds the list (the mutex orders
         // its read after this write, which is sequenced before the Release store).
         *lock(&self.forward) = Some(targets.clone());
@@ -1717,9 +1724,9 @@ const HARVEST_STORE: Ordering = Ordering::Relaxed;
 /// plain store instead of a locked `swap`. Sound because of two facts:
 ///
 /// - Only control-plane operations (harvest, `clear_all`, `set_clean`, a legacy `zap`)
-///   ever set a `clean` bit, and the caller serializes them on each word (the address
-///   space's control lock, a slot's harvest mutex, `SoftDirtyBitmap`'s control mutex;
-///   a parallel harvest splits at chunk boundaries): each one happens-before the next,
+///   ever set a `clean` bit, and each of them holds the bitmap's clear lock
+///   ([`PageBitmap::clear_lock`], whoever owns the bitmap; a parallel harvest splits at
+///   chunk boundaries under one hold of it): each one happens-before the next,
 ///   so the load below reads the latest control-plane value of the word or a fault's
 ///   later RMW, never an older value.
 /// - Faults only clear bits (`fetch_and`). Once the word holds 0, every fault RMW until

@@ -15,7 +15,7 @@
 //! | harvest dirty pages as an embedder (runs, KVM-layout bitmaps, get/clear pairs) | [`dirtylog::DirtyLog`] via `AddressSpace::scan_and_clear` / `get_dirty_log` / `clear_dirty_log` |
 //! | track **real** memory of this process through the kernel (userfaultfd WP-async + PAGEMAP_SCAN, or real soft-dirty) | `kernel` (Linux only) |
 //! | give a rust-vmm VMM a dirty bitmap (`GuestMemoryMmap<SoftDirtyBitmap>`) | `vmm::SoftDirtyBitmap` (feature `vm-memory`) |
-//! | KVM-style memory-slot dirty logs with several independent consumers | [`slots::SlotRegistry`] |
+//! | KVM-style memory-slot dirty logs with several independent consumers | [`slots::SlotRegistry`] (producers mark through a [`producer::Producer`]) |
 //! | write or check a scenario | [`trace`] (the trace language) |
 //! | the lock-free bitmap core on its own | [`bitmap::PageBitmap`] |
 //!
@@ -44,6 +44,7 @@ pub mod mm;
 pub mod mode;
 pub mod op;
 pub mod pagemap;
+pub mod producer;
 pub mod prot;
 /// The independent reference model (`softdirty fuzz --against reference`, the
 /// model-vs-reference proptest); not an API.
@@ -57,6 +58,6 @@ pub(crate) mod sync;
 pub mod trace;
 pub mod tracker;
 pub mod vma;
-#[cfg(all(feature = "vm-memory", not(all(loom, feature = "loom"))))]
+#[cfg(feature = "vm-memory")]
 pub mod vmm;
 pub mod workload;

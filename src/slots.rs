@@ -4,7 +4,9 @@
 //! base and a size in 4 KiB pages) and consumers (for example a migration thread and a
 //! snapshotter). Each slot has one shared [`PageBitmap`] that producers (vCPUs, device
 //! emulation, a [`crate::vmm::SoftDirtyBitmap`] under vm-memory) mark **without any
-//! lock** through [`SlotRegistry::slot_bitmap`]. Each consumer then reads its own view:
+//! lock** through a [`Producer`] ([`SlotRegistry::producer`], which can mark but not
+//! clear: store the data, then mark, and a harvest that takes the page copies the data
+//! after it, or the page stays dirty). Each consumer then reads its own view:
 //!
 //! - [`SlotRegistry::get_dirty_log`]: `KVM_GET_DIRTY_LOG`. For a consumer without manual
 //!   protect it is a get-and-clear; with manual protect
@@ -59,20 +61,21 @@
 //! let migration = reg.register_consumer(ConsumerConfig::default());
 //! let snapshot = reg.register_consumer(ConsumerConfig::default());
 //! let bits = reg.register_slot(0, 0x1_0000_0000, 1024).unwrap();
-//! bits.write(5, 2); // a producer: lock-free
+//! bits.mark(5, 2).unwrap(); // a producer: store the data, then mark (lock-free)
 //! assert_eq!(reg.get_dirty_log(migration, 0).unwrap().runs(), &[(5, 2)]);
 //! assert!(reg.get_dirty_log(migration, 0).unwrap().is_clean());
 //! // The snapshotter still sees the write: migration did not steal it.
 //! assert_eq!(reg.get_dirty_log(snapshot, 0).unwrap().runs(), &[(5, 2)]);
 //! ```
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use crate::sync::{lock, Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 
 use crate::bitmap::{PageBitmap, Run, CHUNK_PAGES};
 use crate::dirtylog::DirtyLog;
 use crate::errno::{Errno, Result};
+use crate::producer::Producer;
 use crate::vma::PAGE_SIZE;
 
 /// Identifies a consumer of a [`SlotRegistry`].
@@ -113,7 +116,7 @@ struct Slot {
 
 impl Slot {
     fn lock(&self) -> MutexGuard<'_, Vec<Pending>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.pending)
     }
 
     /// Get-and-clears the shared bits of `[first, first + count)`.
@@ -195,7 +198,7 @@ impl SlotRegistry {
     }
 
     fn lock_consumers(&self) -> MutexGuard<'_, Vec<(ConsumerId, ConsumerConfig)>> {
-        self.consumers.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.consumers)
     }
 
     fn slot(&self, slot: u32) -> Result<Arc<Slot>> {
@@ -217,7 +220,7 @@ impl SlotRegistry {
     pub fn register_consumer(&self, config: ConsumerConfig) -> ConsumerId {
         let mut consumers = self.lock_consumers();
         let id = {
-            let mut n = self.next_consumer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut n = lock(&self.next_consumer);
             *n += 1;
             ConsumerId(*n - 1)
         };
@@ -246,23 +249,27 @@ impl SlotRegistry {
     }
 
     /// Registers slot `slot` of `pages` 4 KiB pages at `guest_phys_addr`, all clean, and
-    /// returns the bitmap producers mark (`PageBitmap::write`). `EEXIST` if the slot
-    /// number is taken.
-    pub fn register_slot(
-        &self,
-        slot: u32,
-        guest_phys_addr: u64,
-        pages: u64,
-    ) -> Result<Arc<PageBitmap>> {
+    /// returns a [`Producer`] on its shared bitmap (what [`Self::producer`] returns).
+    /// `EEXIST` if the slot number is taken.
+    pub fn register_slot(&self, slot: u32, guest_phys_addr: u64, pages: u64) -> Result<Producer> {
         let bits = Arc::new(PageBitmap::new(pages, false));
         self.register_slot_with(slot, guest_phys_addr, Arc::clone(&bits))?;
-        Ok(bits)
+        Ok(Producer::new(bits))
     }
 
     /// Registers slot `slot` at `guest_phys_addr` over an existing bitmap (for example a
     /// [`crate::vmm::SoftDirtyBitmap`]'s, so vm-memory's marking feeds the slot). Pages
     /// already dirty in it are reported to every consumer. `EEXIST` if the slot number is
     /// taken.
+    ///
+    /// The bitmap then has two owners, and both may make its pages clean: the slot's
+    /// consumers harvest it under the slot's mutex, the other owner (a `SoftDirtyBitmap`
+    /// harvest or reset, a `PageBitmap::harvest`) under its own locks. That is safe: every
+    /// clean-making operation of a [`PageBitmap`] takes the bitmap's own clear lock, so
+    /// two harvests never race on a word, and each write is reported by exactly one of
+    /// them or stays dirty. But a page the other owner harvests is not reported to this
+    /// slot's consumers: give it to one owner for harvesting if every consumer must see
+    /// every write.
     pub fn register_slot_with(
         &self,
         slot: u32,
@@ -298,10 +305,11 @@ impl SlotRegistry {
         self.slots.remove(&slot).map(|_| ()).ok_or(Errno::ENOENT)
     }
 
-    /// The shared bitmap of `slot`, for producers: keep the `Arc` and call
-    /// [`PageBitmap::write`] on it (lock-free). `ENOENT` if unknown.
-    pub fn slot_bitmap(&self, slot: u32) -> Result<Arc<PageBitmap>> {
-        Ok(Arc::clone(&self.slot(slot)?.shared))
+    /// A producer handle on the shared bitmap of `slot`: keep it and call
+    /// [`Producer::mark`] (lock-free) after storing the data the pages hold. It cannot
+    /// harvest, so it cannot take pages from the slot's consumers. `ENOENT` if unknown.
+    pub fn producer(&self, slot: u32) -> Result<Producer> {
+        Ok(Producer::new(Arc::clone(&self.slot(slot)?.shared)))
     }
 
     /// The registered slot numbers, sorted.

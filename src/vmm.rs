@@ -13,9 +13,16 @@
 //!   only the words flagged dirty in a per-chunk summary, so an idle region costs almost
 //!   nothing; AtomicBitmap's `get_and_reset` swaps every word and allocates;
 //! - **sparse**: memory for 4,096-page chunks is allocated on their first write;
-//! - the underlying [`PageBitmap`] can be shared (an [`Arc`]) with a
-//!   [`crate::slots::SlotRegistry`] slot, which adds the KVM-style dirty-log protocol
-//!   and several independent consumers on top.
+//! - the underlying [`PageBitmap`] can be shared with a [`crate::slots::SlotRegistry`]
+//!   slot ([`SoftDirtyBitmap::register_slot`]), which adds the KVM-style dirty-log
+//!   protocol and several independent consumers on top; other producers get a
+//!   [`Producer`] ([`SoftDirtyBitmap::producer`]), which marks but cannot clear.
+//!
+//! **Data ordering.** vm-memory stores the data, then calls `mark_dirty`: a harvest
+//! ([`SoftDirtyBitmap::harvest`], `get_and_reset`, a slot consumer's `get_dirty_log`)
+//! that takes the page reads that data after it, or the page stays dirty for the next
+//! harvest, also when the page was already dirty and the mark only loaded (see
+//! [`crate::producer`]). Copy a page after the harvest that reported it.
 //!
 //! Slices (what `GuestMemoryRegion::bitmap()` returns) are vm-memory's own
 //! [`RefSlice`]: a reference plus a byte offset, no reference-count traffic on the
@@ -36,12 +43,15 @@
 //! assert!(!bitmap.is_page_dirty(3)); // harvested: clean again
 //! ```
 
+use crate::sync::Arc;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use vm_memory::bitmap::{Bitmap, NewBitmap, RefSlice, WithBitmapSlice};
 
 use crate::bitmap::{Mark, PageBitmap};
+use crate::errno::Result;
+use crate::producer::Producer;
+use crate::slots::SlotRegistry;
 
 /// A vm-memory dirty bitmap backed by a sparse atomic [`PageBitmap`], one bit per page.
 ///
@@ -51,11 +61,9 @@ use crate::bitmap::{Mark, PageBitmap};
 /// them.
 #[derive(Clone)]
 pub struct SoftDirtyBitmap {
+    /// Harvest and reset need no lock of their own: every clean-making operation of a
+    /// `PageBitmap` takes the bitmap's clear lock (shared with a slot's consumers too).
     inner: Arc<PageBitmap>,
-    /// Serializes the operations that make pages clean (harvest, reset): the bitmap
-    /// core's control plane must not race itself (`PageBitmap::harvest` takes a fully
-    /// dirty word with a plain store). Shared by clones; marking never takes it.
-    ctl: Arc<Mutex<()>>,
     byte_size: usize,
     page_shift: u32,
 }
@@ -98,7 +106,6 @@ impl SoftDirtyBitmap {
         let pages = byte_size.div_ceil(page_size.get()) as u64;
         SoftDirtyBitmap {
             inner: Arc::new(PageBitmap::new(pages, false)),
-            ctl: Arc::default(),
             byte_size,
             page_shift: page_size.trailing_zeros(),
         }
@@ -108,8 +115,10 @@ impl SoftDirtyBitmap {
     /// that the slot's consumers see what vm-memory marks). The tracked area is
     /// `bitmap.pages() * page_size` bytes; `page_size` must be a power of two.
     ///
-    /// Harvest and reset a shared bitmap through one owner only (the slot registry, or
-    /// this wrapper and its clones): they serialize clearing under different locks.
+    /// Both owners may harvest and reset the shared bitmap: every clean-making operation
+    /// takes the [`PageBitmap`]'s own clear lock, so they never race on a word and each
+    /// write is reported by exactly one harvest or stays dirty. A page one owner harvests
+    /// is not reported to the other, though.
     pub fn from_page_bitmap(bitmap: Arc<PageBitmap>, page_size: NonZeroUsize) -> SoftDirtyBitmap {
         assert!(
             page_size.is_power_of_two(),
@@ -118,19 +127,30 @@ impl SoftDirtyBitmap {
         let byte_size = (bitmap.pages() as usize).saturating_mul(page_size.get());
         SoftDirtyBitmap {
             inner: bitmap,
-            ctl: Arc::default(),
             byte_size,
             page_shift: page_size.trailing_zeros(),
         }
     }
 
-    fn control(&self) -> MutexGuard<'_, ()> {
-        self.ctl.lock().unwrap_or_else(|e| e.into_inner())
+    /// A producer handle on the underlying bitmap: it marks what this bitmap marks and
+    /// cannot clear (so it cannot take pages from this bitmap's harvests). Store the
+    /// data, then mark ([`Producer::mark`]).
+    pub fn producer(&self) -> Producer {
+        Producer::new(Arc::clone(&self.inner))
     }
 
-    /// The underlying page bitmap (shared with every clone).
-    pub fn page_bitmap(&self) -> &Arc<PageBitmap> {
-        &self.inner
+    /// Registers slot `slot` of `registry` at `guest_phys_addr` over this bitmap
+    /// ([`SlotRegistry::register_slot_with`]): what vm-memory marks, the slot's
+    /// consumers harvest. The bitmap's pages must be 4 KiB (the slot's page size).
+    /// Harvesting through this wrapper too is safe (the bitmap's clear lock serializes
+    /// the two), but a page it takes is not reported to the slot's consumers.
+    pub fn register_slot(
+        &self,
+        registry: &SlotRegistry,
+        slot: u32,
+        guest_phys_addr: u64,
+    ) -> Result<()> {
+        registry.register_slot_with(slot, guest_phys_addr, Arc::clone(&self.inner))
     }
 
     /// Number of pages tracked.
@@ -163,12 +183,14 @@ impl SoftDirtyBitmap {
         let first = (offset >> self.page_shift) as u64;
         // As AtomicBitmap: saturate instead of overflowing for ranges near usize::MAX.
         let last = (offset.saturating_add(len - 1) >> self.page_shift) as u64;
-        let end = (last + 1).min(self.inner.pages());
+        let end = last.saturating_add(1).min(self.inner.pages());
         (first < end).then_some((first, end))
     }
 
     /// Marks the pages of `[offset, offset + len)` dirty (what [`Bitmap::mark_dirty`]
-    /// does). Lock-free; a page already dirty costs one relaxed load.
+    /// does). Lock-free; a page already dirty costs a fence and one relaxed load. Store
+    /// the data first: a harvest that takes the page reads it after it, or the page stays
+    /// dirty.
     #[inline]
     pub fn set_addr_range(&self, offset: usize, len: usize) {
         if let Some((first, end)) = self.pages_of(offset, len) {
@@ -182,7 +204,6 @@ impl SoftDirtyBitmap {
     /// Makes the pages of `[offset, offset + len)` clean.
     pub fn reset_addr_range(&self, offset: usize, len: usize) {
         if let Some((first, end)) = self.pages_of(offset, len) {
-            let _ctl = self.control();
             self.inner.set_clean(first, end - first, true);
         }
     }
@@ -197,7 +218,6 @@ impl SoftDirtyBitmap {
     /// Makes page `index` clean; out of range is ignored.
     pub fn reset_bit(&self, index: usize) {
         if (index as u64) < self.inner.pages() {
-            let _ctl = self.control();
             self.inner.set_clean(index as u64, 1, true);
         }
     }
@@ -218,7 +238,6 @@ impl SoftDirtyBitmap {
     /// in order, making them clean. Atomic per 64-page word against concurrent marking: a
     /// write is reported by exactly one harvest, or stays dirty for the next one.
     pub fn harvest(&self, mut sink: impl FnMut(u64, u64)) {
-        let _ctl = self.control();
         self.inner
             .harvest(0, self.inner.pages(), |r| sink(r.first, r.count));
     }
@@ -250,7 +269,6 @@ impl SoftDirtyBitmap {
 
     /// Makes every page clean, dropping what was dirty (not a harvest).
     pub fn reset(&self) {
-        let _ctl = self.control();
         self.inner.clear_all();
     }
 }

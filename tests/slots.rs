@@ -19,9 +19,9 @@ fn get_and_clear() {
     let c = reg.register_consumer(ConsumerConfig::default());
     let bits = reg.register_slot(3, GPA, 10_000).unwrap();
     assert!(reg.get_dirty_log(c, 3).unwrap().is_clean());
-    bits.write(0, 1);
-    bits.write(4095, 3); // across a chunk boundary
-    bits.write(9_999, 1);
+    bits.mark(0, 1).unwrap();
+    bits.mark(4095, 3).unwrap(); // across a chunk boundary
+    bits.mark(9_999, 1).unwrap();
     let log = reg.get_dirty_log(c, 3).unwrap();
     assert_eq!(log.addr(), GPA);
     assert_eq!(log.len(), 10_000 * 4096);
@@ -40,9 +40,9 @@ fn manual_protect() {
     let reg = SlotRegistry::new();
     let c = reg.register_consumer(MANUAL);
     let bits = reg.register_slot(0, GPA, 1000).unwrap();
-    bits.write(10, 1);
-    bits.write(70, 2);
-    bits.write(500, 1);
+    bits.mark(10, 1).unwrap();
+    bits.mark(70, 2).unwrap();
+    bits.mark(500, 1).unwrap();
     // get does not clear.
     assert_eq!(
         reg.get_dirty_log(c, 0).unwrap().runs(),
@@ -59,11 +59,11 @@ fn manual_protect() {
         &[(10, 1), (500, 1)]
     );
     // A write between get and clear is erased by the clear (KVM semantics).
-    bits.write(11, 1);
+    bits.mark(11, 1).unwrap();
     assert_eq!(reg.clear_dirty_log(c, 0, 0, 64).unwrap(), 2);
     assert_eq!(reg.get_dirty_log(c, 0).unwrap().runs(), &[(500, 1)]);
     // A write after the clear is reported.
-    bits.write(12, 1);
+    bits.mark(12, 1).unwrap();
     assert_eq!(
         reg.get_dirty_log(c, 0).unwrap().runs(),
         &[(12, 1), (500, 1)]
@@ -124,7 +124,7 @@ fn initially_set() {
     assert_eq!(reg.get_dirty_log(c, 1).unwrap().runs(), &[(128, 72)]);
     reg.clear_dirty_log(c, 1, 128, 72).unwrap();
     assert!(reg.get_dirty_log(c, 1).unwrap().is_clean());
-    bits.write(3, 1);
+    bits.mark(3, 1).unwrap();
     assert_eq!(reg.get_dirty_log(c, 1).unwrap().runs(), &[(3, 1)]);
     assert_eq!(reg.get_dirty_log(plain, 1).unwrap().runs(), &[(3, 1)]);
     // A get-and-clear consumer with initially_set reports everything once.
@@ -142,13 +142,13 @@ fn rollback() {
     let c = reg.register_consumer(ConsumerConfig::default());
     let other = reg.register_consumer(ConsumerConfig::default());
     let bits = reg.register_slot(0, GPA, 300).unwrap();
-    bits.write(7, 2);
-    bits.write(200, 1);
+    bits.mark(7, 2).unwrap();
+    bits.mark(200, 1).unwrap();
     let log = reg.get_dirty_log(c, 0).unwrap();
     assert_eq!(log.runs(), &[(7, 2), (200, 1)]);
     // The send failed: put the bits back; a new write also shows up.
     reg.restore_dirty_log(c, 0, &log).unwrap();
-    bits.write(100, 1);
+    bits.mark(100, 1).unwrap();
     assert_eq!(
         reg.get_dirty_log(c, 0).unwrap().runs(),
         &[(7, 2), (100, 1), (200, 1)]
@@ -168,7 +168,7 @@ fn rollback() {
     );
     // Rollback with manual protect.
     let m = reg.register_consumer(MANUAL);
-    bits.write(5, 1);
+    bits.mark(5, 1).unwrap();
     let log = reg.get_dirty_log(m, 0).unwrap();
     reg.clear_dirty_log(m, 0, 0, 300).unwrap();
     assert!(reg.get_dirty_log(m, 0).unwrap().is_clean());
@@ -180,13 +180,13 @@ fn rollback() {
 fn consumers_lifecycle() {
     let reg = SlotRegistry::new();
     let bits = reg.register_slot(0, 0, 128).unwrap();
-    bits.write(1, 1);
+    bits.mark(1, 1).unwrap();
     // A consumer registered later still gets writes left in the shared bitmap.
     let a = reg.register_consumer(ConsumerConfig::default());
-    bits.write(2, 1);
+    bits.mark(2, 1).unwrap();
     assert_eq!(reg.get_dirty_log(a, 0).unwrap().runs(), &[(1, 2)]);
     let b = reg.register_consumer(ConsumerConfig::default());
-    bits.write(9, 1);
+    bits.mark(9, 1).unwrap();
     assert_eq!(reg.get_dirty_log(a, 0).unwrap().runs(), &[(9, 1)]);
     reg.unregister_consumer(a).unwrap();
     assert_eq!(reg.get_dirty_log(a, 0).unwrap_err(), Errno::ENOENT);
@@ -194,7 +194,7 @@ fn consumers_lifecycle() {
     assert_eq!(reg.get_dirty_log(b, 0).unwrap().runs(), &[(9, 1)]);
     // A slot registered after the consumers gets their pending sets.
     let bits2 = reg.register_slot(1, 0x10_0000, 64).unwrap();
-    bits2.write(63, 1);
+    bits2.mark(63, 1).unwrap();
     assert_eq!(reg.get_dirty_log(b, 1).unwrap().runs(), &[(63, 1)]);
     assert!(reg.tracking_bytes(1).unwrap() > 0);
 }
@@ -215,7 +215,7 @@ fn two_consumers_each_see_every_write_once() {
         std::thread::spawn(move || {
             // Each page once, in a scattered order.
             for i in 0..PAGES {
-                bits.write((i * 7919) % PAGES, 1);
+                bits.mark((i * 7919) % PAGES, 1).unwrap();
                 if i % 512 == 0 {
                     std::thread::yield_now();
                 }
@@ -300,7 +300,7 @@ fn two_concurrent_consumers() {
         })
         .collect();
     for i in 0..PAGES {
-        bits.write((i * 104_729) % PAGES, 1);
+        bits.mark((i * 104_729) % PAGES, 1).unwrap();
     }
     done.store(true, Ordering::Release);
     for t in consumers {
