@@ -56,7 +56,6 @@ declare -A TWINS=(
     [relaxed_harvest_store]="bitmap_protocol:harvest_full_word_vs_write"
     [clear_summary_last]="bitmap_protocol:clear_refs_vs_write"
     [copy_clean_first]="bitmap_protocol:fork_vs_write"
-    [seal_before_publish]="address_space:mprotect_split_vs_write"
     [zap_no_seq]="address_space:dontneed_vs_write_legacy"
     [retry_via_index]="address_space:write_vs_mremap_move"
     [no_anon_freeze]="address_space:first_write_vs_whole_mprotect_then_fork"

@@ -28,13 +28,19 @@
 //! - The **data plane** (faults: [`PageBitmap::write`], [`PageBitmap::read`]) only moves
 //!   bits one way: clean 1→0, populated 0→1, backed 0→1. It takes no lock: a relaxed
 //!   load to test, then one `AcqRel` read-modify-write per word that needs a change.
-//! - The **control plane** (clear, harvest, zap, copy, drain) runs under the address
-//!   space's control lock, so control operations never race each other, only faults.
+//! - The **control plane** (clear, harvest, zap, copy, drain) takes the bitmap's own
+//!   clear lock (and, in an address space, runs under its control lock), so control
+//!   operations never race each other, only faults. A zap (`MADV_DONTNEED`) bumps a
+//!   generation that faults re-check, and they redo themselves after a zap of their
+//!   pages ([`PageBitmap::zap`]).
+//! - Marking orders the caller's data stores before it with a `SeqCst` fence, and a
+//!   harvest orders its get-and-clear before the caller's data loads with another
+//!   (ARCHITECTURE.md, contract 0).
 //! - A structural operation that gives a VMA a new bitmap **copies**, publishes the new
 //!   index, **seals** the old bitmap and **drains** it: every word of the old bitmap gets a
 //!   value-preserving RMW and whatever faults added since the copy is applied to the new
 //!   bitmap. A fault that did any RMW re-checks `sealed` afterwards; if it is set, the fault
-//!   retries through the new index. Either the fault's RMW precedes the drain's RMW on that
+//!   forwards itself to the successors ([`PageBitmap::forward`]). Either the fault's RMW precedes the drain's RMW on that
 //!   word (then the drain carries it over) or it follows it (then it reads from the drain,
 //!   synchronizes with it and sees `sealed`): no fault is lost and none is applied to a
 //!   retired bitmap only. `loom-tests/` checks this protocol against the code below.
@@ -1550,11 +1556,10 @@ impl PageBitmap {
     }
 
     /// Seals this bitmap (its VMA was replaced in a published index) and carries every
-    /// fault that reached it after it was copied into its successors. `targets`: for each
-    /// successor, `(src_first, dst, dst_first, count, rule)`.
+    /// fault that reached it after it was copied into its successors (`targets`).
     ///
-    /// Must run after the index naming the successors is published: a fault that sees
-    /// `sealed` retries through the index and must find them.
+    /// `AddressSpace` runs it after the index naming the successors is published; a
+    /// fault that finds the bitmap sealed does not need that (it forwards itself).
     ///
     /// `targets` also becomes the bitmap's forwarding list: a fault that finds it sealed
     /// applies itself to the targets ([`Self::forward`]).

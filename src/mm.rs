@@ -360,12 +360,6 @@ impl AddressSpace {
         let mut built = layout.build();
         let retired = std::mem::take(&mut built.retired);
         let vmas = std::mem::take(&mut built.vmas);
-        // Broken twin `seal_before_publish` (loom-tests): seal and drain before the swap,
-        // so a fault that sees the seal can retry through the old index.
-        #[cfg(softdirty_broken = "seal_before_publish")]
-        for r in &retired {
-            r.drain();
-        }
         // AcqRel: Release publishes the new VMAs and bitmaps to readers' Acquire load;
         // Acquire orders our later seals after everything the old index's readers did
         // before we swapped (nothing needs it beyond the swap itself).
@@ -385,7 +379,9 @@ impl AddressSpace {
         drop(unsafe { old.into_owned() });
         #[cfg(softdirty_broken = "no_reclaim")]
         let _ = old;
-        #[cfg(not(softdirty_broken = "seal_before_publish"))]
+        // After the swap (not required since sealed bitmaps forward their faults to the
+        // successors, published or not; kept so that a fault that looks the address up
+        // again finds the successors).
         for r in &retired {
             r.drain();
         }

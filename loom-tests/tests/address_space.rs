@@ -67,11 +67,10 @@ fn munmap_vs_write() {
     });
 }
 
-/// mprotect split ∥ write through `AddressSpace` (contract 3, the publication side):
-/// `publish` swaps the new index in *before* it seals the retired bitmap, so a fault that
-/// finds the bitmap sealed and retries through the index finds the heirs. Afterwards the
-/// written page is soft-dirty in pagemap and nothing else is. Broken twin:
-/// `seal_before_publish`.
+/// mprotect split ∥ write through `AddressSpace` (contract 3): a fault that finds the
+/// bitmap sealed forwards itself to the heirs. Afterwards the written page is soft-dirty
+/// in pagemap and nothing else is. Broken twins: `no_drain`, `no_recheck`,
+/// `retry_via_index`.
 #[test]
 fn mprotect_split_vs_write() {
     check("mprotect_split_vs_write", 2, || {
