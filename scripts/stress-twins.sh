@@ -31,14 +31,14 @@ cd "$(dirname "$0")/.."
 # of a few instructions), no_drain_rule (precise moves make every moved page dirty, so the
 # rule the twin drops is invisible). no_reclaim (a leak) fails only by exhausting the
 # model's chunk limit (a write gets ENOMEM after ~17 s under load), or not at all.
-#   zap_no_seq           region L: a page present but not soft-dirty after a DONTNEED race
-#   retry_via_index      region B: a write returns EFAULT while the drain carried it
-#   no_anon_freeze       region A: the fork child lacks a page written before the fork
-# These three are races of a few instructions: each twin run goes on for up to
-# SOFTDIRTY_TWIN_ROUNDS rounds (it stops at the first bad one) within the timeout.
-# mark_no_fence is run through tests/litmus.rs (the store-buffering shape), not the stress.
-CAUGHT=(no_drain no_recheck blind_harvest no_defer zap_no_seq
-    retry_via_index no_anon_freeze mark_no_fence)
+#   zap_no_seq           region L, within 10 s: a page present but not soft-dirty after a
+#                        DONTNEED race (LOST)
+# mark_no_fence is run through tests/litmus.rs (the store-buffering shape), not the stress:
+# it reports lost writes within seconds.
+# Seen but not caught within the timeout (windows of a few instructions; the loom models
+# reject them): retry_via_index (region B: a write returns EFAULT while the drain carried
+# it), no_anon_freeze (region A: the fork child lacks a page written before the fork).
+CAUGHT=(no_drain no_recheck blind_harvest no_defer zap_no_seq mark_no_fence)
 ALL=(relaxed_fault no_recheck no_drain no_drain_rule blind_harvest
     harvest_precheck relaxed_harvest_store clear_summary_last copy_clean_first
     no_defer no_reclaim zap_no_seq retry_via_index no_anon_freeze

@@ -6,9 +6,11 @@
 //! copies), exactly as `GuestMemoryMmap<AtomicBitmap>` does. What it adds over
 //! `AtomicBitmap`:
 //!
-//! - **marking** is test-before-set: a page that is already dirty costs one relaxed load
-//!   and no read-modify-write (AtomicBitmap does one `SeqCst` `fetch_or` per page per
-//!   write), and a range is marked one 64-page word at a time;
+//! - **marking** is a `SeqCst` fence, then test-before-set: a page that is already dirty
+//!   costs the fence and one relaxed load, no write to the bitmap's cache line
+//!   (AtomicBitmap does one `SeqCst` `fetch_or` per page per write), and a range is
+//!   marked one 64-page word at a time. The fence is what makes a mark cover the data
+//!   stored before it (ARCHITECTURE.md, contract 0);
 //! - **harvest** ([`SoftDirtyBitmap::harvest`]) is an atomic get-and-clear that visits
 //!   only the words flagged dirty in a per-chunk summary, so an idle region costs almost
 //!   nothing; AtomicBitmap's `get_and_reset` swaps every word and allocates;

@@ -398,7 +398,7 @@ fn possible_counts(
         evs,
         end: present_end,
         mask: 0,
-        budget: 200_000,
+        budget: 5_000_000,
     };
     dfs(
         &mut st,
@@ -1009,7 +1009,10 @@ fn exactly_once_rounds() {
                     // a structural operation of its VMA (the drain carried it, and it is
                     // forwarded to the successor as well) may take effect twice: one
                     // extra report at most (ARCHITECTURE.md, contract 2). Lost writes
-                    // still fail: the write above is not optional.
+                    // still fail: the write above is not optional. For every write:
+                    // the zaps and mprotects that cause it (a redo after a zap of
+                    // other pages of the same bitmap when the ring of zap ranges has
+                    // overflowed, a forward after an mprotect) are not page events.
                     {
                         evs.push(Ev {
                             what: "write (retried)",
