@@ -101,7 +101,7 @@ for name in "${names[@]}"; do
         mark_no_fence | harvest_no_fence) run litmus ;;
         *) run stress "$twin_rounds" ;;
     esac
-    first=$(grep -E -m1 '^round [0-9]+, region|^fork |helper thread failed|SIGSEGV|signal|lost writes|lost' <<<"$out" |
+    first=$(grep -E -m1 '^round [0-9]+, region|^fork |helper thread failed|SIGSEGV|signal|: [1-9][0-9]* lost writes' <<<"$out" |
         cut -c1-300 || true)
     if [[ $rc -eq 0 ]]; then
         echo "NOT CAUGHT: twin $name passed the stress (${secs} s)"
