@@ -11,36 +11,9 @@ use softdirty::errno::Errno;
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::Instant;
+use softdirty_loom_tests::check_epoch;
 
 const PAGE: u64 = 4096;
-
-/// Runs `f` under loom at preemption bound `min(LOOM_MAX_PREEMPTIONS, epoch bound)`,
-/// where the epoch bound is `SOFTDIRTY_LOOM_EPOCH_BOUND` or `bound`, and reports the
-/// explored executions and the wall time on stderr.
-fn check<F: Fn() + Sync + Send + 'static>(name: &str, bound: usize, f: F) {
-    let mut b = loom::model::Builder::new();
-    let cap = std::env::var("SOFTDIRTY_LOOM_EPOCH_BOUND")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(bound);
-    b.preemption_bound = Some(b.preemption_bound.map_or(cap, |p| p.min(cap)));
-    b.max_branches = b.max_branches.max(100_000);
-    let n = std::sync::Arc::new(AtomicUsize::new(0));
-    let n2 = n.clone();
-    let t = Instant::now();
-    b.check(move || {
-        n2.fetch_add(1, Relaxed);
-        f()
-    });
-    eprintln!(
-        "loom-model {name}: preemption bound {:?}, {} executions, {:.3} s",
-        b.preemption_bound,
-        n.load(Relaxed),
-        t.elapsed().as_secs_f64()
-    );
-}
 
 /// munmap ∥ write (contract 4): the write either lands before the unmap (`Ok`, in the
 /// retired bitmap, which stays alive while the writer is pinned) or fails with EFAULT;
@@ -50,7 +23,7 @@ fn check<F: Fn() + Sync + Send + 'static>(name: &str, bound: usize, f: F) {
 /// not see, which is why that model exists).
 #[test]
 fn munmap_vs_write() {
-    check("munmap_vs_write", 2, || {
+    check_epoch("munmap_vs_write", 2, || {
         let mm = Arc::new(AddressSpace::new(Mode::Precise));
         let a = mm
             .mmap(0, 2 * PAGE, Prot::RW, false, Placement::Hint)
@@ -73,7 +46,7 @@ fn munmap_vs_write() {
 /// `retry_via_index`.
 #[test]
 fn mprotect_split_vs_write() {
-    check("mprotect_split_vs_write", 2, || {
+    check_epoch("mprotect_split_vs_write", 2, || {
         let mm = Arc::new(AddressSpace::new(Mode::Precise));
         let a = mm
             .mmap(0, 128 * PAGE, Prot::RW, false, Placement::Hint)
@@ -113,7 +86,7 @@ fn written_then_cleared(mode: Mode, pages: u64) -> (Arc<AddressSpace>, u64) {
 /// In `legacy` the bug left the page present, shown as the zero page, and not
 /// soft-dirty: the next harvest missed the write. Broken twin: `zap_no_seq`.
 fn dontneed_model(name: &str, mode: Mode) {
-    check(name, 2, move || {
+    check_epoch(name, 2, move || {
         let sequential = |write_first: bool| {
             let (mm, a) = written_then_cleared(mode, 1);
             if write_first {
@@ -159,7 +132,7 @@ fn dontneed_vs_write_precise() {
 /// the page. Broken twin: `no_anon_freeze` (nothing froze the old VMA's anon_vma cell: the
 /// writer assigned it after the operation read it, and the child lacked the page).
 fn first_write_vs_republish_then_fork(name: &str, mode: Mode, mprotect: bool) {
-    check(name, 2, move || {
+    check_epoch(name, 2, move || {
         let mm = Arc::new(AddressSpace::new(mode));
         let a = mm
             .mmap(0, 2 * PAGE, Prot::RW, false, Placement::Hint)
@@ -210,7 +183,7 @@ fn first_write_vs_legacy_clear_refs_then_fork() {
 /// dropped).
 #[test]
 fn first_write_vs_mprotect_readonly_account() {
-    check("first_write_vs_mprotect_readonly_account", 2, || {
+    check_epoch("first_write_vs_mprotect_readonly_account", 2, || {
         let mm = Arc::new(AddressSpace::new(Mode::Precise));
         let a = mm
             .mmap(0, 2 * PAGE, Prot::RW, false, Placement::Hint)
@@ -245,7 +218,7 @@ fn first_write_vs_mprotect_readonly_account() {
 /// words. Broken twin: `retry_via_index`.
 #[test]
 fn write_vs_mremap_move() {
-    check("write_vs_mremap_move", 2, || {
+    check_epoch("write_vs_mremap_move", 2, || {
         let mm = Arc::new(AddressSpace::new(Mode::Legacy));
         let a = mm
             .mmap(0, 128 * PAGE, Prot::RW, false, Placement::Hint)
@@ -277,7 +250,7 @@ fn write_vs_mremap_move() {
 /// `no_drain`, `no_recheck`.
 #[test]
 fn write_vs_mprotect_merge() {
-    check("write_vs_mprotect_merge", 2, || {
+    check_epoch("write_vs_mprotect_merge", 2, || {
         let mm = Arc::new(AddressSpace::new(Mode::Precise));
         let a = mm
             .mmap(0, 128 * PAGE, Prot::RW, false, Placement::Hint)

@@ -12,76 +12,7 @@
 use loom::sync::Arc;
 use loom::thread;
 use softdirty::bitmap::{Bits, CopyRule, DrainRule, Mark, PageBitmap, Run, Target};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::Instant;
-
-/// Runs `f(control_spawned)` under loom twice, once with the writers spawned and the
-/// control side (clear, harvest, copy + seal + drain) on the main thread, once with the
-/// control side spawned and a writer on the main thread. Why both: loom's partial-order
-/// reduction only remembers the *last* access to each atomic, so a thread's pure loads
-/// (a copy, a pre-check) are never moved after another thread's "load, then RMW" pair on
-/// the same word when they start out first; loom's first schedule runs the main thread
-/// to its `join`, so each arrangement explores the orders the other one can miss.
-fn check2<F: Fn(bool) + Sync + Send + 'static>(name: &str, bound: usize, f: F) {
-    let f = std::sync::Arc::new(f);
-    for control_spawned in [false, true] {
-        let f = f.clone();
-        let which = if control_spawned {
-            "control-spawned"
-        } else {
-            "writers-spawned"
-        };
-        check(&format!("{name}/{which}"), bound, move || {
-            f(control_spawned)
-        });
-    }
-}
-
-/// Runs `a` and `b` concurrently: `b` on the main thread and `a` spawned, or the other
-/// way round with `swap`.
-fn race<RA, RB>(
-    swap: bool,
-    a: impl FnOnce() -> RA + Send + 'static,
-    b: impl FnOnce() -> RB + Send + 'static,
-) -> (RA, RB)
-where
-    RA: Send + 'static,
-    RB: Send + 'static,
-{
-    if swap {
-        let h = thread::spawn(b);
-        let ra = a();
-        (ra, h.join().unwrap())
-    } else {
-        let h = thread::spawn(a);
-        let rb = b();
-        (h.join().unwrap(), rb)
-    }
-}
-
-/// Runs `f` under loom with `LOOM_MAX_PREEMPTIONS` (default `bound`) and reports the
-/// number of explored executions and the wall time on stderr.
-fn check<F: Fn() + Sync + Send + 'static>(name: &str, bound: usize, f: F) {
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(bound);
-    }
-    // Setup and final checks are straight-line code, but every atomic access counts.
-    b.max_branches = b.max_branches.max(100_000);
-    let n = std::sync::Arc::new(AtomicUsize::new(0));
-    let n2 = n.clone();
-    let t = Instant::now();
-    b.check(move || {
-        n2.fetch_add(1, Relaxed);
-        f()
-    });
-    eprintln!(
-        "loom-model {name}: preemption bound {:?}, {} executions, {:.3} s",
-        b.preemption_bound,
-        n.load(Relaxed),
-        t.elapsed().as_secs_f64()
-    );
-}
+use softdirty_loom_tests::{check2, race};
 
 /// Pages of `b` whose bit in `pick(window)` is set, read a word at a time (a model's
 /// final checks then cost a few loads, not three per page).
@@ -151,35 +82,40 @@ fn clean_with_stale_summary(pages: u64) -> PageBitmap {
 /// never loses a dirty word). Broken twin: `clear_summary_last`.
 #[test]
 fn clear_refs_vs_write() {
-    check2("clear_refs_vs_write", 3, |swap| {
-        let b = Arc::new(clean_with_stale_summary(128));
-        b.write(1, 1); // completed before clear_refs starts
-        let (b1, b2) = (b.clone(), b.clone());
-        race(
-            swap,
-            move || {
-                b1.write(3, 1);
-                b1.write(5, 1);
-                b1.write(70, 1);
-            },
-            move || b2.clear_all(),
-        );
-        let d = dirty(&b);
-        assert!(
-            !d.contains(&1),
-            "a write that completed before clear_refs survived it"
-        );
-        assert!(
-            !(d.contains(&3) && !d.contains(&5)),
-            "clear tore a later write: {d:?}"
-        );
-        let h = harvest_pages(&b);
-        assert_eq!(
-            h, d,
-            "dirty pages the summary lost (a later harvest misses them)"
-        );
-        assert!(dirty(&b).is_empty());
-    });
+    check2(
+        "clear_refs_vs_write",
+        3,
+        ["writers-spawned", "control-spawned"],
+        |swap| {
+            let b = Arc::new(clean_with_stale_summary(128));
+            b.write(1, 1); // completed before clear_refs starts
+            let (b1, b2) = (b.clone(), b.clone());
+            race(
+                swap,
+                move || {
+                    b1.write(3, 1);
+                    b1.write(5, 1);
+                    b1.write(70, 1);
+                },
+                move || b2.clear_all(),
+            );
+            let d = dirty(&b);
+            assert!(
+                !d.contains(&1),
+                "a write that completed before clear_refs survived it"
+            );
+            assert!(
+                !(d.contains(&3) && !d.contains(&5)),
+                "clear tore a later write: {d:?}"
+            );
+            let h = harvest_pages(&b);
+            assert_eq!(
+                h, d,
+                "dirty pages the summary lost (a later harvest misses them)"
+            );
+            assert!(dirty(&b).is_empty());
+        },
+    );
 }
 
 // ------------------------------------------------------------ scan with clear
@@ -191,27 +127,32 @@ fn clear_refs_vs_write() {
 /// (the bug this model found), `blind_harvest`.
 #[test]
 fn harvest_vs_write() {
-    check2("harvest_vs_write", 3, |swap| {
-        let b = Arc::new(clean_with_stale_summary(128));
-        let (b1, b2) = (b.clone(), b.clone());
-        let ((), first) = race(
-            swap,
-            move || {
-                b1.write(5, 1);
-                b1.write(70, 1);
-            },
-            move || harvest_pages(&b2),
-        );
-        let second = harvest_pages(&b);
-        let mut all: Vec<u64> = first.iter().chain(&second).copied().collect();
-        all.sort_unstable();
-        assert_eq!(
-            all,
-            vec![5, 70],
-            "lost or duplicated: first {first:?} second {second:?}"
-        );
-        assert!(dirty(&b).is_empty());
-    });
+    check2(
+        "harvest_vs_write",
+        3,
+        ["writers-spawned", "control-spawned"],
+        |swap| {
+            let b = Arc::new(clean_with_stale_summary(128));
+            let (b1, b2) = (b.clone(), b.clone());
+            let ((), first) = race(
+                swap,
+                move || {
+                    b1.write(5, 1);
+                    b1.write(70, 1);
+                },
+                move || harvest_pages(&b2),
+            );
+            let second = harvest_pages(&b);
+            let mut all: Vec<u64> = first.iter().chain(&second).copied().collect();
+            all.sort_unstable();
+            assert_eq!(
+                all,
+                vec![5, 70],
+                "lost or duplicated: first {first:?} second {second:?}"
+            );
+            assert!(dirty(&b).is_empty());
+        },
+    );
 }
 
 /// get-and-clear of a fully dirty word ∥ a write to it. The harvest takes an all-dirty
@@ -224,26 +165,31 @@ fn harvest_vs_write() {
 /// the stale bit the harvest just cleared, and the page is lost to every later harvest).
 #[test]
 fn harvest_full_word_vs_write() {
-    check2("harvest_full_word_vs_write", 3, |swap| {
-        let b = Arc::new(PageBitmap::new(128, false));
-        b.write(0, 64); // word 0 all dirty, summary bit 0 set
-        let (b1, b2) = (b.clone(), b.clone());
-        let (mark, first) = race(swap, move || b1.write(5, 1), move || harvest_pages(&b2));
-        let Mark::Done { faults } = mark else {
-            panic!("unsealed bitmap answered {mark:?}")
-        };
-        assert_eq!(first, (0..64).collect::<Vec<u64>>(), "racing harvest");
-        let second = harvest_pages(&b);
-        let want: Vec<u64> = if faults == 1 { vec![5] } else { vec![] };
-        assert_eq!(
-            second, want,
-            "write lost or reported twice (faults {faults})"
-        );
-        assert!(
-            dirty(&b).is_empty(),
-            "a dirty page behind a clear summary bit"
-        );
-    });
+    check2(
+        "harvest_full_word_vs_write",
+        3,
+        ["writers-spawned", "control-spawned"],
+        |swap| {
+            let b = Arc::new(PageBitmap::new(128, false));
+            b.write(0, 64); // word 0 all dirty, summary bit 0 set
+            let (b1, b2) = (b.clone(), b.clone());
+            let (mark, first) = race(swap, move || b1.write(5, 1), move || harvest_pages(&b2));
+            let Mark::Done { faults } = mark else {
+                panic!("unsealed bitmap answered {mark:?}")
+            };
+            assert_eq!(first, (0..64).collect::<Vec<u64>>(), "racing harvest");
+            let second = harvest_pages(&b);
+            let want: Vec<u64> = if faults == 1 { vec![5] } else { vec![] };
+            assert_eq!(
+                second, want,
+                "write lost or reported twice (faults {faults})"
+            );
+            assert!(
+                dirty(&b).is_empty(),
+                "a dirty page behind a clear summary bit"
+            );
+        },
+    );
 }
 
 /// Two writers on one bitmap word ∥ get-and-clear. Contract 2 with contention on the
@@ -251,28 +197,33 @@ fn harvest_full_word_vs_write() {
 /// Broken twins: `blind_harvest`, `harvest_precheck`.
 #[test]
 fn two_writers_one_word_vs_harvest() {
-    check2("two_writers_one_word_vs_harvest", 3, |swap| {
-        let b = Arc::new(clean_with_stale_summary(128));
-        let w1 = {
-            let b = b.clone();
-            thread::spawn(move || {
-                b.write(3, 1);
-            })
-        };
-        let (b1, b2) = (b.clone(), b.clone());
-        let ((), first) = race(
-            swap,
-            move || {
-                b1.write(9, 1);
-            },
-            move || harvest_pages(&b2),
-        );
-        w1.join().unwrap();
-        let second = harvest_pages(&b);
-        let mut all: Vec<u64> = first.iter().chain(&second).copied().collect();
-        all.sort_unstable();
-        assert_eq!(all, vec![3, 9], "first {first:?} second {second:?}");
-    });
+    check2(
+        "two_writers_one_word_vs_harvest",
+        3,
+        ["writers-spawned", "control-spawned"],
+        |swap| {
+            let b = Arc::new(clean_with_stale_summary(128));
+            let w1 = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    b.write(3, 1);
+                })
+            };
+            let (b1, b2) = (b.clone(), b.clone());
+            let ((), first) = race(
+                swap,
+                move || {
+                    b1.write(9, 1);
+                },
+                move || harvest_pages(&b2),
+            );
+            w1.join().unwrap();
+            let second = harvest_pages(&b);
+            let mut all: Vec<u64> = first.iter().chain(&second).copied().collect();
+            all.sort_unstable();
+            assert_eq!(all, vec![3, 9], "first {first:?} second {second:?}");
+        },
+    );
 }
 
 /// Two writers on one bitmap word ∥ clear_refs: neither the clear nor the other writer's
@@ -280,30 +231,35 @@ fn two_writers_one_word_vs_harvest() {
 /// write harvestable. Broken twin: `clear_summary_last`.
 #[test]
 fn two_writers_one_word_vs_clear_refs() {
-    check2("two_writers_one_word_vs_clear_refs", 2, |swap| {
-        let b = Arc::new(clean_with_stale_summary(128));
-        let w1 = {
-            let b = b.clone();
-            thread::spawn(move || {
-                b.write(3, 1);
-                b.write(4, 1);
-            })
-        };
-        let (b1, b2) = (b.clone(), b.clone());
-        race(
-            swap,
-            move || {
-                b1.write(9, 1);
-                b1.write(10, 1);
-            },
-            move || b2.clear_all(),
-        );
-        w1.join().unwrap();
-        let d = dirty(&b);
-        assert!(!(d.contains(&3) && !d.contains(&4)), "{d:?}");
-        assert!(!(d.contains(&9) && !d.contains(&10)), "{d:?}");
-        assert_eq!(harvest_pages(&b), d, "summary lost a dirty word");
-    });
+    check2(
+        "two_writers_one_word_vs_clear_refs",
+        2,
+        ["writers-spawned", "control-spawned"],
+        |swap| {
+            let b = Arc::new(clean_with_stale_summary(128));
+            let w1 = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    b.write(3, 1);
+                    b.write(4, 1);
+                })
+            };
+            let (b1, b2) = (b.clone(), b.clone());
+            race(
+                swap,
+                move || {
+                    b1.write(9, 1);
+                    b1.write(10, 1);
+                },
+                move || b2.clear_all(),
+            );
+            w1.join().unwrap();
+            let d = dirty(&b);
+            assert!(!(d.contains(&3) && !d.contains(&4)), "{d:?}");
+            assert!(!(d.contains(&9) && !d.contains(&10)), "{d:?}");
+            assert_eq!(harvest_pages(&b), d, "summary lost a dirty word");
+        },
+    );
 }
 
 // ------------------------------------------------- structural: split, merge, mremap
@@ -333,51 +289,56 @@ fn split_model(name: &str, materialized: bool) {
     // Bound 2 for the untouched chunk: at 3 its control-spawned half explores 550k
     // executions (~110 s on 2 cores), too long for CI.
     let bound = if materialized { 3 } else { 2 };
-    check2(name, bound, move |swap| {
-        let old = Arc::new(if materialized {
-            clean_with_stale_summary(128)
-        } else {
-            PageBitmap::new(128, false)
-        });
-        let left = Arc::new(PageBitmap::new(64, false));
-        let right = Arc::new(PageBitmap::new(64, false));
-        let (o1, l1, r1) = (old.clone(), left.clone(), right.clone());
-        let (o2, l2, r2) = (old.clone(), left.clone(), right.clone());
-        race(
-            swap,
-            move || {
-                for p in [3u64, 70] {
-                    // A sealed bitmap forwards the fault to its heirs; only the broken
-                    // twin `retry_via_index` answers Sealed, and the index names the
-                    // heirs.
-                    if o1.write(p, 1) == Mark::Sealed {
-                        let (h, q) = if p < 64 { (&l1, p) } else { (&r1, p - 64) };
-                        assert_ne!(h.write(q, 1), Mark::Sealed, "heir sealed");
+    check2(
+        name,
+        bound,
+        ["writers-spawned", "control-spawned"],
+        move |swap| {
+            let old = Arc::new(if materialized {
+                clean_with_stale_summary(128)
+            } else {
+                PageBitmap::new(128, false)
+            });
+            let left = Arc::new(PageBitmap::new(64, false));
+            let right = Arc::new(PageBitmap::new(64, false));
+            let (o1, l1, r1) = (old.clone(), left.clone(), right.clone());
+            let (o2, l2, r2) = (old.clone(), left.clone(), right.clone());
+            race(
+                swap,
+                move || {
+                    for p in [3u64, 70] {
+                        // A sealed bitmap forwards the fault to its heirs; only the broken
+                        // twin `retry_via_index` answers Sealed, and the index names the
+                        // heirs.
+                        if o1.write(p, 1) == Mark::Sealed {
+                            let (h, q) = if p < 64 { (&l1, p) } else { (&r1, p - 64) };
+                            assert_ne!(h.write(q, 1), Mark::Sealed, "heir sealed");
+                        }
                     }
-                }
-            },
-            move || {
-                l2.copy_from(0, &o2, 0, 64, CopyRule::Plain);
-                r2.copy_from(0, &o2, 64, 64, CopyRule::Plain);
-                o2.seal_and_drain(vec![
-                    target(0, &l2, 0, 64, DrainRule::Plain),
-                    target(64, &r2, 0, 64, DrainRule::Plain),
-                ]);
-            },
-        );
-        assert_eq!(dirty(&left), vec![3], "left heir");
-        assert_eq!(dirty(&right), vec![6], "right heir");
-        assert_eq!(populated(&left), vec![3]);
-        assert_eq!(populated(&right), vec![6]);
-        // A fault on the retired bitmap is forwarded to the heir (broken twin
-        // `retry_via_index`: it answers `Sealed` instead).
-        assert_eq!(old.write(5, 1), Mark::Done { faults: 1 }, "forwarded");
-        assert_eq!(
-            dirty(&left),
-            vec![3, 5],
-            "a retired bitmap forwards a new fault"
-        );
-    });
+                },
+                move || {
+                    l2.copy_from(0, &o2, 0, 64, CopyRule::Plain);
+                    r2.copy_from(0, &o2, 64, 64, CopyRule::Plain);
+                    o2.seal_and_drain(vec![
+                        target(0, &l2, 0, 64, DrainRule::Plain),
+                        target(64, &r2, 0, 64, DrainRule::Plain),
+                    ]);
+                },
+            );
+            assert_eq!(dirty(&left), vec![3], "left heir");
+            assert_eq!(dirty(&right), vec![6], "right heir");
+            assert_eq!(populated(&left), vec![3]);
+            assert_eq!(populated(&right), vec![6]);
+            // A fault on the retired bitmap is forwarded to the heir (broken twin
+            // `retry_via_index`: it answers `Sealed` instead).
+            assert_eq!(old.write(5, 1), Mark::Done { faults: 1 }, "forwarded");
+            assert_eq!(
+                dirty(&left),
+                vec![3, 5],
+                "a retired bitmap forwards a new fault"
+            );
+        },
+    );
 }
 
 /// merge ∥ write (contract 3): two 64-page VMAs become one 128-page VMA (an mprotect or
@@ -386,32 +347,37 @@ fn split_model(name: &str, materialized: bool) {
 /// are dirty and populated. Broken twins: `relaxed_fault`, `no_recheck`, `no_drain`.
 #[test]
 fn merge_vs_write() {
-    check2("merge_vs_write", 3, |swap| {
-        let a = Arc::new(clean_with_stale_summary(64));
-        let b = Arc::new(clean_with_stale_summary(64));
-        let m = Arc::new(PageBitmap::new(128, false));
-        let (a1, b1, m1) = (a.clone(), b.clone(), m.clone());
-        let (a2, b2, m2) = (a.clone(), b.clone(), m.clone());
-        race(
-            swap,
-            move || {
-                if a1.write(3, 1) == Mark::Sealed {
-                    assert_ne!(m1.write(3, 1), Mark::Sealed);
-                }
-                if b1.write(5, 1) == Mark::Sealed {
-                    assert_ne!(m1.write(69, 1), Mark::Sealed);
-                }
-            },
-            move || {
-                m2.copy_from(0, &a2, 0, 64, CopyRule::Plain);
-                m2.copy_from(64, &b2, 0, 64, CopyRule::Plain);
-                a2.seal_and_drain(vec![target(0, &m2, 0, 64, DrainRule::Plain)]);
-                b2.seal_and_drain(vec![target(0, &m2, 64, 64, DrainRule::Plain)]);
-            },
-        );
-        assert_eq!(dirty(&m), vec![3, 69]);
-        assert_eq!(populated(&m), vec![3, 69]);
-    });
+    check2(
+        "merge_vs_write",
+        3,
+        ["writers-spawned", "control-spawned"],
+        |swap| {
+            let a = Arc::new(clean_with_stale_summary(64));
+            let b = Arc::new(clean_with_stale_summary(64));
+            let m = Arc::new(PageBitmap::new(128, false));
+            let (a1, b1, m1) = (a.clone(), b.clone(), m.clone());
+            let (a2, b2, m2) = (a.clone(), b.clone(), m.clone());
+            race(
+                swap,
+                move || {
+                    if a1.write(3, 1) == Mark::Sealed {
+                        assert_ne!(m1.write(3, 1), Mark::Sealed);
+                    }
+                    if b1.write(5, 1) == Mark::Sealed {
+                        assert_ne!(m1.write(69, 1), Mark::Sealed);
+                    }
+                },
+                move || {
+                    m2.copy_from(0, &a2, 0, 64, CopyRule::Plain);
+                    m2.copy_from(64, &b2, 0, 64, CopyRule::Plain);
+                    a2.seal_and_drain(vec![target(0, &m2, 0, 64, DrainRule::Plain)]);
+                    b2.seal_and_drain(vec![target(0, &m2, 64, 64, DrainRule::Plain)]);
+                },
+            );
+            assert_eq!(dirty(&m), vec![3, 69]);
+            assert_eq!(populated(&m), vec![3, 69]);
+        },
+    );
 }
 
 /// mremap move ∥ faults, legacy rule (contract 3): the move copies with
@@ -423,38 +389,43 @@ fn merge_vs_write() {
 /// `no_recheck`, `no_drain_rule`.
 #[test]
 fn mremap_vs_faults() {
-    check2("mremap_vs_faults", 3, |swap| {
-        let src = Arc::new(clean_with_stale_summary(128));
-        let dst = Arc::new(PageBitmap::new(128, false));
-        let (s1, d1, s2, d2) = (src.clone(), dst.clone(), src.clone(), dst.clone());
-        let (read_landed_in_src, ()) = race(
-            swap,
-            move || {
-                let in_src = match s1.read(3, 1, true) {
-                    Mark::Done { .. } => true,
-                    Mark::Sealed => {
-                        assert_ne!(d1.read(3, 1, true), Mark::Sealed);
-                        false
+    check2(
+        "mremap_vs_faults",
+        3,
+        ["writers-spawned", "control-spawned"],
+        |swap| {
+            let src = Arc::new(clean_with_stale_summary(128));
+            let dst = Arc::new(PageBitmap::new(128, false));
+            let (s1, d1, s2, d2) = (src.clone(), dst.clone(), src.clone(), dst.clone());
+            let (read_landed_in_src, ()) = race(
+                swap,
+                move || {
+                    let in_src = match s1.read(3, 1, true) {
+                        Mark::Done { .. } => true,
+                        Mark::Sealed => {
+                            assert_ne!(d1.read(3, 1, true), Mark::Sealed);
+                            false
+                        }
+                        Mark::NoMem => unreachable!("the chunk limit is far away in a model"),
+                    };
+                    if s1.write(70, 1) == Mark::Sealed {
+                        assert_ne!(d1.write(70, 1), Mark::Sealed);
                     }
-                    Mark::NoMem => unreachable!("the chunk limit is far away in a model"),
-                };
-                if s1.write(70, 1) == Mark::Sealed {
-                    assert_ne!(d1.write(70, 1), Mark::Sealed);
-                }
-                in_src
-            },
-            move || {
-                d2.copy_from(0, &s2, 0, 128, CopyRule::DirtyPopulated);
-                s2.seal_and_drain(vec![target(0, &d2, 0, 128, DrainRule::DirtyPopulated)]);
-            },
-        );
-        assert_eq!(populated(&dst), vec![3, 70]);
-        let d = dirty(&dst);
-        assert!(d.contains(&70));
-        if read_landed_in_src {
-            assert_eq!(d, vec![3, 70], "a moved present page must be soft-dirty");
-        }
-    });
+                    in_src
+                },
+                move || {
+                    d2.copy_from(0, &s2, 0, 128, CopyRule::DirtyPopulated);
+                    s2.seal_and_drain(vec![target(0, &d2, 0, 128, DrainRule::DirtyPopulated)]);
+                },
+            );
+            assert_eq!(populated(&dst), vec![3, 70]);
+            let d = dirty(&dst);
+            assert!(d.contains(&70));
+            if read_landed_in_src {
+                assert_eq!(d, vec![3, 70], "a moved present page must be soft-dirty");
+            }
+        },
+    );
 }
 
 // ------------------------------------------------------------------------ fork
@@ -466,32 +437,37 @@ fn mremap_vs_faults() {
 /// page no one wrote. Broken twin: `copy_clean_first`.
 #[test]
 fn fork_vs_write() {
-    check2("fork_vs_write", 3, |swap| {
-        let parent = Arc::new(clean_with_stale_summary(128));
-        let (p1, p2) = (parent.clone(), parent.clone());
-        let ((), child) = race(
-            swap,
-            move || {
-                p1.write(3, 1);
-                p1.write(70, 1);
-            },
-            move || {
-                let child = PageBitmap::new(128, false);
-                child.copy_from(0, &p2, 0, 128, CopyRule::Plain);
-                child
-            },
-        );
-        assert_eq!(dirty(&parent), vec![3, 70], "parent lost a write");
-        for w in [0, 64] {
-            let x = child.window(w);
-            assert_eq!(
-                (x.populated | x.backed) & x.clean,
-                0,
-                "child: a page written (populated or backed) but clean: {x:?}"
+    check2(
+        "fork_vs_write",
+        3,
+        ["writers-spawned", "control-spawned"],
+        |swap| {
+            let parent = Arc::new(clean_with_stale_summary(128));
+            let (p1, p2) = (parent.clone(), parent.clone());
+            let ((), child) = race(
+                swap,
+                move || {
+                    p1.write(3, 1);
+                    p1.write(70, 1);
+                },
+                move || {
+                    let child = PageBitmap::new(128, false);
+                    child.copy_from(0, &p2, 0, 128, CopyRule::Plain);
+                    child
+                },
             );
-        }
-        for p in dirty(&child) {
-            assert!(p == 3 || p == 70, "child page {p} dirty but never written");
-        }
-    });
+            assert_eq!(dirty(&parent), vec![3, 70], "parent lost a write");
+            for w in [0, 64] {
+                let x = child.window(w);
+                assert_eq!(
+                    (x.populated | x.backed) & x.clean,
+                    0,
+                    "child: a page written (populated or backed) but clean: {x:?}"
+                );
+            }
+            for p in dirty(&child) {
+                assert!(p == 3 || p == 70, "child page {p} dirty but never written");
+            }
+        },
+    );
 }

@@ -20,74 +20,12 @@ use softdirty::bitmap::{Bits, Mark, PageBitmap, Run};
 use softdirty::producer::Producer;
 use softdirty::slots::{ConsumerConfig, SlotRegistry};
 use softdirty::vmm::SoftDirtyBitmap;
+use softdirty_loom_tests::{check, check2, race};
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::Instant;
+use std::sync::atomic::Ordering::Relaxed;
 use vm_memory::bitmap::Bitmap;
 
 const PAGE: usize = 4096;
-
-/// Runs `f(swap)` twice, with the writer spawned and the harvest on the main thread
-/// (`swap == false`) and the other way round (see `bitmap_protocol.rs`, `check2`: loom's
-/// first schedule runs the main thread to its `join`, so each arrangement explores
-/// orders the other one can miss).
-fn check2<F: Fn(bool) + Sync + Send + 'static>(name: &str, bound: usize, f: F) {
-    let f = std::sync::Arc::new(f);
-    for swap in [false, true] {
-        let f = f.clone();
-        let which = if swap {
-            "harvest-spawned"
-        } else {
-            "writer-spawned"
-        };
-        check(&format!("{name}/{which}"), bound, move || f(swap));
-    }
-}
-
-/// Runs `f` under loom at `LOOM_MAX_PREEMPTIONS` if set, else at `bound`, and reports the
-/// number of explored executions and the wall time on stderr.
-fn check<F: Fn() + Sync + Send + 'static>(name: &str, bound: usize, f: F) {
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(bound);
-    }
-    b.max_branches = b.max_branches.max(100_000);
-    let n = std::sync::Arc::new(AtomicUsize::new(0));
-    let n2 = n.clone();
-    let t = Instant::now();
-    b.check(move || {
-        n2.fetch_add(1, Relaxed);
-        f()
-    });
-    eprintln!(
-        "loom-model {name}: preemption bound {:?}, {} executions, {:.3} s",
-        b.preemption_bound,
-        n.load(Relaxed),
-        t.elapsed().as_secs_f64()
-    );
-}
-
-/// Runs `a` and `b` concurrently: `b` on the main thread and `a` spawned, or the other
-/// way round with `swap`.
-fn race<RA, RB>(
-    swap: bool,
-    a: impl FnOnce() -> RA + Send + 'static,
-    b: impl FnOnce() -> RB + Send + 'static,
-) -> (RA, RB)
-where
-    RA: Send + 'static,
-    RB: Send + 'static,
-{
-    if swap {
-        let h = thread::spawn(b);
-        let ra = a();
-        (ra, h.join().unwrap())
-    } else {
-        let h = thread::spawn(a);
-        let rb = b();
-        (h.join().unwrap(), rb)
-    }
-}
 
 fn pages_where(b: &PageBitmap, pick: impl Fn(Bits) -> u64) -> Vec<u64> {
     let mut out = vec![];
@@ -130,25 +68,30 @@ fn assert_not_lost(copy: Option<u64>, still_dirty: bool) {
 /// reported. Broken twins: `mark_no_fence`, `harvest_no_fence`.
 #[test]
 fn producer_mark_vs_harvest() {
-    check2("producer_mark_vs_harvest", 3, |swap| {
-        let bits = Arc::new(PageBitmap::new(128, false));
-        let p = Producer::new(bits.clone());
-        p.mark(0, 1).unwrap();
-        let data = Arc::new(AtomicU64::new(0));
-        let (d1, d2, b2) = (data.clone(), data.clone(), bits.clone());
-        let ((), copy) = race(
-            swap,
-            move || {
-                d1.store(1, Relaxed);
-                p.mark(0, 1).unwrap();
-            },
-            move || {
-                let took = harvest_pages(&b2).contains(&0);
-                took.then(|| d2.load(Relaxed))
-            },
-        );
-        assert_not_lost(copy, dirty(&bits).contains(&0));
-    });
+    check2(
+        "producer_mark_vs_harvest",
+        3,
+        ["writer-spawned", "harvest-spawned"],
+        |swap| {
+            let bits = Arc::new(PageBitmap::new(128, false));
+            let p = Producer::new(bits.clone());
+            p.mark(0, 1).unwrap();
+            let data = Arc::new(AtomicU64::new(0));
+            let (d1, d2, b2) = (data.clone(), data.clone(), bits.clone());
+            let ((), copy) = race(
+                swap,
+                move || {
+                    d1.store(1, Relaxed);
+                    p.mark(0, 1).unwrap();
+                },
+                move || {
+                    let took = harvest_pages(&b2).contains(&0);
+                    took.then(|| d2.load(Relaxed))
+                },
+            );
+            assert_not_lost(copy, dirty(&bits).contains(&0));
+        },
+    );
 }
 
 /// vm-memory's `Bitmap::mark_dirty` on a [`SoftDirtyBitmap`] ∥
@@ -157,24 +100,29 @@ fn producer_mark_vs_harvest() {
 /// twins: `mark_no_fence`, `harvest_no_fence`.
 #[test]
 fn vmm_mark_dirty_vs_get_and_reset() {
-    check2("vmm_mark_dirty_vs_get_and_reset", 3, |swap| {
-        let bm = SoftDirtyBitmap::new(128 * PAGE, NonZeroUsize::new(PAGE).unwrap());
-        bm.mark_dirty(0, 8);
-        let data = Arc::new(AtomicU64::new(0));
-        let (d1, d2, w, h) = (data.clone(), data.clone(), bm.clone(), bm.clone());
-        let ((), copy) = race(
-            swap,
-            move || {
-                d1.store(1, Relaxed);
-                w.mark_dirty(0, 8); // one 8-byte store at guest offset 0
-            },
-            move || {
-                let took = h.get_and_reset()[0] & 1 == 1;
-                took.then(|| d2.load(Relaxed))
-            },
-        );
-        assert_not_lost(copy, bm.is_page_dirty(0));
-    });
+    check2(
+        "vmm_mark_dirty_vs_get_and_reset",
+        3,
+        ["writer-spawned", "harvest-spawned"],
+        |swap| {
+            let bm = SoftDirtyBitmap::new(128 * PAGE, NonZeroUsize::new(PAGE).unwrap());
+            bm.mark_dirty(0, 8);
+            let data = Arc::new(AtomicU64::new(0));
+            let (d1, d2, w, h) = (data.clone(), data.clone(), bm.clone(), bm.clone());
+            let ((), copy) = race(
+                swap,
+                move || {
+                    d1.store(1, Relaxed);
+                    w.mark_dirty(0, 8); // one 8-byte store at guest offset 0
+                },
+                move || {
+                    let took = h.get_and_reset()[0] & 1 == 1;
+                    took.then(|| d2.load(Relaxed))
+                },
+            );
+            assert_not_lost(copy, bm.is_page_dirty(0));
+        },
+    );
 }
 
 /// A slot's producer ∥ the slot consumer's `get_dirty_log` (a get-and-clear for a
@@ -184,27 +132,32 @@ fn vmm_mark_dirty_vs_get_and_reset() {
 /// modelled thread ever waits on it. Broken twins: `mark_no_fence`, `harvest_no_fence`.
 #[test]
 fn slot_producer_vs_get_dirty_log() {
-    check2("slot_producer_vs_get_dirty_log", 3, |swap| {
-        let reg = Arc::new(SlotRegistry::new());
-        let c = reg.register_consumer(ConsumerConfig::default());
-        let p = reg.register_slot(0, 0, 128).unwrap();
-        p.mark(0, 1).unwrap();
-        let data = Arc::new(AtomicU64::new(0));
-        let (d1, d2, r2, p1) = (data.clone(), data.clone(), reg.clone(), p.clone());
-        let ((), copy) = race(
-            swap,
-            move || {
-                d1.store(1, Relaxed);
-                p1.mark(0, 1).unwrap();
-            },
-            move || {
-                let log = r2.get_dirty_log(c, 0).unwrap();
-                let took = log.runs().first().is_some_and(|&(f, _)| f == 0);
-                took.then(|| d2.load(Relaxed))
-            },
-        );
-        assert_not_lost(copy, p.is_dirty(0));
-    });
+    check2(
+        "slot_producer_vs_get_dirty_log",
+        3,
+        ["writer-spawned", "harvest-spawned"],
+        |swap| {
+            let reg = Arc::new(SlotRegistry::new());
+            let c = reg.register_consumer(ConsumerConfig::default());
+            let p = reg.register_slot(0, 0, 128).unwrap();
+            p.mark(0, 1).unwrap();
+            let data = Arc::new(AtomicU64::new(0));
+            let (d1, d2, r2, p1) = (data.clone(), data.clone(), reg.clone(), p.clone());
+            let ((), copy) = race(
+                swap,
+                move || {
+                    d1.store(1, Relaxed);
+                    p1.mark(0, 1).unwrap();
+                },
+                move || {
+                    let log = r2.get_dirty_log(c, 0).unwrap();
+                    let took = log.runs().first().is_some_and(|&(f, _)| f == 0);
+                    took.then(|| d2.load(Relaxed))
+                },
+            );
+            assert_not_lost(copy, p.is_dirty(0));
+        },
+    );
 }
 
 /// Two owners harvest one bitmap concurrently (a `SoftDirtyBitmap` and a slot sharing
@@ -220,23 +173,28 @@ fn slot_producer_vs_get_dirty_log() {
 /// [`two_owners_harvest_vs_put_back`] for the race the lock is needed for.
 #[test]
 fn two_owners_harvest_vs_write() {
-    check2("two_owners_harvest_vs_write", 3, |swap| {
-        let bits = Arc::new(PageBitmap::new(128, false));
-        bits.mark_dirty(0, 64);
-        let (b1, b2) = (bits.clone(), bits.clone());
-        let (h1, h2) = race(swap, move || harvest_pages(&b1), move || harvest_pages(&b2));
-        let mut all: Vec<u64> = h1.iter().chain(&h2).copied().collect();
-        all.sort_unstable();
-        assert_eq!(
-            all,
-            (0..64).collect::<Vec<u64>>(),
-            "pages lost or reported twice: {h1:?} / {h2:?}"
-        );
-        let m = bits.mark_dirty(5, 1);
-        assert_eq!(m, Mark::Done { faults: 1 }, "page 5 was left dirty");
-        assert_eq!(harvest_pages(&bits), vec![5], "final harvest");
-        assert!(dirty(&bits).is_empty(), "dirty behind a clear summary bit");
-    });
+    check2(
+        "two_owners_harvest_vs_write",
+        3,
+        ["writer-spawned", "harvest-spawned"],
+        |swap| {
+            let bits = Arc::new(PageBitmap::new(128, false));
+            bits.mark_dirty(0, 64);
+            let (b1, b2) = (bits.clone(), bits.clone());
+            let (h1, h2) = race(swap, move || harvest_pages(&b1), move || harvest_pages(&b2));
+            let mut all: Vec<u64> = h1.iter().chain(&h2).copied().collect();
+            all.sort_unstable();
+            assert_eq!(
+                all,
+                (0..64).collect::<Vec<u64>>(),
+                "pages lost or reported twice: {h1:?} / {h2:?}"
+            );
+            let m = bits.mark_dirty(5, 1);
+            assert_eq!(m, Mark::Done { faults: 1 }, "page 5 was left dirty");
+            assert_eq!(harvest_pages(&bits), vec![5], "final harvest");
+            assert!(dirty(&bits).is_empty(), "dirty behind a clear summary bit");
+        },
+    );
 }
 
 /// Two owners harvest concurrently with a writer (three threads): the writer marks page

@@ -11,8 +11,7 @@ use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 use softdirty::vma::live_vmas;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::Instant;
+use softdirty_loom_tests::check_epoch;
 
 const PAGE: u64 = 4096;
 
@@ -28,18 +27,7 @@ const PAGE: u64 = 4096;
 /// the leaked `Arc`s, or the counts do not come back).
 #[test]
 fn reclamation_no_uaf_no_leak() {
-    let mut b = loom::model::Builder::new();
-    let cap = std::env::var("SOFTDIRTY_LOOM_EPOCH_BOUND")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
-    b.preemption_bound = Some(b.preemption_bound.map_or(cap, |p: usize| p.min(cap)));
-    b.max_branches = b.max_branches.max(100_000);
-    let n = std::sync::Arc::new(AtomicUsize::new(0));
-    let n2 = n.clone();
-    let t = Instant::now();
-    b.check(move || {
-        n2.fetch_add(1, Relaxed);
+    check_epoch("reclamation_no_uaf_no_leak", 2, || {
         // Nothing else runs in this process: every VMA and bitmap of the previous
         // execution must have been reclaimed by now.
         let (v0, b0) = (live_vmas(), live_bitmaps());
@@ -93,11 +81,5 @@ fn reclamation_no_uaf_no_leak() {
         (live_vmas(), live_bitmaps()),
         (0, 0),
         "leaked VMAs or bitmaps after the last execution"
-    );
-    eprintln!(
-        "loom-model reclamation_no_uaf_no_leak: preemption bound {:?}, {} executions, {:.3} s",
-        b.preemption_bound,
-        n.load(Relaxed),
-        t.elapsed().as_secs_f64()
     );
 }
