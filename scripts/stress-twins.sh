@@ -4,7 +4,7 @@
 # the first round with a lost or spurious report, so a twin it can see fails in seconds.
 #
 #   scripts/stress-twins.sh            the twins the stress catches (CAUGHT below); each
-#                                      must fail within SOFTDIRTY_TWIN_TIMEOUT (60 s)
+#                                      must fail within SOFTDIRTY_TWIN_TIMEOUT (120 s)
 #   scripts/stress-twins.sh NAME ...   only these twins (any name softdirty_broken knows)
 #   scripts/stress-twins.sh survey     every twin of scripts/loom.sh: report, never fail
 #
@@ -24,21 +24,22 @@ cd "$(dirname "$0")/.."
 #                        dropped: LOST, and its page absent)
 #   no_recheck           rounds 3, 11 and 31 (region B: a write that hit a sealed, drained
 #                        bitmap returns Ok but is gone: absent, not reported)
-#   blind_harvest        rounds 0, 3 and 11 (region A: LOST, present but never reported)
+#   blind_harvest        rounds 0, 3 and 11 (region A: LOST, present but never reported);
+#                        round 56 (17 s) on CI's machine, hence the 120 s timeout
 #   no_defer             within 3 s (use after free: SIGSEGV)
 # Not caught (survey): relaxed_fault, relaxed_harvest_store (orderings x86-64 does not
 # reorder), no_cas_recheck, harvest_precheck, clear_summary_last, copy_clean_first (windows
 # of a few instructions), no_drain_rule (precise moves make every moved page dirty, so the
 # rule the twin drops is invisible). no_reclaim (a leak) fails only by exhausting the
 # model's chunk limit (a write gets ENOMEM after ~17 s under load), or not at all.
-#   zap_no_seq           region L, within 10 s: a page present but not soft-dirty after a
-#                        DONTNEED race (LOST)
 # mark_no_fence is run through tests/litmus.rs (the store-buffering shape), not the stress:
 # it reports lost writes within seconds.
-# Seen but not caught within the timeout (windows of a few instructions; the loom models
-# reject them): retry_via_index (region B: a write returns EFAULT while the drain carried
-# it), no_anon_freeze (region A: the fork child lacks a page written before the fork).
-CAUGHT=(no_drain no_recheck blind_harvest no_defer zap_no_seq mark_no_fence)
+# Seen but not caught reliably (windows of a few instructions; the loom models reject
+# them): zap_no_seq (region L: a page present but not soft-dirty after a DONTNEED race;
+# caught within 10 s on the development machine, not within 60 s on CI's),
+# retry_via_index (region B: a write returns EFAULT while the drain carried it),
+# no_anon_freeze (region A: the fork child lacks a page written before the fork).
+CAUGHT=(no_drain no_recheck blind_harvest no_defer mark_no_fence)
 ALL=(relaxed_fault no_recheck no_drain no_drain_rule blind_harvest
     harvest_precheck relaxed_harvest_store clear_summary_last copy_clean_first
     no_defer no_reclaim zap_no_seq retry_via_index no_anon_freeze
@@ -47,7 +48,7 @@ ALL=(relaxed_fault no_recheck no_drain no_drain_rule blind_harvest
 export RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/loom.sh" SOFTDIRTY_LOOM_WRAP=1
 export SOFTDIRTY_STRESS_ALLOW="${SOFTDIRTY_STRESS_ALLOW-}"
 twin_rounds="${SOFTDIRTY_TWIN_ROUNDS:-20000}"
-timeout_s="${SOFTDIRTY_TWIN_TIMEOUT:-60}"
+timeout_s="${SOFTDIRTY_TWIN_TIMEOUT:-120}"
 
 survey=0
 names=("$@")
