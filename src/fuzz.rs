@@ -52,7 +52,7 @@ use crate::mode::Mode;
 use crate::prot::Prot;
 use crate::reference::RefSpace;
 use crate::scan::{ScanArgs, ScanResult, PAGE_IS_SOFT_DIRTY};
-use crate::trace::replay::{Backend, ModelBackend, Op};
+use crate::backend::{Backend, ModelBackend, OpResult};
 use crate::vma::PAGE_SIZE;
 
 /// The window every case works in (above the spec's 0x10_0000_0000).
@@ -280,14 +280,14 @@ pub struct Observation {
     pub scan: Option<Vec<(u64, u64)>>,
 }
 
-fn outcome(r: Op<()>) -> Result<String, String> {
+fn outcome(r: OpResult<()>) -> Result<String, String> {
     Ok(match r? {
         Ok(()) => "ok".to_string(),
         Err(e) => e.name().to_string(),
     })
 }
 
-fn outcome_addr(r: Op<u64>) -> Result<String, String> {
+fn outcome_addr(r: OpResult<u64>) -> Result<String, String> {
     Ok(match r? {
         Ok(v) => format!("ok {v:#x}"),
         Err(e) => e.name().to_string(),
@@ -733,9 +733,9 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
         ),
         (Against::Kernel, m @ (Mode::Precise | Mode::Legacy)) => {
             let flavour = if m == Mode::Precise {
-                crate::trace::replay::KernelFlavour::Uffd
+                crate::backend::KernelFlavour::Uffd
             } else {
-                crate::trace::replay::KernelFlavour::SoftDirty
+                crate::backend::KernelFlavour::SoftDirty
             };
             let version = kernel_version();
             profile = kernel_profile(m, version, args.mremap_single_page);
@@ -819,17 +819,8 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-#[cfg(all(target_os = "linux", not(all(loom, feature = "loom"))))]
-fn kernel(f: crate::trace::replay::KernelFlavour) -> Result<Box<dyn Backend>, String> {
-    crate::kernel::KernelBackend::new(Some(f))
-        .map(|b| Box::new(b) as Box<dyn Backend>)
-        .map_err(|e| e.to_string())
-}
-
-#[cfg(not(all(target_os = "linux", not(all(loom, feature = "loom")))))]
-fn kernel(f: crate::trace::replay::KernelFlavour) -> Result<Box<dyn Backend>, String> {
-    let _ = f;
-    Err("the kernel backend exists only on Linux".into())
+fn kernel(f: crate::backend::KernelFlavour) -> Result<Box<dyn Backend>, String> {
+    crate::backend::open(crate::backend::BackendChoice::Kernel(Some(f)), crate::mode::Mode::Legacy)
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod bench;
 pub mod bitmap;
 pub mod compare;
@@ -37,12 +38,11 @@ pub mod epoch;
 pub mod errno;
 pub mod fuzz;
 pub mod index;
-#[cfg(all(target_os = "linux", not(all(loom, feature = "loom"))))]
+#[cfg(all(target_os = "linux", feature = "kernel", not(all(loom, feature = "loom"))))]
 pub mod kernel;
 pub mod layout;
 pub mod mm;
 pub mod mode;
-pub mod op;
 pub mod pagemap;
 pub mod producer;
 pub mod prot;

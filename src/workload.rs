@@ -68,7 +68,7 @@ impl fmt::Display for Workload {
 
 // ===================================================================== operations
 
-pub use crate::op::Op;
+pub use crate::backend::Op;
 
 // ======================================================================= page sets
 

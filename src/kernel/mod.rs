@@ -40,8 +40,8 @@ use crate::errno::Errno;
 use crate::mm::Placement;
 use crate::prot::Prot;
 use crate::scan::{Region, ScanArgs, ScanResult};
-pub use crate::trace::replay::KernelFlavour;
-use crate::trace::replay::{Backend, Op, Unobservable};
+pub use crate::backend::KernelFlavour;
+use crate::backend::{Backend, OpResult, Unobservable};
 use crate::vma::{PAGE_SIZE, TASK_SIZE};
 
 /// The lowest address the kernel backend maps at with `fixed`/`noreplace`: below it lie
@@ -712,7 +712,7 @@ impl KernelBackend {
     /// `scan ... clear` on the soft-dirty flavour: the scan without PM_SCAN_WP_MATCHING,
     /// then the clear of exactly the reported pages where [`clear::plan`] finds it exact;
     /// otherwise no clear, and the reason is kept for the replay to report.
-    fn scan_clear_softdirty(&mut self, args: &ScanArgs) -> Op<ScanResult> {
+    fn scan_clear_softdirty(&mut self, args: &ScanArgs) -> OpResult<ScanResult> {
         let plain = ScanArgs {
             clear: false,
             ..*args
@@ -775,7 +775,7 @@ impl KernelBackend {
         Ok(Ok(res))
     }
 
-    fn touch(&mut self, addr: u64, len: u64, write: bool) -> Op<()> {
+    fn touch(&mut self, addr: u64, len: u64, write: bool) -> OpResult<()> {
         if len == 0 {
             return Ok(Ok(()));
         }
@@ -840,7 +840,7 @@ impl Backend for KernelBackend {
         ))
     }
 
-    fn fork(&mut self, child: &str) -> Op<()> {
+    fn fork(&mut self, child: &str) -> OpResult<()> {
         Err(format!(
             "fork {child}: the kernel backend cannot fork the replaying process; \
              fork traces run on the model only"
@@ -854,7 +854,7 @@ impl Backend for KernelBackend {
         prot: Prot,
         shared: bool,
         placement: Placement,
-    ) -> Op<u64> {
+    ) -> OpResult<u64> {
         let fixed = match placement {
             Placement::Hint => 0,
             Placement::Fixed => libc::MAP_FIXED,
@@ -900,7 +900,7 @@ impl Backend for KernelBackend {
         Ok(Ok(a))
     }
 
-    fn munmap(&mut self, addr: u64, len: u64) -> Op<()> {
+    fn munmap(&mut self, addr: u64, len: u64) -> OpResult<()> {
         self.check_owned(addr, len, "munmap")?;
         // SAFETY: the range holds only memory the trace mapped (checked above).
         let r = unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
@@ -911,7 +911,7 @@ impl Backend for KernelBackend {
         Ok(Ok(()))
     }
 
-    fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> Op<()> {
+    fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> OpResult<()> {
         self.check_owned(addr, len, "mprotect")?;
         // SAFETY: the range holds only memory the trace mapped (checked above).
         let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len as usize, prot.bits()) };
@@ -928,7 +928,7 @@ impl Backend for KernelBackend {
         new_len: u64,
         maymove: bool,
         fixed: Option<u64>,
-    ) -> Op<u64> {
+    ) -> OpResult<u64> {
         if let Some(n) = fixed {
             Self::refuse_low(n, "mremap fixed")?;
             self.check_owned(n, new_len, "mremap fixed")?;
@@ -984,7 +984,7 @@ impl Backend for KernelBackend {
         Ok(Ok(a))
     }
 
-    fn madvise_dontneed(&mut self, addr: u64, len: u64) -> Op<()> {
+    fn madvise_dontneed(&mut self, addr: u64, len: u64) -> OpResult<()> {
         self.check_owned(addr, len, "madvise")?;
         // SAFETY: the range holds only memory the trace mapped (checked above): zapping it
         // loses no data this program uses.
@@ -996,15 +996,15 @@ impl Backend for KernelBackend {
         Ok(Ok(()))
     }
 
-    fn write(&mut self, addr: u64, len: u64) -> Op<()> {
+    fn write(&mut self, addr: u64, len: u64) -> OpResult<()> {
         self.touch(addr, len, true)
     }
 
-    fn read(&mut self, addr: u64, len: u64) -> Op<()> {
+    fn read(&mut self, addr: u64, len: u64) -> OpResult<()> {
         self.touch(addr, len, false)
     }
 
-    fn clear_refs(&mut self, value: &str) -> Op<()> {
+    fn clear_refs(&mut self, value: &str) -> OpResult<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open("/proc/self/clear_refs")
@@ -1061,7 +1061,7 @@ impl Backend for KernelBackend {
         Ok(())
     }
 
-    fn scan(&mut self, args: &ScanArgs) -> Op<ScanResult> {
+    fn scan(&mut self, args: &ScanArgs) -> OpResult<ScanResult> {
         if args.clear && self.flavour == KernelFlavour::SoftDirty {
             return self.scan_clear_softdirty(args);
         }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::mm::Placement;
-use crate::op::Op;
+use crate::backend::Op;
 use crate::trace::ast::{Command, Expect, MmapTarget, ScanCmd};
 
 /// The `$name` → address bindings of a replay.

@@ -18,290 +18,12 @@ use std::io::Write;
 
 use super::ast::{Addr, Command, Expect, PageSet, Trace};
 use super::lower::{bind, lower, Action};
+pub use crate::backend::{Backend, BackendChoice, KernelFlavour, ModelBackend, OpResult, Unobservable};
 use crate::errno::Errno;
-use crate::mm::{self, AddressSpace};
 use crate::mode::Mode;
-use crate::op::Op as MemOp;
-use crate::prot::Prot;
 use crate::scan::{format_categories, ScanArgs, ScanResult};
-use crate::sync::Arc;
-use crate::tracker::Tracker;
 use crate::vma::{PAGE_SIZE, TASK_SIZE};
 
-/// The outcome of an operation on a backend: `Ok(Ok(v))` it succeeded, `Ok(Err(e))` it
-/// failed with a Linux error number, `Err(msg)` it could not run at all (the backend
-/// cannot perform it, or refuses it; the message says why).
-pub type Op<T> = Result<Result<T, Errno>, String>;
-
-/// Why an observation has no value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Unobservable {
-    /// The backend cannot observe this by design (the expectation is skipped); the
-    /// string says what and why.
-    Skip(String),
-    /// The observation failed (an I/O error reading /proc, a refused range).
-    Broken(String),
-}
-
-/// Which flavour of the kernel backend (the spec's "Kernel backend" section).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum KernelFlavour {
-    /// Real soft-dirty (CONFIG_MEM_SOFT_DIRTY): clear_refs, pagemap bit 55,
-    /// PAGE_IS_SOFT_DIRTY. What `legacy` mode must reproduce.
-    SoftDirty,
-    /// userfaultfd async write-protect: `softdirty` is PAGE_IS_WRITTEN. What `precise`
-    /// mode must reproduce.
-    Uffd,
-}
-
-impl KernelFlavour {
-    /// `softdirty` or `uffd`, as `--backend kernel=NAME` spells it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            KernelFlavour::SoftDirty => "softdirty",
-            KernelFlavour::Uffd => "uffd",
-        }
-    }
-}
-
-/// The backend a replay runs against.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum BackendChoice {
-    /// The model, in the trace's mode (the default).
-    #[default]
-    Model,
-    /// Real memory of the replaying process; `None` detects the flavour (soft-dirty if
-    /// the kernel has it, else uffd).
-    Kernel(Option<KernelFlavour>),
-}
-
-impl std::str::FromStr for BackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "model" => Ok(BackendChoice::Model),
-            "kernel" => Ok(BackendChoice::Kernel(None)),
-            "kernel=softdirty" => Ok(BackendChoice::Kernel(Some(KernelFlavour::SoftDirty))),
-            "kernel=uffd" => Ok(BackendChoice::Kernel(Some(KernelFlavour::Uffd))),
-            _ => Err(format!(
-                "unknown backend `{s}` (expected model, kernel, kernel=softdirty or kernel=uffd)"
-            )),
-        }
-    }
-}
-
-/// What a trace runs against: the model or real memory. Addresses are resolved (`$name`
-/// bound) by the replayer; every operation has the semantics the trace format gives it.
-pub trait Backend {
-    /// A short name for messages (`model`, `kernel=uffd`).
-    fn name(&self) -> String;
-    /// `space NAME`.
-    fn space(&mut self, name: &str) -> Result<(), String>;
-    /// `fork CHILD` of the current space.
-    fn fork(&mut self, child: &str) -> Op<()>;
-    /// `mmap`; returns the address of the mapping.
-    fn mmap(
-        &mut self,
-        addr: u64,
-        len: u64,
-        prot: Prot,
-        shared: bool,
-        placement: mm::Placement,
-    ) -> Op<u64>;
-    /// `munmap`.
-    fn munmap(&mut self, addr: u64, len: u64) -> Op<()>;
-    /// `mprotect`.
-    fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> Op<()>;
-    /// `mremap`; returns the new address.
-    fn mremap(
-        &mut self,
-        addr: u64,
-        old_len: u64,
-        new_len: u64,
-        maymove: bool,
-        fixed: Option<u64>,
-    ) -> Op<u64>;
-    /// `madvise(MADV_DONTNEED)`.
-    fn madvise_dontneed(&mut self, addr: u64, len: u64) -> Op<()>;
-    /// A store to every page overlapping the range, in order, stopping at the first page
-    /// that faults (EFAULT).
-    fn write(&mut self, addr: u64, len: u64) -> Op<()>;
-    /// A load from every page overlapping the range (EFAULT as for `write`).
-    fn read(&mut self, addr: u64, len: u64) -> Op<()>;
-    /// Writes `value` to clear_refs.
-    fn clear_refs(&mut self, value: &str) -> Op<()>;
-    /// Calls `f(address, entry)` for `pages` pages from the page-aligned `start`
-    /// (the `pagemap` command's output, PFN bits 0).
-    fn pagemap(
-        &mut self,
-        start: u64,
-        pages: u64,
-        f: &mut dyn FnMut(u64, u64),
-    ) -> Result<(), String>;
-    /// PAGEMAP_SCAN.
-    fn scan(&mut self, args: &ScanArgs) -> Op<ScanResult>;
-    /// Why the regions and `walk_end` of this scan cannot be compared with the model's,
-    /// if they cannot (`expect regions`/`expect walk_end` after it are then skipped).
-    fn scan_unobservable(&self, args: &ScanArgs) -> Option<String> {
-        let _ = args;
-        None
-    }
-    /// Why the last successful `scan` did not do all that the trace asked of it, if it
-    /// did not (the kernel's soft-dirty flavour, where it cannot emulate a `clear`
-    /// exactly): the replay reports the scan as skipped with this reason, neither passed
-    /// nor failed. Taken once.
-    fn take_scan_skip(&mut self) -> Option<String> {
-        None
-    }
-    /// The smaps `VmFlags` line of the VMA containing `addr`; `None` if there is none.
-    fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String>;
-    /// Soft-dirty pages of the range as runs of page indices relative to its first page.
-    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable>;
-    /// Present pages, as [`Self::softdirty_runs`].
-    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable>;
-    /// Number of VMAs intersecting the range.
-    fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable>;
-    /// Simulated write faults in the current space so far.
-    fn faults(&mut self) -> Result<u64, Unobservable>;
-
-    /// Applies a structural operation through the methods above; returns the address
-    /// (mmap, mremap) or 0.
-    fn apply(&mut self, op: MemOp) -> Op<u64> {
-        Ok(match op {
-            MemOp::Mmap {
-                addr,
-                len,
-                prot,
-                shared,
-                placement,
-            } => self.mmap(addr, len, prot, shared, placement)?,
-            MemOp::Munmap { addr, len } => self.munmap(addr, len)?.map(|()| 0),
-            MemOp::Mprotect { addr, len, prot } => self.mprotect(addr, len, prot)?.map(|()| 0),
-            MemOp::Mremap {
-                addr,
-                old_len,
-                new_len,
-                maymove,
-                fixed,
-            } => self.mremap(addr, old_len, new_len, maymove, fixed)?,
-            MemOp::DontNeed { addr, len } => self.madvise_dontneed(addr, len)?.map(|()| 0),
-        })
-    }
-}
-
-/// The model as a [`Backend`]: a [`Tracker`] and its current space.
-#[derive(Debug)]
-pub struct ModelBackend {
-    tracker: Tracker,
-    current: String,
-}
-
-impl ModelBackend {
-    /// A tracker in `mode` with the current space `main`.
-    pub fn new(mode: Mode) -> ModelBackend {
-        let tracker = Tracker::new(mode);
-        tracker.space("main");
-        ModelBackend {
-            tracker,
-            current: "main".to_string(),
-        }
-    }
-
-    /// The current space.
-    pub fn current(&self) -> Arc<AddressSpace> {
-        self.tracker.space(&self.current)
-    }
-
-    /// The tracker.
-    pub fn tracker(&self) -> &Tracker {
-        &self.tracker
-    }
-}
-
-impl Backend for ModelBackend {
-    fn name(&self) -> String {
-        format!("model ({})", self.tracker.mode())
-    }
-    fn space(&mut self, name: &str) -> Result<(), String> {
-        self.tracker.space(name);
-        self.current = name.to_string();
-        Ok(())
-    }
-    fn fork(&mut self, child: &str) -> Op<()> {
-        Ok(self.tracker.fork(&self.current, child).map(|_| ()))
-    }
-    fn mmap(
-        &mut self,
-        addr: u64,
-        len: u64,
-        prot: Prot,
-        shared: bool,
-        placement: mm::Placement,
-    ) -> Op<u64> {
-        Ok(self.current().mmap(addr, len, prot, shared, placement))
-    }
-    fn munmap(&mut self, addr: u64, len: u64) -> Op<()> {
-        Ok(self.current().munmap(addr, len))
-    }
-    fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> Op<()> {
-        Ok(self.current().mprotect(addr, len, prot))
-    }
-    fn mremap(
-        &mut self,
-        addr: u64,
-        old_len: u64,
-        new_len: u64,
-        maymove: bool,
-        fixed: Option<u64>,
-    ) -> Op<u64> {
-        Ok(self
-            .current()
-            .mremap(addr, old_len, new_len, maymove, fixed))
-    }
-    fn madvise_dontneed(&mut self, addr: u64, len: u64) -> Op<()> {
-        Ok(self.current().madvise_dontneed(addr, len))
-    }
-    fn write(&mut self, addr: u64, len: u64) -> Op<()> {
-        Ok(self.current().write(addr, len))
-    }
-    fn read(&mut self, addr: u64, len: u64) -> Op<()> {
-        Ok(self.current().read(addr, len))
-    }
-    fn clear_refs(&mut self, value: &str) -> Op<()> {
-        Ok(self.current().clear_refs_str(value))
-    }
-    fn pagemap(
-        &mut self,
-        start: u64,
-        pages: u64,
-        f: &mut dyn FnMut(u64, u64),
-    ) -> Result<(), String> {
-        let sp = self.current();
-        for i in 0..pages {
-            let p = start + i * PAGE_SIZE;
-            f(p, sp.pagemap_entry(p));
-        }
-        Ok(())
-    }
-    fn scan(&mut self, args: &ScanArgs) -> Op<ScanResult> {
-        Ok(self.current().scan(args))
-    }
-    fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String> {
-        Ok(self.current().smaps_vmflags(addr))
-    }
-    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
-        Ok(self.current().softdirty_runs(addr, len))
-    }
-    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
-        Ok(self.current().present_runs(addr, len))
-    }
-    fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable> {
-        Ok(self.current().vma_count(addr, len) as u64)
-    }
-    fn faults(&mut self) -> Result<u64, Unobservable> {
-        Ok(self.current().faults())
-    }
-}
 
 /// Replay options.
 #[derive(Clone, Debug, Default)]
@@ -379,40 +101,23 @@ pub fn replay(
     diag: &mut dyn Write,
 ) -> Summary {
     let mode = trace.mode.unwrap_or(opts.mode);
-    match opts.backend {
-        BackendChoice::Model => {
-            let mut b = ModelBackend::new(mode);
-            replay_on(trace, file, &mut b, mode, opts.allow_errors, out, diag)
-        }
-        BackendChoice::Kernel(flavour) => match kernel_backend(flavour) {
-            Ok(mut b) => {
-                let mut s = replay_on(trace, file, b.as_mut(), mode, opts.allow_errors, out, diag);
+    match crate::backend::open(opts.backend, mode) {
+        Ok(mut b) => {
+            let mut s = replay_on(trace, file, b.as_mut(), mode, opts.allow_errors, out, diag);
+            if opts.backend != BackendChoice::Model {
                 s.backend = Some(b.name());
-                s
             }
-            Err(msg) => {
-                let _ = writeln!(diag, "{file}: the kernel backend cannot run here: {msg}");
-                Summary {
-                    mode: Some(mode),
-                    unavailable: Some(msg),
-                    ..Summary::default()
-                }
+            s
+        }
+        Err(msg) => {
+            let _ = writeln!(diag, "{file}: the kernel backend cannot run here: {msg}");
+            Summary {
+                mode: Some(mode),
+                unavailable: Some(msg),
+                ..Summary::default()
             }
-        },
+        }
     }
-}
-
-#[cfg(all(target_os = "linux", not(all(loom, feature = "loom"))))]
-fn kernel_backend(flavour: Option<KernelFlavour>) -> Result<Box<dyn Backend>, String> {
-    crate::kernel::KernelBackend::new(flavour)
-        .map(|b| Box::new(b) as Box<dyn Backend>)
-        .map_err(|e| e.to_string())
-}
-
-#[cfg(not(all(target_os = "linux", not(all(loom, feature = "loom")))))]
-fn kernel_backend(flavour: Option<KernelFlavour>) -> Result<Box<dyn Backend>, String> {
-    let _ = flavour;
-    Err("the kernel backend exists only on Linux".to_string())
 }
 
 /// Replays `trace` against `backend` (`mode` is only reported). The summary line names
@@ -605,7 +310,7 @@ impl Replayer<'_> {
         }
     }
 
-    fn run_inner(&mut self, c: &Command, out: &mut dyn Write) -> Op<()> {
+    fn run_inner(&mut self, c: &Command, out: &mut dyn Write) -> OpResult<()> {
         Ok(match lower(c, &self.names)? {
             Action::Space(n) => {
                 self.backend.space(n)?;
@@ -838,6 +543,8 @@ fn fmt_pages(v: &[(u64, u64)], n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mm;
+    use crate::prot::Prot;
 
     /// The model, except that `scan ... clear` does not clear and says so, as the kernel's
     /// soft-dirty flavour does where it cannot emulate the clear; soft-dirty is then
@@ -855,38 +562,38 @@ mod tests {
         fn space(&mut self, name: &str) -> Result<(), String> {
             self.model.space(name)
         }
-        fn fork(&mut self, child: &str) -> Op<()> {
+        fn fork(&mut self, child: &str) -> OpResult<()> {
             self.model.fork(child)
         }
-        fn mmap(&mut self, a: u64, l: u64, p: Prot, sh: bool, pl: mm::Placement) -> Op<u64> {
+        fn mmap(&mut self, a: u64, l: u64, p: Prot, sh: bool, pl: mm::Placement) -> OpResult<u64> {
             self.model.mmap(a, l, p, sh, pl)
         }
-        fn munmap(&mut self, a: u64, l: u64) -> Op<()> {
+        fn munmap(&mut self, a: u64, l: u64) -> OpResult<()> {
             self.model.munmap(a, l)
         }
-        fn mprotect(&mut self, a: u64, l: u64, p: Prot) -> Op<()> {
+        fn mprotect(&mut self, a: u64, l: u64, p: Prot) -> OpResult<()> {
             self.model.mprotect(a, l, p)
         }
-        fn mremap(&mut self, a: u64, o: u64, n: u64, m: bool, f: Option<u64>) -> Op<u64> {
+        fn mremap(&mut self, a: u64, o: u64, n: u64, m: bool, f: Option<u64>) -> OpResult<u64> {
             self.model.mremap(a, o, n, m, f)
         }
-        fn madvise_dontneed(&mut self, a: u64, l: u64) -> Op<()> {
+        fn madvise_dontneed(&mut self, a: u64, l: u64) -> OpResult<()> {
             self.model.madvise_dontneed(a, l)
         }
-        fn write(&mut self, a: u64, l: u64) -> Op<()> {
+        fn write(&mut self, a: u64, l: u64) -> OpResult<()> {
             self.model.write(a, l)
         }
-        fn read(&mut self, a: u64, l: u64) -> Op<()> {
+        fn read(&mut self, a: u64, l: u64) -> OpResult<()> {
             self.model.read(a, l)
         }
-        fn clear_refs(&mut self, v: &str) -> Op<()> {
+        fn clear_refs(&mut self, v: &str) -> OpResult<()> {
             self.tainted = false;
             self.model.clear_refs(v)
         }
         fn pagemap(&mut self, s: u64, n: u64, f: &mut dyn FnMut(u64, u64)) -> Result<(), String> {
             self.model.pagemap(s, n, f)
         }
-        fn scan(&mut self, args: &ScanArgs) -> Op<ScanResult> {
+        fn scan(&mut self, args: &ScanArgs) -> OpResult<ScanResult> {
             if args.clear {
                 self.skip = Some("cannot clear".into());
                 self.tainted = true;

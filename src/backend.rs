@@ -1,0 +1,392 @@
+//! The seam: "a memory you can drive". [`Backend`] is what a trace, the fuzzer, the
+//! comparison and the simulator run against: the model ([`ModelBackend`], any mode) and,
+//! on Linux with the `kernel` feature, real memory of the running process
+//! (`crate::kernel::KernelBackend`). [`Op`] is the one vocabulary of structural
+//! operations with concrete addresses (mmap, munmap, mprotect, mremap, madvise) that
+//! they all apply; [`open`] builds the backend a [`BackendChoice`] names.
+
+use crate::errno::Errno;
+use crate::mm::{self, AddressSpace, Placement};
+use crate::mode::Mode;
+use crate::prot::Prot;
+use crate::scan::{ScanArgs, ScanResult};
+use crate::sync::Arc;
+use crate::tracker::Tracker;
+use crate::vma::PAGE_SIZE;
+
+/// One structural operation with concrete addresses: what a trace command becomes once its
+/// addresses are resolved, and what `softdirty run` and `compare` apply to every space
+/// they drive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `mmap` of anonymous memory.
+    Mmap {
+        /// address
+        addr: u64,
+        /// length in bytes
+        len: u64,
+        /// protection
+        prot: Prot,
+        /// MAP_SHARED
+        shared: bool,
+        /// placement
+        placement: Placement,
+    },
+    /// `munmap`
+    Munmap {
+        /// address
+        addr: u64,
+        /// length in bytes
+        len: u64,
+    },
+    /// `mprotect`
+    Mprotect {
+        /// address
+        addr: u64,
+        /// length in bytes
+        len: u64,
+        /// new protection
+        prot: Prot,
+    },
+    /// `mremap`
+    Mremap {
+        /// old address
+        addr: u64,
+        /// old length in bytes
+        old_len: u64,
+        /// new length in bytes
+        new_len: u64,
+        /// MREMAP_MAYMOVE
+        maymove: bool,
+        /// MREMAP_FIXED destination
+        fixed: Option<u64>,
+    },
+    /// `madvise(MADV_DONTNEED)`
+    DontNeed {
+        /// address
+        addr: u64,
+        /// length in bytes
+        len: u64,
+    },
+}
+
+impl Op {
+    /// Applies the operation; returns the resulting address (mmap, mremap) or 0.
+    pub fn apply(&self, mm: &AddressSpace) -> Result<u64, Errno> {
+        match *self {
+            Op::Mmap {
+                addr,
+                len,
+                prot,
+                shared,
+                placement,
+            } => mm.mmap(addr, len, prot, shared, placement),
+            Op::Munmap { addr, len } => mm.munmap(addr, len).map(|()| 0),
+            Op::Mprotect { addr, len, prot } => mm.mprotect(addr, len, prot).map(|()| 0),
+            Op::Mremap {
+                addr,
+                old_len,
+                new_len,
+                maymove,
+                fixed,
+            } => mm.mremap(addr, old_len, new_len, maymove, fixed),
+            Op::DontNeed { addr, len } => mm.madvise_dontneed(addr, len).map(|()| 0),
+        }
+    }
+}
+
+/// The outcome of an operation on a backend: `Ok(Ok(v))` it succeeded, `Ok(Err(e))` it
+/// failed with a Linux error number, `Err(msg)` it could not run at all (the backend
+/// cannot perform it, or refuses it; the message says why).
+pub type OpResult<T> = Result<Result<T, Errno>, String>;
+
+/// Why an observation has no value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unobservable {
+    /// The backend cannot observe this by design (the expectation is skipped); the
+    /// string says what and why.
+    Skip(String),
+    /// The observation failed (an I/O error reading /proc, a refused range).
+    Broken(String),
+}
+
+/// Which flavour of the kernel backend (the spec's "Kernel backend" section).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelFlavour {
+    /// Real soft-dirty (CONFIG_MEM_SOFT_DIRTY): clear_refs, pagemap bit 55,
+    /// PAGE_IS_SOFT_DIRTY. What `legacy` mode must reproduce.
+    SoftDirty,
+    /// userfaultfd async write-protect: `softdirty` is PAGE_IS_WRITTEN. What `precise`
+    /// mode must reproduce.
+    Uffd,
+}
+
+impl KernelFlavour {
+    /// `softdirty` or `uffd`, as `--backend kernel=NAME` spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KernelFlavour::SoftDirty => "softdirty",
+            KernelFlavour::Uffd => "uffd",
+        }
+    }
+}
+
+/// The backend a replay runs against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The model, in the trace's mode (the default).
+    #[default]
+    Model,
+    /// Real memory of the replaying process; `None` detects the flavour (soft-dirty if
+    /// the kernel has it, else uffd).
+    Kernel(Option<KernelFlavour>),
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "model" => Ok(BackendChoice::Model),
+            "kernel" => Ok(BackendChoice::Kernel(None)),
+            "kernel=softdirty" => Ok(BackendChoice::Kernel(Some(KernelFlavour::SoftDirty))),
+            "kernel=uffd" => Ok(BackendChoice::Kernel(Some(KernelFlavour::Uffd))),
+            _ => Err(format!(
+                "unknown backend `{s}` (expected model, kernel, kernel=softdirty or kernel=uffd)"
+            )),
+        }
+    }
+}
+
+/// What a trace runs against: the model or real memory. Addresses are resolved (`$name`
+/// bound) by the replayer; every operation has the semantics the trace format gives it.
+pub trait Backend {
+    /// A short name for messages (`model`, `kernel=uffd`).
+    fn name(&self) -> String;
+    /// `space NAME`.
+    fn space(&mut self, name: &str) -> Result<(), String>;
+    /// `fork CHILD` of the current space.
+    fn fork(&mut self, child: &str) -> OpResult<()>;
+    /// `mmap`; returns the address of the mapping.
+    fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: mm::Placement,
+    ) -> OpResult<u64>;
+    /// `munmap`.
+    fn munmap(&mut self, addr: u64, len: u64) -> OpResult<()>;
+    /// `mprotect`.
+    fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> OpResult<()>;
+    /// `mremap`; returns the new address.
+    fn mremap(
+        &mut self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        maymove: bool,
+        fixed: Option<u64>,
+    ) -> OpResult<u64>;
+    /// `madvise(MADV_DONTNEED)`.
+    fn madvise_dontneed(&mut self, addr: u64, len: u64) -> OpResult<()>;
+    /// A store to every page overlapping the range, in order, stopping at the first page
+    /// that faults (EFAULT).
+    fn write(&mut self, addr: u64, len: u64) -> OpResult<()>;
+    /// A load from every page overlapping the range (EFAULT as for `write`).
+    fn read(&mut self, addr: u64, len: u64) -> OpResult<()>;
+    /// Writes `value` to clear_refs.
+    fn clear_refs(&mut self, value: &str) -> OpResult<()>;
+    /// Calls `f(address, entry)` for `pages` pages from the page-aligned `start`
+    /// (the `pagemap` command's output, PFN bits 0).
+    fn pagemap(
+        &mut self,
+        start: u64,
+        pages: u64,
+        f: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), String>;
+    /// PAGEMAP_SCAN.
+    fn scan(&mut self, args: &ScanArgs) -> OpResult<ScanResult>;
+    /// Why the regions and `walk_end` of this scan cannot be compared with the model's,
+    /// if they cannot (`expect regions`/`expect walk_end` after it are then skipped).
+    fn scan_unobservable(&self, args: &ScanArgs) -> Option<String> {
+        let _ = args;
+        None
+    }
+    /// Why the last successful `scan` did not do all that the trace asked of it, if it
+    /// did not (the kernel's soft-dirty flavour, where it cannot emulate a `clear`
+    /// exactly): the replay reports the scan as skipped with this reason, neither passed
+    /// nor failed. Taken once.
+    fn take_scan_skip(&mut self) -> Option<String> {
+        None
+    }
+    /// The smaps `VmFlags` line of the VMA containing `addr`; `None` if there is none.
+    fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String>;
+    /// Soft-dirty pages of the range as runs of page indices relative to its first page.
+    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable>;
+    /// Present pages, as [`Self::softdirty_runs`].
+    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable>;
+    /// Number of VMAs intersecting the range.
+    fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable>;
+    /// Simulated write faults in the current space so far.
+    fn faults(&mut self) -> Result<u64, Unobservable>;
+
+    /// Applies a structural operation through the methods above; returns the address
+    /// (mmap, mremap) or 0.
+    fn apply(&mut self, op: Op) -> OpResult<u64> {
+        Ok(match op {
+            Op::Mmap {
+                addr,
+                len,
+                prot,
+                shared,
+                placement,
+            } => self.mmap(addr, len, prot, shared, placement)?,
+            Op::Munmap { addr, len } => self.munmap(addr, len)?.map(|()| 0),
+            Op::Mprotect { addr, len, prot } => self.mprotect(addr, len, prot)?.map(|()| 0),
+            Op::Mremap {
+                addr,
+                old_len,
+                new_len,
+                maymove,
+                fixed,
+            } => self.mremap(addr, old_len, new_len, maymove, fixed)?,
+            Op::DontNeed { addr, len } => self.madvise_dontneed(addr, len)?.map(|()| 0),
+        })
+    }
+}
+
+/// The model as a [`Backend`]: a [`Tracker`] and its current space.
+#[derive(Debug)]
+pub struct ModelBackend {
+    tracker: Tracker,
+    current: String,
+}
+
+impl ModelBackend {
+    /// A tracker in `mode` with the current space `main`.
+    pub fn new(mode: Mode) -> ModelBackend {
+        let tracker = Tracker::new(mode);
+        tracker.space("main");
+        ModelBackend {
+            tracker,
+            current: "main".to_string(),
+        }
+    }
+
+    /// The current space.
+    pub fn current(&self) -> Arc<AddressSpace> {
+        self.tracker.space(&self.current)
+    }
+
+    /// The tracker.
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+}
+
+impl Backend for ModelBackend {
+    fn name(&self) -> String {
+        format!("model ({})", self.tracker.mode())
+    }
+    fn space(&mut self, name: &str) -> Result<(), String> {
+        self.tracker.space(name);
+        self.current = name.to_string();
+        Ok(())
+    }
+    fn fork(&mut self, child: &str) -> OpResult<()> {
+        Ok(self.tracker.fork(&self.current, child).map(|_| ()))
+    }
+    fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: mm::Placement,
+    ) -> OpResult<u64> {
+        Ok(self.current().mmap(addr, len, prot, shared, placement))
+    }
+    fn munmap(&mut self, addr: u64, len: u64) -> OpResult<()> {
+        Ok(self.current().munmap(addr, len))
+    }
+    fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> OpResult<()> {
+        Ok(self.current().mprotect(addr, len, prot))
+    }
+    fn mremap(
+        &mut self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        maymove: bool,
+        fixed: Option<u64>,
+    ) -> OpResult<u64> {
+        Ok(self
+            .current()
+            .mremap(addr, old_len, new_len, maymove, fixed))
+    }
+    fn madvise_dontneed(&mut self, addr: u64, len: u64) -> OpResult<()> {
+        Ok(self.current().madvise_dontneed(addr, len))
+    }
+    fn write(&mut self, addr: u64, len: u64) -> OpResult<()> {
+        Ok(self.current().write(addr, len))
+    }
+    fn read(&mut self, addr: u64, len: u64) -> OpResult<()> {
+        Ok(self.current().read(addr, len))
+    }
+    fn clear_refs(&mut self, value: &str) -> OpResult<()> {
+        Ok(self.current().clear_refs_str(value))
+    }
+    fn pagemap(
+        &mut self,
+        start: u64,
+        pages: u64,
+        f: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), String> {
+        let sp = self.current();
+        for i in 0..pages {
+            let p = start + i * PAGE_SIZE;
+            f(p, sp.pagemap_entry(p));
+        }
+        Ok(())
+    }
+    fn scan(&mut self, args: &ScanArgs) -> OpResult<ScanResult> {
+        Ok(self.current().scan(args))
+    }
+    fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String> {
+        Ok(self.current().smaps_vmflags(addr))
+    }
+    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        Ok(self.current().softdirty_runs(addr, len))
+    }
+    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        Ok(self.current().present_runs(addr, len))
+    }
+    fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable> {
+        Ok(self.current().vma_count(addr, len) as u64)
+    }
+    fn faults(&mut self) -> Result<u64, Unobservable> {
+        Ok(self.current().faults())
+    }
+}
+
+/// The backend `choice` names, in `mode` (the model's; the kernel has its own).
+pub fn open(choice: BackendChoice, mode: Mode) -> Result<Box<dyn Backend>, String> {
+    match choice {
+        BackendChoice::Model => Ok(Box::new(ModelBackend::new(mode))),
+        BackendChoice::Kernel(flavour) => open_kernel(flavour),
+    }
+}
+
+#[cfg(all(target_os = "linux", feature = "kernel", not(all(loom, feature = "loom"))))]
+fn open_kernel(flavour: Option<KernelFlavour>) -> Result<Box<dyn Backend>, String> {
+    crate::kernel::KernelBackend::new(flavour)
+        .map(|b| Box::new(b) as Box<dyn Backend>)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(all(target_os = "linux", feature = "kernel", not(all(loom, feature = "loom")))))]
+fn open_kernel(flavour: Option<KernelFlavour>) -> Result<Box<dyn Backend>, String> {
+    let _ = flavour;
+    Err("the kernel backend exists only on Linux, with softdirty's `kernel` feature".to_string())
+}
