@@ -64,7 +64,7 @@ fi
 build() {
     touch src/lib.rs
     local log
-    if ! log=$(SOFTDIRTY_BROKEN="$1" cargo build --release --features vm-memory --test stress \
+    if ! log=$(SOFTDIRTY_BROKEN="$1" cargo build --release -p softdirty --features vm-memory --test stress \
         --test litmus 2>&1); then
         echo "ERROR: the stress does not build with twin '${1:-none}':"
         tail -20 <<<"$log"
@@ -78,7 +78,7 @@ run() {
     local t0=$SECONDS test="${1:-stress}"
     set +e
     out=$(SOFTDIRTY_STRESS_ROUNDS="${2:-${SOFTDIRTY_STRESS_ROUNDS:-300}}" timeout "$timeout_s" \
-        cargo test --release -q --features vm-memory --test "$test" -- --nocapture 2>&1)
+        cargo test --release -q -p softdirty --features vm-memory --test "$test" -- --nocapture 2>&1)
     rc=$?
     set -e
     secs=$((SECONDS - t0))

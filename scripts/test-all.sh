@@ -14,18 +14,18 @@ export PROPTEST_CASES="${PROPTEST_CASES:-10000}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== build (release, all targets, feature vm-memory)"
-cargo build --release --workspace --all-targets --features vm-memory
+cargo build --release --workspace --all-targets --features softdirty/vm-memory
 
 echo "== tests (release, PROPTEST_CASES=$PROPTEST_CASES)"
 # (tests/kvm_oracle.rs runs the oracle only with SOFTDIRTY_KVM_ORACLE=1; it runs below.)
-env -u SOFTDIRTY_KVM_ORACLE cargo test --release --workspace --features vm-memory
+env -u SOFTDIRTY_KVM_ORACLE cargo test --release --workspace --features softdirty/vm-memory
 
 echo "== stress against the broken twins: each twin it can see must make it fail"
 # (tests/stress.rs and tests/litmus.rs ran above, with the other integration tests.)
 bash scripts/stress-twins.sh
 
 echo "== example: a VMM migrating guest memory through vm-memory over softdirty's bitmap"
-cargo run --release -q --features vm-memory --example vmm_migration
+cargo run --release -q -p softdirty --features vm-memory --example vmm_migration
 
 echo "== loom models (loom-tests/README.md)"
 bash scripts/loom.sh

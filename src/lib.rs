@@ -30,13 +30,10 @@
 #![warn(missing_docs)]
 
 pub mod backend;
-pub mod bench;
 pub mod bitmap;
-pub mod compare;
 pub mod dirtylog;
 pub mod epoch;
 pub mod errno;
-pub mod fuzz;
 pub mod index;
 #[cfg(all(target_os = "linux", feature = "kernel", not(all(loom, feature = "loom"))))]
 pub mod kernel;
@@ -46,18 +43,11 @@ pub mod mode;
 pub mod pagemap;
 pub mod producer;
 pub mod prot;
-/// The independent reference model (`softdirty fuzz --against reference`, the
-/// model-vs-reference proptest); not an API.
-#[doc(hidden)]
-pub mod reference;
 pub mod regions;
-pub mod run;
 pub mod scan;
 pub mod slots;
 pub(crate) mod sync;
-pub mod trace;
 pub mod tracker;
 pub mod vma;
 #[cfg(feature = "vm-memory")]
 pub mod vmm;
-pub mod workload;

@@ -46,7 +46,8 @@ pub enum Placement {
 }
 
 /// The VMA list entry of `/proc/PID/maps`, as the model reports it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct VmaInfo {
     /// start address
     pub start: u64,

@@ -78,7 +78,8 @@ pub struct ScanArgs {
 }
 
 /// One `struct page_region`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Region {
     /// first address
     pub start: u64,

@@ -1,7 +1,7 @@
 //! Marking and harvest benchmarks, softdirty side by side with rust-vmm vm-memory's
 //! `AtomicBitmap` (and our own sequential path for the parallel harvest), in one run.
 //!
-//! The workloads are `softdirty::bench::cases()`, the same ones `softdirty bench` runs;
+//! The workloads are `softdirty_cli::bench::cases()`, the same ones `softdirty bench` runs;
 //! see that module for what each case measures. Kernel rows (`kernel1g/*`) compare with
 //! figures quoted from `kernel-oracle.md`, so only our side is benchmarked here.
 //!
@@ -16,7 +16,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn harvest(c: &mut Criterion) {
-    for case in softdirty::bench::cases(None) {
+    for case in softdirty_cli::bench::cases(None) {
         let mut g = c.benchmark_group(case.name);
         g.sample_size(20);
         let mut ours = case.ours;

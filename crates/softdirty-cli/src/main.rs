@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use softdirty::mode::Mode;
-use softdirty::trace::{parse, replay};
+use softdirty_trace::{parse, replay};
 
 #[derive(Parser)]
 #[command(
@@ -40,18 +40,18 @@ enum Cmd {
     },
     /// Live-migration pre-copy simulator: vCPU writers, VMA churn and a migration thread
     /// harvesting rounds, in precise and legacy mode (the default command).
-    Run(softdirty::run::RunArgs),
+    Run(softdirty_cli::run::RunArgs),
     /// One seeded workload under every mode, side by side: false positives and negatives,
     /// VMA counts, tracking memory and operation costs.
-    Compare(softdirty::compare::CompareArgs),
+    Compare(softdirty_cli::compare::CompareArgs),
     /// Marking and harvest benchmarks against vm-memory's AtomicBitmap (medians, ratios).
-    Bench(softdirty::bench::BenchArgs),
+    Bench(softdirty_cli::bench::BenchArgs),
     /// Random traces dense in VMA splits and merges, run on the model and on the kernel
     /// (or the independent reference model) step by step; on a disagreement, shrink to a
     /// minimal trace, write it, exit 1.
-    Fuzz(softdirty::fuzz::FuzzArgs),
+    Fuzz(softdirty_cli::fuzz::FuzzArgs),
     /// The seed thread's scenario in every implemented mode: pages reported soft-dirty that
-    /// were never written since the last clear (the default when no command is given).
+    /// were never written since the last clear.
     Demo,
 }
 
@@ -105,10 +105,10 @@ fn main() -> ExitCode {
             }
             ExitCode::from(worst)
         }
-        Cmd::Run(args) => softdirty::run::main(&args),
-        Cmd::Bench(args) => softdirty::bench::main(&args),
-        Cmd::Compare(args) => softdirty::compare::main(&args),
-        Cmd::Fuzz(args) => softdirty::fuzz::main(&args),
+        Cmd::Run(args) => softdirty_cli::run::main(&args),
+        Cmd::Bench(args) => softdirty_cli::bench::main(&args),
+        Cmd::Compare(args) => softdirty_cli::compare::main(&args),
+        Cmd::Fuzz(args) => softdirty_cli::fuzz::main(&args),
         Cmd::Demo => {
             softdirty_demo();
             ExitCode::SUCCESS

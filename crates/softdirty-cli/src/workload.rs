@@ -11,10 +11,10 @@ use std::str::FromStr;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::errno::Errno;
-use crate::mm::{AddressSpace, Placement};
-use crate::prot::Prot;
-use crate::vma::PAGE_SIZE;
+use softdirty::errno::Errno;
+use softdirty::mm::{AddressSpace, Placement};
+use softdirty::prot::Prot;
+use softdirty::vma::PAGE_SIZE;
 
 /// The page size, in bytes.
 pub const PAGE: u64 = PAGE_SIZE;
@@ -68,7 +68,7 @@ impl fmt::Display for Workload {
 
 // ===================================================================== operations
 
-pub use crate::backend::Op;
+pub use softdirty::backend::Op;
 
 // ======================================================================= page sets
 
@@ -310,11 +310,11 @@ pub fn guest_layout(mem: u64, vcpus: usize, seed: u64) -> GuestLayout {
 /// writes, reads, scans and expectations are ignored. Writers target the writable pages
 /// left mapped; the churn zone is placed where the trace has nothing, or omitted.
 pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, String> {
-    use crate::trace::lower::{bind, lower, Action, Bindings};
+    use softdirty_trace::lower::{bind, lower, Action, Bindings};
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
-    let trace = crate::trace::parse::parse_bytes(&bytes).map_err(|e| format!("{name}:{e}"))?;
-    let scratch = AddressSpace::new(crate::mode::Mode::Precise);
+    let trace = softdirty_trace::parse::parse_bytes(&bytes).map_err(|e| format!("{name}:{e}"))?;
+    let scratch = AddressSpace::new(softdirty::mode::Mode::Precise);
     let mut names = Bindings::new();
     let mut current_main = true;
     let mut setup = Vec::new();
@@ -821,7 +821,7 @@ mod tests {
             let total: u64 = l.mappings.iter().map(|m| m.pages).sum::<u64>()
                 + l.chunks.iter().map(|c| c.pages).sum::<u64>();
             assert_eq!(total, mem / PAGE, "mem {mem}");
-            let mm = AddressSpace::new(crate::mode::Mode::Legacy);
+            let mm = AddressSpace::new(softdirty::mode::Mode::Legacy);
             for op in &l.setup {
                 op.apply(&mm).unwrap();
             }

@@ -112,7 +112,7 @@ fn regions_is_precise_on_mmap_merges_and_over_reports_on_mprotect_merges() {
 #[test]
 fn trace_workload_and_plot() {
     let trace = concat!(
-        env!("CARGO_MANIFEST_DIR"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../.."),
         "/tests/traces/selftest-merge-mprotect.legacy.trace"
     );
     let r = compare(&["--json", "--workload", &format!("trace:{trace}")]);

@@ -1,7 +1,7 @@
 //! Replays a parsed trace against a [`Backend`] and checks every expectation.
 //!
 //! Backends: the model ([`ModelBackend`], any mode) and, on Linux, real memory of the
-//! running process ([`crate::kernel::KernelBackend`], `--backend kernel[=softdirty|uffd]`,
+//! running process ([`softdirty::kernel::KernelBackend`], `--backend kernel[=softdirty|uffd]`,
 //! as the spec's "Kernel backend" section says).
 //!
 //! Exit statuses (the contract): 0 every expectation held; 1 an expectation failed or a
@@ -18,11 +18,11 @@ use std::io::Write;
 
 use super::ast::{Addr, Command, Expect, PageSet, Trace};
 use super::lower::{bind, lower, Action};
-pub use crate::backend::{Backend, BackendChoice, KernelFlavour, ModelBackend, OpResult, Unobservable};
-use crate::errno::Errno;
-use crate::mode::Mode;
-use crate::scan::{format_categories, ScanArgs, ScanResult};
-use crate::vma::{PAGE_SIZE, TASK_SIZE};
+pub use softdirty::backend::{Backend, BackendChoice, KernelFlavour, ModelBackend, OpResult, Unobservable};
+use softdirty::errno::Errno;
+use softdirty::mode::Mode;
+use softdirty::scan::{format_categories, ScanArgs, ScanResult};
+use softdirty::vma::{PAGE_SIZE, TASK_SIZE};
 
 
 /// Replay options.
@@ -101,7 +101,7 @@ pub fn replay(
     diag: &mut dyn Write,
 ) -> Summary {
     let mode = trace.mode.unwrap_or(opts.mode);
-    match crate::backend::open(opts.backend, mode) {
+    match softdirty::backend::open(opts.backend, mode) {
         Ok(mut b) => {
             let mut s = replay_on(trace, file, b.as_mut(), mode, opts.allow_errors, out, diag);
             if opts.backend != BackendChoice::Model {
@@ -543,8 +543,8 @@ fn fmt_pages(v: &[(u64, u64)], n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mm;
-    use crate::prot::Prot;
+    use softdirty::mm;
+    use softdirty::prot::Prot;
 
     /// The model, except that `scan ... clear` does not clear and says so, as the kernel's
     /// soft-dirty flavour does where it cannot emulate the clear; soft-dirty is then
@@ -637,7 +637,7 @@ mod tests {
                     expect regions 1\nexpect softdirty 0x20_0000_0000 4p none\n\
                     expect present 0x20_0000_0000 4p 0 1\n\
                     clear_refs 4\nexpect softdirty 0x20_0000_0000 4p none\n";
-        let t = crate::trace::parse::parse_bytes(text.as_bytes()).unwrap();
+        let t = crate::parse::parse_bytes(text.as_bytes()).unwrap();
         let mut b = NoClear {
             model: ModelBackend::new(Mode::Legacy),
             skip: None,

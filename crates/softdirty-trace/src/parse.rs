@@ -27,9 +27,9 @@ use super::ast::{
     Addr, AddrBase, Advice, Cats, Command, Expect, MmapTarget, PageSet, Placement, ScanCmd,
     Spanned, Trace,
 };
-use crate::errno::Errno;
-use crate::mode::Mode;
-use crate::prot::Prot;
+use softdirty::errno::Errno;
+use softdirty::mode::Mode;
+use softdirty::prot::Prot;
 
 /// A syntax error: 1-based line and column (in characters) of the offending token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -944,19 +944,19 @@ mod tests {
     const TRACES: &[(&str, &str)] = &[
         (
             "errno-basics",
-            include_str!("../../../shared/traces/errno-basics.trace"),
+            include_str!("../../../../shared/traces/errno-basics.trace"),
         ),
         (
             "quickstart",
-            include_str!("../../../shared/traces/quickstart.trace"),
+            include_str!("../../../../shared/traces/quickstart.trace"),
         ),
         (
             "seed-merge-bug.legacy",
-            include_str!("../../../shared/traces/seed-merge-bug.legacy.trace"),
+            include_str!("../../../../shared/traces/seed-merge-bug.legacy.trace"),
         ),
         (
             "seed-merge-bug.precise",
-            include_str!("../../../shared/traces/seed-merge-bug.precise.trace"),
+            include_str!("../../../../shared/traces/seed-merge-bug.precise.trace"),
         ),
     ];
 

@@ -4,9 +4,9 @@
 //! ([`super::replay`]) runs it against a backend. Nothing here knows about address
 //! spaces: names are resolved at replay time.
 
-use crate::errno::Errno;
-use crate::mode::Mode;
-use crate::prot::Prot;
+use softdirty::errno::Errno;
+use softdirty::mode::Mode;
+use softdirty::prot::Prot;
 
 /// A whole trace: an optional `mode` header and the commands in file order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,12 +75,12 @@ pub enum Placement {
     NoReplace,
 }
 
-impl From<Placement> for crate::mm::Placement {
-    fn from(p: Placement) -> crate::mm::Placement {
+impl From<Placement> for softdirty::mm::Placement {
+    fn from(p: Placement) -> softdirty::mm::Placement {
         match p {
-            Placement::Hint => crate::mm::Placement::Hint,
-            Placement::Fixed => crate::mm::Placement::Fixed,
-            Placement::NoReplace => crate::mm::Placement::NoReplace,
+            Placement::Hint => softdirty::mm::Placement::Hint,
+            Placement::Fixed => softdirty::mm::Placement::Fixed,
+            Placement::NoReplace => softdirty::mm::Placement::NoReplace,
         }
     }
 }

@@ -72,10 +72,10 @@
 
 #![allow(dead_code, missing_docs)]
 
-use crate::errno::Errno;
-use crate::mm::{Placement, VmaInfo};
-use crate::mode::Mode;
-use crate::prot::Prot;
+use softdirty::errno::Errno;
+use softdirty::mm::{Placement, VmaInfo};
+use softdirty::mode::Mode;
+use softdirty::prot::Prot;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Page size.

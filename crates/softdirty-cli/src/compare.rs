@@ -28,10 +28,10 @@ use std::time::Instant;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::mm::{AddressSpace, Placement};
-use crate::mode::Mode;
-use crate::prot::Prot;
-use crate::vma::{PAGE_SIZE, TASK_SIZE};
+use softdirty::mm::{AddressSpace, Placement};
+use softdirty::mode::Mode;
+use softdirty::prot::Prot;
+use softdirty::vma::{PAGE_SIZE, TASK_SIZE};
 use crate::workload::Op;
 
 const P: u64 = PAGE_SIZE;
@@ -441,10 +441,10 @@ pub fn jit_pattern(seed: u64, scale: u32) -> Generated {
 /// skipped). `pagemap`, `scan` without `clear` and `expect softdirty` are harvests;
 /// `scan ... clear` is a get-and-clear; other expectations are ignored.
 pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
-    use crate::trace::lower::{bind, lower, Action, Bindings};
+    use softdirty_trace::lower::{bind, lower, Action, Bindings};
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
-    let trace = crate::trace::parse::parse_bytes(&bytes).map_err(|e| format!("{name}:{e}"))?;
+    let trace = softdirty_trace::parse::parse_bytes(&bytes).map_err(|e| format!("{name}:{e}"))?;
     let mut g = Gen::new();
     let mut names = Bindings::new();
     let mut main = true;
@@ -468,7 +468,7 @@ pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
                 g.steps.push(Step::Read { addr, len });
             }
             Action::ClearRefs(v) => {
-                if g.mm.clear_refs_str(v) == Ok(()) && crate::mm::parse_kstrtoint(v.trim()) == Ok(4)
+                if g.mm.clear_refs_str(v) == Ok(()) && softdirty::mm::parse_kstrtoint(v.trim()) == Ok(4)
                 {
                     g.steps.push(Step::ClearRefs);
                 }
@@ -482,7 +482,7 @@ pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
             }
             Action::Pagemap { .. }
             | Action::Scan { .. }
-            | Action::Expect(crate::trace::ast::Expect::SoftDirty { .. }) => {
+            | Action::Expect(softdirty_trace::ast::Expect::SoftDirty { .. }) => {
                 if g.steps.last() != Some(&Step::Harvest) {
                     g.steps.push(Step::Harvest);
                 }
@@ -597,7 +597,7 @@ pub fn run_workload(w: &Generated) -> WorkloadReport {
     let (mut harvests, mut writes) = (0, 0);
     for step in &w.steps {
         let mut truth: Option<Vec<(u64, u64)>> = None;
-        let mut truth_result: Option<Result<u64, crate::errno::Errno>> = None;
+        let mut truth_result: Option<Result<u64, softdirty::errno::Errno>> = None;
         if matches!(step, Step::Harvest) {
             harvests += 1;
         }
@@ -606,7 +606,7 @@ pub fn run_workload(w: &Generated) -> WorkloadReport {
         }
         for s in &mut st {
             let t0 = Instant::now();
-            let result: Result<u64, crate::errno::Errno> = match *step {
+            let result: Result<u64, softdirty::errno::Errno> = match *step {
                 Step::Op(op) => {
                     let r = op.apply(&s.mm);
                     let ns = t0.elapsed().as_nanos() as u64;

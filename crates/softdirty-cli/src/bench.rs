@@ -42,11 +42,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 
-use crate::bitmap::PageBitmap;
-use crate::mm::{AddressSpace, Placement};
-use crate::mode::Mode;
-use crate::prot::Prot;
-use crate::vma::{PAGE_SHIFT, PAGE_SIZE};
+use softdirty::bitmap::PageBitmap;
+use softdirty::mm::{AddressSpace, Placement};
+use softdirty::mode::Mode;
+use softdirty::prot::Prot;
+use softdirty::vma::{PAGE_SHIFT, PAGE_SIZE};
 
 /// Options of `softdirty bench`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -209,7 +209,7 @@ fn mark_ours_pinned(n: u64, redirty: bool, pinned: bool) -> Timed {
                 mm.clear_refs(4).expect("clear_refs");
             }
             let t = Watch::start(true);
-            let guard = pinned.then(crate::epoch::pin);
+            let guard = pinned.then(softdirty::epoch::pin);
             for i in 0..k {
                 // Already dirty: the same (hot) range every time, as a vCPU re-writing
                 // its working set; first writes: distinct ranges (they were cleared).

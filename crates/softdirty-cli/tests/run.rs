@@ -4,8 +4,8 @@
 use std::process::Command;
 
 use softdirty::mode::Mode;
-use softdirty::run::{simulate, ModeSel, Report, RunArgs};
-use softdirty::workload::Workload;
+use softdirty_cli::run::{simulate, ModeSel, Report, RunArgs};
+use softdirty_cli::workload::Workload;
 
 fn short(mode: ModeSel, workload: Workload, seed: u64) -> RunArgs {
     RunArgs {

@@ -2,7 +2,7 @@
 //! project replays with `--backend kernel=uffd` and exits 0, where the trace's
 //! observations are defined for the kernel. Skips, with the backend's own message, where
 //! userfaultfd async write-protect or PAGEMAP_SCAN is missing.
-#![cfg(all(target_os = "linux", not(all(loom, feature = "loom"))))]
+#![cfg(target_os = "linux")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Proc;
@@ -12,9 +12,9 @@ use softdirty::kernel::{uapi, KernelBackend, KernelFlavour, MIN_FIXED_ADDR};
 use softdirty::mm::Placement;
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
-use softdirty::trace::ast::{AddrBase, Command, Expect, MmapTarget, Placement as P, Trace};
-use softdirty::trace::parse;
-use softdirty::trace::replay::{self, Backend};
+use softdirty_trace::ast::{AddrBase, Command, Expect, MmapTarget, Placement as P, Trace};
+use softdirty_trace::parse;
+use softdirty_trace::replay::{self, Backend};
 
 /// In-process tests map at fixed addresses: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -31,7 +31,7 @@ fn available() -> bool {
 }
 
 fn traces() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let mut v = Vec::new();
     for dir in [root.join("../shared/traces"), root.join("tests/traces")] {
         let mut d: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -60,7 +60,7 @@ fn unsuitable(t: &Trace) -> Option<String> {
         ));
     }
     for c in &t.commands {
-        let low = |a: &softdirty::trace::ast::Addr| matches!(a.base, AddrBase::Number(n) if (n as i128 + a.offset) < MIN_FIXED_ADDR as i128);
+        let low = |a: &softdirty_trace::ast::Addr| matches!(a.base, AddrBase::Number(n) if (n as i128 + a.offset) < MIN_FIXED_ADDR as i128);
         match &c.node {
             Command::Fork(_) | Command::Space(_) => {
                 return Some(format!(
@@ -143,7 +143,7 @@ fn expect_faults_is_skipped_and_named() {
     if !available() {
         return;
     }
-    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces/quickstart.trace");
+    let f = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("../shared/traces/quickstart.trace");
     let out = Proc::new(env!("CARGO_BIN_EXE_softdirty"))
         .arg("replay")
         .arg(&f)

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 use rand::Rng;
 
-use crate::mm::AddressSpace;
-use crate::mode::Mode;
+use softdirty::mm::AddressSpace;
+use softdirty::mode::Mode;
 use crate::workload::{self, Churn, GuestLayout, Picker, Workload, PAGE};
 
 /// Which modes `softdirty run` simulates.

@@ -8,7 +8,7 @@ use softdirty::errno::Errno;
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
-use softdirty::trace::{parse, replay};
+use softdirty_trace::{parse, replay};
 
 const P: u64 = 4096;
 

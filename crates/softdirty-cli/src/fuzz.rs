@@ -11,7 +11,7 @@
 //! answers as expectations, and the command exits 1. Deterministic for a seed.
 //!
 //! The other side ([`Side`]):
-//! - `--against kernel`: real memory of this process ([`crate::kernel`]), the uffd flavour
+//! - `--against kernel`: real memory of this process ([`softdirty::kernel`]), the uffd flavour
 //!   for `--mode precise`, the soft-dirty flavour for `--mode legacy`;
 //! - `--against reference`: the independent reference model ([`crate::reference`], the
 //!   one `tests/model_vs_reference.rs` uses), in any of the five modes. It shares no
@@ -32,7 +32,7 @@
 //! - soft-dirty flavour: no kernel call clears soft-dirty on a range (PM_SCAN_WP_MATCHING
 //!   acts on uffd-registered memory only); the flavour emulates `scan ... clear` with
 //!   `clear_refs 4` and stores where that is exact, and otherwise leaves soft-dirty
-//!   unobservable until the next `clear_refs 4` ([`crate::kernel::clear`]), which would
+//!   unobservable until the next `clear_refs 4` ([`softdirty::kernel::clear`]), which would
 //!   blind the rest of a case: the generator asks for the same scan without `clear`,
 //!   whose regions are still compared.
 //! - a kernel older than 6.17 (the kvm oracle's 6.12): operations whose shape 6.12
@@ -47,13 +47,13 @@ use std::process::ExitCode;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::mm::{Placement, VmaInfo};
-use crate::mode::Mode;
-use crate::prot::Prot;
+use softdirty::mm::{Placement, VmaInfo};
+use softdirty::mode::Mode;
+use softdirty::prot::Prot;
 use crate::reference::RefSpace;
-use crate::scan::{ScanArgs, ScanResult, PAGE_IS_SOFT_DIRTY};
-use crate::backend::{Backend, ModelBackend, OpResult};
-use crate::vma::PAGE_SIZE;
+use softdirty::scan::{ScanArgs, ScanResult, PAGE_IS_SOFT_DIRTY};
+use softdirty::backend::{Backend, ModelBackend, OpResult};
+use softdirty::vma::PAGE_SIZE;
 
 /// The window every case works in (above the spec's 0x10_0000_0000).
 pub const BASE: u64 = 0x50_0000_0000;
@@ -366,7 +366,7 @@ impl Side for BackendSide {
 /// the reference never needs the model's choice of an address.
 pub struct ReferenceSide(pub RefSpace);
 
-fn res<T>(r: Result<T, crate::errno::Errno>, f: impl FnOnce(T) -> String) -> String {
+fn res<T>(r: Result<T, softdirty::errno::Errno>, f: impl FnOnce(T) -> String) -> String {
     match r {
         Ok(v) => f(v),
         Err(e) => e.name().to_string(),
@@ -733,9 +733,9 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
         ),
         (Against::Kernel, m @ (Mode::Precise | Mode::Legacy)) => {
             let flavour = if m == Mode::Precise {
-                crate::backend::KernelFlavour::Uffd
+                softdirty::backend::KernelFlavour::Uffd
             } else {
-                crate::backend::KernelFlavour::SoftDirty
+                softdirty::backend::KernelFlavour::SoftDirty
             };
             let version = kernel_version();
             profile = kernel_profile(m, version, args.mremap_single_page);
@@ -819,8 +819,8 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn kernel(f: crate::backend::KernelFlavour) -> Result<Box<dyn Backend>, String> {
-    crate::backend::open(crate::backend::BackendChoice::Kernel(Some(f)), crate::mode::Mode::Legacy)
+fn kernel(f: softdirty::backend::KernelFlavour) -> Result<Box<dyn Backend>, String> {
+    softdirty::backend::open(softdirty::backend::BackendChoice::Kernel(Some(f)), softdirty::mode::Mode::Legacy)
 }
 
 #[cfg(test)]
@@ -832,7 +832,7 @@ mod tests {
         let a = generate(7, 50, Profile::default());
         assert_eq!(a, generate(7, 50, Profile::default()));
         let text: String = a.iter().map(|o| format!("{o}\n")).collect();
-        crate::trace::parse::parse_bytes(text.as_bytes()).unwrap();
+        softdirty_trace::parse::parse_bytes(text.as_bytes()).unwrap();
     }
 
     #[test]
@@ -867,7 +867,7 @@ mod tests {
             "{scans} scans, {mremaps} mremaps"
         );
         let text: String = some.iter().map(|o| format!("{o}\n")).collect();
-        crate::trace::parse::parse_bytes(text.as_bytes()).unwrap();
+        softdirty_trace::parse::parse_bytes(text.as_bytes()).unwrap();
     }
 
     fn reference(mode: Mode) -> impl Fn() -> Result<Box<dyn Side>, String> {
@@ -914,7 +914,7 @@ mod tests {
         assert_eq!(m.other.vmas, m.model.vmas + 1);
         let text = render(&min, Mode::Legacy, &m, "the liar");
         assert!(text.contains(&format!("expect vmas {BASE:#x} 24p {}", m.other.vmas)));
-        crate::trace::parse::parse_bytes(text.as_bytes()).unwrap();
+        softdirty_trace::parse::parse_bytes(text.as_bytes()).unwrap();
     }
 
     fn vma(start: u64, end: u64, prot: Prot, faulted: bool) -> VmaInfo {

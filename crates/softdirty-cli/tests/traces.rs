@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use softdirty::trace::{parse, replay};
+use softdirty_trace::{parse, replay};
 
 fn traces_in(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -51,7 +51,7 @@ fn check_dir(dir: &Path, at_least: usize) {
 #[test]
 fn shared_example_traces_replay_cleanly() {
     check_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces"),
+        &Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("../shared/traces"),
         4,
     );
 }
@@ -59,7 +59,7 @@ fn shared_example_traces_replay_cleanly() {
 #[test]
 fn project_traces_replay_cleanly() {
     check_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces"),
+        &Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/traces"),
         15,
     );
 }
@@ -78,7 +78,7 @@ fn tmp_trace(name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn binary_exit_statuses_follow_the_contract() {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces/quickstart.trace");
+    let shared = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("../shared/traces/quickstart.trace");
     let ok = bin().arg("replay").arg(&shared).output().unwrap();
     assert_eq!(
         ok.status.code(),
@@ -127,7 +127,7 @@ fn binary_exit_statuses_follow_the_contract() {
 
     // The mode header overrides --mode.
     let legacy =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces/seed-merge-bug.legacy.trace");
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("../shared/traces/seed-merge-bug.legacy.trace");
     let out = bin()
         .arg("replay")
         .arg(&legacy)

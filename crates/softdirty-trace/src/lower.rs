@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 
-use crate::mm::Placement;
-use crate::backend::Op;
-use crate::trace::ast::{Command, Expect, MmapTarget, ScanCmd};
+use softdirty::mm::Placement;
+use softdirty::backend::Op;
+use crate::ast::{Command, Expect, MmapTarget, ScanCmd};
 
 /// The `$name` → address bindings of a replay.
 pub type Bindings = HashMap<String, u64>;
@@ -67,7 +67,7 @@ pub enum Action<'a> {
 /// Lowers `c`, resolving its addresses with `names`. The error is the message of an
 /// address that cannot be resolved (an unbound `$name`, an offset out of range).
 pub fn lower<'a>(c: &'a Command, names: &Bindings) -> Result<Action<'a>, String> {
-    let r = |a: &crate::trace::ast::Addr| a.resolve(names);
+    let r = |a: &crate::ast::Addr| a.resolve(names);
     Ok(match c {
         Command::Space(n) => Action::Space(n),
         Command::Fork(n) => Action::Fork(n),
@@ -171,7 +171,7 @@ pub fn bind(names: &mut Bindings, bind: Option<&str>, addr: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::parse::parse;
+    use crate::parse::parse;
 
     #[test]
     fn lowers_structural_commands_and_resolves_names() {

@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use softdirty::mode::Mode;
-use softdirty::trace::{parse, replay};
+use softdirty_trace::{parse, replay};
 
 fn number() -> impl Strategy<Value = String> {
     prop_oneof![

@@ -1,0 +1,17 @@
+//! The tools behind the `softdirty` binary, over the core library [`softdirty`] and the
+//! trace language [`softdirty_trace`]:
+//!
+//! - [`run`]: the live-migration pre-copy simulator (`softdirty run`, the default job);
+//! - [`compare`]: one seeded workload under every mode, side by side;
+//! - [`bench`]: marking and harvest benchmarks against vm-memory's `AtomicBitmap`;
+//! - [`workload`]: the guest workloads `run` and `compare` drive;
+//! - [`fuzz`]: random traces on the model and the kernel (or the reference), shrunk;
+//! - [`reference`]: the independent reference model the fuzzer and the proptests check
+//!   the model against.
+
+pub mod bench;
+pub mod compare;
+pub mod fuzz;
+pub mod reference;
+pub mod run;
+pub mod workload;
