@@ -45,27 +45,16 @@ run_models() {
     return "$st"
 }
 
-# twin -> "test-binary:model" that must fail when softdirty is built with the twin.
-declare -A TWINS=(
-    [relaxed_fault]="bitmap_protocol:split_vs_write"
-    [no_recheck]="bitmap_protocol:split_vs_write"
-    [no_drain]="bitmap_protocol:merge_vs_write"
-    [no_drain_rule]="bitmap_protocol:mremap_vs_faults"
-    [blind_harvest]="bitmap_protocol:two_writers_one_word_vs_harvest"
-    [harvest_precheck]="bitmap_protocol:harvest_vs_write"
-    [relaxed_harvest_store]="bitmap_protocol:harvest_full_word_vs_write"
-    [clear_summary_last]="bitmap_protocol:clear_refs_vs_write"
-    [copy_clean_first]="bitmap_protocol:fork_vs_write"
-    [zap_no_seq]="address_space:dontneed_vs_write_legacy"
-    [retry_via_index]="address_space:write_vs_mremap_move"
-    [no_anon_freeze]="address_space:first_write_vs_whole_mprotect_then_fork"
-    [no_defer]="reclamation:reclamation_no_uaf_no_leak"
-    [no_reclaim]="reclamation:reclamation_no_uaf_no_leak"
-    [mark_no_fence]="data_ordering:producer_mark_vs_harvest"
-    [harvest_no_fence]="data_ordering:producer_mark_vs_harvest"
-    [no_pin]="reclamation:reclamation_no_uaf_no_leak"
-    [no_clear_lock]="data_ordering:two_owners_harvest_vs_put_back"
-)
+# twin -> "test-binary:model" that must fail when softdirty is built with the twin: the
+# table of src/twins.rs, the one list of the twins.
+declare -A TWINS=()
+while read -r name model; do
+    TWINS[$name]=$model
+done < <(sed -nE 's/^ *[A-Z_]+ = "([a-z_]+)" => "([a-z_]+:[a-z_]+)";$/\1 \2/p' src/twins.rs)
+if [[ ${#TWINS[@]} -lt 10 ]]; then
+    echo "scripts/loom.sh: found only ${#TWINS[@]} twins in src/twins.rs" >&2
+    exit 1
+fi
 
 run_broken() {
     local names=("$@") failed=0

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Runs tests/stress.rs against the broken twins of the core (scripts/loom.sh's TWINS, built
+# Runs tests/stress.rs against the broken twins of the core (src/twins.rs, built
 # with --cfg softdirty_broken="NAME") and requires it to FAIL on each: the stress stops at
 # the first round with a lost or spurious report, so a twin it can see fails in seconds.
 #
 #   scripts/stress-twins.sh            the twins the stress catches (CAUGHT below); each
 #                                      must fail within SOFTDIRTY_TWIN_TIMEOUT (180 s)
 #   scripts/stress-twins.sh NAME ...   only these twins (any name softdirty_broken knows)
-#   scripts/stress-twins.sh survey     every twin of scripts/loom.sh: report, never fail
+#   scripts/stress-twins.sh survey     every twin of src/twins.rs: report, never fail
 #
 # First it runs the stress without a twin, which must pass. All runs set
 # SOFTDIRTY_STRESS_ALLOW=all (tests/stress.rs: tolerate the known failures of today's
@@ -40,10 +40,8 @@ cd "$(dirname "$0")/.."
 # retry_via_index (region B: a write returns EFAULT while the drain carried it),
 # no_anon_freeze (region A: the fork child lacks a page written before the fork).
 CAUGHT=(no_drain no_recheck blind_harvest no_defer mark_no_fence)
-ALL=(relaxed_fault no_recheck no_drain no_drain_rule blind_harvest
-    harvest_precheck relaxed_harvest_store clear_summary_last copy_clean_first
-    no_defer no_reclaim zap_no_seq retry_via_index no_anon_freeze
-    mark_no_fence harvest_no_fence)
+# every twin, from src/twins.rs (the one list)
+mapfile -t ALL < <(sed -nE 's/^ *[A-Z_]+ = "([a-z_]+)" => .*/\1/p' src/twins.rs)
 
 export RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/loom.sh" SOFTDIRTY_LOOM_WRAP=1
 export SOFTDIRTY_STRESS_ALLOW="${SOFTDIRTY_STRESS_ALLOW-}"

@@ -45,16 +45,19 @@
 //!   synchronizes with it and sees `sealed`): no fault is lost and none is applied to a
 //!   retired bitmap only. `loom-tests/` checks this protocol against the code below.
 
+use crate::accounting::Accounting;
 use crate::sync::{
     fence, lock, spin_loop, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering,
 };
+use crate::twins;
 
 /// Ordering of the fault path's read-modify-writes. Broken twin `relaxed_fault`
 /// (loom-tests): Relaxed, which lets a fault that follows a drain miss the seal.
-#[cfg(not(softdirty_broken = "relaxed_fault"))]
-const FAULT_RMW: Ordering = Ordering::AcqRel;
-#[cfg(softdirty_broken = "relaxed_fault")]
-const FAULT_RMW: Ordering = Ordering::Relaxed;
+const FAULT_RMW: Ordering = if twins::RELAXED_FAULT {
+    Ordering::Relaxed
+} else {
+    Ordering::AcqRel
+};
 
 /// Pages per chunk (one directory slot).
 #[cfg(not(all(loom, feature = "loom")))]
@@ -74,37 +77,6 @@ const ZAP_RING: usize = 8;
 pub const ABSENT_DIRTY: usize = 0;
 /// Slot tag: chunk untouched, every page clean, none populated.
 pub const ABSENT_CLEAN: usize = 1;
-
-/// Live chunk count (all bitmaps), for tests and `softdirty compare`'s memory column.
-static LIVE_CHUNKS: crate::sync::StdCounter = crate::sync::StdCounter::new(0);
-/// Live bitmap count, for leak tests.
-static LIVE_BITMAPS: crate::sync::StdCounter = crate::sync::StdCounter::new(0);
-
-/// The most chunks faults may materialize process-wide (the model's "RAM"): 2^17 chunks
-/// cover 2 TiB of touched pages in about 200 MiB. A fault that needs one more fails
-/// (`Mark::NoMem`, `ENOMEM` from `AddressSpace::write`/`read`) instead of letting a trace
-/// that writes 64 TiB allocate gigabytes; the kernel would OOM-kill instead.
-static CHUNK_LIMIT: crate::sync::StdCounter = crate::sync::StdCounter::new(1 << 17);
-
-/// Sets the process-wide limit on chunks that faults may materialize (see `CHUNK_LIMIT`).
-pub fn set_chunk_limit(chunks: usize) {
-    CHUNK_LIMIT.store(chunks, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The current limit on chunks that faults may materialize.
-pub fn chunk_limit() -> usize {
-    CHUNK_LIMIT.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Number of [`PageBitmap`]s alive in the process.
-pub fn live_bitmaps() -> usize {
-    LIVE_BITMAPS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Number of materialized chunks alive in the process.
-pub fn live_chunks() -> usize {
-    LIVE_CHUNKS.load(std::sync::atomic::Ordering::Relaxed)
-}
 
 /// Bytes one materialized chunk occupies.
 pub const CHUNK_BYTES: usize = std::mem::size_of::<Chunk>();
@@ -134,14 +106,7 @@ impl Chunk {
             summary: AtomicU64::new(0),
         });
         c.summary.store(summary, Ordering::Relaxed);
-        LIVE_CHUNKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         c
-    }
-}
-
-impl Drop for Chunk {
-    fn drop(&mut self) {
-        LIVE_CHUNKS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -169,8 +134,9 @@ pub enum Mark {
     /// Only the broken twin `retry_via_index` produces it: a sealed bitmap always
     /// forwards the fault to its successors ([`PageBitmap::seal_and_drain`]).
     Sealed,
-    /// A chunk was needed and the process-wide chunk limit ([`chunk_limit`]) is reached;
-    /// the pages before the first one in that chunk were done.
+    /// A chunk was needed and the chunk limit of the bitmap's accounts
+    /// ([`Accounting::chunk_limit`]) is reached; the pages before the first one in that
+    /// chunk were done.
     NoMem,
 }
 
@@ -192,8 +158,9 @@ enum Outcome {
 fn mark_fence() {
     // Broken twin `mark_no_fence` (loom-tests, tests/data_ordering.rs): the test-before-set
     // marking of before the fix.
-    #[cfg(not(softdirty_broken = "mark_no_fence"))]
-    fence(Ordering::SeqCst);
+    if !twins::MARK_NO_FENCE {
+        fence(Ordering::SeqCst);
+    }
 }
 
 /// The harvest side of the data-ordering contract: issued after a get-and-clear and
@@ -202,8 +169,9 @@ fn mark_fence() {
 #[inline(always)]
 fn clear_fence() {
     // Broken twin `harvest_no_fence` (loom-tests, tests/data_ordering.rs).
-    #[cfg(not(softdirty_broken = "harvest_no_fence"))]
-    fence(Ordering::SeqCst);
+    if !twins::HARVEST_NO_FENCE {
+        fence(Ordering::SeqCst);
+    }
 }
 
 /// How the drain of a sealed bitmap transforms late faults on their way to the new one.
@@ -249,6 +217,9 @@ pub struct PageBitmap {
     /// Where a sealed bitmap's pages went (set before `sealed`, read after seeing it): a
     /// fault that finds the bitmap sealed applies itself there ([`PageBitmap::forward`]).
     forward: Mutex<Option<Arc<Vec<Target>>>>,
+    /// The accounts this bitmap, its chunks and its VMAs count in, and whose chunk limit
+    /// its faults obey; `None` for a bitmap made outside an address space.
+    accounting: Option<std::sync::Arc<Accounting>>,
 }
 
 /// One successor of a sealed bitmap: pages `[src_first, src_first + count)` of the
@@ -339,12 +310,9 @@ impl FaultState {
             // Acquire: sequenced before the RMWs (which are AcqRel, so they cannot move
             // above it). Pairs with nothing by itself; `finish_fault` compares it with a
             // later read (see `PageBitmap::zap`).
-            #[cfg(not(softdirty_broken = "zap_no_seq"))]
-            {
+            if !twins::ZAP_NO_SEQ {
                 self.zap0 = zap_seq.load(Ordering::Acquire);
             }
-            #[cfg(softdirty_broken = "zap_no_seq")]
-            let _ = zap_seq;
             self.did_rmw = true;
         }
     }
@@ -409,7 +377,18 @@ impl PageBitmap {
     /// A bitmap of `pages` untouched pages, all soft-dirty (`dirty`) or all clean.
     ///
     /// Costs one zeroed directory of `pages / CHUNK_PAGES` slots and nothing per page.
+    /// Not accounted: its faults may materialize every chunk.
     pub fn new(pages: u64, dirty: bool) -> PageBitmap {
+        PageBitmap::accounted(pages, dirty, None)
+    }
+
+    /// As [`Self::new`], counted in `accounting` (if any), whose chunk limit the faults
+    /// obey.
+    pub fn accounted(
+        pages: u64,
+        dirty: bool,
+        accounting: Option<&std::sync::Arc<Accounting>>,
+    ) -> PageBitmap {
         let nslots = pages.div_ceil(CHUNK_PAGES) as usize;
         let tag = if dirty { ABSENT_DIRTY } else { ABSENT_CLEAN };
         let slots: Box<[AtomicUsize]> = if tag == 0 {
@@ -417,7 +396,9 @@ impl PageBitmap {
         } else {
             (0..nslots).map(|_| AtomicUsize::new(tag)).collect()
         };
-        LIVE_BITMAPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(a) = accounting {
+            a.bitmap_added();
+        }
         PageBitmap {
             pages,
             slots,
@@ -426,7 +407,13 @@ impl PageBitmap {
             zap_ring: std::array::from_fn(|_| [AtomicU64::new(0), AtomicU64::new(0)]),
             clear: Mutex::new(()),
             forward: Mutex::new(None),
+            accounting: accounting.cloned(),
         }
+    }
+
+    /// The accounts this bitmap counts in, if any.
+    pub fn accounting(&self) -> Option<&std::sync::Arc<Accounting>> {
+        self.accounting.as_ref()
     }
 
     /// Number of pages covered.
@@ -491,7 +478,7 @@ impl PageBitmap {
                 // SAFETY: as in `slot`: a live chunk pointer owned by this bitmap.
                 return Ok(unsafe { &*(v as *const Chunk) });
             }
-            if limited && live_chunks() >= chunk_limit() {
+            if limited && self.accounting.as_ref().is_some_and(|a| !a.chunk_allowed()) {
                 return Err(Mark::NoMem);
             }
             let chunk = Box::into_raw(Chunk::new(v == ABSENT_CLEAN, &self.valid_masks(k)));
@@ -505,6 +492,9 @@ impl PageBitmap {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    if let Some(a) = &self.accounting {
+                        a.chunks_added(1);
+                    }
                     // A seal that the drain's slot RMW ordered before our CAS: forward
                     // now (the fault's final re-check would also catch it once it has
                     // done a word RMW).
@@ -731,19 +721,13 @@ impl PageBitmap {
     fn finish_fault(&self, sealed: bool, nomem: bool, st: FaultState) -> Outcome {
         // Acquire: if any RMW of the fault read from a drain, the seal store (sequenced
         // before the drain) is visible here.
-        #[cfg(not(softdirty_broken = "no_recheck"))]
-        if sealed || (st.did_rmw && self.sealed.load(Ordering::Acquire)) {
-            return Outcome::Sealed;
-        }
-        // Broken twin `no_recheck` (loom-tests): trusts the RMWs without the re-check.
-        #[cfg(softdirty_broken = "no_recheck")]
-        if sealed {
+        // (Broken twin `no_recheck`: trusts the RMWs without the re-check.)
+        if sealed || (!twins::NO_RECHECK && st.did_rmw && self.sealed.load(Ordering::Acquire)) {
             return Outcome::Sealed;
         }
         // Acquire: if any RMW of the fault read from a zap's RMW, the zap's first
         // generation bump (sequenced before it) is visible here (see `zap`).
-        #[cfg(not(softdirty_broken = "zap_no_seq"))]
-        if st.did_rmw {
+        if !twins::ZAP_NO_SEQ && st.did_rmw {
             let now = self.zap_seq.load(Ordering::Acquire);
             if st.zap0 & 1 == 1 || now != st.zap0 {
                 return Outcome::Rezap(st.faults, st.zap0);
@@ -814,9 +798,7 @@ impl PageBitmap {
         limited: bool,
     ) -> Mark {
         // Broken twin `retry_via_index` (loom-tests): the code before forwarding.
-        #[cfg(softdirty_broken = "retry_via_index")]
-        {
-            let _ = (first, count, dirty, backed, populate, limited);
+        if twins::RETRY_VIA_INDEX {
             return Mark::Sealed;
         }
         // The mutex orders this read after the store in `seal_and_drain`, which precedes
@@ -882,12 +864,11 @@ impl PageBitmap {
                 // Acquire loads: populated and backed before clean, mirroring the fault
                 // path's order (clean first), so a page seen backed is seen dirty.
                 // Broken twin `copy_clean_first` (loom-tests): clean first.
-                #[cfg(softdirty_broken = "copy_clean_first")]
-                let clean = c.clean[wi].load(Ordering::Acquire);
+                let clean_first =
+                    twins::COPY_CLEAN_FIRST.then(|| c.clean[wi].load(Ordering::Acquire));
                 let populated = c.populated[wi].load(Ordering::Acquire);
                 let backed = c.backed[wi].load(Ordering::Acquire);
-                #[cfg(not(softdirty_broken = "copy_clean_first"))]
-                let clean = c.clean[wi].load(Ordering::Acquire);
+                let clean = clean_first.unwrap_or_else(|| c.clean[wi].load(Ordering::Acquire));
                 Bits {
                     clean,
                     populated,
@@ -1042,17 +1023,19 @@ impl PageBitmap {
                             let valid = self.valid_masks(k);
                             // Summary first, then words: a fault that dirties a word after
                             // we cleared it sets the summary bit again.
-                            #[cfg(not(softdirty_broken = "clear_summary_last"))]
-                            let sum = c.summary.swap(0, Ordering::AcqRel);
-                            // Broken twin `clear_summary_last` (loom-tests): words first,
-                            // then the summary, which can erase a racing fault's flag.
-                            #[cfg(softdirty_broken = "clear_summary_last")]
-                            let sum = c.summary.load(Ordering::Acquire);
+                            // (Broken twin `clear_summary_last`: words first, then the
+                            // summary, which can erase a racing fault's flag.)
+                            let sum = if twins::CLEAR_SUMMARY_LAST {
+                                c.summary.load(Ordering::Acquire)
+                            } else {
+                                c.summary.swap(0, Ordering::AcqRel)
+                            };
                             for_each_bit(sum, |wi| {
                                 c.clean[wi].fetch_or(valid[wi] | !valid[wi], Ordering::AcqRel);
                             });
-                            #[cfg(softdirty_broken = "clear_summary_last")]
-                            c.summary.swap(0, Ordering::AcqRel);
+                            if twins::CLEAR_SUMMARY_LAST {
+                                c.summary.swap(0, Ordering::AcqRel);
+                            }
                         }
                         break;
                     }
@@ -1083,9 +1066,9 @@ impl PageBitmap {
     /// it, as two owners of a shared bitmap serializing their harvests under two
     /// different locks did before the lock moved into the bitmap.
     pub(crate) fn clear_lock(&self) -> Option<MutexGuard<'_, ()>> {
-        #[cfg(softdirty_broken = "no_clear_lock")]
-        return None;
-        #[allow(unreachable_code)]
+        if twins::NO_CLEAR_LOCK {
+            return None;
+        }
         Some(lock(&self.clear))
     }
 
@@ -1159,20 +1142,18 @@ impl PageBitmap {
                     for_each_bit(sum, |wi| {
                         // Broken twin `harvest_precheck`: skip a flagged word that a relaxed
                         // load shows clean (see the note in the general path below).
-                        #[cfg(softdirty_broken = "harvest_precheck")]
-                        if c.clean[wi].load(Ordering::Relaxed) == !0 {
+                        if twins::HARVEST_PRECHECK && c.clean[wi].load(Ordering::Relaxed) == !0 {
                             return;
                         }
                         // Always a get-and-clear for a word whose summary bit we took
                         // (see the `harvest_precheck` note below): `take_word`.
-                        #[cfg(not(softdirty_broken = "blind_harvest"))]
-                        let prev = take_word(&c.clean[wi]);
-                        // Broken twin `blind_harvest`: load, then store.
-                        #[cfg(softdirty_broken = "blind_harvest")]
-                        let prev = {
+                        // (Broken twin `blind_harvest`: load, then store.)
+                        let prev = if twins::BLIND_HARVEST {
                             let v = c.clean[wi].load(Ordering::Acquire);
                             c.clean[wi].store(!0, Ordering::Release);
                             v
+                        } else {
+                            take_word(&c.clean[wi])
                         };
                         let wbase = base + wi as u64 * 64;
                         if prev == 0 {
@@ -1241,11 +1222,8 @@ impl PageBitmap {
                         // takes the fault's bit, or the fault's RMW reads from it,
                         // synchronizes, and sees the cleared summary bit. Broken twin
                         // `harvest_precheck` restores the old shortcut.
-                        #[cfg(not(softdirty_broken = "harvest_precheck"))]
-                        let skip =
-                            sum & (1 << wi) == 0 && !c.clean[wi].load(Ordering::Relaxed) & m == 0;
-                        #[cfg(softdirty_broken = "harvest_precheck")]
-                        let skip = !c.clean[wi].load(Ordering::Relaxed) & m == 0;
+                        let skip = (twins::HARVEST_PRECHECK || sum & (1 << wi) == 0)
+                            && !c.clean[wi].load(Ordering::Relaxed) & m == 0;
                         if skip {
                             return; // nothing dirty: no RMW
                         }
@@ -1253,18 +1231,15 @@ impl PageBitmap {
                         // this word is either before it (reported now) or after it (stays
                         // dirty for the next harvest). A whole word whose summary bit we
                         // took goes through `take_word` (plain store when all dirty).
-                        #[cfg(not(softdirty_broken = "blind_harvest"))]
-                        let prev = if m == !0 && sum & (1 << wi) != 0 {
-                            take_word(&c.clean[wi])
-                        } else {
-                            c.clean[wi].fetch_or(m, Ordering::AcqRel)
-                        };
-                        // Broken twin `blind_harvest` (loom-tests): load, then store.
-                        #[cfg(softdirty_broken = "blind_harvest")]
-                        let prev = {
+                        // (Broken twin `blind_harvest`: load, then store.)
+                        let prev = if twins::BLIND_HARVEST {
                             let v = c.clean[wi].load(Ordering::Acquire);
                             c.clean[wi].store(v | m, Ordering::Release);
                             v
+                        } else if m == !0 && sum & (1 << wi) != 0 {
+                            take_word(&c.clean[wi])
+                        } else {
+                            c.clean[wi].fetch_or(m, Ordering::AcqRel)
                         };
                         let taken = !prev & m;
                         let wbase = base + wi as u64 * 64;
@@ -1573,8 +1548,7 @@ impl PageBitmap {
         // that read from one of the drain RMWs below.
         self.sealed.store(true, Ordering::Release);
         // Broken twin `no_drain` (loom-tests): seal, but carry nothing over.
-        #[cfg(softdirty_broken = "no_drain")]
-        if !targets.is_empty() {
+        if twins::NO_DRAIN && !targets.is_empty() {
             return;
         }
         for k in 0..self.slots.len() {
@@ -1612,8 +1586,7 @@ impl PageBitmap {
                     let pop = (populated >> shift) & m;
                     let bak = (backed >> shift) & m;
                     // Broken twin `no_drain_rule` (loom-tests) ignores the rule.
-                    #[cfg(not(softdirty_broken = "no_drain_rule"))]
-                    if rule == DrainRule::DirtyPopulated {
+                    if !twins::NO_DRAIN_RULE && rule == DrainRule::DirtyPopulated {
                         dirty |= pop;
                     }
                     dst.apply_late(
@@ -1680,15 +1653,20 @@ pub enum CopyRule {
 
 impl Drop for PageBitmap {
     fn drop(&mut self) {
+        let mut freed = 0;
         for s in self.slots.iter() {
             let v = s.load(Ordering::Relaxed);
             if v != ABSENT_CLEAN && v != ABSENT_DIRTY {
                 // SAFETY: `&mut self`: no other reference to the bitmap exists; the value
                 // came from `Box::into_raw` in `materialize` and is freed only here.
                 drop(unsafe { Box::from_raw(v as *mut Chunk) });
+                freed += 1;
             }
         }
-        LIVE_BITMAPS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(a) = &self.accounting {
+            a.chunks_freed(freed);
+            a.bitmap_freed();
+        }
     }
 }
 
@@ -1716,10 +1694,11 @@ fn zeroed_slots(n: usize) -> Box<[AtomicUsize]> {
 /// Ordering of the plain store with which a harvest takes a fully dirty word
 /// ([`take_word`]). Broken twin `relaxed_harvest_store` (loom-tests): Relaxed, which lets
 /// a fault whose RMW reads the store keep a stale summary bit the harvest just cleared.
-#[cfg(not(softdirty_broken = "relaxed_harvest_store"))]
-const HARVEST_STORE: Ordering = Ordering::Release;
-#[cfg(softdirty_broken = "relaxed_harvest_store")]
-const HARVEST_STORE: Ordering = Ordering::Relaxed;
+const HARVEST_STORE: Ordering = if twins::RELAXED_HARVEST_STORE {
+    Ordering::Relaxed
+} else {
+    Ordering::Release
+};
 
 /// Get-and-clear of a whole `clean` word whose summary bit the calling harvest took:
 /// makes every page of the word clean and returns the previous value (0 bits = pages

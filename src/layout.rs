@@ -19,6 +19,7 @@
 //! own flag, the modified VMA's (`vm_flags_reset` after mprotect), or the OR of all of them
 //! (`sticky`). In `nomerge` the flag is compared like any other flag.
 
+use crate::accounting::Accounting;
 use crate::bitmap::{CopyRule, DrainRule, PageBitmap, Target};
 use crate::errno::{Errno, Result};
 use crate::index::VmaIndex;
@@ -163,6 +164,8 @@ pub struct Layout {
     /// thawed when the layout is dropped unpublished, or by [`Built::thaw`] for those
     /// that survive its publication
     frozen: Vec<Arc<Vma>>,
+    /// the accounts of the address space (new bitmaps count in them)
+    accounting: std::sync::Arc<Accounting>,
 }
 
 impl Drop for Layout {
@@ -224,7 +227,11 @@ impl Layout {
     ///
     /// Every VMA's `anon_vma` is read with [`Vma::freeze_anon`]: no first write assigns
     /// one until the layout is published or dropped.
-    pub fn from_index(mode: Mode, index: &VmaIndex) -> Layout {
+    pub fn from_index(
+        mode: Mode,
+        index: &VmaIndex,
+        accounting: &std::sync::Arc<Accounting>,
+    ) -> Layout {
         let mut frozen = Vec::new();
         let vmas = index
             .vmas()
@@ -257,6 +264,7 @@ impl Layout {
             vmas,
             origin: index.vmas().to_vec(),
             frozen,
+            accounting: accounting.clone(),
         }
     }
 
@@ -686,7 +694,11 @@ impl Layout {
                 .pieces
                 .iter()
                 .all(|p| matches!(p.src, Src::Fresh { dirty: true }));
-            let bm = Arc::new(PageBitmap::new(pages, all_fresh_dirty));
+            let bm = Arc::new(PageBitmap::accounted(
+                pages,
+                all_fresh_dirty,
+                Some(&self.accounting),
+            ));
             for p in &w.pieces {
                 let dst = (p.start - w.start) >> PAGE_SHIFT;
                 let n = (p.end - p.start) >> PAGE_SHIFT;

@@ -29,13 +29,18 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod accounting;
 pub mod backend;
 pub mod bitmap;
 pub mod dirtylog;
 pub mod epoch;
 pub mod errno;
 pub mod index;
-#[cfg(all(target_os = "linux", feature = "kernel", not(all(loom, feature = "loom"))))]
+#[cfg(all(
+    target_os = "linux",
+    feature = "kernel",
+    not(all(loom, feature = "loom"))
+))]
 pub mod kernel;
 pub mod layout;
 pub mod mm;
@@ -48,6 +53,7 @@ pub mod scan;
 pub mod slots;
 pub(crate) mod sync;
 pub mod tracker;
+mod twins;
 pub mod vma;
 #[cfg(feature = "vm-memory")]
 pub mod vmm;

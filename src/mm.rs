@@ -14,6 +14,7 @@
 //! madvise over a hole, a multi-VMA mremap failing half-way) the model does the same;
 //! everywhere else a failed operation changes nothing.
 
+use crate::accounting::Accounting;
 use crate::bitmap::{CopyRule, Mark, PageBitmap};
 use crate::epoch::{self, Atomic, Guard, Owned};
 use crate::errno::{Errno, Result};
@@ -23,8 +24,9 @@ use crate::mode::Mode;
 use crate::prot::Prot;
 use crate::regions::NonSdRegions;
 use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
+use crate::twins;
 use crate::vma::{
-    next_id, Vma, VmaFlags, VmaMeta, MAX_MAP_COUNT, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE,
+    Vma, VmaFlags, VmaMeta, MAX_MAP_COUNT, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE,
 };
 
 /// `vm.mmap_min_addr` (the DAC floor that `cap_mmap_addr` enforces for fixed mappings of
@@ -69,6 +71,8 @@ pub struct AddressSpace {
     index: Atomic<VmaIndex>,
     control: Mutex<()>,
     faults: FaultCounter,
+    /// the model's memory: shared with the tracker's other spaces and with fork children
+    accounting: std::sync::Arc<Accounting>,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -122,14 +126,27 @@ fn page_align(x: u64) -> Option<u64> {
 }
 
 impl AddressSpace {
-    /// An empty address space following `mode`.
+    /// An empty address space following `mode`, with accounts of its own and the default
+    /// chunk limit ([`crate::accounting::DEFAULT_CHUNK_LIMIT`]).
     pub fn new(mode: Mode) -> AddressSpace {
+        AddressSpace::with_accounting(mode, std::sync::Arc::default())
+    }
+
+    /// An empty address space following `mode` that counts its VMAs, bitmaps and chunks
+    /// in `accounting` and obeys its chunk limit (shared with whoever else holds it).
+    pub fn with_accounting(mode: Mode, accounting: std::sync::Arc<Accounting>) -> AddressSpace {
         AddressSpace {
             mode,
             index: Atomic::new(VmaIndex::default()),
             control: Mutex::new(()),
             faults: FaultCounter::new(),
+            accounting,
         }
+    }
+
+    /// The accounts this space counts in (its memory limit and live objects).
+    pub fn accounting(&self) -> &std::sync::Arc<Accounting> {
+        &self.accounting
     }
 
     /// The soft-dirty semantics this space follows.
@@ -165,15 +182,13 @@ impl AddressSpace {
     pub fn with_index<R>(&self, f: impl FnOnce(&VmaIndex) -> R) -> R {
         // Broken twin `no_pin` (loom-tests: `reclamation_no_uaf_no_leak`): a reader that
         // does not pin, so a publication may free the index under it.
-        #[cfg(softdirty_broken = "no_pin")]
-        {
-            // SAFETY: none; deliberately wrong.
+        if twins::NO_PIN {
+            // SAFETY: none; deliberately wrong (dead code unless the twin is built).
             let g = unsafe { epoch::unprotected() };
             let s = self.index.load(Ordering::Acquire, g);
-            // SAFETY: none; deliberately wrong.
+            // SAFETY: none; deliberately wrong (dead code unless the twin is built).
             return f(unsafe { s.deref() });
         }
-        #[allow(unreachable_code)]
         let guard = epoch::pin();
         f(self.index(&guard))
     }
@@ -246,7 +261,7 @@ impl AddressSpace {
             let n = ((stop - page) >> PAGE_SHIFT) + 1;
             let shared = v.meta.flags.shared;
             if write && !shared && v.anon() == 0 {
-                if v.assign_anon(Self::anon_for_first_fault(idx, v)).is_none() {
+                if v.assign_anon(self.anon_for_first_fault(idx, v)).is_none() {
                     // A structural operation is deciding with this VMA's anon_vma: wait
                     // until it thaws the cell or publishes, then retry.
                     // (`idx` is the index `v` came from: a replaced VMA's cell stays
@@ -274,7 +289,7 @@ impl AddressSpace {
                 // The VMA was replaced while we wrote: retry through the new index (it
                 // was published before the seal we observed).
                 Mark::Sealed => continue,
-                // The model's memory limit (bitmap::chunk_limit): the kernel would OOM.
+                // The model's memory limit (the accounting's chunk limit): the kernel would OOM.
                 Mark::NoMem => return Err(Errno::ENOMEM),
                 Mark::Done { faults } => {
                     if write && faults != 0 {
@@ -317,7 +332,7 @@ impl AddressSpace {
 
     /// `__anon_vma_prepare` → `find_mergeable_anon_vma`: reuse an adjacent, compatible
     /// neighbour's anon_vma if its chain is singular, else a new one.
-    fn anon_for_first_fault(idx: &VmaIndex, v: &Vma) -> u64 {
+    fn anon_for_first_fault(&self, idx: &VmaIndex, v: &Vma) -> u64 {
         let compatible = |a: &Vma, b: &Vma| {
             a.end == b.start
                 && a.meta.file == b.meta.file
@@ -338,7 +353,7 @@ impl AddressSpace {
                 return p.anon();
             }
         }
-        next_id()
+        self.accounting.next_id()
     }
 
     // =============================================================== control plane
@@ -348,7 +363,7 @@ impl AddressSpace {
     fn structural<T>(&self, f: impl FnOnce(&mut Layout) -> (Result<T>, bool)) -> Result<T> {
         let _ctl = lock(&self.control);
         let guard = epoch::pin();
-        let mut layout = Layout::from_index(self.mode, self.index(&guard));
+        let mut layout = Layout::from_index(self.mode, self.index(&guard), &self.accounting);
         let (r, publish) = f(&mut layout);
         if publish {
             self.publish(layout, &guard);
@@ -367,19 +382,16 @@ impl AddressSpace {
         let old = self
             .index
             .swap(Owned::new(VmaIndex::new(vmas)), Ordering::AcqRel, guard);
-        // SAFETY: `old` is no longer reachable from `self.index`; readers that loaded it
-        // hold guards pinned before this swap, and destruction waits for them.
-        #[cfg(not(any(softdirty_broken = "no_defer", softdirty_broken = "no_reclaim")))]
-        unsafe {
-            guard.defer_destroy(old)
-        };
-        // Broken twins (loom-tests): `no_defer` frees the old index at once, under pinned
-        // readers; `no_reclaim` never frees it.
-        #[cfg(softdirty_broken = "no_defer")]
-        // SAFETY: none; deliberately wrong.
-        drop(unsafe { old.into_owned() });
-        #[cfg(softdirty_broken = "no_reclaim")]
-        let _ = old;
+        // Broken twins: `no_defer` frees the old index at once, under pinned readers;
+        // `no_reclaim` never frees it.
+        if twins::NO_DEFER {
+            // SAFETY: none; deliberately wrong (dead code unless the twin is built).
+            drop(unsafe { old.into_owned() });
+        } else if !twins::NO_RECLAIM {
+            // SAFETY: `old` is no longer reachable from `self.index`; readers that loaded
+            // it hold guards pinned before this swap, and destruction waits for them.
+            unsafe { guard.defer_destroy(old) };
+        }
         // After the swap (not required since sealed bitmaps forward their faults to the
         // successors, published or not; kept so that a fault that looks the address up
         // again finds the successors).
@@ -471,7 +483,7 @@ impl AddressSpace {
                     softdirty: self.mode.flag_blocks_merge(),
                 },
                 pgoff: if shared { 0 } else { addr >> PAGE_SHIFT },
-                file: shared.then(next_id),
+                file: shared.then(|| self.accounting.next_id()),
                 forked: false,
             };
             let pieces = vec![Piece {
@@ -874,7 +886,7 @@ impl AddressSpace {
                 frozen.push(v);
             }
             let copy_ptes = !v.meta.flags.shared && anon != 0;
-            let bm = PageBitmap::new(v.pages(), false);
+            let bm = PageBitmap::accounted(v.pages(), false, Some(&self.accounting));
             bm.copy_from(0, &v.bitmap, 0, v.pages(), CopyRule::Plain);
             if !copy_ptes {
                 // No PTEs are copied: the child's pages start unpopulated. Legacy: their
@@ -887,7 +899,11 @@ impl AddressSpace {
             }
             let mut meta = v.meta;
             meta.forked = anon != 0;
-            let child_anon = if anon != 0 { next_id() } else { 0 };
+            let child_anon = if anon != 0 {
+                self.accounting.next_id()
+            } else {
+                0
+            };
             // dup_mmap: the RFC clones the region list (`nsdr_clone`).
             vmas.push(Arc::new(
                 Vma::new(v.start, v.end, meta, child_anon, Arc::new(bm)).with_nsdr(v.nsdr.clone()),
@@ -901,6 +917,7 @@ impl AddressSpace {
             index: Atomic::new(VmaIndex::new(vmas)),
             control: Mutex::new(()),
             faults: FaultCounter::new(),
+            accounting: self.accounting.clone(),
         }
     }
 
@@ -939,7 +956,7 @@ impl AddressSpace {
             flags |= self.mode == Mode::Regions && v.nsdr.is_vma_sd(v.start, v.end);
         }
         if flags || self.mode == Mode::Nomerge {
-            let mut l = Layout::from_index(self.mode, idx);
+            let mut l = Layout::from_index(self.mode, idx, &self.accounting);
             for w in &mut l.vmas {
                 w.meta.flags.softdirty = false;
                 if self.mode == Mode::Regions {

@@ -5,6 +5,7 @@
 //! immediately, so no map guard is ever held across another call (dashmap can deadlock
 //! when a shard guard is held while the same map is used again).
 
+use crate::accounting::Accounting;
 use crate::errno::{Errno, Result};
 use crate::mm::AddressSpace;
 use crate::mode::Mode;
@@ -16,15 +17,29 @@ use dashmap::DashMap;
 pub struct Tracker {
     mode: Mode,
     spaces: DashMap<String, Arc<AddressSpace>>,
+    /// shared by every space (and fork child): one machine's memory
+    accounting: std::sync::Arc<Accounting>,
 }
 
 impl Tracker {
-    /// An empty registry whose spaces follow `mode`.
+    /// An empty registry whose spaces follow `mode`, with the default chunk limit.
     pub fn new(mode: Mode) -> Tracker {
+        Tracker::with_accounting(mode, std::sync::Arc::default())
+    }
+
+    /// An empty registry whose spaces follow `mode` and share `accounting` (its chunk
+    /// limit is the memory of all of them together).
+    pub fn with_accounting(mode: Mode, accounting: std::sync::Arc<Accounting>) -> Tracker {
         Tracker {
             mode,
             spaces: DashMap::new(),
+            accounting,
         }
+    }
+
+    /// The accounts every space of this tracker counts in.
+    pub fn accounting(&self) -> &std::sync::Arc<Accounting> {
+        &self.accounting
     }
 
     /// The mode of every space.
@@ -39,7 +54,12 @@ impl Tracker {
         }
         self.spaces
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(AddressSpace::new(self.mode)))
+            .or_insert_with(|| {
+                Arc::new(AddressSpace::with_accounting(
+                    self.mode,
+                    self.accounting.clone(),
+                ))
+            })
             .value()
             .clone()
     }

@@ -8,6 +8,7 @@ use crate::bitmap::PageBitmap;
 use crate::prot::Prot;
 use crate::regions::NonSdRegions;
 use crate::sync::{Arc, AtomicU64, Ordering};
+use crate::twins;
 
 /// Page size (x86-64).
 pub const PAGE_SIZE: u64 = 4096;
@@ -21,16 +22,8 @@ pub const MMAP_MIN_ADDR: u64 = 0x10000;
 pub const MAX_MAP_COUNT: usize = 65530;
 
 /// The value of an `anon_vma` cell frozen by a structural operation ([`Vma::freeze_anon`]);
-/// never an identity ([`next_id`] counts up from 1).
+/// never an identity ([`Accounting::next_id`](crate::accounting::Accounting::next_id) counts up from 1).
 pub const ANON_FROZEN: u64 = u64::MAX;
-
-/// Live VMA count (all address spaces), for leak tests.
-static LIVE_VMAS: crate::sync::StdCounter = crate::sync::StdCounter::new(0);
-
-/// Number of [`Vma`]s alive in the process.
-pub fn live_vmas() -> usize {
-    LIVE_VMAS.load(std::sync::atomic::Ordering::Relaxed)
-}
 
 /// The flags of a VMA that decide merging (everything but the range and the page state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +86,9 @@ impl Vma {
     /// A VMA over `[start, end)` with the given bitmap (its length must match).
     pub fn new(start: u64, end: u64, meta: VmaMeta, anon: u64, bitmap: Arc<PageBitmap>) -> Vma {
         debug_assert_eq!(bitmap.pages(), (end - start) >> PAGE_SHIFT);
-        LIVE_VMAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(a) = bitmap.accounting() {
+            a.vma_added();
+        }
         Vma {
             start,
             end,
@@ -170,9 +165,9 @@ impl Vma {
     pub fn freeze_anon(&self) -> (u64, bool) {
         // Broken twin `no_anon_freeze` (loom-tests): the code before the fix, a plain
         // read.
-        #[cfg(softdirty_broken = "no_anon_freeze")]
-        return (self.anon(), false);
-        #[allow(unreachable_code)]
+        if twins::NO_ANON_FREEZE {
+            return (self.anon(), false);
+        }
         // AcqRel: pairs with `assign_anon`'s CAS (see there).
         match self
             .anon
@@ -229,12 +224,8 @@ impl Vma {
 
 impl Drop for Vma {
     fn drop(&mut self) {
-        LIVE_VMAS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(a) = self.bitmap.accounting() {
+            a.vma_freed();
+        }
     }
-}
-
-/// A fresh `anon_vma` / shmem file identity, unique in the process.
-pub fn next_id() -> u64 {
-    static NEXT: crate::sync::StdCounter = crate::sync::StdCounter::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as u64
 }

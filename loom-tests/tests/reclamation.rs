@@ -1,19 +1,34 @@
 #![cfg(loom)]
-//! Reclamation (contract 5), alone in its test binary because it compares the
-//! process-wide live-object counters (`vma::live_vmas`, `bitmap::live_bitmaps`) before and
-//! after each execution; loom runs executions one after another, and no other test runs
-//! in this process.
+//! Reclamation (contract 5): compares the live-object counts of one `Accounting`
+//! (`live_vmas`, `live_bitmaps`), kept in a std `Arc` across executions, before and after
+//! each execution; loom runs executions one after another.
 
 use loom::sync::Arc;
 use loom::thread;
-use softdirty::bitmap::live_bitmaps;
+use std::sync::OnceLock;
+
+use softdirty::accounting::Accounting;
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
-use softdirty::vma::live_vmas;
 use softdirty_loom_tests::check_epoch;
 
 const PAGE: u64 = 4096;
+
+/// The accounts of every execution's address space: a std `Arc` in a std static, so that
+/// the counts survive from one execution to the next.
+fn accounts() -> &'static std::sync::Arc<Accounting> {
+    static ACCOUNTS: OnceLock<std::sync::Arc<Accounting>> = OnceLock::new();
+    ACCOUNTS.get_or_init(std::sync::Arc::default)
+}
+
+fn live_vmas() -> usize {
+    accounts().live_vmas()
+}
+
+fn live_bitmaps() -> usize {
+    accounts().live_bitmaps()
+}
 
 /// No use-after-free, no leak. A reader pins and holds the published index while the main
 /// thread unmaps all of it, retiring its VMA. As
@@ -36,7 +51,10 @@ fn reclamation_no_uaf_no_leak() {
             (0, 0),
             "leaked VMAs or bitmaps (previous execution)"
         );
-        let mm = Arc::new(AddressSpace::new(Mode::Precise));
+        let mm = Arc::new(AddressSpace::with_accounting(
+            Mode::Precise,
+            accounts().clone(),
+        ));
         let a = mm
             .mmap(0, 4 * PAGE, Prot::RW, false, Placement::Hint)
             .unwrap();

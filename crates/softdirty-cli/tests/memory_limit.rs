@@ -1,9 +1,12 @@
 //! Absurd sizes never turn into multi-gigabyte allocations: the model's memory (chunks
-//! that faults materialize) is capped process-wide, and a fault beyond the cap fails with
-//! ENOMEM after the pages before it, instead of allocating. (Its own test binary: the cap
-//! is process-wide.)
+//! that faults materialize) is capped by the address space's accounts
+//! (`softdirty::accounting`), and a fault beyond the cap fails with ENOMEM after the pages
+//! before it, instead of allocating.
 
-use softdirty::bitmap::{live_chunks, set_chunk_limit, CHUNK_PAGES};
+use std::sync::Arc;
+
+use softdirty::accounting::{Accounting, DEFAULT_CHUNK_LIMIT};
+use softdirty::bitmap::{CHUNK_BYTES, CHUNK_PAGES};
 use softdirty::errno::Errno;
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
@@ -14,8 +17,15 @@ const P: u64 = 4096;
 
 #[test]
 fn a_64_tib_write_fails_with_enomem_at_the_cap_and_stays_small() {
-    set_chunk_limit(live_chunks() + 8);
-    let mm = AddressSpace::new(Mode::Precise);
+    let mm =
+        AddressSpace::with_accounting(Mode::Precise, Arc::new(Accounting::with_chunk_limit(8)));
+    // A second space with accounts of its own is not limited by the first's.
+    let other = AddressSpace::new(Mode::Precise);
+    let b = other
+        .mmap(0, 64 * CHUNK_PAGES * P, Prot::RW, false, Placement::Hint)
+        .unwrap();
+    other.write(b, 64 * CHUNK_PAGES * P).unwrap();
+    assert_eq!(other.accounting().live_chunks(), 64);
     let a = mm
         .mmap(0x100_0000_0000, 64 << 40, Prot::RW, false, Placement::Fixed)
         .unwrap();
@@ -28,10 +38,13 @@ fn a_64_tib_write_fails_with_enomem_at_the_cap_and_stays_small() {
         .map(|(s, e)| e - s)
         .sum();
     assert_eq!(written, 8 * CHUNK_PAGES);
+    assert_eq!(mm.accounting().live_chunks(), 8);
     assert!(mm.tracking_bytes() < 256 << 20);
     // Pages already in materialized chunks still fault normally.
     mm.write(a + 3 * P, 1).unwrap();
-    // The same through a trace: a clear error, exit status 1, no panic.
+    // The same through a trace, at the default limit: a clear error, no panic, and no
+    // more than the default limit's memory.
+    assert!(DEFAULT_CHUNK_LIMIT * CHUNK_BYTES <= 256 << 20);
     let t = parse::parse(
         "mmap 0x200_0000_0000 64T rw noreplace\nwrite 0x200_0000_0000 64T\nexpect err ENOMEM\n",
     )
@@ -44,5 +57,4 @@ fn a_64_tib_write_fails_with_enomem_at_the_cap_and_stays_small() {
         &mut std::io::sink(),
     );
     assert_eq!(s.exit_status(false), 0, "{s:?}");
-    set_chunk_limit(1 << 17);
 }

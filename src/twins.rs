@@ -1,0 +1,119 @@
+//! The broken twins, all in one place: each constant is `false` in every real build and
+//! `true` only when the crate is built with `--cfg softdirty_broken="NAME"` (by
+//! `scripts/loom.sh broken` and `scripts/stress-twins.sh`). Set, it restores one bug (in
+//! most cases the code before a fix) at the one site that reads it, and the loom model
+//! named beside it (`test-binary:model` in `loom-tests/tests/`) must then fail:
+//! `scripts/loom.sh` reads its twin → model table from this file.
+//!
+//! The sites read the constants with a plain `if`, so both versions type-check in every
+//! build and no twin rots; in a real build the twin's branch is dead code the compiler
+//! removes. No other file may test `softdirty_broken` (a unit test below checks it).
+
+macro_rules! twins {
+    ($( $(#[$doc:meta])* $konst:ident = $name:tt => $model:tt; )*) => {
+        $(
+            $(#[$doc])*
+            pub(crate) const $konst: bool = cfg!(softdirty_broken = $name);
+        )*
+
+        /// Every twin: its name and the `test-binary:model` that must reject it.
+        #[cfg(test)]
+        pub(crate) const ALL: &[(&str, &str, &str)] = &[ $( (stringify!($konst), $name, $model), )* ];
+    };
+}
+
+twins! {
+    /// bitmap.rs `FAULT_RMW`: fault RMWs `Relaxed` instead of `AcqRel`, so a fault after
+    /// the drain does not see the seal.
+    RELAXED_FAULT = "relaxed_fault" => "bitmap_protocol:split_vs_write";
+    /// bitmap.rs `finish_fault`: no `sealed` re-check after the RMWs.
+    NO_RECHECK = "no_recheck" => "bitmap_protocol:split_vs_write";
+    /// bitmap.rs `seal_and_drain`: seal without carrying late faults over.
+    NO_DRAIN = "no_drain" => "bitmap_protocol:merge_vs_write";
+    /// bitmap.rs `seal_and_drain`: the drain ignores `DrainRule::DirtyPopulated`.
+    NO_DRAIN_RULE = "no_drain_rule" => "bitmap_protocol:mremap_vs_faults";
+    /// bitmap.rs `harvest`: get-and-clear as a load, then a store.
+    BLIND_HARVEST = "blind_harvest" => "bitmap_protocol:two_writers_one_word_vs_harvest";
+    /// bitmap.rs `harvest`: the original relaxed "nothing dirty" shortcut on a word whose
+    /// summary bit was taken.
+    HARVEST_PRECHECK = "harvest_precheck" => "bitmap_protocol:harvest_vs_write";
+    /// bitmap.rs `HARVEST_STORE`: the plain store that takes a fully dirty word is
+    /// `Relaxed` instead of `Release`.
+    RELAXED_HARVEST_STORE = "relaxed_harvest_store" => "bitmap_protocol:harvest_full_word_vs_write";
+    /// bitmap.rs `clear_all`: clear the words, then the summary.
+    CLEAR_SUMMARY_LAST = "clear_summary_last" => "bitmap_protocol:clear_refs_vs_write";
+    /// bitmap.rs `window`: a copy reads `clean` before `populated`/`backed`.
+    COPY_CLEAN_FIRST = "copy_clean_first" => "bitmap_protocol:fork_vs_write";
+    /// bitmap.rs `FaultState::before_rmw`, `finish_fault`: faults neither read nor
+    /// re-check the zap generation.
+    ZAP_NO_SEQ = "zap_no_seq" => "address_space:dontneed_vs_write_legacy";
+    /// bitmap.rs `forward`: a sealed fault retries through the index instead of
+    /// forwarding.
+    RETRY_VIA_INDEX = "retry_via_index" => "address_space:write_vs_mremap_move";
+    /// vma.rs `freeze_anon`: a structural operation reads the anon_vma without freezing
+    /// the cell.
+    NO_ANON_FREEZE = "no_anon_freeze" => "address_space:first_write_vs_whole_mprotect_then_fork";
+    /// mm.rs `publish`: the old index is freed at once, under pinned readers.
+    NO_DEFER = "no_defer" => "reclamation:reclamation_no_uaf_no_leak";
+    /// mm.rs `publish`: the old index is never freed.
+    NO_RECLAIM = "no_reclaim" => "reclamation:reclamation_no_uaf_no_leak";
+    /// mm.rs `with_index`: the reader does not pin.
+    NO_PIN = "no_pin" => "reclamation:reclamation_no_uaf_no_leak";
+    /// bitmap.rs `mark_fence`: no `SeqCst` fence at the start of a dirtying mark.
+    MARK_NO_FENCE = "mark_no_fence" => "data_ordering:producer_mark_vs_harvest";
+    /// bitmap.rs `clear_fence`: no `SeqCst` fence between a get-and-clear and handing its
+    /// runs to the sink.
+    HARVEST_NO_FENCE = "harvest_no_fence" => "data_ordering:producer_mark_vs_harvest";
+    /// bitmap.rs `clear_lock`: clean-making operations skip the bitmap's clear lock.
+    NO_CLEAR_LOCK = "no_clear_lock" => "data_ordering:two_owners_harvest_vs_put_back";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ALL;
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push((
+                    p.display().to_string(),
+                    std::fs::read_to_string(&p).unwrap(),
+                ));
+            }
+        }
+    }
+
+    /// Every twin is read at a site, no file but this one tests the cfg, and every model
+    /// named exists in loom-tests.
+    #[test]
+    fn every_twin_is_used_and_listed_here_only() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        sources(&root.join("src"), &mut files);
+        assert!(files.len() > 10);
+        for (path, text) in &files {
+            if !path.ends_with("twins.rs") {
+                assert!(
+                    !text.contains(&["softdirty", "_broken"].concat()),
+                    "{path} tests the twin cfg itself: use a constant of src/twins.rs"
+                );
+            }
+        }
+        for (konst, name, model) in ALL {
+            let used = files
+                .iter()
+                .any(|(p, t)| !p.ends_with("twins.rs") && t.contains(&format!("twins::{konst}")));
+            assert!(used, "twin {name} ({konst}) is read nowhere");
+            let (bin, model) = model.split_once(':').unwrap();
+            let tests = std::fs::read_to_string(root.join(format!("loom-tests/tests/{bin}.rs")))
+                .unwrap_or_default();
+            assert!(
+                tests.contains(&format!("fn {model}()")),
+                "twin {name}: no model {model} in loom-tests/tests/{bin}.rs"
+            );
+        }
+    }
+}
