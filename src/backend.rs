@@ -6,13 +6,13 @@
 //! they all apply; [`open`] builds the backend a [`BackendChoice`] names.
 
 use crate::errno::Errno;
+use crate::linux::PAGE_SIZE;
 use crate::mm::{self, AddressSpace, Placement};
 use crate::mode::Mode;
 use crate::prot::Prot;
 use crate::scan::{ScanArgs, ScanResult};
 use crate::sync::Arc;
 use crate::tracker::Tracker;
-use crate::vma::PAGE_SIZE;
 
 /// One structural operation with concrete addresses: what a trace command becomes once its
 /// addresses are resolved, and what `softdirty run` and `compare` apply to every space
@@ -378,14 +378,22 @@ pub fn open(choice: BackendChoice, mode: Mode) -> Result<Box<dyn Backend>, Strin
     }
 }
 
-#[cfg(all(target_os = "linux", feature = "kernel", not(all(loom, feature = "loom"))))]
+#[cfg(all(
+    target_os = "linux",
+    feature = "kernel",
+    not(all(loom, feature = "loom"))
+))]
 fn open_kernel(flavour: Option<KernelFlavour>) -> Result<Box<dyn Backend>, String> {
     crate::kernel::KernelBackend::new(flavour)
         .map(|b| Box::new(b) as Box<dyn Backend>)
         .map_err(|e| e.to_string())
 }
 
-#[cfg(not(all(target_os = "linux", feature = "kernel", not(all(loom, feature = "loom")))))]
+#[cfg(not(all(
+    target_os = "linux",
+    feature = "kernel",
+    not(all(loom, feature = "loom"))
+)))]
 fn open_kernel(flavour: Option<KernelFlavour>) -> Result<Box<dyn Backend>, String> {
     let _ = flavour;
     Err("the kernel backend exists only on Linux, with softdirty's `kernel` feature".to_string())

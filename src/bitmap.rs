@@ -40,7 +40,7 @@
 //!   index, **seals** the old bitmap and **drains** it: every word of the old bitmap gets a
 //!   value-preserving RMW and whatever faults added since the copy is applied to the new
 //!   bitmap. A fault that did any RMW re-checks `sealed` afterwards; if it is set, the fault
-//!   forwards itself to the successors ([`PageBitmap::forward`]). Either the fault's RMW precedes the drain's RMW on that
+//!   forwards itself to the successors (`PageBitmap::forward`). Either the fault's RMW precedes the drain's RMW on that
 //!   word (then the drain carries it over) or it follows it (then it reads from the drain,
 //!   synchronizes with it and sees `sealed`): no fault is lost and none is applied to a
 //!   retired bitmap only. `loom-tests/` checks this protocol against the code below.
@@ -1537,7 +1537,7 @@ impl PageBitmap {
     /// fault that finds the bitmap sealed does not need that (it forwards itself).
     ///
     /// `targets` also becomes the bitmap's forwarding list: a fault that finds it sealed
-    /// applies itself to the targets ([`Self::forward`]).
+    /// applies itself to the targets (`Self::forward`).
     pub fn seal_and_drain(&self, targets: Vec<Target>) {
         let targets = Arc::new(targets);
         let _clear = self.clear_lock();

@@ -30,8 +30,9 @@
 
 use crate::bitmap::{Run, CHUNK_PAGES};
 use crate::errno::{Errno, Result};
+use crate::linux::{PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
 use crate::mm::AddressSpace;
-use crate::vma::{Vma, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
+use crate::vma::Vma;
 
 /// Ranges of at least this many pages (of one VMA) are harvested in parallel by
 /// [`AddressSpace::scan_and_clear`]: 2^26 pages = 256 GiB = 2^20 bitmap words. Measured

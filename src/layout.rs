@@ -23,14 +23,15 @@ use crate::accounting::Accounting;
 use crate::bitmap::{CopyRule, DrainRule, PageBitmap, Target};
 use crate::errno::{Errno, Result};
 use crate::index::VmaIndex;
+use crate::linux::{MAX_MAP_COUNT, PAGE_SHIFT};
 use crate::mode::Mode;
 use crate::regions::NonSdRegions;
 use crate::sync::Arc;
-use crate::vma::{Vma, VmaMeta, MAX_MAP_COUNT, PAGE_SHIFT};
+use crate::vma::{Vma, VmaMeta};
 
 /// Where a piece of a VMA-to-be gets its page state.
 #[derive(Clone, Debug)]
-pub enum Src {
+pub(crate) enum Src {
     /// From a published VMA's bitmap, starting at its page `page`, transformed by `rule`.
     Old {
         /// the published VMA
@@ -49,7 +50,7 @@ pub enum Src {
 
 /// A contiguous part of a [`WVma`] with one source.
 #[derive(Clone, Debug)]
-pub struct Piece {
+pub(crate) struct Piece {
     /// first address
     pub start: u64,
     /// end address (exclusive)
@@ -60,7 +61,7 @@ pub struct Piece {
 
 /// A VMA being edited.
 #[derive(Clone, Debug)]
-pub struct WVma {
+pub(crate) struct WVma {
     /// first address
     pub start: u64,
     /// end address (exclusive)
@@ -77,7 +78,7 @@ pub struct WVma {
 
 impl WVma {
     /// Pages covered.
-    pub fn pages(&self) -> u64 {
+    pub(crate) fn pages(&self) -> u64 {
         (self.end - self.start) >> PAGE_SHIFT
     }
 
@@ -86,13 +87,13 @@ impl WVma {
     }
 
     /// The pieces covering `[start, end)` (within this VMA).
-    pub fn cut(&self, start: u64, end: u64) -> Vec<Piece> {
+    pub(crate) fn cut(&self, start: u64, end: u64) -> Vec<Piece> {
         cut_pieces(&self.pieces, start, end)
     }
 }
 
 /// The pieces of `pieces` within `[start, end)`, trimmed.
-pub fn cut_pieces(pieces: &[Piece], start: u64, end: u64) -> Vec<Piece> {
+pub(crate) fn cut_pieces(pieces: &[Piece], start: u64, end: u64) -> Vec<Piece> {
     let mut out = Vec::new();
     for p in pieces {
         let s = p.start.max(start);
@@ -118,7 +119,7 @@ pub fn cut_pieces(pieces: &[Piece], start: u64, end: u64) -> Vec<Piece> {
 }
 
 /// Moves pieces by `delta` bytes (an mremap), applying `rule` to what they carry.
-pub fn move_pieces(pieces: Vec<Piece>, new_start: u64, rule: CopyRule) -> Vec<Piece> {
+pub(crate) fn move_pieces(pieces: Vec<Piece>, new_start: u64, rule: CopyRule) -> Vec<Piece> {
     let base = pieces.first().map(|p| p.start).unwrap_or(new_start);
     pieces
         .into_iter()
@@ -153,7 +154,7 @@ fn compose(a: CopyRule, b: CopyRule) -> CopyRule {
 
 /// The working layout of one address space.
 #[derive(Debug)]
-pub struct Layout {
+pub(crate) struct Layout {
     /// the mode's policies
     pub mode: Mode,
     /// the VMAs, sorted
@@ -179,7 +180,7 @@ impl Drop for Layout {
 
 /// What [`Layout::build`] made: the new VMA list, the published VMAs it retires, and the
 /// frozen `anon_vma` cells to thaw once the list is published.
-pub struct Built {
+pub(crate) struct Built {
     /// the new VMAs, in address order
     pub vmas: Vec<Arc<Vma>>,
     /// the published VMAs whose bitmaps were copied, each with where its pages went
@@ -192,7 +193,7 @@ impl Built {
     /// Thaws the `anon_vma` cells of the VMAs kept unchanged; call after publishing.
     /// Replaced VMAs (retired, or succeeded by a VMA over the same bitmap) keep a frozen
     /// cell: a writer that holds one waits for the new index and retries through it.
-    pub fn thaw(&mut self) {
+    pub(crate) fn thaw(&mut self) {
         for v in self.thaw.drain(..) {
             v.thaw_anon();
         }
@@ -203,7 +204,7 @@ impl Built {
 /// in `regions` mode only, what happens to the region list of a next VMA that the merge
 /// absorbs together with the previous one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NewRange {
+pub(crate) enum NewRange {
     /// `mmap_region` → `vma_expand`, which the patch gives `nsdr_move(vma, next)`: next's
     /// regions are kept.
     Mmap,
@@ -227,7 +228,7 @@ impl Layout {
     ///
     /// Every VMA's `anon_vma` is read with [`Vma::freeze_anon`]: no first write assigns
     /// one until the layout is published or dropped.
-    pub fn from_index(
+    pub(crate) fn from_index(
         mode: Mode,
         index: &VmaIndex,
         accounting: &std::sync::Arc<Accounting>,
@@ -269,27 +270,27 @@ impl Layout {
     }
 
     /// Index of the VMA containing `addr`.
-    pub fn find(&self, addr: u64) -> Option<usize> {
+    pub(crate) fn find(&self, addr: u64) -> Option<usize> {
         let i = self.vmas.partition_point(|v| v.end <= addr);
         (i < self.vmas.len() && self.vmas[i].start <= addr).then_some(i)
     }
 
     /// Index of the first VMA ending above `addr`.
-    pub fn find_from(&self, addr: u64) -> usize {
+    pub(crate) fn find_from(&self, addr: u64) -> usize {
         self.vmas.partition_point(|v| v.end <= addr)
     }
 
     /// Does any VMA intersect `[start, end)`?
-    pub fn intersects(&self, start: u64, end: u64) -> bool {
+    pub(crate) fn intersects(&self, start: u64, end: u64) -> bool {
         let i = self.find_from(start);
         i < self.vmas.len() && self.vmas[i].start < end
     }
 
     /// `__split_vma`: splits VMA `i` at `addr` (strictly inside). Both halves keep every
     /// flag, including `VM_SOFTDIRTY`, and the anon_vma.
-    pub fn split(&mut self, i: usize, addr: u64) {
+    pub(crate) fn split(&mut self, i: usize, addr: u64) {
         let v = &self.vmas[i];
-        debug_assert!(v.start < addr && addr < v.end && addr % crate::vma::PAGE_SIZE == 0);
+        debug_assert!(v.start < addr && addr < v.end && addr % crate::linux::PAGE_SIZE == 0);
         let mut right = v.clone();
         right.start = addr;
         right.meta.pgoff = v.meta.pgoff + ((addr - v.start) >> PAGE_SHIFT);
@@ -313,7 +314,7 @@ impl Layout {
     /// `do_vmi_munmap` of `[start, end)`: splits the edge VMAs and removes what is inside.
     /// Unmapping strictly inside one VMA at the map-count limit fails with ENOMEM; other
     /// splits may go one over the limit, as in the kernel.
-    pub fn unmap(&mut self, start: u64, end: u64) -> Result<()> {
+    pub(crate) fn unmap(&mut self, start: u64, end: u64) -> Result<()> {
         let i = self.find_from(start);
         if i >= self.vmas.len() || self.vmas[i].start >= end {
             return Ok(());
@@ -376,7 +377,7 @@ impl Layout {
     /// empty for mmap, the source VMA's list cloned verbatim for copy_vma), and `origin`
     /// which of the RFC's code paths the merge stands for ([`NewRange`]).
     #[allow(clippy::too_many_arguments)] // the kernel's vma_merge_new_range inputs, plus the RFC's two
-    pub fn merge_new_range(
+    pub(crate) fn merge_new_range(
         &mut self,
         start: u64,
         end: u64,
@@ -500,7 +501,7 @@ impl Layout {
     /// mprotect's `vma_modify_flags` on `[start, end)` inside VMA `i`, then
     /// `vm_flags_reset(new)`: merge with a neighbour when the range touches an edge and the
     /// flags and anon_vmas allow it (`vma_merge_existing_range`), otherwise split.
-    pub fn modify(&mut self, i: usize, start: u64, end: u64, new: VmaMeta) -> Result<()> {
+    pub(crate) fn modify(&mut self, i: usize, start: u64, end: u64, new: VmaMeta) -> Result<()> {
         let mid = self.vmas[i].clone();
         let left_side = start == mid.start;
         let right_side = end == mid.end;
@@ -645,7 +646,7 @@ impl Layout {
 
     /// Builds the VMAs and their bitmaps. Returns the new VMA list and the published VMAs
     /// whose bitmaps were copied, each with the places its pages went (for the drain).
-    pub fn build(mut self) -> Built {
+    pub(crate) fn build(mut self) -> Built {
         let wvmas = std::mem::take(&mut self.vmas);
         let origin = std::mem::take(&mut self.origin);
         let frozen = std::mem::take(&mut self.frozen);
@@ -767,7 +768,7 @@ impl Layout {
 }
 
 /// A published VMA replaced by a commit, and where its pages went.
-pub struct Retired {
+pub(crate) struct Retired {
     /// the old VMA
     pub vma: Arc<Vma>,
     /// `(src_page, dst_bitmap, dst_page, count, rule)` for each copy made from it
@@ -779,7 +780,7 @@ pub struct Retired {
 impl Retired {
     /// Seals the old bitmap and carries late faults into the copies; passes on an
     /// anon_vma a racing first write fault assigned after the layout was read.
-    pub fn drain(&self) {
+    pub(crate) fn drain(&self) {
         if !self.targets.is_empty() {
             let t: Vec<Target> = self
                 .targets

@@ -6,7 +6,7 @@
 //!   scans without `clear` — takes `&self` and no lock: it pins an epoch, loads the
 //!   published [`VmaIndex`] and updates the VMA's atomic [`PageBitmap`];
 //! - the **control plane** — mmap, munmap, mprotect, mremap, madvise, fork, `clear_refs`
-//!   and get-and-clear scans — serializes on the control lock, edits a [`Layout`] and
+//!   and get-and-clear scans — serializes on the control lock, edits a `Layout` and
 //!   publishes a new index.
 //!
 //! Errors are Linux's, checked in the kernel's order (`docs/kernel-rules.md` records the
@@ -20,14 +20,13 @@ use crate::epoch::{self, Atomic, Guard, Owned};
 use crate::errno::{Errno, Result};
 use crate::index::VmaIndex;
 use crate::layout::{cut_pieces, move_pieces, Layout, NewRange, Piece, Src, WVma};
+use crate::linux::{MAX_MAP_COUNT, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
 use crate::mode::Mode;
 use crate::prot::Prot;
 use crate::regions::NonSdRegions;
 use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 use crate::twins;
-use crate::vma::{
-    Vma, VmaFlags, VmaMeta, MAX_MAP_COUNT, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE,
-};
+use crate::vma::{Vma, VmaFlags, VmaMeta};
 
 /// `vm.mmap_min_addr` (the DAC floor that `cap_mmap_addr` enforces for fixed mappings of
 /// callers without `CAP_SYS_RAWIO`); hints are raised to [`MMAP_MIN_ADDR`] instead.
@@ -1098,7 +1097,7 @@ pub fn parse_kstrtoint(s: &str) -> Result<i32> {
 impl Layout {
     /// Hildenbrand's "merge after clear_refs" (nomerge mode): merge every pair of adjacent
     /// VMAs that are now compatible.
-    pub fn merge_compatible_neighbours(&mut self) {
+    pub(crate) fn merge_compatible_neighbours(&mut self) {
         let mut i = 0;
         while i + 1 < self.vmas.len() {
             let (a, b) = (&self.vmas[i], &self.vmas[i + 1]);

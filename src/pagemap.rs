@@ -7,19 +7,9 @@
 
 use crate::bitmap::CHUNK_PAGES;
 use crate::index::VmaIndex;
+use crate::linux::{PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
+pub use crate::linux::{PM_FILE, PM_MMAP_EXCLUSIVE, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP};
 use crate::mm::AddressSpace;
-use crate::vma::{PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
-
-/// pagemap bit 55: soft-dirty.
-pub const PM_SOFT_DIRTY: u64 = 1 << 55;
-/// pagemap bit 56: exclusively mapped.
-pub const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
-/// pagemap bit 61: file page or shared anonymous memory.
-pub const PM_FILE: u64 = 1 << 61;
-/// pagemap bit 62: swapped.
-pub const PM_SWAP: u64 = 1 << 62;
-/// pagemap bit 63: present.
-pub const PM_PRESENT: u64 = 1 << 63;
 
 /// What the kernel reports about one mapped page.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -11,30 +11,13 @@
 
 use crate::bitmap::Run;
 use crate::errno::{Errno, Result};
+pub use crate::linux::{
+    PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_HUGE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT,
+    PAGE_IS_SOFT_DIRTY, PAGE_IS_SWAPPED, PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN, PM_SCAN_CATEGORIES,
+};
+use crate::linux::{PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
 use crate::mm::AddressSpace;
 use crate::pagemap::PageInfo;
-use crate::vma::{PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
-
-/// `PAGE_IS_WPALLOWED`
-pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
-/// `PAGE_IS_WRITTEN`
-pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
-/// `PAGE_IS_FILE`
-pub const PAGE_IS_FILE: u64 = 1 << 2;
-/// `PAGE_IS_PRESENT`
-pub const PAGE_IS_PRESENT: u64 = 1 << 3;
-/// `PAGE_IS_SWAPPED`
-pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
-/// `PAGE_IS_PFNZERO`
-pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
-/// `PAGE_IS_HUGE`
-pub const PAGE_IS_HUGE: u64 = 1 << 6;
-/// `PAGE_IS_SOFT_DIRTY`
-pub const PAGE_IS_SOFT_DIRTY: u64 = 1 << 7;
-/// `PAGE_IS_GUARD`
-pub const PAGE_IS_GUARD: u64 = 1 << 8;
-/// Every category Linux 6.18 accepts.
-pub const PM_SCAN_CATEGORIES: u64 = 0x1ff;
 
 /// Category names in bit order, as traces spell them.
 pub const CATEGORY_NAMES: [&str; 9] = [

@@ -3,7 +3,7 @@
 //! A [`SlotRegistry`] holds memory slots (KVM's memslots: a slot number, a guest-physical
 //! base and a size in 4 KiB pages) and consumers (for example a migration thread and a
 //! snapshotter). Each slot has one shared [`PageBitmap`] that producers (vCPUs, device
-//! emulation, a [`crate::vmm::SoftDirtyBitmap`] under vm-memory) mark **without any
+//! emulation, a `vmm::SoftDirtyBitmap` under vm-memory) mark **without any
 //! lock** through a [`Producer`] ([`SlotRegistry::producer`], which can mark but not
 //! clear: store the data, then mark, and a harvest that takes the page copies the data
 //! after it, or the page stays dirty). Each consumer then reads its own view:
@@ -75,8 +75,8 @@ use dashmap::DashMap;
 use crate::bitmap::{PageBitmap, Run, CHUNK_PAGES};
 use crate::dirtylog::DirtyLog;
 use crate::errno::{Errno, Result};
+use crate::linux::PAGE_SIZE;
 use crate::producer::Producer;
-use crate::vma::PAGE_SIZE;
 
 /// Identifies a consumer of a [`SlotRegistry`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -258,7 +258,7 @@ impl SlotRegistry {
     }
 
     /// Registers slot `slot` at `guest_phys_addr` over an existing bitmap (for example a
-    /// [`crate::vmm::SoftDirtyBitmap`]'s, so vm-memory's marking feeds the slot). Pages
+    /// `vmm::SoftDirtyBitmap`'s, so vm-memory's marking feeds the slot). Pages
     /// already dirty in it are reported to every consumer. `EEXIST` if the slot number is
     /// taken.
     ///

@@ -9,17 +9,9 @@ use crate::prot::Prot;
 use crate::regions::NonSdRegions;
 use crate::sync::{Arc, AtomicU64, Ordering};
 use crate::twins;
-
-/// Page size (x86-64).
-pub const PAGE_SIZE: u64 = 4096;
-/// Page shift.
-pub const PAGE_SHIFT: u32 = 12;
-/// x86-64 4-level paging: the first address user space cannot map.
-pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
-/// The kernel's `mmap_min_addr` floor for hints and (unprivileged) fixed mappings.
-pub const MMAP_MIN_ADDR: u64 = 0x10000;
-/// `vm.max_map_count`'s default.
-pub const MAX_MAP_COUNT: usize = 65530;
+// Re-exported for the tool crates' paths until they name `crate::linux`.
+#[doc(hidden)]
+pub use crate::linux::{PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
 
 /// The value of an `anon_vma` cell frozen by a structural operation ([`Vma::freeze_anon`]);
 /// never an identity ([`Accounting::next_id`](crate::accounting::Accounting::next_id) counts up from 1).

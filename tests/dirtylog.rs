@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use softdirty::bitmap::CHUNK_PAGES;
 use softdirty::dirtylog::{DirtyLog, PARALLEL_MIN_PAGES};
 use softdirty::errno::Errno;
+use softdirty::linux::{PAGE_SIZE, TASK_SIZE};
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
-use softdirty::vma::{PAGE_SIZE, TASK_SIZE};
 
 const P: u64 = PAGE_SIZE;
 

@@ -36,13 +36,13 @@ use std::os::unix::fs::FileExt;
 
 pub use self::error::KernelError;
 use self::uapi::*;
+pub use crate::backend::KernelFlavour;
+use crate::backend::{Backend, OpResult, Unobservable};
 use crate::errno::Errno;
+use crate::linux::{PAGE_SIZE, TASK_SIZE};
 use crate::mm::Placement;
 use crate::prot::Prot;
 use crate::scan::{Region, ScanArgs, ScanResult};
-pub use crate::backend::KernelFlavour;
-use crate::backend::{Backend, OpResult, Unobservable};
-use crate::vma::{PAGE_SIZE, TASK_SIZE};
 
 /// The lowest address the kernel backend maps at with `fixed`/`noreplace`: below it lie
 /// the replaying process's own executable and heap (the spec asks traces to stay above).

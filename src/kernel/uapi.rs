@@ -7,6 +7,12 @@
 
 use std::mem::{offset_of, size_of};
 
+pub use crate::linux::{
+    PAGE_IS_FILE, PAGE_IS_HUGE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SOFT_DIRTY,
+    PAGE_IS_SWAPPED, PAGE_IS_WPALLOWED, PAGE_IS_WRITTEN, PM_FILE, PM_MMAP_EXCLUSIVE, PM_PFN_MASK,
+    PM_PRESENT, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING, PM_SOFT_DIRTY, PM_SWAP, PM_UFFD_WP,
+};
+
 /// `_IOC` direction bits: read | write (`_IOWR`).
 const IOC_READWRITE: u64 = 3;
 /// `_IOC` direction bits: read (`_IOR`).
@@ -18,28 +24,6 @@ const fn ioc(dir: u64, ty: u8, nr: u8, size: usize) -> u64 {
 }
 
 // ---------------------------------------------------------------- PAGEMAP_SCAN
-
-/// `PAGE_IS_WPALLOWED`: the page may be write-protected (registered for async uffd-wp).
-pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
-/// `PAGE_IS_WRITTEN`: written since the last write-protect (or never protected).
-pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
-/// `PAGE_IS_FILE`: file-backed or shared anonymous.
-pub const PAGE_IS_FILE: u64 = 1 << 2;
-/// `PAGE_IS_PRESENT`: a present pte.
-pub const PAGE_IS_PRESENT: u64 = 1 << 3;
-/// `PAGE_IS_SWAPPED`: a swap entry (uffd-wp markers report it too).
-pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
-/// `PAGE_IS_PFNZERO`: the shared zero page.
-pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
-/// `PAGE_IS_HUGE`: part of a huge page.
-pub const PAGE_IS_HUGE: u64 = 1 << 6;
-/// `PAGE_IS_SOFT_DIRTY`: soft-dirty (CONFIG_MEM_SOFT_DIRTY kernels only).
-pub const PAGE_IS_SOFT_DIRTY: u64 = 1 << 7;
-
-/// `PM_SCAN_WP_MATCHING`: write-protect the matching pages atomically with the report.
-pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
-/// `PM_SCAN_CHECK_WPASYNC`: fail with EPERM on a VMA not registered for async uffd-wp.
-pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 
 /// `struct page_region`: one output region of PAGEMAP_SCAN.
 #[repr(C)]
@@ -159,23 +143,6 @@ pub const UFFDIO_UNREGISTER: u64 = ioc(IOC_READ, 0xAA, 0x01, size_of::<UffdioRan
 /// `UFFDIO_WRITEPROTECT` = `_IOWR(0xAA, 0x06, struct uffdio_writeprotect)`
 pub const UFFDIO_WRITEPROTECT: u64 =
     ioc(IOC_READWRITE, 0xAA, 0x06, size_of::<UffdioWriteprotect>());
-
-// ------------------------------------------------------------------ /proc bits
-
-/// pagemap bit 55: soft-dirty.
-pub const PM_SOFT_DIRTY: u64 = 1 << 55;
-/// pagemap bit 56: exclusively mapped.
-pub const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
-/// pagemap bit 57: uffd-wp (a protected pte or a marker).
-pub const PM_UFFD_WP: u64 = 1 << 57;
-/// pagemap bit 61: file page or shared anonymous.
-pub const PM_FILE: u64 = 1 << 61;
-/// pagemap bit 62: swapped (also set on uffd-wp markers).
-pub const PM_SWAP: u64 = 1 << 62;
-/// pagemap bit 63: present.
-pub const PM_PRESENT: u64 = 1 << 63;
-/// pagemap bits 0-54: the PFN (or swap type and offset).
-pub const PM_PFN_MASK: u64 = (1 << 55) - 1;
 
 // ------------------------------------------------------- layout, checked once
 
