@@ -310,6 +310,7 @@ pub fn guest_layout(mem: u64, vcpus: usize, seed: u64) -> GuestLayout {
 /// writes, reads, scans and expectations are ignored. Writers target the writable pages
 /// left mapped; the churn zone is placed where the trace has nothing, or omitted.
 pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, String> {
+    use softdirty::backend::Command;
     use softdirty_trace::lower::{bind, lower, Action, Bindings};
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
@@ -325,11 +326,17 @@ pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, St
             continue;
         };
         let (op, b) = match action {
-            Action::Space(n) => {
+            Action::Perform {
+                cmd: Command::Space(n),
+                ..
+            } => {
                 current_main = n == "main";
                 continue;
             }
-            Action::Op { op, bind } if current_main => (op, bind),
+            Action::Perform {
+                cmd: Command::Op(op),
+                bind,
+            } if current_main => (op, bind),
             _ => continue,
         };
         let got = op.apply(&scratch);
