@@ -153,7 +153,7 @@ pub struct WorkloadReport {
 
 /// The whole report.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Report {
+pub struct ComparisonReport {
     /// The generators' seed.
     pub seed: u64,
     /// The built-in workloads' scale.
@@ -674,7 +674,7 @@ pub fn run_workload(w: &Generated) -> WorkloadReport {
 }
 
 /// Generates and runs every workload `args` names.
-pub fn report(args: &CompareArgs) -> Result<Report, String> {
+pub fn report(args: &CompareArgs) -> Result<ComparisonReport, String> {
     let names: Vec<String> = if args.workload == "all" {
         ["seed", "hildenbrand", "arena", "jit"]
             .iter()
@@ -688,7 +688,7 @@ pub fn report(args: &CompareArgs) -> Result<Report, String> {
         let g = generate(n, args.seed, args.scale)?;
         workloads.push(run_workload(&g));
     }
-    Ok(Report {
+    Ok(ComparisonReport {
         seed: args.seed,
         scale: args.scale.max(1),
         workloads,
@@ -700,7 +700,7 @@ fn ns(v: Option<u64>) -> String {
 }
 
 /// The report as text tables, one per workload.
-pub fn format_table(r: &Report) -> String {
+pub fn format_table(r: &ComparisonReport) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     for w in &r.workloads {
@@ -752,7 +752,7 @@ pub fn format_table(r: &Report) -> String {
 
 /// Draws false positives, false negatives, peak VMAs and peak tracking memory per workload
 /// and mode as grouped bars, one panel per metric.
-pub fn plot(r: &Report, path: &Path) -> Result<(), String> {
+pub fn plot(r: &ComparisonReport, path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();

@@ -753,8 +753,19 @@ mod tests {
     fn generation_is_deterministic_and_parses() {
         let a = generate(7, 50, Profile::default());
         assert_eq!(a, generate(7, 50, Profile::default()));
+        // The one renderer's text reads back as the same commands.
         let text: String = a.iter().map(|o| render::command(o) + "\n").collect();
-        softdirty_trace::parse::parse_bytes(text.as_bytes()).unwrap();
+        let t = softdirty_trace::parse::parse_bytes(text.as_bytes()).unwrap();
+        let names = softdirty_trace::lower::Bindings::new();
+        let back: Vec<Command> = t
+            .commands
+            .iter()
+            .map(|c| match softdirty_trace::lower::lower(&c.node, &names) {
+                Ok(softdirty_trace::lower::Action::Perform { cmd, bind: None }) => cmd,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(back, a);
     }
 
     #[test]
