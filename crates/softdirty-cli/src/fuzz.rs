@@ -646,7 +646,8 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
         mremap_single_page: args.mremap_single_page,
         ..Profile::default()
     };
-    let (name, other): (String, Box<dyn Fn() -> Result<Box<dyn Backend>, String>>) = match (
+    type Maker = Box<dyn Fn() -> Result<Box<dyn Backend>, String>>;
+    let (name, other): (String, Maker) = match (
         args.against,
         args.mode,
     ) {

@@ -1066,7 +1066,7 @@ impl Pair {
         run(&mut self.model, &space).unwrap();
         run(&mut self.reference, &space).unwrap();
         let got = run(&mut self.model, &cmd);
-        self.reference.follow(got.clone().ok());
+        self.reference.follow(got.ok());
         let want = run(&mut self.reference, &cmd);
         if let Command::Fork(child) = &cmd {
             if self.names.len() < 3 {
