@@ -1,9 +1,14 @@
 //! The seam: "a memory you can drive". [`Backend`] is what a trace, the fuzzer, the
-//! comparison and the simulator run against: the model ([`ModelBackend`], any mode) and,
-//! on Linux with the `kernel` feature, real memory of the running process
-//! (`crate::kernel::KernelBackend`). [`Op`] is the one vocabulary of structural
-//! operations with concrete addresses (mmap, munmap, mprotect, mremap, madvise) that
-//! they all apply; [`open`] builds the backend a [`BackendChoice`] names.
+//! comparison and the simulator run against: the model ([`ModelBackend`], any mode), on
+//! Linux with the `kernel` feature real memory of the running process
+//! (`crate::kernel::KernelBackend`), and the tools' independent reference model.
+//!
+//! [`Command`] is the one vocabulary of operations with concrete addresses that every
+//! generator of operations produces (a trace once lowered, the fuzzer, `softdirty
+//! compare`'s workloads, the proptests) and [`Backend::perform`] the one entry that runs
+//! one; [`Outcome`] is what it returns. Its structural part, [`Op`] (mmap, munmap,
+//! mprotect, mremap, madvise), is what `softdirty run`'s simulator applies straight to an
+//! [`AddressSpace`] ([`Op::apply`]). [`open`] builds the backend a [`BackendChoice`] names.
 
 use crate::errno::Errno;
 use crate::linux::PAGE_SIZE;
@@ -91,6 +96,78 @@ impl Op {
                 fixed,
             } => mm.mremap(addr, old_len, new_len, maymove, fixed),
             Op::DontNeed { addr, len } => mm.madvise_dontneed(addr, len).map(|()| 0),
+        }
+    }
+}
+
+/// One operation a [`Backend`] performs, addresses resolved: the one vocabulary of the
+/// replayer, the fuzzer, the comparison and the proptests (the trace renderer,
+/// `softdirty_trace::render`, writes any of them as a trace line the parser reads back).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `space NAME`: make `NAME` the current space (created empty if new).
+    Space(String),
+    /// `fork CHILD`: fork the current space into a new space `CHILD`.
+    Fork(String),
+    /// A structural operation (mmap, munmap, mprotect, mremap, madvise).
+    Op(Op),
+    /// A store to every page overlapping `[addr, addr + len)`.
+    Write {
+        /// address
+        addr: u64,
+        /// length in bytes
+        len: u64,
+    },
+    /// A load from every page overlapping `[addr, addr + len)`.
+    Read {
+        /// address
+        addr: u64,
+        /// length in bytes
+        len: u64,
+    },
+    /// A write of the value (as written, parsed as the kernel parses it) to clear_refs.
+    ClearRefs(String),
+    /// Read the pagemap entries of `pages` pages from the page-aligned `start`.
+    Pagemap {
+        /// first page
+        start: u64,
+        /// number of pages
+        pages: u64,
+    },
+    /// PAGEMAP_SCAN.
+    Scan(ScanArgs),
+    /// The smaps `VmFlags` line of the VMA containing the address.
+    Smaps(u64),
+}
+
+impl From<Op> for Command {
+    fn from(op: Op) -> Command {
+        Command::Op(op)
+    }
+}
+
+/// What a successful [`Command`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; nothing to return (space, fork, munmap, mprotect, madvise, write, read,
+    /// clear_refs).
+    Done,
+    /// The address of the mapping (mmap, mremap).
+    Addr(u64),
+    /// `(address, entry)` per page (pagemap; PFN bits 0).
+    Pagemap(Vec<(u64, u64)>),
+    /// What PAGEMAP_SCAN returned.
+    Scan(ScanResult),
+    /// The smaps `VmFlags` line; `None` if no VMA contains the address.
+    Smaps(Option<String>),
+}
+
+impl Outcome {
+    /// The address of an [`Outcome::Addr`], else 0.
+    pub fn addr(&self) -> u64 {
+        match self {
+            Outcome::Addr(a) => *a,
+            _ => 0,
         }
     }
 }
@@ -230,6 +307,33 @@ pub trait Backend {
     fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable>;
     /// Simulated write faults in the current space so far.
     fn faults(&mut self) -> Result<u64, Unobservable>;
+
+    /// Performs one [`Command`] through the methods above: the one entry every generator
+    /// of operations uses. `Err(msg)`: the backend cannot perform it.
+    fn perform(&mut self, cmd: &Command) -> OpResult<Outcome> {
+        let done = |r: Result<(), Errno>| r.map(|()| Outcome::Done);
+        Ok(match cmd {
+            Command::Space(name) => {
+                self.space(name)?;
+                Ok(Outcome::Done)
+            }
+            Command::Fork(child) => done(self.fork(child)?),
+            Command::Op(op) => self.apply(*op)?.map(Outcome::Addr).map(|o| match (op, o) {
+                (Op::Mmap { .. } | Op::Mremap { .. }, o) => o,
+                _ => Outcome::Done,
+            }),
+            Command::Write { addr, len } => done(self.write(*addr, *len)?),
+            Command::Read { addr, len } => done(self.read(*addr, *len)?),
+            Command::ClearRefs(v) => done(self.clear_refs(v)?),
+            Command::Pagemap { start, pages } => {
+                let mut v = Vec::new();
+                self.pagemap(*start, *pages, &mut |a, e| v.push((a, e)))?;
+                Ok(Outcome::Pagemap(v))
+            }
+            Command::Scan(args) => self.scan(args)?.map(Outcome::Scan),
+            Command::Smaps(addr) => Ok(Outcome::Smaps(self.smaps_vmflags(*addr)?)),
+        })
+    }
 
     /// Applies a structural operation through the methods above; returns the address
     /// (mmap, mremap) or 0.

@@ -32,7 +32,7 @@ use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 use softdirty::vma::{PAGE_SIZE, TASK_SIZE};
-use crate::workload::Op;
+use softdirty::backend::{Command, Op};
 
 const P: u64 = PAGE_SIZE;
 
@@ -69,34 +69,16 @@ pub struct CompareArgs {
     pub plot: Option<PathBuf>,
 }
 
-/// One step of a workload, with concrete addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One step of a workload, with concrete addresses: a [`Command`] every mode performs, or
+/// a harvest. (A thin wrapper over the one vocabulary because a harvest is this
+/// comparison's observation, not an operation a backend performs.) The commands the
+/// generators make: structural operations, writes, reads, `clear_refs 4`, and `scan ...
+/// clear`, which runs as the dirty log's get-and-clear of its range
+/// ([`AddressSpace::scan_and_clear`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// A structural operation.
-    Op(Op),
-    /// A store to every page of `[addr, addr + len)`.
-    Write {
-        /// address
-        addr: u64,
-        /// length in bytes
-        len: u64,
-    },
-    /// A load from every page of `[addr, addr + len)`.
-    Read {
-        /// address
-        addr: u64,
-        /// length in bytes
-        len: u64,
-    },
-    /// `clear_refs 4`.
-    ClearRefs,
-    /// PAGEMAP_SCAN with clear of `[addr, addr + len)` (get-and-clear).
-    ScanClear {
-        /// address
-        addr: u64,
-        /// length in bytes
-        len: u64,
-    },
+    /// A command, applied to every mode's space.
+    Do(Command),
     /// Read pagemap over the whole space and compare with precise.
     Harvest,
 }
@@ -171,7 +153,7 @@ pub struct WorkloadReport {
 
 /// The whole report.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Report {
+pub struct ComparisonReport {
     /// The generators' seed.
     pub seed: u64,
     /// The built-in workloads' scale.
@@ -198,7 +180,7 @@ impl Gen {
 
     fn op(&mut self, op: Op) -> Option<u64> {
         let r = op.apply(&self.mm).ok();
-        self.steps.push(Step::Op(op));
+        self.steps.push(Step::Do(Command::Op(op)));
         r
     }
 
@@ -214,17 +196,17 @@ impl Gen {
 
     fn write(&mut self, addr: u64, pages: u64) {
         let _ = self.mm.write(addr, pages * P);
-        self.steps.push(Step::Write {
+        self.steps.push(Step::Do(Command::Write {
             addr,
             len: pages * P,
-        });
+        }));
     }
 
     /// The end of a pre-copy / checkpoint round: harvest, then clear.
     fn round(&mut self) {
         self.steps.push(Step::Harvest);
         let _ = self.mm.clear_refs(4);
-        self.steps.push(Step::ClearRefs);
+        self.steps.push(Step::Do(Command::ClearRefs("4".into())));
     }
 
     fn done(mut self, name: &str, about: &str) -> Generated {
@@ -450,44 +432,48 @@ pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
     let mut main = true;
     for c in &trace.commands {
         let action = lower(&c.node, &names).map_err(|e| format!("{name}:{}: {e}", c.line))?;
-        match action {
-            Action::Space(s) => main = s == "main",
+        let harvest = |g: &mut Gen| {
+            if g.steps.last() != Some(&Step::Harvest) {
+                g.steps.push(Step::Harvest);
+            }
+        };
+        let (cmd, b) = match action {
+            Action::Expect(softdirty_trace::ast::Expect::SoftDirty { .. }) if main => {
+                harvest(&mut g);
+                continue;
+            }
+            Action::Expect(_) => continue,
+            Action::Perform { cmd, bind } => (cmd, bind),
+        };
+        match cmd {
+            Command::Space(s) => main = s == "main",
             _ if !main => {}
-            Action::Fork(_) | Action::Smaps(_) => {}
-            Action::Op { op, bind: b } => {
+            Command::Fork(_) | Command::Smaps(_) => {}
+            Command::Op(op) => {
                 if let Some(a) = g.op(op) {
                     bind(&mut names, b, a);
                 }
             }
-            Action::Write { addr, len } => {
+            Command::Write { addr, len } => {
                 let _ = g.mm.write(addr, len);
-                g.steps.push(Step::Write { addr, len });
+                g.steps.push(Step::Do(cmd));
             }
-            Action::Read { addr, len } => {
+            Command::Read { addr, len } => {
                 let _ = g.mm.read(addr, len);
-                g.steps.push(Step::Read { addr, len });
+                g.steps.push(Step::Do(cmd));
             }
-            Action::ClearRefs(v) => {
-                if g.mm.clear_refs_str(v) == Ok(()) && softdirty::mm::parse_kstrtoint(v.trim()) == Ok(4)
+            Command::ClearRefs(ref v) => {
+                if g.mm.clear_refs_str(v) == Ok(())
+                    && softdirty::mm::parse_kstrtoint(v.trim()) == Ok(4)
                 {
-                    g.steps.push(Step::ClearRefs);
+                    g.steps.push(Step::Do(cmd));
                 }
             }
-            Action::Scan { start, scan } if scan.clear => {
-                let _ = g.mm.scan_and_clear(start, scan.len);
-                g.steps.push(Step::ScanClear {
-                    addr: start,
-                    len: scan.len,
-                });
+            Command::Scan(args) if args.clear => {
+                let _ = g.mm.scan_and_clear(args.start, args.end.wrapping_sub(args.start));
+                g.steps.push(Step::Do(cmd));
             }
-            Action::Pagemap { .. }
-            | Action::Scan { .. }
-            | Action::Expect(softdirty_trace::ast::Expect::SoftDirty { .. }) => {
-                if g.steps.last() != Some(&Step::Harvest) {
-                    g.steps.push(Step::Harvest);
-                }
-            }
-            Action::Expect(_) => {}
+            Command::Pagemap { .. } | Command::Scan(_) => harvest(&mut g),
         }
     }
     Ok(g.done(
@@ -601,13 +587,13 @@ pub fn run_workload(w: &Generated) -> WorkloadReport {
         if matches!(step, Step::Harvest) {
             harvests += 1;
         }
-        if matches!(step, Step::Write { .. }) {
+        if matches!(step, Step::Do(Command::Write { .. })) {
             writes += 1;
         }
         for s in &mut st {
             let t0 = Instant::now();
-            let result: Result<u64, softdirty::errno::Errno> = match *step {
-                Step::Op(op) => {
+            let result: Result<u64, softdirty::errno::Errno> = match step {
+                Step::Do(Command::Op(op)) => {
                     let r = op.apply(&s.mm);
                     let ns = t0.elapsed().as_nanos() as u64;
                     match op {
@@ -617,18 +603,29 @@ pub fn run_workload(w: &Generated) -> WorkloadReport {
                     }
                     r
                 }
-                Step::Write { addr, len } => {
-                    let r = s.mm.write(addr, len).map(|()| 0);
+                Step::Do(Command::Write { addr, len }) => {
+                    let r = s.mm.write(*addr, *len).map(|()| 0);
                     s.t.write.push(t0.elapsed().as_nanos() as u64);
                     r
                 }
-                Step::Read { addr, len } => s.mm.read(addr, len).map(|()| 0),
-                Step::ClearRefs => {
-                    let r = s.mm.clear_refs(4).map(|()| 0);
+                Step::Do(Command::Read { addr, len }) => s.mm.read(*addr, *len).map(|()| 0),
+                Step::Do(Command::ClearRefs(v)) => {
+                    let r = s.mm.clear_refs_str(v).map(|()| 0);
                     s.t.clear.push(t0.elapsed().as_nanos() as u64);
                     r
                 }
-                Step::ScanClear { addr, len } => s.mm.scan_and_clear(addr, len).map(|_| 0),
+                Step::Do(Command::Scan(args)) => s
+                    .mm
+                    .scan_and_clear(args.start, args.end.wrapping_sub(args.start))
+                    .map(|_| 0),
+                // Not generated: the comparison drives one space and only observes by
+                // harvests.
+                Step::Do(
+                    Command::Space(_)
+                    | Command::Fork(_)
+                    | Command::Pagemap { .. }
+                    | Command::Smaps(_),
+                ) => Ok(0),
                 Step::Harvest => {
                     let got = softdirty_ranges(&s.mm);
                     s.t.harvest.push(t0.elapsed().as_nanos() as u64);
@@ -677,7 +674,7 @@ pub fn run_workload(w: &Generated) -> WorkloadReport {
 }
 
 /// Generates and runs every workload `args` names.
-pub fn report(args: &CompareArgs) -> Result<Report, String> {
+pub fn report(args: &CompareArgs) -> Result<ComparisonReport, String> {
     let names: Vec<String> = if args.workload == "all" {
         ["seed", "hildenbrand", "arena", "jit"]
             .iter()
@@ -691,7 +688,7 @@ pub fn report(args: &CompareArgs) -> Result<Report, String> {
         let g = generate(n, args.seed, args.scale)?;
         workloads.push(run_workload(&g));
     }
-    Ok(Report {
+    Ok(ComparisonReport {
         seed: args.seed,
         scale: args.scale.max(1),
         workloads,
@@ -703,7 +700,7 @@ fn ns(v: Option<u64>) -> String {
 }
 
 /// The report as text tables, one per workload.
-pub fn format_table(r: &Report) -> String {
+pub fn format_table(r: &ComparisonReport) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     for w in &r.workloads {
@@ -755,7 +752,7 @@ pub fn format_table(r: &Report) -> String {
 
 /// Draws false positives, false negatives, peak VMAs and peak tracking memory per workload
 /// and mode as grouped bars, one panel per metric.
-pub fn plot(r: &Report, path: &Path) -> Result<(), String> {
+pub fn plot(r: &ComparisonReport, path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();

@@ -10,7 +10,8 @@
 //! removed while the sides still disagree), written to `--out` with the other side's
 //! answers as expectations, and the command exits 1. Deterministic for a seed.
 //!
-//! The other side ([`Side`]):
+//! The other side is any [`Backend`], as the model is; both perform the same generated
+//! [`Command`]s and are observed through the trait:
 //! - `--against kernel`: real memory of this process ([`softdirty::kernel`]), the uffd flavour
 //!   for `--mode precise`, the soft-dirty flavour for `--mode legacy`;
 //! - `--against reference`: the independent reference model ([`crate::reference`], the
@@ -47,13 +48,16 @@ use std::process::ExitCode;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::reference::RefBackend;
+use softdirty::backend::{Backend, Command, ModelBackend, Op, Outcome};
+use softdirty::errno::Errno;
 use softdirty::mm::{Placement, VmaInfo};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
-use crate::reference::RefSpace;
-use softdirty::scan::{ScanArgs, ScanResult, PAGE_IS_SOFT_DIRTY};
-use softdirty::backend::{Backend, ModelBackend, OpResult};
+use softdirty::scan::{ScanArgs, PAGE_IS_SOFT_DIRTY};
 use softdirty::vma::PAGE_SIZE;
+use softdirty_trace::ast::{Addr, AddrBase, Expect, PageSet};
+use softdirty_trace::render;
 
 /// The window every case works in (above the spec's 0x10_0000_0000).
 pub const BASE: u64 = 0x50_0000_0000;
@@ -106,70 +110,18 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse()
 }
 
-/// One generated operation (all addresses absolute, inside the window).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FuzzOp {
-    /// `mmap ADDR LEN PROT fixed|noreplace`
-    Mmap(u64, u64, Prot, Placement),
-    /// `munmap ADDR LEN`
-    Munmap(u64, u64),
-    /// `mprotect ADDR LEN PROT`
-    Mprotect(u64, u64, Prot),
-    /// `mremap ADDR OLD NEW [maymove fixed NEWADDR]`
-    Mremap(u64, u64, u64, Option<u64>),
-    /// `madvise ADDR LEN dontneed`
-    Dontneed(u64, u64),
-    /// `write ADDR LEN`
-    Write(u64, u64),
-    /// `read ADDR LEN`
-    Read(u64, u64),
-    /// `clear_refs 4`
-    ClearRefs,
-    /// `scan ADDR LEN mask=softdirty return=softdirty clear`
-    ScanClear(u64, u64),
-    /// `scan ADDR LEN mask=softdirty return=softdirty` (what the soft-dirty flavour is
-    /// asked instead of [`FuzzOp::ScanClear`])
-    Scan(u64, u64),
-}
-
-fn prot_str(p: Prot) -> String {
-    p.to_string()
-}
-
-impl fmt::Display for FuzzOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = |n: u64| format!("{}p", n / PAGE_SIZE);
-        match self {
-            FuzzOp::Mmap(a, l, pr, pl) => {
-                let how = if *pl == Placement::Fixed {
-                    "fixed"
-                } else {
-                    "noreplace"
-                };
-                write!(f, "mmap {a:#x} {} {} {how}", p(*l), prot_str(*pr))
-            }
-            FuzzOp::Munmap(a, l) => write!(f, "munmap {a:#x} {}", p(*l)),
-            FuzzOp::Mprotect(a, l, pr) => write!(f, "mprotect {a:#x} {} {}", p(*l), prot_str(*pr)),
-            FuzzOp::Mremap(a, o, n, None) => write!(f, "mremap {a:#x} {} {}", p(*o), p(*n)),
-            FuzzOp::Mremap(a, o, n, Some(d)) => {
-                write!(f, "mremap {a:#x} {} {} maymove fixed {d:#x}", p(*o), p(*n))
-            }
-            FuzzOp::Dontneed(a, l) => write!(f, "madvise {a:#x} {} dontneed", p(*l)),
-            FuzzOp::Write(a, l) => write!(f, "write {a:#x} {}", p(*l)),
-            FuzzOp::Read(a, l) => write!(f, "read {a:#x} {}", p(*l)),
-            FuzzOp::ClearRefs => write!(f, "clear_refs 4"),
-            FuzzOp::ScanClear(a, l) => {
-                write!(
-                    f,
-                    "scan {a:#x} {} mask=softdirty return=softdirty clear",
-                    p(*l)
-                )
-            }
-            FuzzOp::Scan(a, l) => {
-                write!(f, "scan {a:#x} {} mask=softdirty return=softdirty", p(*l))
-            }
-        }
-    }
+/// `scan ADDR LEN mask=softdirty return=softdirty [clear]`: the one scan the fuzzer
+/// makes (with `clear` unless the profile says [`Profile::scan_without_clear`]).
+pub fn scan(a: u64, l: u64, clear: bool) -> Command {
+    Command::Scan(ScanArgs {
+        start: a,
+        end: a + l,
+        mask: PAGE_IS_SOFT_DIRTY,
+        ret: PAGE_IS_SOFT_DIRTY,
+        clear,
+        vec_len: 1024,
+        ..ScanArgs::default()
+    })
 }
 
 /// What the other side can be asked, and what it answers differently by design.
@@ -210,21 +162,38 @@ impl fmt::Display for Profile {
     }
 }
 
+/// `mmap ADDR LEN PROT private fixed|noreplace`.
+pub fn mmap(a: u64, l: u64, prot: Prot, placement: Placement) -> Command {
+    Command::Op(Op::Mmap {
+        addr: a,
+        len: l,
+        prot,
+        shared: false,
+        placement,
+    })
+}
+
+/// `mremap ADDR OLD NEW` in place, or `maymove fixed NEWADDR`.
+pub fn mremap(a: u64, old: u64, new: u64, dest: Option<u64>) -> Command {
+    Command::Op(Op::Mremap {
+        addr: a,
+        old_len: old,
+        new_len: new,
+        maymove: dest.is_some(),
+        fixed: dest,
+    })
+}
+
 /// A random case of `n` operations for `seed`. The profile changes the mremap source
 /// lengths and the kind of scan, never the rest of the sequence.
-pub fn generate(seed: u64, n: usize, profile: Profile) -> Vec<FuzzOp> {
+pub fn generate(seed: u64, n: usize, profile: Profile) -> Vec<Command> {
     let mremap_single_page = profile.mremap_single_page;
     let mut rng = SmallRng::seed_from_u64(seed);
     let prots = [Prot::NONE, Prot::R, Prot::RW, Prot::RW, Prot::RW, Prot::RX];
     let mut v = Vec::with_capacity(n);
     // Start with something mapped, most of the time.
     if rng.gen_bool(0.8) {
-        v.push(FuzzOp::Mmap(
-            BASE,
-            8 * PAGE_SIZE,
-            Prot::RW,
-            Placement::NoReplace,
-        ));
+        v.push(mmap(BASE, 8 * PAGE_SIZE, Prot::RW, Placement::NoReplace));
     }
     while v.len() < n {
         let a = BASE + rng.gen_range(0..WINDOW_PAGES) * PAGE_SIZE;
@@ -238,27 +207,30 @@ pub fn generate(seed: u64, n: usize, profile: Profile) -> Vec<FuzzOp> {
                 } else {
                     Placement::NoReplace
                 };
-                FuzzOp::Mmap(a, l, prot, pl)
+                mmap(a, l, prot, pl)
             }
-            15..=21 => FuzzOp::Munmap(a, l),
-            22..=36 => FuzzOp::Mprotect(a, l, prot),
+            15..=21 => Command::Op(Op::Munmap { addr: a, len: l }),
+            22..=36 => Command::Op(Op::Mprotect {
+                addr: a,
+                len: l,
+                prot,
+            }),
             37..=44 => {
                 let newl = rng.gen_range(1..=8) * PAGE_SIZE;
                 let l = if mremap_single_page { PAGE_SIZE } else { l };
                 if rng.gen_bool(0.5) {
-                    FuzzOp::Mremap(a, l, newl, None)
+                    mremap(a, l, newl, None)
                 } else {
                     let dpages = WINDOW_PAGES.saturating_sub(newl / PAGE_SIZE);
                     let d = BASE + rng.gen_range(0..=dpages) * PAGE_SIZE;
-                    FuzzOp::Mremap(a, l, newl, Some(d))
+                    mremap(a, l, newl, Some(d))
                 }
             }
-            45..=50 => FuzzOp::Dontneed(a, l),
-            51..=72 => FuzzOp::Write(a, l),
-            73..=80 => FuzzOp::Read(a, l),
-            81..=88 => FuzzOp::ClearRefs,
-            _ if profile.scan_without_clear => FuzzOp::Scan(a, l),
-            _ => FuzzOp::ScanClear(a, l),
+            45..=50 => Command::Op(Op::DontNeed { addr: a, len: l }),
+            51..=72 => Command::Write { addr: a, len: l },
+            73..=80 => Command::Read { addr: a, len: l },
+            81..=88 => Command::ClearRefs("4".into()),
+            _ => scan(a, l, !profile.scan_without_clear),
         };
         v.push(op);
     }
@@ -280,60 +252,24 @@ pub struct Observation {
     pub scan: Option<Vec<(u64, u64)>>,
 }
 
-fn outcome(r: OpResult<()>) -> Result<String, String> {
-    Ok(match r? {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e.name().to_string(),
-    })
-}
-
-fn outcome_addr(r: OpResult<u64>) -> Result<String, String> {
-    Ok(match r? {
-        Ok(v) => format!("ok {v:#x}"),
-        Err(e) => e.name().to_string(),
-    })
-}
-
-fn scan_args(a: u64, l: u64, clear: bool) -> ScanArgs {
-    ScanArgs {
-        start: a,
-        end: a + l,
-        mask: PAGE_IS_SOFT_DIRTY,
-        ret: PAGE_IS_SOFT_DIRTY,
-        clear,
-        vec_len: 1024,
-        ..ScanArgs::default()
-    }
-}
-
 /// Page runs of the window, relative to [`BASE`], from absolute `(start, end)` pairs.
 fn window_runs(v: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
     v.map(|(s, e)| ((s - BASE) / PAGE_SIZE, (e - BASE) / PAGE_SIZE))
         .collect()
 }
 
-/// One operation on a [`Backend`] (the model, or the kernel) and what it shows after it.
-fn step(b: &mut dyn Backend, op: &FuzzOp) -> Result<Observation, String> {
+/// Performs `cmd` on a [`Backend`] (the model, the kernel, the reference) and observes
+/// the window after it.
+pub fn step(b: &mut dyn Backend, cmd: &Command) -> Result<Observation, String> {
     let mut scan = None;
-    let out = match op {
-        FuzzOp::Mmap(a, l, p, pl) => outcome_addr(b.mmap(*a, *l, *p, false, *pl))?,
-        FuzzOp::Munmap(a, l) => outcome(b.munmap(*a, *l))?,
-        FuzzOp::Mprotect(a, l, p) => outcome(b.mprotect(*a, *l, *p))?,
-        FuzzOp::Mremap(a, o, n, d) => outcome_addr(b.mremap(*a, *o, *n, d.is_some(), *d))?,
-        FuzzOp::Dontneed(a, l) => outcome(b.madvise_dontneed(*a, *l))?,
-        FuzzOp::Write(a, l) => outcome(b.write(*a, *l))?,
-        FuzzOp::Read(a, l) => outcome(b.read(*a, *l))?,
-        FuzzOp::ClearRefs => outcome(b.clear_refs("4"))?,
-        FuzzOp::ScanClear(a, l) | FuzzOp::Scan(a, l) => {
-            let clear = matches!(op, FuzzOp::ScanClear(..));
-            match b.scan(&scan_args(*a, *l, clear))? {
-                Ok(ScanResult { regions, .. }) => {
-                    scan = Some(window_runs(regions.iter().map(|r| (r.start, r.end))));
-                    "ok".to_string()
-                }
-                Err(e) => e.name().to_string(),
-            }
+    let out = match b.perform(cmd)? {
+        Ok(Outcome::Addr(a)) => format!("ok {a:#x}"),
+        Ok(Outcome::Scan(r)) => {
+            scan = Some(window_runs(r.regions.iter().map(|r| (r.start, r.end))));
+            "ok".to_string()
         }
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.name().to_string(),
     };
     let len = WINDOW_PAGES * PAGE_SIZE;
     let un = |e| format!("{e:?}");
@@ -346,80 +282,19 @@ fn step(b: &mut dyn Backend, op: &FuzzOp) -> Result<Observation, String> {
     })
 }
 
-/// The other side of a comparison.
-pub trait Side {
-    /// Runs `op` and observes the window after it.
-    fn step(&mut self, op: &FuzzOp) -> Result<Observation, String>;
-}
-
-/// A [`Backend`] (the kernel) as a side.
-pub struct BackendSide(pub Box<dyn Backend>);
-
-impl Side for BackendSide {
-    fn step(&mut self, op: &FuzzOp) -> Result<Observation, String> {
-        step(self.0.as_mut(), op)
-    }
-}
-
-/// The reference model ([`crate::reference`]) as a side. Every operation the generator
-/// makes has a fixed address (`fixed`/`noreplace` mmaps, in-place or `fixed` mremaps), so
-/// the reference never needs the model's choice of an address.
-pub struct ReferenceSide(pub RefSpace);
-
-fn res<T>(r: Result<T, softdirty::errno::Errno>, f: impl FnOnce(T) -> String) -> String {
-    match r {
-        Ok(v) => f(v),
-        Err(e) => e.name().to_string(),
-    }
-}
-
-impl Side for ReferenceSide {
-    fn step(&mut self, op: &FuzzOp) -> Result<Observation, String> {
-        let r = &mut self.0;
-        let ok = |()| "ok".to_string();
-        let addr = |v: u64| format!("ok {v:#x}");
-        // The reference checks its own invariants with assertions: a failed one is a
-        // finding to report, not a crash of the fuzzer.
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut scan = None;
-            let out = match *op {
-                FuzzOp::Mmap(a, l, p, pl) => res(r.mmap(a, l, p, false, pl, || None), addr),
-                FuzzOp::Munmap(a, l) => res(r.munmap(a, l), ok),
-                FuzzOp::Mprotect(a, l, p) => res(r.mprotect(a, l, p), ok),
-                FuzzOp::Mremap(a, o, n, d) => res(r.mremap(a, o, n, d.is_some(), d, || None), addr),
-                FuzzOp::Dontneed(a, l) => res(r.madvise_dontneed(a, l), ok),
-                FuzzOp::Write(a, l) => res(r.write(a, l), ok),
-                FuzzOp::Read(a, l) => res(r.read(a, l), ok),
-                FuzzOp::ClearRefs => res(r.clear_refs(4), ok),
-                FuzzOp::ScanClear(a, l) | FuzzOp::Scan(a, l) => {
-                    let clear = matches!(op, FuzzOp::ScanClear(..));
-                    scan = Some(window_runs(r.scan_softdirty(a, a + l, clear).into_iter()));
-                    "ok".to_string()
-                }
-            };
-            let len = WINDOW_PAGES * PAGE_SIZE;
-            let end = BASE + len;
-            Observation {
-                outcome: out,
-                softdirty: r.softdirty_runs(BASE, len),
-                present: r.present_runs(BASE, len),
-                vmas: r
-                    .vmas
-                    .iter()
-                    .filter(|v| v.start < end && v.end > BASE)
-                    .count() as u64,
-                scan,
-            }
-        }));
-        run.map_err(|e| {
+/// [`step`], with a panic of the backend (the reference checks its own invariants with
+/// assertions) turned into an error: a finding to report, not a crash of the fuzzer.
+fn step_guarded(b: &mut dyn Backend, cmd: &Command) -> Result<Observation, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(b, cmd))).unwrap_or_else(
+        |e| {
             let msg = e
                 .downcast_ref::<String>()
                 .map(String::as_str)
                 .or_else(|| e.downcast_ref::<&str>().copied())
                 .unwrap_or("(no message)");
-            format!("the reference model failed an internal check: {msg}")
-        })
-    }
+            Err(format!("{} failed an internal check: {msg}", b.name()))
+        },
+    )
 }
 
 /// The VMA of `v` containing `a`.
@@ -432,13 +307,22 @@ fn vma_at(v: &[VmaInfo], a: u64) -> Option<&VmaInfo> {
 /// from 6.12's `mm/mremap.c` and `mm/vma.c` (Debian 6.12.117); conservative (it may name
 /// an operation that would in fact agree, never the other way round, as far as the
 /// fuzzer has seen). Each reason is in ARCHITECTURE.md's list of deliberate divergences.
-pub fn linux_6_12_divergence(v: &[VmaInfo], op: &FuzzOp) -> Option<&'static str> {
+pub fn linux_6_12_divergence(v: &[VmaInfo], op: &Command) -> Option<&'static str> {
     let pages = |w: &VmaInfo| w.start..w.end;
     // An unfaulted VMA that keeps `prot` and contains `page` (after the operation).
     let unfaulted_with =
         |page: u64, prot: &str| vma_at(v, page).is_some_and(|u| !u.faulted && u.prot == prot);
+    let Command::Op(op) = op else {
+        return None;
+    };
     match *op {
-        FuzzOp::Mremap(a, o, n, Some(d)) => {
+        Op::Mremap {
+            addr: a,
+            old_len: o,
+            new_len: n,
+            fixed: Some(d),
+            ..
+        } => {
             let Some(w) = vma_at(v, a) else {
                 // 6.12 looks the source up (EFAULT) before it checks the overlap of the
                 // two ranges (EINVAL); 6.18 checks the overlap first.
@@ -458,14 +342,24 @@ pub fn linux_6_12_divergence(v: &[VmaInfo], op: &FuzzOp) -> Option<&'static str>
                     || unfaulted_with(d + n, &w.prot)))
             .then_some("anon-merge-faulted-into-unfaulted")
         }
-        FuzzOp::Mremap(a, o, n, None) => {
+        Op::Mremap {
+            addr: a,
+            old_len: o,
+            new_len: n,
+            fixed: None,
+            ..
+        } => {
             // An in-place growth (vma_merge_extend) of a faulted VMA that reaches an
             // unfaulted next VMA: 6.18 merges them, 6.12 refuses.
             let w = vma_at(v, a)?;
             (n > o && w.faulted && a + o == w.end && unfaulted_with(a + n, &w.prot))
                 .then_some("anon-merge-faulted-into-unfaulted")
         }
-        FuzzOp::Mprotect(a, l, prot) => {
+        Op::Mprotect {
+            addr: a,
+            len: l,
+            prot,
+        } => {
             // A faulted VMA whose changed part starts (ends) at its start (end), next to an
             // unfaulted VMA that will have the same protection: vma_merge_existing_range
             // merges it into that neighbour in 6.18, not in 6.12.
@@ -502,9 +396,15 @@ pub fn linux_6_12_divergence(v: &[VmaInfo], op: &FuzzOp) -> Option<&'static str>
 /// EFAULT, before moving anything, when the VMA is armed with userfaultfd
 /// (`vma_multi_allowed`), as the flavour arms every mapping. A source starting in a gap is
 /// EFAULT on both.
-pub fn uffd_divergence(v: &[VmaInfo], op: &FuzzOp) -> Option<&'static str> {
+pub fn uffd_divergence(v: &[VmaInfo], op: &Command) -> Option<&'static str> {
     match *op {
-        FuzzOp::Mremap(a, o, n, Some(_)) if o == n => {
+        Command::Op(Op::Mremap {
+            addr: a,
+            old_len: o,
+            new_len: n,
+            fixed: Some(_),
+            ..
+        }) if o == n => {
             let w = vma_at(v, a)?;
             (a.saturating_add(o) > w.end).then_some("uffd-multi-vma-move")
         }
@@ -513,7 +413,7 @@ pub fn uffd_divergence(v: &[VmaInfo], op: &FuzzOp) -> Option<&'static str> {
 }
 
 /// Why `profile` skips `op` on both sides, judged on the model's VMAs `v` before it.
-pub fn skip_reason(profile: Profile, v: &[VmaInfo], op: &FuzzOp) -> Option<&'static str> {
+pub fn skip_reason(profile: Profile, v: &[VmaInfo], op: &Command) -> Option<&'static str> {
     let r = if profile.uffd {
         uffd_divergence(v, op)
     } else {
@@ -533,7 +433,7 @@ pub struct Mismatch {
     /// index of the operation after which the sides differ
     pub step: usize,
     /// the operations that ran, up to and including that one (the skipped ones left out)
-    pub ran: Vec<FuzzOp>,
+    pub ran: Vec<Command>,
     /// the model's observation
     pub model: Observation,
     /// the other side's
@@ -541,7 +441,7 @@ pub struct Mismatch {
 }
 
 /// Makes a fresh other side.
-pub type MakeOther<'a> = &'a dyn Fn() -> Result<Box<dyn Side>, String>;
+pub type MakeOther<'a> = &'a dyn Fn() -> Result<Box<dyn Backend>, String>;
 
 /// A case's result.
 #[derive(Clone, Debug)]
@@ -554,7 +454,7 @@ pub struct CaseResult {
 
 /// Runs `ops` on a fresh model and a fresh other side; the first mismatch, if any.
 pub fn run_case(
-    ops: &[FuzzOp],
+    ops: &[Command],
     mode: Mode,
     profile: Profile,
     other: MakeOther<'_>,
@@ -572,7 +472,8 @@ pub fn run_case(
         }
         ran.push(op.clone());
         let m = step(&mut model, op)?;
-        let o = k.step(op).map_err(|e| format!("step {i} `{op}`: {e}"))?;
+        let o = step_guarded(k.as_mut(), op)
+            .map_err(|e| format!("step {i} `{}`: {e}", render::command(op)))?;
         if m != o {
             return Ok(CaseResult {
                 mismatch: Some(Mismatch {
@@ -593,15 +494,15 @@ pub fn run_case(
 
 /// Shrinks a failing case: removes chunks, then single operations, while it still fails.
 pub fn shrink(
-    ops: &[FuzzOp],
+    ops: &[Command],
     mode: Mode,
     profile: Profile,
     other: MakeOther<'_>,
-) -> Result<(Vec<FuzzOp>, Mismatch), String> {
-    let fails = |v: &[FuzzOp]| -> Result<Option<Mismatch>, String> {
+) -> Result<(Vec<Command>, Mismatch), String> {
+    let fails = |v: &[Command]| -> Result<Option<Mismatch>, String> {
         Ok(run_case(v, mode, profile, other)?.mismatch)
     };
-    let mut cur: Vec<FuzzOp> = ops.to_vec();
+    let mut cur: Vec<Command> = ops.to_vec();
     let mut mm = fails(&cur)?.ok_or("the case no longer fails")?;
     cur = mm.ran.clone();
     let mut chunk = cur.len().div_ceil(2).max(1);
@@ -631,55 +532,77 @@ pub fn shrink(
 }
 
 fn fmt_runs(v: &[(u64, u64)]) -> String {
-    if v.is_empty() {
-        return "none".into();
-    }
-    v.iter()
-        .map(|&(a, b)| {
-            if b == a + 1 {
-                a.to_string()
-            } else {
-                format!("{a}..{b}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    render::pages(&PageSet::List(v.to_vec()))
 }
 
-/// The minimal trace as text, ending with the other side's answers as expectations and
-/// the model's as comments.
-pub fn render(ops: &[FuzzOp], mode: Mode, m: &Mismatch, other_name: &str) -> String {
+/// The minimal trace as text (through the one trace renderer, [`render`]), ending with
+/// the other side's answers as expectations and the model's as comments.
+pub fn render(ops: &[Command], mode: Mode, m: &Mismatch, other_name: &str) -> String {
     let mut s = format!(
         "# softdirty fuzz: minimal trace where the model ({mode}) and {other_name} disagree\n\
-         # after the last command. The expectations are {other_name}'s answers.\nmode {mode}\n"
+         # after the last command. The expectations are {other_name}'s answers.\n{}\n",
+        render::mode(mode)
     );
     for op in ops {
-        s.push_str(&format!("{op}\n"));
+        s.push_str(&render::command(op));
+        s.push('\n');
     }
     let (o, md) = (&m.other, &m.model);
-    let w = format!("{BASE:#x} {}p", WINDOW_PAGES);
+    let window = Addr {
+        base: AddrBase::Number(BASE),
+        offset: 0,
+    };
+    let len = WINDOW_PAGES * PAGE_SIZE;
     s.push_str(&format!("# model: {}\n", md.outcome));
-    match o.outcome.as_str() {
-        "ok" => s.push_str("expect ok\n"),
-        x if x.starts_with("ok ") => s.push_str(&format!("expect ok # returned {}\n", &x[3..])),
-        e => s.push_str(&format!("expect err {e}\n")),
-    }
-    s.push_str(&format!("# model: softdirty {}\n", fmt_runs(&md.softdirty)));
-    s.push_str(&format!(
-        "expect softdirty {w} {}\n",
-        fmt_runs(&o.softdirty)
-    ));
-    s.push_str(&format!("# model: present {}\n", fmt_runs(&md.present)));
-    s.push_str(&format!("expect present {w} {}\n", fmt_runs(&o.present)));
-    s.push_str(&format!("# model: vmas {}\n", md.vmas));
-    s.push_str(&format!("expect vmas {w} {}\n", o.vmas));
+    let (first, note) = match o.outcome.as_str() {
+        "ok" => (Expect::Ok, String::new()),
+        x if x.starts_with("ok ") => (Expect::Ok, format!(" # returned {}", &x[3..])),
+        e => match Errno::from_name(e) {
+            Some(errno) => (Expect::Err(errno), String::new()),
+            None => (Expect::Ok, format!(" # {other_name}: {e}")),
+        },
+    };
+    s.push_str(&render::expect(&first));
+    s.push_str(&note);
+    s.push('\n');
+    let mut line = |comment: String, e: Expect| {
+        s.push_str(&comment);
+        s.push_str(&render::expect(&e));
+        s.push('\n');
+    };
+    line(
+        format!("# model: softdirty {}\n", fmt_runs(&md.softdirty)),
+        Expect::SoftDirty {
+            addr: window.clone(),
+            len,
+            pages: PageSet::List(o.softdirty.clone()),
+        },
+    );
+    line(
+        format!("# model: present {}\n", fmt_runs(&md.present)),
+        Expect::Present {
+            addr: window.clone(),
+            len,
+            pages: PageSet::List(o.present.clone()),
+        },
+    );
+    line(
+        format!("# model: vmas {}\n", md.vmas),
+        Expect::Vmas {
+            addr: window,
+            len,
+            count: o.vmas,
+        },
+    );
     if let (Some(a), Some(b)) = (&md.scan, &o.scan) {
-        s.push_str(&format!(
-            "# scan regions (window pages): model {}, {other_name} {}\nexpect regions {}\n",
-            fmt_runs(a),
-            fmt_runs(b),
-            b.len()
-        ));
+        line(
+            format!(
+                "# scan regions (window pages): model {}, {other_name} {}\n",
+                fmt_runs(a),
+                fmt_runs(b)
+            ),
+            Expect::Regions(b.len() as u64),
+        );
     }
     s
 }
@@ -723,13 +646,14 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
         mremap_single_page: args.mremap_single_page,
         ..Profile::default()
     };
-    let (name, other): (String, Box<dyn Fn() -> Result<Box<dyn Side>, String>>) = match (
+    type Maker = Box<dyn Fn() -> Result<Box<dyn Backend>, String>>;
+    let (name, other): (String, Maker) = match (
         args.against,
         args.mode,
     ) {
         (Against::Reference, m) => (
             "the reference model".to_string(),
-            Box::new(move || Ok(Box::new(ReferenceSide(RefSpace::new(m))) as Box<dyn Side>)),
+            Box::new(move || Ok(Box::new(RefBackend::new(m)) as Box<dyn Backend>)),
         ),
         (Against::Kernel, m @ (Mode::Precise | Mode::Legacy)) => {
             let flavour = if m == Mode::Precise {
@@ -742,9 +666,7 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
             let v = version.map_or("?".to_string(), |(a, b)| format!("{a}.{b}"));
             (
                 format!("the kernel ({}, Linux {v})", flavour.name()),
-                Box::new(move || {
-                    kernel(flavour).map(|b| Box::new(BackendSide(b)) as Box<dyn Side>)
-                }),
+                Box::new(move || kernel(flavour)),
             )
         }
         (Against::Kernel, m) => {
@@ -826,18 +748,30 @@ fn kernel(f: softdirty::backend::KernelFlavour) -> Result<Box<dyn Backend>, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use softdirty::backend::{OpResult, Unobservable};
 
     #[test]
     fn generation_is_deterministic_and_parses() {
         let a = generate(7, 50, Profile::default());
         assert_eq!(a, generate(7, 50, Profile::default()));
-        let text: String = a.iter().map(|o| format!("{o}\n")).collect();
-        softdirty_trace::parse::parse_bytes(text.as_bytes()).unwrap();
+        // The one renderer's text reads back as the same commands.
+        let text: String = a.iter().map(|o| render::command(o) + "\n").collect();
+        let t = softdirty_trace::parse::parse_bytes(text.as_bytes()).unwrap();
+        let names = softdirty_trace::lower::Bindings::new();
+        let back: Vec<Command> = t
+            .commands
+            .iter()
+            .map(|c| match softdirty_trace::lower::lower(&c.node, &names) {
+                Ok(softdirty_trace::lower::Action::Perform { cmd, bind: None }) => cmd,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(back, a);
     }
 
     #[test]
     fn profiles_change_only_what_they_say() {
-        let all: Vec<FuzzOp> = (0..20)
+        let all: Vec<Command> = (0..20)
             .flat_map(|s| generate(s, 100, Profile::default()))
             .collect();
         let p = Profile {
@@ -846,17 +780,32 @@ mod tests {
             linux_6_12: true,
             uffd: true,
         };
-        let some: Vec<FuzzOp> = (0..20).flat_map(|s| generate(s, 100, p)).collect();
+        let some: Vec<Command> = (0..20).flat_map(|s| generate(s, 100, p)).collect();
         assert_eq!(all.len(), some.len());
         let (mut scans, mut mremaps) = (0, 0);
         for (a, b) in all.iter().zip(&some) {
             match (a, b) {
-                (FuzzOp::ScanClear(x, y), FuzzOp::Scan(u, v)) => {
-                    assert_eq!((x, y), (u, v));
+                (Command::Scan(x), Command::Scan(y)) if x.clear && !y.clear => {
+                    assert_eq!(ScanArgs { clear: false, ..*x }, *y);
                     scans += 1;
                 }
-                (FuzzOp::Mremap(x, _, n, d), FuzzOp::Mremap(u, o, m, e)) => {
-                    assert_eq!((x, n, d, *o), (u, m, e, PAGE_SIZE));
+                (
+                    Command::Op(Op::Mremap {
+                        addr: x,
+                        new_len: n,
+                        maymove: mm,
+                        fixed: d,
+                        ..
+                    }),
+                    Command::Op(Op::Mremap {
+                        addr: u,
+                        old_len: o,
+                        new_len: m,
+                        maymove: mv,
+                        fixed: e,
+                    }),
+                ) => {
+                    assert_eq!((x, n, mm, d, *o), (u, m, mv, e, PAGE_SIZE));
                     mremaps += 1;
                 }
                 _ => assert_eq!(a, b),
@@ -866,12 +815,12 @@ mod tests {
             scans > 50 && mremaps > 50,
             "{scans} scans, {mremaps} mremaps"
         );
-        let text: String = some.iter().map(|o| format!("{o}\n")).collect();
+        let text: String = some.iter().map(|o| render::command(o) + "\n").collect();
         softdirty_trace::parse::parse_bytes(text.as_bytes()).unwrap();
     }
 
-    fn reference(mode: Mode) -> impl Fn() -> Result<Box<dyn Side>, String> {
-        move || Ok(Box::new(ReferenceSide(RefSpace::new(mode))) as Box<dyn Side>)
+    fn reference(mode: Mode) -> impl Fn() -> Result<Box<dyn Backend>, String> {
+        move || Ok(Box::new(RefBackend::new(mode)) as Box<dyn Backend>)
     }
 
     #[test]
@@ -886,31 +835,93 @@ mod tests {
         }
     }
 
-    /// The reference, except that it claims one VMA more after every successful mprotect.
-    struct Lying(ReferenceSide);
+    /// The reference, except that it claims one VMA more right after every successful
+    /// mprotect: a lying [`Backend`].
+    struct Lying {
+        inner: RefBackend,
+        lie: bool,
+    }
 
-    impl Side for Lying {
-        fn step(&mut self, op: &FuzzOp) -> Result<Observation, String> {
-            let mut o = self.0.step(op)?;
-            if matches!(op, FuzzOp::Mprotect(..)) && o.outcome == "ok" {
-                o.vmas += 1;
-            }
-            Ok(o)
+    impl Backend for Lying {
+        fn name(&self) -> String {
+            "the liar".into()
         }
+        fn space(&mut self, name: &str) -> Result<(), String> {
+            self.inner.space(name)
+        }
+        fn fork(&mut self, child: &str) -> OpResult<()> {
+            self.inner.fork(child)
+        }
+        fn mmap(&mut self, a: u64, l: u64, p: Prot, sh: bool, pl: Placement) -> OpResult<u64> {
+            self.inner.mmap(a, l, p, sh, pl)
+        }
+        fn munmap(&mut self, a: u64, l: u64) -> OpResult<()> {
+            self.inner.munmap(a, l)
+        }
+        fn mprotect(&mut self, a: u64, l: u64, p: Prot) -> OpResult<()> {
+            let r = self.inner.mprotect(a, l, p);
+            self.lie = matches!(r, Ok(Ok(())));
+            r
+        }
+        fn mremap(&mut self, a: u64, o: u64, n: u64, m: bool, f: Option<u64>) -> OpResult<u64> {
+            self.inner.mremap(a, o, n, m, f)
+        }
+        fn madvise_dontneed(&mut self, a: u64, l: u64) -> OpResult<()> {
+            self.inner.madvise_dontneed(a, l)
+        }
+        fn write(&mut self, a: u64, l: u64) -> OpResult<()> {
+            self.inner.write(a, l)
+        }
+        fn read(&mut self, a: u64, l: u64) -> OpResult<()> {
+            self.inner.read(a, l)
+        }
+        fn clear_refs(&mut self, v: &str) -> OpResult<()> {
+            self.inner.clear_refs(v)
+        }
+        fn pagemap(&mut self, s: u64, n: u64, f: &mut dyn FnMut(u64, u64)) -> Result<(), String> {
+            self.inner.pagemap(s, n, f)
+        }
+        fn scan(&mut self, args: &ScanArgs) -> OpResult<softdirty::scan::ScanResult> {
+            self.inner.scan(args)
+        }
+        fn smaps_vmflags(&mut self, a: u64) -> Result<Option<String>, String> {
+            self.inner.smaps_vmflags(a)
+        }
+        fn softdirty_runs(&mut self, a: u64, l: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+            self.inner.softdirty_runs(a, l)
+        }
+        fn present_runs(&mut self, a: u64, l: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+            self.inner.present_runs(a, l)
+        }
+        fn vma_count(&mut self, a: u64, l: u64) -> Result<u64, Unobservable> {
+            let n = self.inner.vma_count(a, l)?;
+            Ok(n + u64::from(std::mem::take(&mut self.lie)))
+        }
+        fn faults(&mut self) -> Result<u64, Unobservable> {
+            self.inner.faults()
+        }
+    }
+
+    fn is_mprotect(c: &Command) -> bool {
+        matches!(c, Command::Op(Op::Mprotect { .. }))
     }
 
     #[test]
     fn a_disagreement_is_found_shrunk_and_rendered() {
-        let lying =
-            || Ok(Box::new(Lying(ReferenceSide(RefSpace::new(Mode::Legacy)))) as Box<dyn Side>);
+        let lying = || {
+            Ok(Box::new(Lying {
+                inner: RefBackend::new(Mode::Legacy),
+                lie: false,
+            }) as Box<dyn Backend>)
+        };
         let ops = generate(3, 100, Profile::default());
         let first = run_case(&ops, Mode::Legacy, Profile::default(), &lying).unwrap();
         let m = first.mismatch.expect("the lie is seen");
-        assert!(matches!(ops[m.step], FuzzOp::Mprotect(..)));
+        assert!(is_mprotect(&ops[m.step]));
         let (min, m) = shrink(&ops, Mode::Legacy, Profile::default(), &lying).unwrap();
         // An mprotect succeeds only on mapped memory: an mmap and the mprotect.
         assert_eq!(min.len(), 2, "{min:?}");
-        assert!(matches!(min[0], FuzzOp::Mmap(..)) && matches!(min[1], FuzzOp::Mprotect(..)));
+        assert!(matches!(min[0], Command::Op(Op::Mmap { .. })) && is_mprotect(&min[1]));
         assert_eq!(m.other.vmas, m.model.vmas + 1);
         let text = render(&min, Mode::Legacy, &m, "the liar");
         assert!(text.contains(&format!("expect vmas {BASE:#x} 24p {}", m.other.vmas)));
@@ -935,7 +946,7 @@ mod tests {
         let div = linux_6_12_divergence;
         // No VMA at the source: overlapping ranges are EINVAL in 6.18, EFAULT in 6.12.
         let v = [vma(0, 8, Prot::RW, true)];
-        let m = |a, o, n, d| FuzzOp::Mremap(p(a), l(o), l(n), Some(p(d)));
+        let m = |a, o, n, d| mremap(p(a), l(o), l(n), Some(p(d)));
         assert_eq!(div(&v, &m(9, 8, 7, 15)), Some("mremap-order-efault"));
         assert_eq!(div(&v, &m(9, 2, 2, 15)), None);
         // A source crossing its VMA's end.
@@ -967,7 +978,7 @@ mod tests {
         assert_eq!(div(&v, &m(0, 2, 2, 18)), None, "an unfaulted source");
         // An in-place growth of a faulted VMA up to an unfaulted next VMA.
         let v = [vma(0, 4, Prot::RW, true), vma(6, 8, Prot::RW, false)];
-        let g = |o, n| FuzzOp::Mremap(p(0), l(o), l(n), None);
+        let g = |o, n| mremap(p(0), l(o), l(n), None);
         assert_eq!(div(&v, &g(4, 6)), Some("anon-merge-faulted-into-unfaulted"));
         assert_eq!(div(&v, &g(4, 5)), None);
         let v = [vma(0, 4, Prot::RW, true), vma(6, 8, Prot::RW, true)];
@@ -978,7 +989,13 @@ mod tests {
             vma(10, 15, Prot::NONE, false),
             vma(15, 16, Prot::NONE, true),
         ];
-        let mp = |a, n, prot| FuzzOp::Mprotect(p(a), l(n), prot);
+        let mp = |a, n, prot| {
+            Command::Op(Op::Mprotect {
+                addr: p(a),
+                len: l(n),
+                prot,
+            })
+        };
         assert_eq!(
             div(&v, &mp(11, 5, Prot::RW)),
             Some("anon-merge-faulted-into-unfaulted")
@@ -1007,15 +1024,23 @@ mod tests {
             "an unfaulted VMA merging is fine"
         );
         // Everything else.
-        assert_eq!(div(&v, &FuzzOp::Write(p(8), l(8))), None);
-        assert_eq!(div(&v, &FuzzOp::Munmap(p(8), l(8))), None);
+        let write = |a, n| Command::Write {
+            addr: p(a),
+            len: l(n),
+        };
+        assert_eq!(div(&v, &write(8, 8)), None);
+        let munmap = Command::Op(Op::Munmap {
+            addr: p(8),
+            len: l(8),
+        });
+        assert_eq!(div(&v, &munmap), None);
     }
 
     #[test]
     fn uffd_shapes() {
         let p = |n: u64| BASE + n * PAGE_SIZE;
         let l = |n: u64| n * PAGE_SIZE;
-        let m = |a, o, n, d| FuzzOp::Mremap(p(a), l(o), l(n), Some(p(d)));
+        let m = |a, o, n, d| mremap(p(a), l(o), l(n), Some(p(d)));
         let div = uffd_divergence;
         // The fuzzer's seed 2: a 2-page move from a 1-page VMA into the next one.
         let v = [vma(0, 8, Prot::RW, true), vma(8, 9, Prot::R, false)];
@@ -1026,9 +1051,13 @@ mod tests {
         // Inside one VMA, a resize, an in-place mremap, a source starting in a gap.
         assert_eq!(div(&v, &m(6, 2, 2, 15)), None);
         assert_eq!(div(&v, &m(7, 2, 3, 15)), None);
-        assert_eq!(div(&v, &FuzzOp::Mremap(p(7), l(2), l(2), None)), None);
+        assert_eq!(div(&v, &mremap(p(7), l(2), l(2), None)), None);
         assert_eq!(div(&v, &m(8, 2, 2, 15)), None);
-        assert_eq!(div(&v, &FuzzOp::Write(p(0), l(8))), None);
+        let write = Command::Write {
+            addr: p(0),
+            len: l(8),
+        };
+        assert_eq!(div(&v, &write), None);
     }
 
     #[test]
@@ -1039,8 +1068,8 @@ mod tests {
         assert!(!kernel_profile(Mode::Legacy, Some((6, 12)), false).uffd);
         // The shape of the first failure of a default run (seed 2).
         let ops = [
-            FuzzOp::Mmap(BASE + 0x16000, PAGE_SIZE, Prot::RW, Placement::NoReplace),
-            FuzzOp::Mremap(
+            mmap(BASE + 0x16000, PAGE_SIZE, Prot::RW, Placement::NoReplace),
+            mremap(
                 BASE + 0x16000,
                 2 * PAGE_SIZE,
                 2 * PAGE_SIZE,

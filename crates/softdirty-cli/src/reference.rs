@@ -63,7 +63,9 @@
 //!
 //! Independence: it is in the library only so that the `softdirty` binary can run it; it
 //! takes nothing from the model but plain value types (`Errno`, `Placement`, `VmaInfo`,
-//! `Mode`, `Prot`), and nothing in the model calls it. `tests/model_vs_reference.rs`
+//! `Mode`, `Prot`, the scan's `ScanArgs`, `ScanResult` and `Region`) and the seam it
+//! implements ([`RefBackend`] is a `softdirty::backend::Backend`: `Backend`, `OpResult`,
+//! `Unobservable`), and nothing in the model calls it. `tests/model_vs_reference.rs`
 //! checks that its imports stay that way. Not a public API (hidden from the docs).
 //!
 //! Where the real model has to choose an address itself (a hint mmap the hint of which is
@@ -72,10 +74,12 @@
 
 #![allow(dead_code, missing_docs)]
 
+use softdirty::backend::{Backend, OpResult, Unobservable};
 use softdirty::errno::Errno;
 use softdirty::mm::{Placement, VmaInfo};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
+use softdirty::scan::{Region, ScanArgs, ScanResult};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Page size.
@@ -1256,5 +1260,229 @@ impl RefSpace {
     /// `regions`: the number of regions over every VMA's list (0 in other modes).
     pub fn region_count(&self) -> usize {
         self.vmas.iter().map(|v| v.nsdr.len()).sum()
+    }
+}
+
+// ------------------------------------------------------------------ as a backend
+
+/// PAGE_IS_SOFT_DIRTY (uapi `linux/fs.h`): the one category the reference scans for.
+const PAGE_IS_SOFT_DIRTY: u64 = 1 << 7;
+
+/// What a write to /proc/PID/clear_refs is (fs/proc/task_mmu.c, `clear_refs_write`): at
+/// most 12 bytes are copied (`PROC_NUMBUF - 1`), stripped of white space, and read by
+/// `kstrtoint(.., 10, ..)`: an optional sign and decimal digits; EINVAL for anything
+/// else, ERANGE outside `i32`.
+fn clear_refs_value(value: &str) -> R<i32> {
+    let b = &value.as_bytes()[..value.len().min(12)];
+    let s = std::str::from_utf8(b).map_err(|_| Errno::EINVAL)?.trim();
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(Errno::EINVAL);
+    }
+    let v: i128 = digits.parse().map_err(|_| Errno::ERANGE)?;
+    i32::try_from(if neg { -v } else { v }).map_err(|_| Errno::ERANGE)
+}
+
+/// The reference as a [`Backend`]: named spaces (`space`, `fork`), each a [`RefSpace`],
+/// and the current one (`main` at first). What it does not model it cannot perform
+/// (`Err` with the reason): `smaps`, scans other than `mask=softdirty return=softdirty
+/// [clear]` over a page-aligned range, and an mmap hint or MAYMOVE mremap that needs an
+/// address chosen, unless the caller passed the real model's choice first
+/// ([`RefBackend::follow`]).
+#[derive(Clone, Debug)]
+pub struct RefBackend {
+    mode: Mode,
+    spaces: Vec<(String, RefSpace)>,
+    current: usize,
+    /// The real model's result for the next mmap or mremap (`Some(None)`: it failed),
+    /// used where the reference would have to choose an address; taken by that operation.
+    choice: Option<Option<u64>>,
+}
+
+impl RefBackend {
+    /// One empty space `main` in `mode`.
+    pub fn new(mode: Mode) -> RefBackend {
+        RefBackend {
+            mode,
+            spaces: vec![("main".to_string(), RefSpace::new(mode))],
+            current: 0,
+            choice: None,
+        }
+    }
+
+    /// The current space.
+    pub fn current(&self) -> &RefSpace {
+        &self.spaces[self.current].1
+    }
+
+    fn cur(&mut self) -> &mut RefSpace {
+        &mut self.spaces[self.current].1
+    }
+
+    /// The space called `name`, if it exists.
+    pub fn get(&self, name: &str) -> Option<&RefSpace> {
+        self.spaces.iter().find(|s| s.0 == name).map(|s| &s.1)
+    }
+
+    /// Passes the real model's result of the next mmap or mremap (its address, `None` if
+    /// it failed): where the reference has to choose an address it takes this one,
+    /// after checking that it is a free, aligned range.
+    pub fn follow(&mut self, model: Option<u64>) {
+        self.choice = Some(model);
+    }
+
+    /// Runs `f` on the current space with a chooser made of [`Self::follow`]'s value;
+    /// `Err` if `f` needed an address and no one gave one.
+    fn choosing<T>(
+        &mut self,
+        f: impl FnOnce(&mut RefSpace, &mut dyn FnMut() -> Option<u64>) -> T,
+    ) -> Result<T, String> {
+        let given = self.choice.take();
+        let mut needed = false;
+        let r = f(&mut self.spaces[self.current].1, &mut || {
+            needed = true;
+            given.flatten()
+        });
+        if needed && given.is_none() {
+            return Err(
+                "the reference cannot choose an address (it follows the model's choice)".into(),
+            );
+        }
+        Ok(r)
+    }
+}
+
+impl Backend for RefBackend {
+    fn name(&self) -> String {
+        format!("reference ({})", self.mode)
+    }
+    fn space(&mut self, name: &str) -> Result<(), String> {
+        self.current = match self.spaces.iter().position(|s| s.0 == name) {
+            Some(i) => i,
+            None => {
+                self.spaces.push((name.to_string(), RefSpace::new(self.mode)));
+                self.spaces.len() - 1
+            }
+        };
+        Ok(())
+    }
+    fn fork(&mut self, child: &str) -> OpResult<()> {
+        if self.get(child).is_some() {
+            return Ok(Err(Errno::EEXIST));
+        }
+        let c = self.current().fork();
+        self.spaces.push((child.to_string(), c));
+        Ok(Ok(()))
+    }
+    fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: Placement,
+    ) -> OpResult<u64> {
+        self.choosing(|r, choose| r.mmap(addr, len, prot, shared, placement, choose))
+    }
+    fn munmap(&mut self, addr: u64, len: u64) -> OpResult<()> {
+        Ok(self.cur().munmap(addr, len))
+    }
+    fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> OpResult<()> {
+        Ok(self.cur().mprotect(addr, len, prot))
+    }
+    fn mremap(
+        &mut self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        maymove: bool,
+        fixed: Option<u64>,
+    ) -> OpResult<u64> {
+        self.choosing(|r, choose| r.mremap(addr, old_len, new_len, maymove, fixed, choose))
+    }
+    fn madvise_dontneed(&mut self, addr: u64, len: u64) -> OpResult<()> {
+        Ok(self.cur().madvise_dontneed(addr, len))
+    }
+    fn write(&mut self, addr: u64, len: u64) -> OpResult<()> {
+        Ok(self.cur().write(addr, len))
+    }
+    fn read(&mut self, addr: u64, len: u64) -> OpResult<()> {
+        Ok(self.cur().read(addr, len))
+    }
+    fn clear_refs(&mut self, value: &str) -> OpResult<()> {
+        Ok(clear_refs_value(value).and_then(|v| self.cur().clear_refs(v)))
+    }
+    fn pagemap(
+        &mut self,
+        start: u64,
+        pages: u64,
+        f: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), String> {
+        for i in 0..pages {
+            let p = start + i * P;
+            f(p, self.current().pagemap_entry(p));
+        }
+        Ok(())
+    }
+    fn scan(&mut self, args: &ScanArgs) -> OpResult<ScanResult> {
+        let modelled = args.mask == PAGE_IS_SOFT_DIRTY
+            && args.ret == PAGE_IS_SOFT_DIRTY
+            && args.anyof == 0
+            && args.inverted == 0
+            && args.max_pages == 0
+            && args.start % P == 0
+            && args.end % P == 0
+            && args.start <= args.end
+            && args.end <= TASK_SIZE;
+        if !modelled {
+            return Err(format!(
+                "the reference models only `scan START LEN mask=softdirty return=softdirty \
+                 [clear]` over a page-aligned range in user space, not {args:?}"
+            ));
+        }
+        let runs = self.cur().scan_softdirty(args.start, args.end, args.clear);
+        if runs.len() as u64 > args.vec_len {
+            return Err(format!(
+                "the reference does not model a scan that fills its vector ({} regions, \
+                 vec_len {})",
+                runs.len(),
+                args.vec_len
+            ));
+        }
+        Ok(Ok(ScanResult {
+            regions: runs
+                .into_iter()
+                .map(|(start, end)| Region {
+                    start,
+                    end,
+                    categories: PAGE_IS_SOFT_DIRTY,
+                })
+                .collect(),
+            walk_end: args.end,
+        }))
+    }
+    fn smaps_vmflags(&mut self, _addr: u64) -> Result<Option<String>, String> {
+        Err("the reference does not model smaps".into())
+    }
+    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        Ok(self.current().softdirty_runs(addr, len))
+    }
+    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        Ok(self.current().present_runs(addr, len))
+    }
+    fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable> {
+        let end = addr.saturating_add(len);
+        Ok(self
+            .current()
+            .vmas
+            .iter()
+            .filter(|v| v.start < end && v.end > addr)
+            .count() as u64)
+    }
+    fn faults(&mut self) -> Result<u64, Unobservable> {
+        Ok(self.current().faults)
     }
 }

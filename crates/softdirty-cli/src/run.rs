@@ -317,7 +317,7 @@ pub struct Config {
 
 /// The whole report of `softdirty run`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Report {
+pub struct RunReport {
     /// the options
     pub config: Config,
     /// one entry per simulated mode, precise first
@@ -598,7 +598,7 @@ fn churner(sh: &Shared, mut churn: Churn, rate: f64, writes_per_sim_s: f64) -> (
         let gate = sh
             .freeze
             .then(|| sh.gates[gate_i].lock().unwrap_or_else(|e| e.into_inner()));
-        let mut apply = |op: &workload::Op| {
+        let mut apply = |op: &softdirty::backend::Op| {
             let mut first = None;
             for sp in &sh.spaces {
                 let r = op.apply(sp);
@@ -919,11 +919,11 @@ pub fn layout_for(args: &RunArgs) -> Result<GuestLayout, String> {
 }
 
 /// Runs the simulation `args` describes (no output): the library entry point.
-pub fn simulate(args: &RunArgs) -> Result<Report, String> {
+pub fn simulate(args: &RunArgs) -> Result<RunReport, String> {
     simulate_with(args, false)
 }
 
-fn simulate_with(args: &RunArgs, show_progress: bool) -> Result<Report, String> {
+fn simulate_with(args: &RunArgs, show_progress: bool) -> Result<RunReport, String> {
     validate(args)?;
     let started = Instant::now();
     let layout = layout_for(args)?;
@@ -956,7 +956,7 @@ fn simulate_with(args: &RunArgs, show_progress: bool) -> Result<Report, String> 
     };
     let mapped_pages = layout.mappings.iter().map(|m| m.pages).sum::<u64>()
         + layout.chunks.iter().map(|c| c.pages).sum::<u64>();
-    Ok(Report {
+    Ok(RunReport {
         config: Config {
             mem: args.mem,
             vcpus: args.vcpus,
@@ -1005,7 +1005,7 @@ fn bytes(b: u64) -> String {
 }
 
 /// Writes the tables and the summary of `r`.
-pub fn print_report(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+pub fn print_report(r: &RunReport, out: &mut dyn Write) -> std::io::Result<()> {
     let c = &r.config;
     writeln!(
         out,
@@ -1123,7 +1123,7 @@ pub fn print_report(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
 }
 
 /// Draws dirty pages per round, one line per mode, as SVG.
-pub fn plot(r: &Report, path: &Path) -> Result<(), String> {
+pub fn plot(r: &RunReport, path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
     let max_round = r
         .modes

@@ -68,13 +68,13 @@ impl fmt::Display for Workload {
 
 // ===================================================================== operations
 
-pub use softdirty::backend::Op;
+use softdirty::backend::Op;
 
 // ======================================================================= page sets
 
-/// A set of page ranges, indexable by page number (0 .. [`PageSet::len`]).
+/// A set of page ranges, indexable by page number (0 .. [`PageRanges::len`]).
 #[derive(Clone, Debug, Default)]
-pub struct PageSet {
+pub struct PageRanges {
     /// `(start address, pages)`, sorted by address.
     ranges: Vec<(u64, u64)>,
     /// pages before each range
@@ -82,9 +82,9 @@ pub struct PageSet {
     total: u64,
 }
 
-impl PageSet {
+impl PageRanges {
     /// The set of `ranges` (`(start, pages)`; sorted here).
-    pub fn new(mut ranges: Vec<(u64, u64)>) -> PageSet {
+    pub fn new(mut ranges: Vec<(u64, u64)>) -> PageRanges {
         ranges.retain(|r| r.1 > 0);
         ranges.sort_unstable();
         let mut cum = Vec::with_capacity(ranges.len());
@@ -93,7 +93,7 @@ impl PageSet {
             cum.push(total);
             total += r.1;
         }
-        PageSet { ranges, cum, total }
+        PageRanges { ranges, cum, total }
     }
 
     /// Number of pages.
@@ -147,7 +147,7 @@ pub struct Zone {
 
 /// An allocation the churn thread owns (one `mmap` of a large malloc, maybe grown).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Chunk {
+pub struct Allocation {
     /// first address
     pub start: u64,
     /// size in pages
@@ -156,7 +156,7 @@ pub struct Chunk {
     pub guard: bool,
 }
 
-impl Chunk {
+impl Allocation {
     fn end(&self) -> u64 {
         self.start + self.pages * PAGE
     }
@@ -178,13 +178,13 @@ pub struct GuestLayout {
     /// The operations that build the layout (fixed mappings, guards, initial chunks).
     pub setup: Vec<Op>,
     /// The writable pages of the fixed mappings: what the access patterns index.
-    pub writable: PageSet,
+    pub writable: PageRanges,
     /// Ranges to populate (write) before logging starts: the guest has been running.
     pub prefault: Vec<(u64, u64)>,
     /// The churn thread's zone (len 0: no churn).
     pub zone: Zone,
     /// The chunks mapped in the zone at the start.
-    pub chunks: Vec<Chunk>,
+    pub chunks: Vec<Allocation>,
     /// Largest chunk the churn thread allocates, in pages.
     pub max_chunk: u64,
     /// Pages the churn thread keeps mapped, on average.
@@ -282,7 +282,7 @@ pub fn guest_layout(mem: u64, vcpus: usize, seed: u64) -> GuestLayout {
         let mut left = arenas;
         while left > 0 {
             let n = rng.gen_range(1..=max_chunk).min(left);
-            l.chunks.push(Chunk {
+            l.chunks.push(Allocation {
                 start: at,
                 pages: n,
                 guard: false,
@@ -301,7 +301,7 @@ pub fn guest_layout(mem: u64, vcpus: usize, seed: u64) -> GuestLayout {
             left -= n;
         }
     }
-    l.writable = PageSet::new(writable);
+    l.writable = PageRanges::new(writable);
     l
 }
 
@@ -310,6 +310,7 @@ pub fn guest_layout(mem: u64, vcpus: usize, seed: u64) -> GuestLayout {
 /// writes, reads, scans and expectations are ignored. Writers target the writable pages
 /// left mapped; the churn zone is placed where the trace has nothing, or omitted.
 pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, String> {
+    use softdirty::backend::Command;
     use softdirty_trace::lower::{bind, lower, Action, Bindings};
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
@@ -325,11 +326,17 @@ pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, St
             continue;
         };
         let (op, b) = match action {
-            Action::Space(n) => {
+            Action::Perform {
+                cmd: Command::Space(n),
+                ..
+            } => {
                 current_main = n == "main";
                 continue;
             }
-            Action::Op { op, bind } if current_main => (op, bind),
+            Action::Perform {
+                cmd: Command::Op(op),
+                bind,
+            } if current_main => (op, bind),
             _ => continue,
         };
         let got = op.apply(&scratch);
@@ -396,7 +403,7 @@ pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, St
             writable.push((v.start, pages));
         }
     }
-    l.writable = PageSet::new(writable);
+    l.writable = PageRanges::new(writable);
     if l.writable.is_empty() {
         return Err(format!(
             "{name}: the trace leaves no writable mapping to write to"
@@ -480,7 +487,7 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-/// One vCPU's stream of page indices (into a [`PageSet`] of `n` pages).
+/// One vCPU's stream of page indices (into a [`PageRanges`] of `n` pages).
 #[derive(Clone, Debug)]
 pub struct Picker {
     kind: Kind,
@@ -555,7 +562,7 @@ impl Picker {
 
 /// What one churn step did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum ChurnStep {
     /// mmap of a new chunk (next to an existing one when possible)
     Alloc,
     /// munmap of a chunk or of its tail
@@ -571,7 +578,7 @@ pub enum Action {
 #[derive(Clone, Debug)]
 pub struct Churn {
     zone: Zone,
-    chunks: Vec<Chunk>,
+    chunks: Vec<Allocation>,
     max_chunk: u64,
     target: u64,
     rng: SmallRng,
@@ -618,7 +625,7 @@ impl Churn {
         cands.into_iter().find(|&a| self.free_at(a, pages, None))
     }
 
-    fn insert(&mut self, c: Chunk) {
+    fn insert(&mut self, c: Allocation) {
         let i = self.chunks.partition_point(|x| x.start < c.start);
         self.chunks.insert(i, c);
     }
@@ -626,27 +633,27 @@ impl Churn {
     /// Plans and performs one step through `apply` (which runs an [`Op`] on every address
     /// space of the run and returns the first one's result). Returns the action and
     /// whether it succeeded; on failure the bookkeeping is unchanged.
-    pub fn step(&mut self, apply: &mut dyn FnMut(&Op) -> Result<u64, Errno>) -> (Action, bool) {
+    pub fn step(&mut self, apply: &mut dyn FnMut(&Op) -> Result<u64, Errno>) -> (ChurnStep, bool) {
         let mapped: u64 = self.chunks.iter().map(|c| c.pages).sum();
         let r = self.rng.gen_range(0..100);
         let action = if self.chunks.is_empty() || mapped < self.target * 3 / 4 {
-            Action::Alloc
+            ChurnStep::Alloc
         } else if mapped > self.target * 5 / 4 {
-            Action::Free
+            ChurnStep::Free
         } else if r < 35 {
-            Action::Alloc
+            ChurnStep::Alloc
         } else if r < 65 {
-            Action::Free
+            ChurnStep::Free
         } else if r < 85 {
-            Action::Guard
+            ChurnStep::Guard
         } else {
-            Action::Remap
+            ChurnStep::Remap
         };
         let ok = match action {
-            Action::Alloc => self.alloc(apply),
-            Action::Free => self.free(apply),
-            Action::Guard => self.guard(apply),
-            Action::Remap => self.remap(apply),
+            ChurnStep::Alloc => self.alloc(apply),
+            ChurnStep::Free => self.free(apply),
+            ChurnStep::Guard => self.guard(apply),
+            ChurnStep::Remap => self.remap(apply),
         };
         (action, ok)
     }
@@ -677,7 +684,7 @@ impl Churn {
         if apply(&op).is_err() {
             return false;
         }
-        self.insert(Chunk {
+        self.insert(Allocation {
             start: addr,
             pages,
             guard: false,
@@ -765,7 +772,7 @@ impl Churn {
         match apply(&op) {
             Ok(got) if got == dest => {
                 self.chunks.remove(i);
-                self.insert(Chunk {
+                self.insert(Allocation {
                     start: dest,
                     pages: new_pages,
                     guard: false,

@@ -12,7 +12,8 @@ use softdirty::kernel::{uapi, KernelBackend, KernelFlavour, MIN_FIXED_ADDR};
 use softdirty::mm::Placement;
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
-use softdirty_trace::ast::{AddrBase, Command, Expect, MmapTarget, Placement as P, Trace};
+use softdirty::mm::Placement as P;
+use softdirty_trace::ast::{AddrBase, Expect, MmapTarget, Statement, Trace};
 use softdirty_trace::parse;
 use softdirty_trace::replay::{self, Backend};
 
@@ -62,13 +63,13 @@ fn unsuitable(t: &Trace) -> Option<String> {
     for c in &t.commands {
         let low = |a: &softdirty_trace::ast::Addr| matches!(a.base, AddrBase::Number(n) if (n as i128 + a.offset) < MIN_FIXED_ADDR as i128);
         match &c.node {
-            Command::Fork(_) | Command::Space(_) => {
+            Statement::Fork(_) | Statement::Space(_) => {
                 return Some(format!(
                     "line {}: fork/space (one real address space only)",
                     c.line
                 ))
             }
-            Command::Mmap { target, len, .. } => {
+            Statement::Mmap { target, len, .. } => {
                 if let MmapTarget::At(a) = target {
                     if low(a) {
                         return Some(format!("line {}: address below 0x10_0000_0000", c.line));
@@ -83,16 +84,16 @@ fn unsuitable(t: &Trace) -> Option<String> {
                     ));
                 }
             }
-            Command::Munmap { addr, .. }
-            | Command::Mprotect { addr, .. }
-            | Command::Madvise { addr, .. }
-            | Command::Write { addr, .. }
-            | Command::Read { addr, .. }
+            Statement::Munmap { addr, .. }
+            | Statement::Mprotect { addr, .. }
+            | Statement::Madvise { addr, .. }
+            | Statement::Write { addr, .. }
+            | Statement::Read { addr, .. }
                 if low(addr) =>
             {
                 return Some(format!("line {}: address below 0x10_0000_0000", c.line))
             }
-            Command::Expect(Expect::SoftDirty { addr, .. }) if low(addr) => {
+            Statement::Expect(Expect::SoftDirty { addr, .. }) if low(addr) => {
                 return Some(format!("line {}: address below 0x10_0000_0000", c.line))
             }
             _ => {}

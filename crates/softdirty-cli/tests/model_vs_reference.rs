@@ -29,11 +29,13 @@
 //! message holds the same sequence as resolved trace-format lines with both results.
 
 use proptest::prelude::*;
+use softdirty::backend::{Backend, Command, ModelBackend, Op, Outcome};
 use softdirty::errno::Errno;
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
-use softdirty_cli::reference::{RefSpace, P, TASK_SIZE};
+use softdirty_cli::reference::{RefBackend, RefSpace, P, TASK_SIZE};
+use softdirty_trace::render;
 use std::fmt;
 
 /// The arena: 32 units (a unit is 1 page, or 131 pages in some cases so that VMAs cross
@@ -98,8 +100,14 @@ impl fmt::Debug for Len {
     }
 }
 
+/// A generated [`Command`] whose addresses and lengths are still symbolic: arena units
+/// (the unit, 1 or 131 pages, is drawn per case, so an operation is generated before its
+/// bytes are known, and proptest shrinks and prints it in units), and a `fork` whose child
+/// is named when it runs. This is the generator's only extra data: every step runs as the
+/// [`Command`] [`Sym::command`] resolves it to, through `Backend::perform`, and is logged
+/// by the one trace renderer (`softdirty_trace::render`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Op {
+enum Sym {
     Mmap {
         addr: Addr,
         len: Len,
@@ -139,18 +147,76 @@ enum Op {
     Fork,
 }
 
-/// One operation on address space `sp` (modulo the number of spaces; forks add spaces).
-#[derive(Clone, PartialEq, Eq)]
-struct Step {
-    sp: u8,
-    op: Op,
+impl Sym {
+    /// The command this is for `unit`; a fork's child is called `child`.
+    fn command(&self, unit: u64, child: &str) -> Command {
+        let (a, l) = (|x: Addr| x.get(unit), |x: Len| x.get(unit));
+        match *self {
+            Sym::Mmap {
+                addr,
+                len,
+                prot,
+                shared,
+                place,
+            } => Command::Op(Op::Mmap {
+                addr: a(addr),
+                len: l(len),
+                prot,
+                shared,
+                placement: place,
+            }),
+            Sym::Munmap { addr, len } => Command::Op(Op::Munmap {
+                addr: a(addr),
+                len: l(len),
+            }),
+            Sym::Mprotect { addr, len, prot } => Command::Op(Op::Mprotect {
+                addr: a(addr),
+                len: l(len),
+                prot,
+            }),
+            Sym::Mremap {
+                addr,
+                old,
+                new,
+                maymove,
+                fixed,
+            } => Command::Op(Op::Mremap {
+                addr: a(addr),
+                old_len: l(old),
+                new_len: l(new),
+                maymove,
+                fixed: fixed.map(a),
+            }),
+            Sym::Dontneed { addr, len } => Command::Op(Op::DontNeed {
+                addr: a(addr),
+                len: l(len),
+            }),
+            Sym::Write { addr, len } => Command::Write {
+                addr: a(addr),
+                len: l(len),
+            },
+            Sym::Read { addr, len } => Command::Read {
+                addr: a(addr),
+                len: l(len),
+            },
+            Sym::ClearRefs(v) => Command::ClearRefs(v.to_string()),
+            Sym::Fork => Command::Fork(child.to_string()),
+        }
+    }
 }
 
-impl fmt::Debug for Step {
+/// One operation on address space `sp` (modulo the number of spaces; forks add spaces).
+#[derive(Clone, PartialEq, Eq)]
+struct OnSpace {
+    sp: u8,
+    op: Sym,
+}
+
+impl fmt::Debug for OnSpace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "[{}] ", self.sp)?;
         match &self.op {
-            Op::Mmap {
+            Sym::Mmap {
                 addr,
                 len,
                 prot,
@@ -166,9 +232,9 @@ impl fmt::Debug for Step {
                     Placement::NoReplace => "noreplace",
                 }
             ),
-            Op::Munmap { addr, len } => write!(f, "munmap {addr:?} {len:?}"),
-            Op::Mprotect { addr, len, prot } => write!(f, "mprotect {addr:?} {len:?} {prot}"),
-            Op::Mremap {
+            Sym::Munmap { addr, len } => write!(f, "munmap {addr:?} {len:?}"),
+            Sym::Mprotect { addr, len, prot } => write!(f, "mprotect {addr:?} {len:?} {prot}"),
+            Sym::Mremap {
                 addr,
                 old,
                 new,
@@ -184,11 +250,11 @@ impl fmt::Debug for Step {
                 }
                 Ok(())
             }
-            Op::Dontneed { addr, len } => write!(f, "madvise {addr:?} {len:?} dontneed"),
-            Op::Write { addr, len } => write!(f, "write {addr:?} {len:?}"),
-            Op::Read { addr, len } => write!(f, "read {addr:?} {len:?}"),
-            Op::ClearRefs(v) => write!(f, "clear_refs {v}"),
-            Op::Fork => write!(f, "fork"),
+            Sym::Dontneed { addr, len } => write!(f, "madvise {addr:?} {len:?} dontneed"),
+            Sym::Write { addr, len } => write!(f, "write {addr:?} {len:?}"),
+            Sym::Read { addr, len } => write!(f, "read {addr:?} {len:?}"),
+            Sym::ClearRefs(v) => write!(f, "clear_refs {v}"),
+            Sym::Fork => write!(f, "fork"),
         }
     }
 }
@@ -264,39 +330,39 @@ fn prot_s() -> impl Strategy<Value = Prot> {
     ]
 }
 
-fn op_s() -> impl Strategy<Value = Op> {
+fn op_s() -> impl Strategy<Value = Sym> {
     prop_oneof![
         8 => (addr_s(), len_s(), prot_s(), prop::bool::weighted(0.25), prop_oneof![
                 6 => Just(Placement::Fixed),
                 2 => Just(Placement::NoReplace),
                 1 => Just(Placement::Hint),
             ])
-            .prop_map(|(addr, len, prot, shared, place)| Op::Mmap { addr, len, prot, shared, place }),
-        3 => (addr_s(), len_s()).prop_map(|(addr, len)| Op::Munmap { addr, len }),
-        7 => (addr_s(), len_s(), prot_s()).prop_map(|(addr, len, prot)| Op::Mprotect { addr, len, prot }),
+            .prop_map(|(addr, len, prot, shared, place)| Sym::Mmap { addr, len, prot, shared, place }),
+        3 => (addr_s(), len_s()).prop_map(|(addr, len)| Sym::Munmap { addr, len }),
+        7 => (addr_s(), len_s(), prot_s()).prop_map(|(addr, len, prot)| Sym::Mprotect { addr, len, prot }),
         5 => (addr_s(), small_len_s(), new_len_s(), prop::bool::weighted(0.7),
               prop::option::weighted(0.5, addr_s()))
-            .prop_map(|(addr, old, new, maymove, fixed)| Op::Mremap { addr, old, new, maymove, fixed }),
-        2 => (addr_s(), len_s()).prop_map(|(addr, len)| Op::Dontneed { addr, len }),
-        6 => (addr_s(), rw_len_s()).prop_map(|(addr, len)| Op::Write { addr, len }),
-        3 => (addr_s(), rw_len_s()).prop_map(|(addr, len)| Op::Read { addr, len }),
-        2 => prop::sample::select(vec![4, 4, 4, 1, 5, 0, 6, -1]).prop_map(Op::ClearRefs),
-        1 => Just(Op::Fork),
+            .prop_map(|(addr, old, new, maymove, fixed)| Sym::Mremap { addr, old, new, maymove, fixed }),
+        2 => (addr_s(), len_s()).prop_map(|(addr, len)| Sym::Dontneed { addr, len }),
+        6 => (addr_s(), rw_len_s()).prop_map(|(addr, len)| Sym::Write { addr, len }),
+        3 => (addr_s(), rw_len_s()).prop_map(|(addr, len)| Sym::Read { addr, len }),
+        2 => prop::sample::select(vec![4, 4, 4, 1, 5, 0, 6, -1]).prop_map(Sym::ClearRefs),
+        1 => Just(Sym::Fork),
     ]
 }
 
 /// A fixed mmap that fills part of the arena (cases start with a few, so that most
 /// operations meet mappings).
-fn fill_s() -> impl Strategy<Value = Step> {
+fn fill_s() -> impl Strategy<Value = OnSpace> {
     (
         0..ARENA_UNITS,
         2u64..=16,
         prot_s(),
         prop::bool::weighted(0.15),
     )
-        .prop_map(|(u, n, prot, shared)| Step {
+        .prop_map(|(u, n, prot, shared)| OnSpace {
             sp: 0,
-            op: Op::Mmap {
+            op: Sym::Mmap {
                 addr: Addr::Arena(u, 0),
                 len: Len::Units(n),
                 prot,
@@ -306,12 +372,12 @@ fn fill_s() -> impl Strategy<Value = Step> {
         })
 }
 
-fn case_s() -> impl Strategy<Value = (u64, Vec<Step>)> {
+fn case_s() -> impl Strategy<Value = (u64, Vec<OnSpace>)> {
     (
         prop_oneof![6 => Just(1u64), 1 => Just(131u64)],
         prop::collection::vec(fill_s(), 0..=4),
         prop::collection::vec(
-            (prop_oneof![6 => Just(0u8), 1 => 1u8..3], op_s()).prop_map(|(sp, op)| Step { sp, op }),
+            (prop_oneof![6 => Just(0u8), 1 => 1u8..3], op_s()).prop_map(|(sp, op)| OnSpace { sp, op }),
             1..=36,
         ),
     )
@@ -323,8 +389,8 @@ fn case_s() -> impl Strategy<Value = (u64, Vec<Step>)> {
 
 // ------------------------------------------------------- scenarios where the modes differ
 
-fn fixed_at(u: i64, n: u64, prot: Prot) -> Op {
-    Op::Mmap {
+fn fixed_at(u: i64, n: u64, prot: Prot) -> Sym {
+    Sym::Mmap {
         addr: Addr::Arena(u, 0),
         len: Len::Units(n),
         prot,
@@ -333,8 +399,8 @@ fn fixed_at(u: i64, n: u64, prot: Prot) -> Op {
     }
 }
 
-fn write_at(u: i64, n: u64) -> Op {
-    Op::Write {
+fn write_at(u: i64, n: u64) -> Sym {
+    Sym::Write {
         addr: Addr::Arena(u, 0),
         len: Len::Units(n),
     }
@@ -347,10 +413,10 @@ fn sprot_s() -> impl Strategy<Value = Prot> {
 
 /// Optionally a write of `n` units at `u` (`Read` instead sometimes: a read fault maps the
 /// zero page and gives the VMA no anon_vma).
-fn maybe_touch(u: i64, n: u64, what: u8) -> Option<Op> {
+fn maybe_touch(u: i64, n: u64, what: u8) -> Option<Sym> {
     match what {
         0 => Some(write_at(u, n)),
-        1 => Some(Op::Read {
+        1 => Some(Sym::Read {
             addr: Addr::Arena(u, 0),
             len: Len::Units(n),
         }),
@@ -360,7 +426,7 @@ fn maybe_touch(u: i64, n: u64, what: u8) -> Option<Op> {
 
 /// The seed thread's pattern: a VMA, (written,) cleared, then a new mapping placed right
 /// after it (or right before it), (then written,) and maybe cleared again.
-fn seed_s() -> impl Strategy<Value = Vec<Op>> {
+fn seed_s() -> impl Strategy<Value = Vec<Sym>> {
     (
         0i64..20,
         1u64..=4,
@@ -375,13 +441,13 @@ fn seed_s() -> impl Strategy<Value = Vec<Op>> {
         .prop_map(|(u, n, m, prot, left, t0, t1, noreplace, clear2)| {
             let mut v = vec![fixed_at(u + 4, n, Prot::RW)];
             v.extend(maybe_touch(u + 4, n, t0));
-            v.push(Op::ClearRefs(4));
+            v.push(Sym::ClearRefs(4));
             let at = if left {
                 u + 4 - m as i64
             } else {
                 u + 4 + n as i64
             };
-            v.push(Op::Mmap {
+            v.push(Sym::Mmap {
                 addr: Addr::Arena(at, 0),
                 len: Len::Units(m),
                 prot,
@@ -394,7 +460,7 @@ fn seed_s() -> impl Strategy<Value = Vec<Op>> {
             });
             v.extend(maybe_touch(at, 1, t1));
             if clear2 {
-                v.push(Op::ClearRefs(4));
+                v.push(Sym::ClearRefs(4));
             }
             v
         })
@@ -404,7 +470,7 @@ fn seed_s() -> impl Strategy<Value = Vec<Op>> {
 /// mmaps (so some are clean and some dirty), optional writes, then an mprotect of a range
 /// (often exactly one VMA, or an edge of one) to one of the prots present: the
 /// mprotect merges of `vma_merge_existing_range` between dirty and clean VMAs.
-fn mprotect_merge_s() -> impl Strategy<Value = Vec<Op>> {
+fn mprotect_merge_s() -> impl Strategy<Value = Vec<Sym>> {
     let prot3 = prop_oneof![2 => Just(Prot::RW), 1 => Just(Prot::R), 1 => Just(Prot::NONE)];
     (
         0i64..16,
@@ -422,12 +488,12 @@ fn mprotect_merge_s() -> impl Strategy<Value = Vec<Op>> {
                 let mut v = Vec::new();
                 for k in 0..3 {
                     if clear_at == k {
-                        v.push(Op::ClearRefs(4));
+                        v.push(Sym::ClearRefs(4));
                     }
                     v.push(fixed_at(at[k], n[k], prot[k]));
                 }
                 if clear_at == 3 {
-                    v.push(Op::ClearRefs(4));
+                    v.push(Sym::ClearRefs(4));
                 }
                 for k in 0..3 {
                     if prot[k].write {
@@ -445,13 +511,13 @@ fn mprotect_merge_s() -> impl Strategy<Value = Vec<Op>> {
                     6 => (at[0], n[0] + n[1]),
                     _ => (at[2] - 1, n[2] + 1),
                 };
-                v.push(Op::Mprotect {
+                v.push(Sym::Mprotect {
                     addr: Addr::Arena(a, 0),
                     len: Len::Units(l),
                     prot: prot[which_prot],
                 });
                 if clear_end {
-                    v.push(Op::ClearRefs(4));
+                    v.push(Sym::ClearRefs(4));
                 }
                 v
             },
@@ -463,7 +529,7 @@ fn mprotect_merge_s() -> impl Strategy<Value = Vec<Op>> {
 /// (copy_vma's merge at the destination: an unfaulted source's pgoff is rebased, so it
 /// merges); or T grown in place over a hole up to a next VMA (vma_merge_extend swallows
 /// it).
-fn mremap_merge_s() -> impl Strategy<Value = Vec<Op>> {
+fn mremap_merge_s() -> impl Strategy<Value = Vec<Sym>> {
     (
         0i64..14,
         1u64..=4,
@@ -484,15 +550,15 @@ fn mremap_merge_s() -> impl Strategy<Value = Vec<Op>> {
                 let nx = t + (n + gap) as i64;
                 v.push(fixed_at(t, n, Prot::RW));
                 if clear_first {
-                    v.push(Op::ClearRefs(4));
+                    v.push(Sym::ClearRefs(4));
                 }
                 v.push(fixed_at(nx, m, prot));
                 if !clear_first {
-                    v.push(Op::ClearRefs(4));
+                    v.push(Sym::ClearRefs(4));
                 }
                 v.extend(maybe_touch(t, 1, touch[0]));
                 v.extend(maybe_touch(nx, 1, touch[1]));
-                v.push(Op::Mremap {
+                v.push(Sym::Mremap {
                     addr: Addr::Arena(t, 0),
                     old: Len::Units(n),
                     new: Len::Units(n + gap),
@@ -503,11 +569,11 @@ fn mremap_merge_s() -> impl Strategy<Value = Vec<Op>> {
             }
             v.push(fixed_at(t, n, Prot::RW));
             if clear_first {
-                v.push(Op::ClearRefs(4));
+                v.push(Sym::ClearRefs(4));
             }
             v.push(fixed_at(src, m, prot));
             if !clear_first {
-                v.push(Op::ClearRefs(4));
+                v.push(Sym::ClearRefs(4));
             }
             v.extend(maybe_touch(t, 1, touch[0]));
             if prot.write {
@@ -523,7 +589,7 @@ fn mremap_merge_s() -> impl Strategy<Value = Vec<Op>> {
                 1 => t - len as i64,
                 _ => t + n as i64 + 1,
             };
-            v.push(Op::Mremap {
+            v.push(Sym::Mremap {
                 addr: Addr::Arena(from, 0),
                 old: Len::Units(len),
                 new: Len::Units(len),
@@ -537,7 +603,7 @@ fn mremap_merge_s() -> impl Strategy<Value = Vec<Op>> {
 /// Hildenbrand's alternating chain: a VMA, cleared, then fresh one-unit mappings
 /// MAP_FIXED over every other unit ([clean][dirty][clean]...), writes, then
 /// `clear_refs 4` (which `nomerge` follows with its merges), and maybe a second round.
-fn chain_s() -> impl Strategy<Value = Vec<Op>> {
+fn chain_s() -> impl Strategy<Value = Vec<Sym>> {
     (
         0i64..16,
         3u64..=12,
@@ -547,7 +613,7 @@ fn chain_s() -> impl Strategy<Value = Vec<Op>> {
         any::<bool>(),
     )
         .prop_map(|(u, n, phase, prot, writes, again)| {
-            let mut v = vec![fixed_at(u, n, Prot::RW), Op::ClearRefs(4)];
+            let mut v = vec![fixed_at(u, n, Prot::RW), Sym::ClearRefs(4)];
             let rounds = if again { 2 } else { 1 };
             for r in 0..rounds {
                 let mut k = (phase + r) % 2;
@@ -558,17 +624,17 @@ fn chain_s() -> impl Strategy<Value = Vec<Op>> {
                 for &w in &writes {
                     v.push(write_at(u + (w % n) as i64, 1));
                 }
-                v.push(Op::ClearRefs(4));
+                v.push(Sym::ClearRefs(4));
             }
             v
         })
 }
 
 /// One item of a dense case's body: a random operation, or a scenario (on one space).
-fn item_s() -> impl Strategy<Value = Vec<Step>> {
+fn item_s() -> impl Strategy<Value = Vec<OnSpace>> {
     let sp = || prop_oneof![6 => Just(0u8), 1 => 1u8..3];
     prop_oneof![
-        10 => (sp(), op_s()).prop_map(|(sp, op)| vec![Step { sp, op }]),
+        10 => (sp(), op_s()).prop_map(|(sp, op)| vec![OnSpace { sp, op }]),
         2 => (sp(), seed_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
         3 => (sp(), mprotect_merge_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
         2 => (sp(), mremap_merge_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
@@ -576,13 +642,13 @@ fn item_s() -> impl Strategy<Value = Vec<Step>> {
     ]
 }
 
-fn on_all(sp: u8, ops: Vec<Op>) -> Vec<Step> {
-    ops.into_iter().map(|op| Step { sp, op }).collect()
+fn on_all(sp: u8, ops: Vec<Sym>) -> Vec<OnSpace> {
+    ops.into_iter().map(|op| OnSpace { sp, op }).collect()
 }
 
 /// `case_s`'s shape (unit, a few filling mmaps, a body), with a body of random operations
 /// and scenarios (`item_s`).
-fn dense_case_s() -> impl Strategy<Value = (u64, Vec<Step>)> {
+fn dense_case_s() -> impl Strategy<Value = (u64, Vec<OnSpace>)> {
     (
         prop_oneof![6 => Just(1u64), 1 => Just(131u64)],
         prop::collection::vec(fill_s(), 0..=4),
@@ -596,23 +662,23 @@ fn dense_case_s() -> impl Strategy<Value = (u64, Vec<Step>)> {
 
 // ------------------------------------------------- scenarios for `regions`' list rules
 
-fn mprotect_at(u: i64, n: u64, prot: Prot) -> Op {
-    Op::Mprotect {
+fn mprotect_at(u: i64, n: u64, prot: Prot) -> Sym {
+    Sym::Mprotect {
         addr: Addr::Arena(u, 0),
         len: Len::Units(n),
         prot,
     }
 }
 
-fn dontneed_at(u: i64, n: u64) -> Op {
-    Op::Dontneed {
+fn dontneed_at(u: i64, n: u64) -> Sym {
+    Sym::Dontneed {
         addr: Addr::Arena(u, 0),
         len: Len::Units(n),
     }
 }
 
-fn move_to(from: i64, old: u64, new: u64, to: i64) -> Op {
-    Op::Mremap {
+fn move_to(from: i64, old: u64, new: u64, to: i64) -> Sym {
+    Sym::Mremap {
         addr: Addr::Arena(from, 0),
         old: Len::Units(old),
         new: Len::Units(new),
@@ -623,15 +689,15 @@ fn move_to(from: i64, old: u64, new: u64, to: i64) -> Op {
 
 /// After a list-changing operation on `[u, u + n)`: nothing, a DONTNEED of it (the PTE bit
 /// goes, the list stays), a write or a read of its first unit, or `clear_refs 4`.
-fn after_op(u: i64, n: u64, what: u8) -> Option<Op> {
+fn after_op(u: i64, n: u64, what: u8) -> Option<Sym> {
     match what {
         0 => Some(dontneed_at(u, n)),
         1 => Some(write_at(u, 1)),
-        2 => Some(Op::Read {
+        2 => Some(Sym::Read {
             addr: Addr::Arena(u, 0),
             len: Len::Units(n),
         }),
-        3 => Some(Op::ClearRefs(4)),
+        3 => Some(Sym::ClearRefs(4)),
         _ => None,
     }
 }
@@ -641,7 +707,7 @@ fn after_op(u: i64, n: u64, what: u8) -> Option<Op> {
 /// parts again, case 6), then a new mapping in the hole: exactly the hole (both neighbours:
 /// `vma_expand` + `nsdr_move`), touching one side only, or MAP_FIXED over both edges
 /// (unmap splits A and B, then the new range merges with both).
-fn between_s() -> impl Strategy<Value = Vec<Op>> {
+fn between_s() -> impl Strategy<Value = Vec<Sym>> {
     (
         0i64..16,
         prop::array::uniform3(1u64..=4),
@@ -657,9 +723,9 @@ fn between_s() -> impl Strategy<Value = Vec<Op>> {
             let mut v = vec![fixed_at(pa, a, Prot::RW), fixed_at(pb, b, Prot::RW)];
             v.extend(maybe_touch(pa, a, touch[0]));
             v.extend(maybe_touch(pb, b, touch[1]));
-            v.push(Op::ClearRefs(4));
+            v.push(Sym::ClearRefs(4));
             match split {
-                1 if a >= 3 => v.push(Op::Munmap {
+                1 if a >= 3 => v.push(Sym::Munmap {
                     addr: Addr::Arena(pa + 1, 0),
                     len: Len::Units(1),
                 }),
@@ -679,7 +745,7 @@ fn between_s() -> impl Strategy<Value = Vec<Op>> {
                 3 if a > 1 && b > 1 => (hole - 1, g + 2),
                 _ => (hole, g),
             };
-            v.push(Op::Mmap {
+            v.push(Sym::Mmap {
                 addr: Addr::Arena(at, 0),
                 len: Len::Units(n),
                 prot,
@@ -697,7 +763,7 @@ fn between_s() -> impl Strategy<Value = Vec<Op>> {
 /// keeps its regions, B grows), B's head to RW (case 5: A grows back over its stale
 /// regions, B keeps its own), a whole VMA (cases 7, 8, and 6 when C merges too), with
 /// DONTNEED, writes, reads and `clear_refs 4` in between: the arena's poisoned tail.
-fn boundary_s() -> impl Strategy<Value = Vec<Op>> {
+fn boundary_s() -> impl Strategy<Value = Vec<Sym>> {
     (
         0i64..12,
         prop::array::uniform3(1u64..=5),
@@ -714,7 +780,7 @@ fn boundary_s() -> impl Strategy<Value = Vec<Op>> {
                 let mut v = vec![fixed_at(pa, a, Prot::RW)];
                 v.extend(maybe_touch(pa, a, touch[0]));
                 if clear_at == 0 {
-                    v.push(Op::ClearRefs(4));
+                    v.push(Sym::ClearRefs(4));
                 }
                 if b_init == 0 {
                     v.push(fixed_at(pb, b, p));
@@ -730,7 +796,7 @@ fn boundary_s() -> impl Strategy<Value = Vec<Op>> {
                     v.extend(maybe_touch(pc, 1, touch[2]));
                 }
                 if clear_at == 1 {
-                    v.push(Op::ClearRefs(4));
+                    v.push(Sym::ClearRefs(4));
                 }
                 let mut bd = pb;
                 for (left, k, what) in moves {
@@ -752,7 +818,7 @@ fn boundary_s() -> impl Strategy<Value = Vec<Op>> {
                         bd += k as i64;
                     }
                     if clear_at == 2 && what == 6 {
-                        v.push(Op::ClearRefs(4));
+                        v.push(Sym::ClearRefs(4));
                     }
                 }
                 v
@@ -764,7 +830,7 @@ fn boundary_s() -> impl Strategy<Value = Vec<Op>> {
 /// copy_vma's case 1 frees next's list), a move that cannot merge (clone of the whole
 /// source list, old addresses) and later comes back over its old addresses or grows in
 /// place over them, a move that grows, an in-place growth swallowing the next VMA.
-fn mremap_regions_s() -> impl Strategy<Value = Vec<Op>> {
+fn mremap_regions_s() -> impl Strategy<Value = Vec<Sym>> {
     (
         0i64..12,
         prop::array::uniform3(1u64..=4),
@@ -792,7 +858,7 @@ fn mremap_regions_s() -> impl Strategy<Value = Vec<Op>> {
                         v.push(fixed_at(t2, k, Prot::RW));
                         v.push(fixed_at(src, m, prot));
                         if clear_first {
-                            v.push(Op::ClearRefs(4));
+                            v.push(Sym::ClearRefs(4));
                         }
                         v.extend(maybe_touch(u, 1, touch[0]));
                         v.extend(maybe_touch(t2, 1, touch[1]));
@@ -800,7 +866,7 @@ fn mremap_regions_s() -> impl Strategy<Value = Vec<Op>> {
                             v.extend(maybe_touch(src, 1, touch[2]));
                         }
                         if !clear_first {
-                            v.push(Op::ClearRefs(4));
+                            v.push(Sym::ClearRefs(4));
                         }
                         v.push(move_to(from, len, len, u + n as i64));
                         v.extend(after_op(u, n + len + k, after));
@@ -811,7 +877,7 @@ fn mremap_regions_s() -> impl Strategy<Value = Vec<Op>> {
                         v.push(fixed_at(src, m, Prot::RW));
                         v.extend(maybe_touch(src, m, touch[0]));
                         v.push(fixed_at(u + len as i64, 1, Prot::R));
-                        v.push(Op::ClearRefs(4));
+                        v.push(Sym::ClearRefs(4));
                         v.push(move_to(from, len, len, u));
                         v.extend(after_op(u, len, after));
                         v.push(move_to(u, len, len, from));
@@ -825,10 +891,10 @@ fn mremap_regions_s() -> impl Strategy<Value = Vec<Op>> {
                         let to = src - m as i64 - g;
                         v.push(fixed_at(src, m, Prot::RW));
                         v.extend(maybe_touch(src, m, touch[0]));
-                        v.push(Op::ClearRefs(4));
+                        v.push(Sym::ClearRefs(4));
                         v.push(move_to(src, m, m, to));
                         v.extend(after_op(to, m, after));
-                        v.push(Op::Mremap {
+                        v.push(Sym::Mremap {
                             addr: Addr::Arena(to, 0),
                             old: Len::Units(m),
                             new: Len::Units(m + k),
@@ -842,7 +908,7 @@ fn mremap_regions_s() -> impl Strategy<Value = Vec<Op>> {
                         v.push(fixed_at(u, n, Prot::RW));
                         v.push(fixed_at(src, m, prot));
                         v.extend(maybe_touch(src, 1, touch[0]));
-                        v.push(Op::ClearRefs(4));
+                        v.push(Sym::ClearRefs(4));
                         let to = if clear_first {
                             u + n as i64
                         } else {
@@ -858,11 +924,11 @@ fn mremap_regions_s() -> impl Strategy<Value = Vec<Op>> {
                         v.push(fixed_at(nx, m, prot));
                         v.extend(maybe_touch(u, 1, touch[0]));
                         v.extend(maybe_touch(nx, 1, touch[1]));
-                        v.push(Op::ClearRefs(4));
+                        v.push(Sym::ClearRefs(4));
                         if clear_first {
                             v.push(write_at(nx, 1));
                         }
-                        v.push(Op::Mremap {
+                        v.push(Sym::Mremap {
                             addr: Addr::Arena(u, 0),
                             old: Len::Units(n),
                             new: Len::Units(n + k),
@@ -879,7 +945,7 @@ fn mremap_regions_s() -> impl Strategy<Value = Vec<Op>> {
 
 /// A cleared (and maybe split) VMA, then fork: the child's lists are clones; then
 /// list-changing operations on the child (or the parent).
-fn fork_s() -> impl Strategy<Value = Vec<Step>> {
+fn fork_s() -> impl Strategy<Value = Vec<OnSpace>> {
     (
         0i64..16,
         2u64..=6,
@@ -899,16 +965,16 @@ fn fork_s() -> impl Strategy<Value = Vec<Step>> {
         .prop_map(|(u, n, touch, split, child, ops)| {
             let mut v = vec![fixed_at(u, n, Prot::RW)];
             v.extend(maybe_touch(u, n, touch));
-            v.push(Op::ClearRefs(4));
+            v.push(Sym::ClearRefs(4));
             match split {
                 1 => v.push(mprotect_at(u + 1, 1, Prot::R)),
                 2 => v.push(fixed_at(u + n as i64, 2, Prot::RW)),
                 _ => {}
             }
-            let mut steps: Vec<Step> = v.into_iter().map(|op| Step { sp: 0, op }).collect();
-            steps.push(Step {
+            let mut steps: Vec<OnSpace> = v.into_iter().map(|op| OnSpace { sp: 0, op }).collect();
+            steps.push(OnSpace {
                 sp: 0,
-                op: Op::Fork,
+                op: Sym::Fork,
             });
             for (what, o, k, p) in ops {
                 let at = u + (o % n) as i64;
@@ -918,17 +984,17 @@ fn fork_s() -> impl Strategy<Value = Vec<Step>> {
                     2 => dontneed_at(at, k),
                     _ => move_to(at, k, k, 28),
                 };
-                steps.push(Step { sp: child, op });
+                steps.push(OnSpace { sp: child, op });
             }
             steps
         })
 }
 
 /// One item of a `regions` case's body: a random operation or a scenario.
-fn regions_item_s() -> impl Strategy<Value = Vec<Step>> {
+fn regions_item_s() -> impl Strategy<Value = Vec<OnSpace>> {
     let sp = || prop_oneof![6 => Just(0u8), 1 => 1u8..3];
     prop_oneof![
-        8 => (sp(), op_s()).prop_map(|(sp, op)| vec![Step { sp, op }]),
+        8 => (sp(), op_s()).prop_map(|(sp, op)| vec![OnSpace { sp, op }]),
         2 => (sp(), seed_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
         2 => (sp(), between_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
         3 => (sp(), boundary_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
@@ -941,7 +1007,7 @@ fn regions_item_s() -> impl Strategy<Value = Vec<Step>> {
 }
 
 /// `dense_case_s`'s shape with `regions_item_s` items.
-fn regions_case_s() -> impl Strategy<Value = (u64, Vec<Step>)> {
+fn regions_case_s() -> impl Strategy<Value = (u64, Vec<OnSpace>)> {
     (
         prop_oneof![6 => Just(1u64), 1 => Just(131u64)],
         prop::collection::vec(fill_s(), 0..=4),
@@ -955,128 +1021,61 @@ fn regions_case_s() -> impl Strategy<Value = (u64, Vec<Step>)> {
 
 // ------------------------------------------------------------------------------ running
 
-/// Applies a step to the real model and to the reference; returns both results.
-fn apply(
-    unit: u64,
-    step: &Step,
-    models: &mut Vec<AddressSpace>,
-    refs: &mut Vec<RefSpace>,
-) -> (Result<u64, Errno>, Result<u64, Errno>) {
-    let k = step.sp as usize % models.len();
-    let (m, r) = (&models[k], &mut refs[k]);
-    match step.op {
-        Op::Mmap {
-            addr,
-            len,
-            prot,
-            shared,
-            place,
-        } => {
-            let (a, l) = (addr.get(unit), len.get(unit));
-            let got = m.mmap(a, l, prot, shared, place);
-            let want = r.mmap(a, l, prot, shared, place, || got.ok());
-            (got, want)
-        }
-        Op::Munmap { addr, len } => {
-            let (a, l) = (addr.get(unit), len.get(unit));
-            (m.munmap(a, l).map(|_| 0), r.munmap(a, l).map(|_| 0))
-        }
-        Op::Mprotect { addr, len, prot } => {
-            let (a, l) = (addr.get(unit), len.get(unit));
-            (
-                m.mprotect(a, l, prot).map(|_| 0),
-                r.mprotect(a, l, prot).map(|_| 0),
-            )
-        }
-        Op::Mremap {
-            addr,
-            old,
-            new,
-            maymove,
-            fixed,
-        } => {
-            let (a, o, n) = (addr.get(unit), old.get(unit), new.get(unit));
-            let fx = fixed.map(|f| f.get(unit));
-            let got = m.mremap(a, o, n, maymove, fx);
-            let want = r.mremap(a, o, n, maymove, fx, || got.ok());
-            (got, want)
-        }
-        Op::Dontneed { addr, len } => {
-            let (a, l) = (addr.get(unit), len.get(unit));
-            (
-                m.madvise_dontneed(a, l).map(|_| 0),
-                r.madvise_dontneed(a, l).map(|_| 0),
-            )
-        }
-        Op::Write { addr, len } => {
-            let (a, l) = (addr.get(unit), len.get(unit));
-            (m.write(a, l).map(|_| 0), r.write(a, l).map(|_| 0))
-        }
-        Op::Read { addr, len } => {
-            let (a, l) = (addr.get(unit), len.get(unit));
-            (m.read(a, l).map(|_| 0), r.read(a, l).map(|_| 0))
-        }
-        Op::ClearRefs(v) => (m.clear_refs(v).map(|_| 0), r.clear_refs(v).map(|_| 0)),
-        Op::Fork => {
-            let child = m.fork();
-            let rchild = r.fork();
-            if models.len() < 3 {
-                models.push(child);
-                refs.push(rchild);
-            } else {
-                models[2] = child;
-                refs[2] = rchild;
-            }
-            (Ok(0), Ok(0))
-        }
-    }
+/// The model and the reference, as backends, and the names of the spaces the steps
+/// address (index `sp % names.len()`): `main`, then up to two fork children (a third fork
+/// replaces the last one: its child gets a fresh name, the old child is left alone).
+struct Pair {
+    model: ModelBackend,
+    reference: RefBackend,
+    names: Vec<String>,
+    forks: usize,
 }
 
-/// The trace-format line of a step, resolved for `unit`.
-fn trace_line(unit: u64, step: &Step) -> String {
-    let a = |x: Addr| format!("{:#x}", x.get(unit));
-    let l = |x: Len| format!("{:#x}", x.get(unit));
-    match &step.op {
-        Op::Mmap {
-            addr,
-            len,
-            prot,
-            shared,
-            place,
-        } => format!(
-            "mmap {} {} {prot} {}{}",
-            a(*addr),
-            l(*len),
-            if *shared { "shared" } else { "private" },
-            match place {
-                Placement::Hint => "",
-                Placement::Fixed => " fixed",
-                Placement::NoReplace => " noreplace",
+impl Pair {
+    fn new(mode: Mode) -> Pair {
+        Pair {
+            model: ModelBackend::new(mode),
+            reference: RefBackend::new(mode),
+            names: vec!["main".to_string()],
+            forks: 0,
+        }
+    }
+
+    fn model_space(&self, k: usize) -> std::sync::Arc<AddressSpace> {
+        self.model.tracker().get(&self.names[k]).expect("the model has the space")
+    }
+
+    fn ref_space(&self, k: usize) -> &RefSpace {
+        self.reference.get(&self.names[k]).expect("the reference has the space")
+    }
+
+    /// Performs a step on both (in its space); returns the command and both results (the
+    /// address an mmap or mremap returned, else 0). The reference follows the model's
+    /// choice of an address where it has to choose one.
+    fn step(&mut self, unit: u64, step: &OnSpace) -> (Command, Result<u64, Errno>, Result<u64, Errno>) {
+        let k = step.sp as usize % self.names.len();
+        let space = Command::Space(self.names[k].clone());
+        self.forks += 1;
+        let cmd = step.op.command(unit, &format!("fork{}", self.forks));
+        let run = |b: &mut dyn Backend, c: &Command| -> Result<u64, Errno> {
+            match b.perform(c) {
+                Ok(r) => r.map(|o: Outcome| o.addr()),
+                Err(msg) => panic!("{} cannot perform `{}`: {msg}", b.name(), render::command(c)),
             }
-        ),
-        Op::Munmap { addr, len } => format!("munmap {} {}", a(*addr), l(*len)),
-        Op::Mprotect { addr, len, prot } => format!("mprotect {} {} {prot}", a(*addr), l(*len)),
-        Op::Mremap {
-            addr,
-            old,
-            new,
-            maymove,
-            fixed,
-        } => format!(
-            "mremap {} {} {}{}{}",
-            a(*addr),
-            l(*old),
-            l(*new),
-            if *maymove { " maymove" } else { "" },
-            fixed
-                .map(|f| format!(" fixed {}", a(f)))
-                .unwrap_or_default()
-        ),
-        Op::Dontneed { addr, len } => format!("madvise {} {} dontneed", a(*addr), l(*len)),
-        Op::Write { addr, len } => format!("write {} {}", a(*addr), l(*len)),
-        Op::Read { addr, len } => format!("read {} {}", a(*addr), l(*len)),
-        Op::ClearRefs(v) => format!("clear_refs {v}"),
-        Op::Fork => "fork".to_string(),
+        };
+        run(&mut self.model, &space).unwrap();
+        run(&mut self.reference, &space).unwrap();
+        let got = run(&mut self.model, &cmd);
+        self.reference.follow(got.ok());
+        let want = run(&mut self.reference, &cmd);
+        if let Command::Fork(child) = &cmd {
+            if self.names.len() < 3 {
+                self.names.push(child.clone());
+            } else {
+                self.names[2] = child.clone();
+            }
+        }
+        (cmd, got, want)
     }
 }
 
@@ -1192,24 +1191,23 @@ fn fmt_vmas(v: &[softdirty::mm::VmaInfo]) -> String {
         .join(" ")
 }
 
-fn run_case(mode: Mode, unit: u64, steps: &[Step]) -> Result<(), TestCaseError> {
+fn run_case(mode: Mode, unit: u64, steps: &[OnSpace]) -> Result<(), TestCaseError> {
     run_spaces(mode, unit, steps).map(|_| ())
 }
 
 /// [`run_case`], returning the reference spaces at the end (equal to the model's on every
 /// observable, or this fails).
-fn run_spaces(mode: Mode, unit: u64, steps: &[Step]) -> Result<Vec<RefSpace>, TestCaseError> {
-    let mut models = vec![AddressSpace::new(mode)];
-    let mut refs = vec![RefSpace::new(mode)];
+fn run_spaces(mode: Mode, unit: u64, steps: &[OnSpace]) -> Result<Vec<RefSpace>, TestCaseError> {
+    let mut pair = Pair::new(mode);
     let mut log = vec![format!("mode {mode}    # unit = {unit} page(s)")];
     let mut forked = false;
     for (n, step) in steps.iter().enumerate() {
-        let k = step.sp as usize % models.len();
-        let (got, want) = apply(unit, step, &mut models, &mut refs);
-        forked |= step.op == Op::Fork;
+        let k = step.sp as usize % pair.names.len();
+        let (cmd, got, want) = pair.step(unit, step);
+        forked |= step.op == Sym::Fork;
         log.push(format!(
             "[space {k}] {:<60} # model {} reference {}",
-            trace_line(unit, step),
+            render::command(&cmd),
             fmt_res(&got),
             fmt_res(&want)
         ));
@@ -1227,15 +1225,17 @@ fn run_spaces(mode: Mode, unit: u64, steps: &[Step]) -> Result<Vec<RefSpace>, Te
             )));
         }
         let mut probe = vec![ARENA, ARENA + 7 * unit * P, ARENA + 21 * unit * P];
-        match &step.op {
-            Op::Mmap { addr, .. }
-            | Op::Munmap { addr, .. }
-            | Op::Mprotect { addr, .. }
-            | Op::Dontneed { addr, .. }
-            | Op::Write { addr, .. }
-            | Op::Read { addr, .. }
-            | Op::Mremap { addr, .. } => {
-                let a = addr.get(unit) & !(P - 1);
+        match &cmd {
+            Command::Op(
+                Op::Mmap { addr, .. }
+                | Op::Munmap { addr, .. }
+                | Op::Mprotect { addr, .. }
+                | Op::DontNeed { addr, .. }
+                | Op::Mremap { addr, .. },
+            )
+            | Command::Write { addr, .. }
+            | Command::Read { addr, .. } => {
+                let a = addr & !(P - 1);
                 probe.push(a);
                 probe.push(a.wrapping_add(P));
                 probe.push(a.wrapping_sub(P));
@@ -1247,11 +1247,14 @@ fn run_spaces(mode: Mode, unit: u64, steps: &[Step]) -> Result<Vec<RefSpace>, Te
                 probe.push(v & !(P - 1));
             }
         }
-        for (j, (m, r)) in models.iter().zip(refs.iter()).enumerate() {
-            compare(unit, m, r, &probe, forked).map_err(|e| fail(format!("space {j}: {e}")))?;
+        for j in 0..pair.names.len() {
+            compare(unit, &pair.model_space(j), pair.ref_space(j), &probe, forked)
+                .map_err(|e| fail(format!("space {j}: {e}")))?;
         }
     }
-    Ok(refs)
+    Ok((0..pair.names.len())
+        .map(|j| pair.ref_space(j).clone())
+        .collect())
 }
 
 fn config() -> ProptestConfig {
@@ -1296,8 +1299,8 @@ proptest! {
 
 // ------------------------------------------------------------------- directed sequences
 
-fn mmap(u: i64, n: u64, prot: Prot) -> Op {
-    Op::Mmap {
+fn mmap(u: i64, n: u64, prot: Prot) -> Sym {
+    Sym::Mmap {
         addr: Addr::Arena(u, 0),
         len: Len::Units(n),
         prot,
@@ -1306,12 +1309,12 @@ fn mmap(u: i64, n: u64, prot: Prot) -> Op {
     }
 }
 
-fn on(sp: u8, op: Op) -> Step {
-    Step { sp, op }
+fn on(sp: u8, op: Sym) -> OnSpace {
+    OnSpace { sp, op }
 }
 
 /// Runs a hand-written sequence in both modes.
-fn directed(steps: &[Step]) {
+fn directed(steps: &[OnSpace]) {
     for mode in [Mode::Precise, Mode::Legacy] {
         if let Err(e) = run_case(mode, 1, steps) {
             panic!("{e}");
@@ -1331,15 +1334,15 @@ fn fork_child_mremap_merge_keeps_uncowed_parents() {
         on(0, mmap(0, 4, Prot::RW)),
         on(
             0,
-            Op::Write {
+            Sym::Write {
                 addr: Addr::Arena(0, 0),
                 len: Len::Units(4),
             },
         ),
-        on(0, Op::Fork),
+        on(0, Sym::Fork),
         on(
             1,
-            Op::Mremap {
+            Sym::Mremap {
                 addr: Addr::Arena(2, 0),
                 old: Len::Units(2),
                 new: Len::Units(2),
@@ -1349,7 +1352,7 @@ fn fork_child_mremap_merge_keeps_uncowed_parents() {
         ),
         on(
             1,
-            Op::Munmap {
+            Sym::Munmap {
                 addr: Addr::Arena(0, 0),
                 len: Len::Units(2),
             },
@@ -1357,7 +1360,7 @@ fn fork_child_mremap_merge_keeps_uncowed_parents() {
         on(1, mmap(0, 2, Prot::RW)),
         on(
             1,
-            Op::Mremap {
+            Sym::Mremap {
                 addr: Addr::Arena(10, 0),
                 old: Len::Units(2),
                 new: Len::Units(2),
@@ -1375,8 +1378,8 @@ fn fork_child_mremap_merge_keeps_uncowed_parents() {
 /// from arena unit 0), the number of regions, smaps `sd`.
 #[test]
 fn regions_rules_directed() {
-    let run = |steps: &[Op]| -> RefSpace {
-        let steps: Vec<Step> = steps.iter().cloned().map(|op| on(0, op)).collect();
+    let run = |steps: &[Sym]| -> RefSpace {
+        let steps: Vec<OnSpace> = steps.iter().cloned().map(|op| on(0, op)).collect();
         match run_spaces(Mode::Regions, 1, &steps) {
             Ok(mut refs) => refs.remove(0),
             Err(e) => panic!("{e}"),
@@ -1397,7 +1400,7 @@ fn regions_rules_directed() {
         mmap(4, 1, Prot::RW),
         write_at(4, 1),
         mprotect_at(4, 1, Prot::NONE),
-        Op::ClearRefs(4),
+        Sym::ClearRefs(4),
         mprotect_at(3, 1, Prot::NONE),
     ];
     let r = run(&poison);
@@ -1419,11 +1422,11 @@ fn regions_rules_directed() {
         mmap(10, 2, Prot::RW),
     ];
     let mut by_mmap = two.to_vec();
-    by_mmap.extend([Op::ClearRefs(4), mmap(2, 2, Prot::RW)]);
+    by_mmap.extend([Sym::ClearRefs(4), mmap(2, 2, Prot::RW)]);
     let r = run(&by_mmap);
     assert_eq!((sd(&r), r.region_count()), (vec![(2, 4)], 3));
     let mut by_move = two.to_vec();
-    by_move.extend([Op::ClearRefs(4), move_to(10, 2, 2, 2)]);
+    by_move.extend([Sym::ClearRefs(4), move_to(10, 2, 2, 2)]);
     let r = run(&by_move);
     assert_eq!(r.vmas.len(), 1);
     assert_eq!((sd(&r), r.region_count()), (vec![(2, 6)], 1));
@@ -1432,8 +1435,8 @@ fn regions_rules_directed() {
     let grow = [
         mmap(0, 2, Prot::RW),
         mmap(3, 2, Prot::RW),
-        Op::ClearRefs(4),
-        Op::Mremap {
+        Sym::ClearRefs(4),
+        Sym::Mremap {
             addr: Addr::Arena(0, 0),
             old: Len::Units(2),
             new: Len::Units(3),
@@ -1454,7 +1457,7 @@ fn regions_rules_directed() {
     let away = [
         mmap(0, 4, Prot::RW),
         write_at(0, 2),
-        Op::ClearRefs(4),
+        Sym::ClearRefs(4),
         move_to(0, 4, 4, 10),
     ];
     let r = run(&away);
@@ -1471,10 +1474,10 @@ fn regions_rules_directed() {
     // middle's and next's lists are freed), then fork, which clones the one list left.
     let steps = [
         on(0, mmap(0, 4, Prot::RW)),
-        on(0, Op::ClearRefs(4)),
+        on(0, Sym::ClearRefs(4)),
         on(0, mprotect_at(1, 1, Prot::R)),
         on(0, mprotect_at(1, 1, Prot::RW)),
-        on(0, Op::Fork),
+        on(0, Sym::Fork),
     ];
     let refs = run_spaces(Mode::Regions, 1, &steps).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((sd(&refs[0]), refs[0].region_count()), (vec![(1, 4)], 1));
@@ -1483,18 +1486,21 @@ fn regions_rules_directed() {
 
 /// The reference lives in the tools crate (so that `softdirty fuzz --against reference`
 /// can run it) and must stay independent of the model it checks: it may take plain value
-/// types from the core, never the model's machinery (mm's `AddressSpace`, layout, vma,
-/// bitmap, index, ...). That the model never calls it Cargo enforces: the core
+/// types from the core and the seam it implements (`softdirty::backend`'s trait and its
+/// result types), never the model's machinery (mm's `AddressSpace`, layout, vma,
+/// bitmap, index, tracker, ...). That the model never calls it Cargo enforces: the core
 /// (`softdirty`) cannot depend on this crate.
 #[test]
 fn reference_stays_independent_of_the_model() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/reference.rs");
     let src = std::fs::read_to_string(file).unwrap();
     let allowed = [
+        "softdirty::backend::{Backend, OpResult, Unobservable}",
         "softdirty::errno::Errno",
         "softdirty::mm::{Placement, VmaInfo}",
         "softdirty::mode::Mode",
         "softdirty::prot::Prot",
+        "softdirty::scan::{Region, ScanArgs, ScanResult}",
     ];
     let mut uses = 0;
     for (n, line) in src.lines().enumerate() {

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use softdirty::mode::Mode;
-use softdirty_cli::run::{simulate, ModeSel, Report, RunArgs};
+use softdirty_cli::run::{simulate, ModeSel, RunReport, RunArgs};
 use softdirty_cli::workload::Workload;
 
 fn short(mode: ModeSel, workload: Workload, seed: u64) -> RunArgs {
@@ -20,7 +20,7 @@ fn short(mode: ModeSel, workload: Workload, seed: u64) -> RunArgs {
     }
 }
 
-fn check_invariants(r: &Report) {
+fn check_invariants(r: &RunReport) {
     for m in &r.modes {
         // Every page written during the rounds was sent, live or in the stop-and-copy:
         // pages sent >= pages written - the final dirty set.

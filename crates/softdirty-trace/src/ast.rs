@@ -5,6 +5,7 @@
 //! spaces: names are resolved at replay time.
 
 use softdirty::errno::Errno;
+use softdirty::mm::Placement;
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 
@@ -14,7 +15,7 @@ pub struct Trace {
     /// The `mode` header, if the first command was one.
     pub mode: Option<Mode>,
     /// Every command after the header, with its position.
-    pub commands: Vec<Spanned<Command>>,
+    pub commands: Vec<Spanned<Statement>>,
 }
 
 /// A node with the position of its first character (1-based line and column).
@@ -62,27 +63,6 @@ pub enum AddrBase {
     Number(u64),
     /// A `$name` bound earlier (stored without the `$`).
     Name(String),
-}
-
-/// Where `mmap` puts the mapping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Placement {
-    /// ADDR is a hint; the model chooses deterministically if it does not fit.
-    Hint,
-    /// `fixed`: MAP_FIXED, replaces what was there.
-    Fixed,
-    /// `noreplace`: MAP_FIXED_NOREPLACE, EEXIST on overlap.
-    NoReplace,
-}
-
-impl From<Placement> for softdirty::mm::Placement {
-    fn from(p: Placement) -> softdirty::mm::Placement {
-        match p {
-            Placement::Hint => softdirty::mm::Placement::Hint,
-            Placement::Fixed => softdirty::mm::Placement::Fixed,
-            Placement::NoReplace => softdirty::mm::Placement::NoReplace,
-        }
-    }
 }
 
 /// The address operand of `mmap`.
@@ -181,9 +161,9 @@ pub enum Expect {
     Faults(u64),
 }
 
-/// One command of a trace.
+/// One command of a trace (an operation or an expectation): what one line holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
+pub enum Statement {
     /// `space NAME`
     Space(String),
     /// `fork CHILD`

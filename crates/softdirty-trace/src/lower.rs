@@ -1,164 +1,141 @@
-//! Lowering: a parsed trace command with its addresses resolved, in the one form every
-//! consumer of traces executes — the replayer (over the model or the kernel backend),
-//! `softdirty run`'s `trace:FILE` layouts and `softdirty compare`'s `trace:FILE`
-//! workload. The five structural commands become an [`Op`]; `$name` bindings are made by
-//! [`Bindings::bind`] from the address the operation returns.
+//! Lowering: a parsed trace command with its addresses resolved, as the one vocabulary
+//! every backend performs ([`softdirty::backend::Command`]). Every consumer of traces
+//! lowers through here: the replayer (over the model or the kernel backend), `softdirty
+//! run`'s `trace:FILE` layouts and `softdirty compare`'s `trace:FILE` workload. `$name`
+//! bindings are made by [`bind`] from the address the operation returns; expectations
+//! stay as parsed (the replayer resolves them, as it needs the previous outcome).
 
 use std::collections::HashMap;
 
-use softdirty::mm::Placement;
-use softdirty::backend::Op;
-use crate::ast::{Command, Expect, MmapTarget, ScanCmd};
+use crate::ast::{Expect, MmapTarget, ScanCmd, Statement};
+use softdirty::backend::{Command, Op};
+use softdirty::scan::ScanArgs;
+use softdirty::vma::{PAGE_SIZE, TASK_SIZE};
 
 /// The `$name` → address bindings of a replay.
 pub type Bindings = HashMap<String, u64>;
 
-/// A trace command, lowered.
+/// A trace line, lowered: an operation for a backend, or an expectation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action<'a> {
-    /// `space NAME`
-    Space(&'a str),
-    /// `fork CHILD`
-    Fork(&'a str),
-    /// mmap, munmap, mprotect, mremap, madvise; `bind` names the `$name` the returned
-    /// address goes to (`mmap $name`, `mremap ... => $name`).
-    Op {
-        /// the operation, addresses resolved
-        op: Op,
+    /// An operation, addresses resolved; `bind` names the `$name` the returned address
+    /// goes to (`mmap $name`, `mremap ... => $name`).
+    Perform {
+        /// the operation
+        cmd: Command,
         /// the binding its result makes
         bind: Option<&'a str>,
     },
-    /// `write ADDR [LEN]`
-    Write {
-        /// address
-        addr: u64,
-        /// length in bytes
-        len: u64,
-    },
-    /// `read ADDR [LEN]`
-    Read {
-        /// address
-        addr: u64,
-        /// length in bytes
-        len: u64,
-    },
-    /// `clear_refs VALUE` (the value as written)
-    ClearRefs(&'a str),
-    /// `pagemap ADDR LEN`
-    Pagemap {
-        /// address
-        addr: u64,
-        /// length in bytes
-        len: u64,
-    },
-    /// `scan ...` with START resolved
-    Scan {
-        /// START
-        start: u64,
-        /// the other arguments
-        scan: &'a ScanCmd,
-    },
-    /// `smaps ADDR`
-    Smaps(u64),
     /// an expectation (resolved by the replayer, which needs the previous outcome)
     Expect(&'a Expect),
 }
 
+/// The scan arguments of a `scan` command starting at `start` (`end` 0 when
+/// `start + LEN` overflows, which the scan refuses).
+pub fn scan_args(s: &ScanCmd, start: u64) -> ScanArgs {
+    ScanArgs {
+        start,
+        end: start.checked_add(s.len).unwrap_or(0),
+        mask: s.mask,
+        anyof: s.anyof,
+        inverted: s.inverted,
+        ret: s.ret,
+        clear: s.clear,
+        max_pages: s.max_pages,
+        vec_len: s.vec_len,
+    }
+}
+
+/// The pages the `pagemap ADDR LEN` command prints: the first page and the count.
+pub fn pagemap_pages(a: u64, len: u64) -> (u64, u64) {
+    let start = a & !(PAGE_SIZE - 1);
+    let end = a.saturating_add(len).min(TASK_SIZE).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    (start, end.saturating_sub(start) / PAGE_SIZE)
+}
+
 /// Lowers `c`, resolving its addresses with `names`. The error is the message of an
 /// address that cannot be resolved (an unbound `$name`, an offset out of range).
-pub fn lower<'a>(c: &'a Command, names: &Bindings) -> Result<Action<'a>, String> {
+pub fn lower<'a>(c: &'a Statement, names: &Bindings) -> Result<Action<'a>, String> {
     let r = |a: &crate::ast::Addr| a.resolve(names);
-    Ok(match c {
-        Command::Space(n) => Action::Space(n),
-        Command::Fork(n) => Action::Fork(n),
-        Command::Mmap {
+    let mut bind = None;
+    let cmd = match c {
+        Statement::Expect(e) => return Ok(Action::Expect(e)),
+        Statement::Space(n) => Command::Space(n.clone()),
+        Statement::Fork(n) => Command::Fork(n.clone()),
+        Statement::Mmap {
             target,
             len,
             prot,
             shared,
             placement,
         } => {
-            let (addr, bind) = match target {
-                MmapTarget::At(a) => (r(a)?, None),
+            let addr = match target {
+                MmapTarget::At(a) => r(a)?,
                 // The model chooses: the address is only a (null) hint.
-                MmapTarget::Bind(n) => (0, Some(n.as_str())),
+                MmapTarget::Bind(n) => {
+                    bind = Some(n.as_str());
+                    0
+                }
             };
-            Action::Op {
-                op: Op::Mmap {
-                    addr,
-                    len: *len,
-                    prot: *prot,
-                    shared: *shared,
-                    placement: Placement::from(*placement),
-                },
-                bind,
-            }
-        }
-        Command::Munmap { addr, len } => Action::Op {
-            op: Op::Munmap {
-                addr: r(addr)?,
-                len: *len,
-            },
-            bind: None,
-        },
-        Command::Mprotect { addr, len, prot } => Action::Op {
-            op: Op::Mprotect {
-                addr: r(addr)?,
+            Command::Op(Op::Mmap {
+                addr,
                 len: *len,
                 prot: *prot,
-            },
-            bind: None,
-        },
-        Command::Mremap {
+                shared: *shared,
+                placement: *placement,
+            })
+        }
+        Statement::Munmap { addr, len } => Command::Op(Op::Munmap {
+            addr: r(addr)?,
+            len: *len,
+        }),
+        Statement::Mprotect { addr, len, prot } => Command::Op(Op::Mprotect {
+            addr: r(addr)?,
+            len: *len,
+            prot: *prot,
+        }),
+        Statement::Mremap {
             addr,
             old_len,
             new_len,
             maymove,
             fixed,
-            bind,
+            bind: b,
         } => {
             let fixed = match fixed {
                 Some(a) => Some(r(a)?),
                 None => None,
             };
-            Action::Op {
-                op: Op::Mremap {
-                    addr: r(addr)?,
-                    old_len: *old_len,
-                    new_len: *new_len,
-                    maymove: *maymove,
-                    fixed,
-                },
-                bind: bind.as_deref(),
-            }
-        }
-        Command::Madvise { addr, len, .. } => Action::Op {
-            op: Op::DontNeed {
+            bind = b.as_deref();
+            Command::Op(Op::Mremap {
                 addr: r(addr)?,
-                len: *len,
-            },
-            bind: None,
-        },
-        Command::Write { addr, len } => Action::Write {
+                old_len: *old_len,
+                new_len: *new_len,
+                maymove: *maymove,
+                fixed,
+            })
+        }
+        Statement::Madvise { addr, len, .. } => Command::Op(Op::DontNeed {
+            addr: r(addr)?,
+            len: *len,
+        }),
+        Statement::Write { addr, len } => Command::Write {
             addr: r(addr)?,
             len: *len,
         },
-        Command::Read { addr, len } => Action::Read {
+        Statement::Read { addr, len } => Command::Read {
             addr: r(addr)?,
             len: *len,
         },
-        Command::ClearRefs(v) => Action::ClearRefs(v),
-        Command::Pagemap { addr, len } => Action::Pagemap {
-            addr: r(addr)?,
-            len: *len,
-        },
-        Command::Scan(s) => Action::Scan {
-            start: r(&s.start)?,
-            scan: s,
-        },
-        Command::Smaps(a) => Action::Smaps(r(a)?),
-        Command::Expect(e) => Action::Expect(e),
-    })
+        Statement::ClearRefs(v) => Command::ClearRefs(v.clone()),
+        Statement::Pagemap { addr, len } => {
+            let (start, pages) = pagemap_pages(r(addr)?, *len);
+            Command::Pagemap { start, pages }
+        }
+        Statement::Scan(s) => Command::Scan(scan_args(s, r(&s.start)?)),
+        Statement::Smaps(a) => Command::Smaps(r(a)?),
+    };
+    Ok(Action::Perform { cmd, bind })
 }
 
 /// Records `bind` (if any) → `addr`, the address an operation returned.
@@ -180,16 +157,16 @@ mod tests {
                 .unwrap();
         let mut names = Bindings::new();
         let a0 = lower(&t.commands[0].node, &names).unwrap();
-        let Action::Op { op, bind: b } = a0 else {
+        let Action::Perform { cmd, bind: b } = a0 else {
             panic!("{a0:?}")
         };
         assert!(matches!(
-            op,
-            Op::Mmap {
+            cmd,
+            Command::Op(Op::Mmap {
                 addr: 0,
                 len: 16384,
                 ..
-            }
+            })
         ));
         assert_eq!(b, Some("a"));
         // Unbound until the mmap's result is bound.
@@ -199,22 +176,25 @@ mod tests {
         bind(&mut names, b, 0x20_0000);
         assert_eq!(
             lower(&t.commands[1].node, &names).unwrap(),
-            Action::Op {
-                op: Op::Mremap {
+            Action::Perform {
+                cmd: Command::Op(Op::Mremap {
                     addr: 0x20_1000,
                     old_len: 4096,
                     new_len: 8192,
                     maymove: true,
                     fixed: Some(0x10000),
-                },
+                }),
                 bind: Some("b"),
             }
         );
         assert_eq!(
             lower(&t.commands[2].node, &names).unwrap(),
-            Action::Write {
-                addr: 0x20_2000,
-                len: 3
+            Action::Perform {
+                cmd: Command::Write {
+                    addr: 0x20_2000,
+                    len: 3
+                },
+                bind: None,
             }
         );
     }

@@ -24,10 +24,11 @@ use std::collections::HashSet;
 use std::fmt;
 
 use super::ast::{
-    Addr, AddrBase, Advice, Cats, Command, Expect, MmapTarget, PageSet, Placement, ScanCmd,
+    Addr, AddrBase, Advice, Cats, Expect, MmapTarget, PageSet, ScanCmd, Statement,
     Spanned, Trace,
 };
 use softdirty::errno::Errno;
+use softdirty::mm::Placement;
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 
@@ -330,7 +331,7 @@ const SCAN_OPTIONS: &[&str] = &[
 #[derive(Default)]
 struct Parser {
     mode: Option<Mode>,
-    commands: Vec<Spanned<Command>>,
+    commands: Vec<Spanned<Statement>>,
     /// Whether a command (including `mode`) has been seen.
     seen_command: bool,
     /// Names bound on earlier lines.
@@ -386,19 +387,19 @@ impl Parser {
                 self.mode = Some(m);
                 return Ok(());
             }
-            "space" => Command::Space(self.space_name(&mut c, "NAME")?),
-            "fork" => Command::Fork(self.space_name(&mut c, "CHILD")?),
+            "space" => Statement::Space(self.space_name(&mut c, "NAME")?),
+            "fork" => Statement::Fork(self.space_name(&mut c, "CHILD")?),
             "mmap" => self.mmap(&mut c, &mut binds)?,
             "munmap" => {
                 let addr = self.addr(&mut c, "ADDR")?;
                 let len = self.size(&mut c, "LEN")?;
-                Command::Munmap { addr, len }
+                Statement::Munmap { addr, len }
             }
             "mprotect" => {
                 let addr = self.addr(&mut c, "ADDR")?;
                 let len = self.size(&mut c, "LEN")?;
                 let prot = self.prot(&mut c)?;
-                Command::Mprotect { addr, len, prot }
+                Statement::Mprotect { addr, len, prot }
             }
             "mremap" => self.mremap(&mut c, &mut binds)?,
             "madvise" => {
@@ -415,7 +416,7 @@ impl Parser {
                         ),
                     ));
                 }
-                Command::Madvise {
+                Statement::Madvise {
                     addr,
                     len,
                     advice: Advice::DontNeed,
@@ -428,20 +429,20 @@ impl Parser {
                     None => 1,
                 };
                 if first.text == "write" {
-                    Command::Write { addr, len }
+                    Statement::Write { addr, len }
                 } else {
-                    Command::Read { addr, len }
+                    Statement::Read { addr, len }
                 }
             }
-            "clear_refs" => Command::ClearRefs(c.next("VALUE")?.text.to_string()),
+            "clear_refs" => Statement::ClearRefs(c.next("VALUE")?.text.to_string()),
             "pagemap" => {
                 let addr = self.addr(&mut c, "ADDR")?;
                 let len = self.size(&mut c, "LEN")?;
-                Command::Pagemap { addr, len }
+                Statement::Pagemap { addr, len }
             }
             "scan" => self.scan(&mut c)?,
-            "smaps" => Command::Smaps(self.addr(&mut c, "ADDR")?),
-            "expect" => Command::Expect(self.expect(&mut c)?),
+            "smaps" => Statement::Smaps(self.addr(&mut c, "ADDR")?),
+            "expect" => Statement::Expect(self.expect(&mut c)?),
             other => {
                 return Err(c.err(
                     first,
@@ -597,7 +598,7 @@ impl Parser {
         Ok(a)
     }
 
-    fn mmap(&self, c: &mut Cursor<'_>, binds: &mut Vec<String>) -> Result<Command, ParseError> {
+    fn mmap(&self, c: &mut Cursor<'_>, binds: &mut Vec<String>) -> Result<Statement, ParseError> {
         let at = c.next("ADDR")?;
         let a = self.addr_syntax(c, at, "ADDR")?;
         let rest_has_placement = c
@@ -651,7 +652,7 @@ impl Parser {
             Some("fixed") => Placement::Fixed,
             Some(_) => Placement::NoReplace,
         };
-        Ok(Command::Mmap {
+        Ok(Statement::Mmap {
             target,
             len,
             prot,
@@ -660,7 +661,7 @@ impl Parser {
         })
     }
 
-    fn mremap(&self, c: &mut Cursor<'_>, binds: &mut Vec<String>) -> Result<Command, ParseError> {
+    fn mremap(&self, c: &mut Cursor<'_>, binds: &mut Vec<String>) -> Result<Statement, ParseError> {
         let addr = self.addr(c, "ADDR")?;
         let old_len = self.size(c, "OLDLEN")?;
         let new_len = self.size(c, "NEWLEN")?;
@@ -712,7 +713,7 @@ impl Parser {
             }
         }
         binds.extend(bind.clone());
-        Ok(Command::Mremap {
+        Ok(Statement::Mremap {
             addr,
             old_len,
             new_len,
@@ -722,7 +723,7 @@ impl Parser {
         })
     }
 
-    fn scan(&self, c: &mut Cursor<'_>) -> Result<Command, ParseError> {
+    fn scan(&self, c: &mut Cursor<'_>) -> Result<Statement, ParseError> {
         let start = self.addr(c, "START")?;
         let len = self.size(c, "LEN")?;
         let mut cmd = ScanCmd {
@@ -811,7 +812,7 @@ impl Parser {
                 }
             }
         }
-        Ok(Command::Scan(cmd))
+        Ok(Statement::Scan(cmd))
     }
 
     fn pages(&self, c: &mut Cursor<'_>) -> Result<PageSet, ParseError> {
@@ -968,24 +969,24 @@ mod tests {
     }
 
     /// The single command of a one-command trace.
-    fn one(text: &str) -> Command {
+    fn one(text: &str) -> Statement {
         let t = ok(text);
         assert_eq!(t.commands.len(), 1, "{text:?}");
         t.commands
             .into_iter()
             .next()
             .map(|c| c.node)
-            .unwrap_or(Command::Space(String::new()))
+            .unwrap_or(Statement::Space(String::new()))
     }
 
     /// Parses `text` after a prelude binding `$heap` and `$a` (lines 1 and 2), returning the
     /// last command.
-    fn last(text: &str) -> Command {
+    fn last(text: &str) -> Statement {
         let t = ok(&format!("mmap $heap 64p rw\nmmap $a 1p r\n{text}"));
         t.commands
             .last()
             .map(|c| c.node.clone())
-            .unwrap_or(Command::Space(String::new()))
+            .unwrap_or(Statement::Space(String::new()))
     }
 
     #[track_caller]
@@ -1038,7 +1039,7 @@ mod tests {
         assert_eq!((first.line, first.col), (3, 1));
         assert_eq!(
             first.node,
-            Command::Mmap {
+            Statement::Mmap {
                 target: MmapTarget::Bind("heap".into()),
                 len: 64 * P,
                 prot: Prot::RW,
@@ -1048,14 +1049,14 @@ mod tests {
         );
         assert_eq!(
             t.commands[5].node,
-            Command::Write {
+            Statement::Write {
                 addr: var("heap", 6 * P as i128),
                 len: 2 * P
             }
         );
         assert_eq!(
             t.commands[6].node,
-            Command::Expect(Expect::SoftDirty {
+            Statement::Expect(Expect::SoftDirty {
                 addr: var("heap", 0),
                 len: 64 * P,
                 pages: PageSet::List(vec![(5, 8)]),
@@ -1106,7 +1107,7 @@ mod tests {
         ] {
             assert_eq!(
                 one(&format!("munmap 0 {s}")),
-                Command::Munmap {
+                Statement::Munmap {
                     addr: num(0),
                     len: 65536
                 },
@@ -1127,27 +1128,27 @@ mod tests {
     fn addresses() {
         assert_eq!(
             one("smaps 0x10_0000_0000+3p"),
-            Command::Smaps(Addr {
+            Statement::Smaps(Addr {
                 base: AddrBase::Number(0x10_0000_0000),
                 offset: 3 * 4096
             })
         );
         assert_eq!(
             last("smaps $heap-2p"),
-            Command::Smaps(var("heap", -2 * 4096))
+            Statement::Smaps(var("heap", -2 * 4096))
         );
-        assert_eq!(last("smaps $heap+0"), Command::Smaps(var("heap", 0)));
-        assert_eq!(last("smaps $heap"), Command::Smaps(var("heap", 0)));
+        assert_eq!(last("smaps $heap+0"), Statement::Smaps(var("heap", 0)));
+        assert_eq!(last("smaps $heap"), Statement::Smaps(var("heap", 0)));
         assert_eq!(
             one("smaps 0x2000-0x2000"),
-            Command::Smaps(Addr {
+            Statement::Smaps(Addr {
                 base: AddrBase::Number(0x2000),
                 offset: -0x2000
             })
         );
         assert_eq!(
             one("smaps 0xffff_ffff_ffff_f000+0xfff"),
-            Command::Smaps(Addr {
+            Statement::Smaps(Addr {
                 base: AddrBase::Number(0xffff_ffff_ffff_f000),
                 offset: 0xfff
             })
@@ -1156,7 +1157,7 @@ mod tests {
         let t = ok("mmap $x_1 1p rw\nmmap $x_1 2p rw\nwrite $x_1+1p\n");
         assert_eq!(
             t.commands[2].node,
-            Command::Write {
+            Statement::Write {
                 addr: var("x_1", 4096),
                 len: 1
             }
@@ -1164,11 +1165,11 @@ mod tests {
         // A name's offset may be large: it is resolved at replay time.
         assert_eq!(
             last("smaps $a+0xffff_ffff_ffff_ffff"),
-            Command::Smaps(var("a", u64::MAX as i128))
+            Statement::Smaps(var("a", u64::MAX as i128))
         );
         assert_eq!(
             last("smaps $a-16T"),
-            Command::Smaps(var("a", -(16i128 << 40)))
+            Statement::Smaps(var("a", -(16i128 << 40)))
         );
     }
 
@@ -1176,7 +1177,7 @@ mod tests {
     fn mmap_forms() {
         assert_eq!(
             one("mmap $heap 64p rw"),
-            Command::Mmap {
+            Statement::Mmap {
                 target: MmapTarget::Bind("heap".into()),
                 len: 64 * P,
                 prot: Prot::RW,
@@ -1186,7 +1187,7 @@ mod tests {
         );
         assert_eq!(
             last("mmap $heap+4p 4p rw fixed"),
-            Command::Mmap {
+            Statement::Mmap {
                 target: MmapTarget::At(var("heap", 4 * P as i128)),
                 len: 4 * P,
                 prot: Prot::RW,
@@ -1196,7 +1197,7 @@ mod tests {
         );
         assert_eq!(
             last("mmap $heap 1p none noreplace shared"),
-            Command::Mmap {
+            Statement::Mmap {
                 target: MmapTarget::At(var("heap", 0)),
                 len: P,
                 prot: Prot::NONE,
@@ -1207,7 +1208,7 @@ mod tests {
         // A bare name with an explicit +0 offset is a use, not a binding.
         assert_eq!(
             last("mmap $heap+0 1p r"),
-            Command::Mmap {
+            Statement::Mmap {
                 target: MmapTarget::At(var("heap", 0)),
                 len: P,
                 prot: Prot::R,
@@ -1217,7 +1218,7 @@ mod tests {
         );
         assert_eq!(
             one("mmap 0x1000 0x2000 rwx private"),
-            Command::Mmap {
+            Statement::Mmap {
                 target: MmapTarget::At(num(0x1000)),
                 len: 0x2000,
                 prot: Prot::RWX,
@@ -1227,7 +1228,7 @@ mod tests {
         );
         assert_eq!(
             one("mmap 0x1000 1p wx fixed shared"),
-            Command::Mmap {
+            Statement::Mmap {
                 target: MmapTarget::At(num(0x1000)),
                 len: P,
                 prot: Prot {
@@ -1247,7 +1248,7 @@ mod tests {
         ] {
             assert_eq!(
                 one(&format!("mprotect 0 1p {s}")),
-                Command::Mprotect {
+                Statement::Mprotect {
                     addr: num(0),
                     len: P,
                     prot: p
@@ -1260,14 +1261,14 @@ mod tests {
     fn simple_commands() {
         assert_eq!(
             last("munmap $heap 1p"),
-            Command::Munmap {
+            Statement::Munmap {
                 addr: var("heap", 0),
                 len: P
             }
         );
         assert_eq!(
             last("madvise $heap+1p 2p dontneed"),
-            Command::Madvise {
+            Statement::Madvise {
                 addr: var("heap", P as i128),
                 len: 2 * P,
                 advice: Advice::DontNeed
@@ -1275,53 +1276,53 @@ mod tests {
         );
         assert_eq!(
             one("write 0x1000"),
-            Command::Write {
+            Statement::Write {
                 addr: num(0x1000),
                 len: 1
             }
         );
         assert_eq!(
             one("read 0x1000"),
-            Command::Read {
+            Statement::Read {
                 addr: num(0x1000),
                 len: 1
             }
         );
         assert_eq!(
             one("read 0x1000 3p"),
-            Command::Read {
+            Statement::Read {
                 addr: num(0x1000),
                 len: 3 * P
             }
         );
         assert_eq!(
             one("write 0x1000 0"),
-            Command::Write {
+            Statement::Write {
                 addr: num(0x1000),
                 len: 0
             }
         );
         assert_eq!(
             one("pagemap 0x1000 2p"),
-            Command::Pagemap {
+            Statement::Pagemap {
                 addr: num(0x1000),
                 len: 2 * P
             }
         );
-        assert_eq!(one("smaps 4096"), Command::Smaps(num(4096)));
+        assert_eq!(one("smaps 4096"), Statement::Smaps(num(4096)));
         assert_eq!(
             one("space child-1.a_b"),
-            Command::Space("child-1.a_b".into())
+            Statement::Space("child-1.a_b".into())
         );
-        assert_eq!(one("fork kid"), Command::Fork("kid".into()));
-        assert_eq!(one("clear_refs 4"), Command::ClearRefs("4".into()));
-        assert_eq!(one("clear_refs abc"), Command::ClearRefs("abc".into()));
-        assert_eq!(one("clear_refs -0x7"), Command::ClearRefs("-0x7".into()));
+        assert_eq!(one("fork kid"), Statement::Fork("kid".into()));
+        assert_eq!(one("clear_refs 4"), Statement::ClearRefs("4".into()));
+        assert_eq!(one("clear_refs abc"), Statement::ClearRefs("abc".into()));
+        assert_eq!(one("clear_refs -0x7"), Statement::ClearRefs("-0x7".into()));
     }
 
     #[test]
     fn mremap_forms() {
-        let base = |maymove, fixed, bind| Command::Mremap {
+        let base = |maymove, fixed, bind| Statement::Mremap {
             addr: var("heap", 0),
             old_len: P,
             new_len: 2 * P,
@@ -1345,7 +1346,7 @@ mod tests {
         );
         assert_eq!(
             t.commands[3].node,
-            Command::Write {
+            Statement::Write {
                 addr: var("new", 0),
                 len: 1
             }
@@ -1355,7 +1356,7 @@ mod tests {
     #[test]
     fn scan_forms() {
         let t = last("scan $heap 64p");
-        let Command::Scan(s) = t else { panic!("{t:?}") };
+        let Statement::Scan(s) = t else { panic!("{t:?}") };
         assert_eq!(
             s,
             ScanCmd {
@@ -1374,7 +1375,7 @@ mod tests {
             "scan 0x1000 1p vec_len=0 clear return=softdirty,present mask=0x80,huge \
              anyof=wpallowed,written,file,swapped,pfnzero,guard inverted=0x1_0000 max_pages=7",
         );
-        let Command::Scan(s) = t else { panic!("{t:?}") };
+        let Statement::Scan(s) = t else { panic!("{t:?}") };
         assert_eq!(s.ret, (1 << 7) | (1 << 3));
         assert_eq!(s.mask, 0x80 | (1 << 6));
         assert_eq!(s.anyof, 1 | 2 | 4 | 16 | 32 | 256);
@@ -1387,7 +1388,7 @@ mod tests {
     #[test]
     fn expect_forms() {
         let e = |s: &str| match last(s) {
-            Command::Expect(e) => e,
+            Statement::Expect(e) => e,
             other => panic!("{other:?}"),
         };
         assert_eq!(e("expect err EINVAL"), Expect::Err(Errno::EINVAL));
@@ -1447,19 +1448,19 @@ mod tests {
         assert_eq!((t.commands[0].line, t.commands[0].col), (2, 2));
         assert_eq!(
             t.commands[0].node,
-            Command::Write {
+            Statement::Write {
                 addr: num(0x1000),
                 len: 2 * P
             }
         );
         assert_eq!(
             t.commands[1].node,
-            Command::Read {
+            Statement::Read {
                 addr: num(0x1000),
                 len: 1
             }
         );
-        assert_eq!(t.commands[2].node, Command::Fork("a".into()));
+        assert_eq!(t.commands[2].node, Statement::Fork("a".into()));
         // A lone \r (not at the end of a line) is part of a token.
         bad("write 1\r 2\n", 1, 7, "found \"1\\r\"");
         // Columns count characters, not bytes.

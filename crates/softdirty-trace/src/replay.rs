@@ -16,12 +16,15 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use super::ast::{Addr, Command, Expect, PageSet, Trace};
+use super::ast::{Addr, Expect, PageSet, Statement, Trace};
 use super::lower::{bind, lower, Action};
-pub use softdirty::backend::{Backend, BackendChoice, KernelFlavour, ModelBackend, OpResult, Unobservable};
+pub use super::lower::{pagemap_pages, scan_args};
+pub use softdirty::backend::{
+    Backend, BackendChoice, Command, KernelFlavour, ModelBackend, OpResult, Outcome, Unobservable,
+};
 use softdirty::errno::Errno;
 use softdirty::mode::Mode;
-use softdirty::scan::{format_categories, ScanArgs, ScanResult};
+use softdirty::scan::{format_categories, ScanResult};
 use softdirty::vma::{PAGE_SIZE, TASK_SIZE};
 
 
@@ -82,8 +85,8 @@ impl Summary {
     }
 }
 
-/// The outcome of one command.
-enum Outcome {
+/// What became of one command.
+enum Status {
     Ok,
     Err(Errno),
     /// a failure that is not an errno (unbound name, address out of range, a command the
@@ -146,10 +149,10 @@ pub fn replay_on(
         file,
     };
     let cmds = &trace.commands;
-    let mut last_outcome: Option<(usize, Outcome)> = None;
+    let mut last_outcome: Option<(usize, Status)> = None;
     for (k, c) in cmds.iter().enumerate() {
         r.summary.commands += 1;
-        if let Command::Expect(e) = &c.node {
+        if let Statement::Expect(e) = &c.node {
             r.expect(c.line, e, last_outcome.as_ref(), diag);
             continue;
         }
@@ -162,10 +165,10 @@ pub fn replay_on(
         // An error is expected if an `expect err` follows before the next command.
         let expected_err = cmds[k + 1..]
             .iter()
-            .take_while(|n| matches!(n.node, Command::Expect(_)))
-            .any(|n| matches!(n.node, Command::Expect(Expect::Err(_))));
+            .take_while(|n| matches!(n.node, Statement::Expect(_)))
+            .any(|n| matches!(n.node, Statement::Expect(Expect::Err(_))));
         match &outcome {
-            Outcome::Err(e) if !expected_err => {
+            Status::Err(e) if !expected_err => {
                 r.summary.unexpected_errors += 1;
                 let kind = if allow_errors { "warning" } else { "error" };
                 let _ = writeln!(
@@ -177,7 +180,7 @@ pub fn replay_on(
                     describe(&c.node)
                 );
             }
-            Outcome::Broken(msg) => {
+            Status::Broken(msg) => {
                 r.summary.unexpected_errors += 1;
                 let _ = writeln!(diag, "{}:{}: error: {msg}", file, c.line);
             }
@@ -225,22 +228,22 @@ pub fn replay_on(
     s
 }
 
-fn describe(c: &Command) -> &'static str {
+fn describe(c: &Statement) -> &'static str {
     match c {
-        Command::Space(_) => "space",
-        Command::Fork(_) => "fork",
-        Command::Mmap { .. } => "mmap",
-        Command::Munmap { .. } => "munmap",
-        Command::Mprotect { .. } => "mprotect",
-        Command::Mremap { .. } => "mremap",
-        Command::Madvise { .. } => "madvise",
-        Command::Write { .. } => "write",
-        Command::Read { .. } => "read",
-        Command::ClearRefs(_) => "clear_refs",
-        Command::Pagemap { .. } => "pagemap",
-        Command::Scan(_) => "scan",
-        Command::Smaps(_) => "smaps",
-        Command::Expect(_) => "expect",
+        Statement::Space(_) => "space",
+        Statement::Fork(_) => "fork",
+        Statement::Mmap { .. } => "mmap",
+        Statement::Munmap { .. } => "munmap",
+        Statement::Mprotect { .. } => "mprotect",
+        Statement::Mremap { .. } => "mremap",
+        Statement::Madvise { .. } => "madvise",
+        Statement::Write { .. } => "write",
+        Statement::Read { .. } => "read",
+        Statement::ClearRefs(_) => "clear_refs",
+        Statement::Pagemap { .. } => "pagemap",
+        Statement::Scan(_) => "scan",
+        Statement::Smaps(_) => "smaps",
+        Statement::Expect(_) => "expect",
     }
 }
 
@@ -270,100 +273,70 @@ struct Replayer<'a> {
     file: &'a str,
 }
 
-/// The scan arguments of a `scan` command starting at `start`.
-pub fn scan_args(s: &super::ast::ScanCmd, start: u64) -> ScanArgs {
-    let args = ScanArgs {
-        start,
-        end: start.wrapping_add(s.len),
-        mask: s.mask,
-        anyof: s.anyof,
-        inverted: s.inverted,
-        ret: s.ret,
-        clear: s.clear,
-        max_pages: s.max_pages,
-        vec_len: s.vec_len,
-    };
-    if start.checked_add(s.len).is_none() {
-        ScanArgs { end: 0, ..args }
-    } else {
-        args
-    }
-}
-
-/// The pages the `pagemap ADDR LEN` command prints: the first page and the count.
-pub fn pagemap_pages(a: u64, len: u64) -> (u64, u64) {
-    let start = a & !(PAGE_SIZE - 1);
-    let end = a.saturating_add(len).min(TASK_SIZE).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    (start, end.saturating_sub(start) / PAGE_SIZE)
-}
-
 impl Replayer<'_> {
     fn addr(&self, a: &Addr) -> Result<u64, String> {
         a.resolve(&self.names)
     }
 
-    fn run(&mut self, c: &Command, out: &mut dyn Write) -> Outcome {
+    fn run(&mut self, c: &Statement, out: &mut dyn Write) -> Status {
         match self.run_inner(c, out) {
-            Ok(Ok(())) => Outcome::Ok,
-            Ok(Err(e)) => Outcome::Err(e),
-            Err(msg) => Outcome::Broken(msg),
+            Ok(Ok(())) => Status::Ok,
+            Ok(Err(e)) => Status::Err(e),
+            Err(msg) => Status::Broken(msg),
         }
     }
 
-    fn run_inner(&mut self, c: &Command, out: &mut dyn Write) -> OpResult<()> {
-        Ok(match lower(c, &self.names)? {
-            Action::Space(n) => {
-                self.backend.space(n)?;
-                self.current = n.to_string();
+    fn run_inner(&mut self, c: &Statement, out: &mut dyn Write) -> OpResult<()> {
+        let (cmd, b) = match lower(c, &self.names)? {
+            Action::Perform { cmd, bind } => (cmd, bind),
+            Action::Expect(_) => return Ok(Ok(())),
+        };
+        let res = self.backend.perform(&cmd)?;
+        if let Command::Space(n) = &cmd {
+            self.current = n.clone();
+        }
+        Ok(match res {
+            Ok(Outcome::Done) => Ok(()),
+            Ok(Outcome::Addr(a)) => {
+                bind(&mut self.names, b, a);
                 Ok(())
             }
-            Action::Fork(child) => self.backend.fork(child)?,
-            Action::Op { op, bind: b } => {
-                self.backend.apply(op)?.map(|a| bind(&mut self.names, b, a))
-            }
-            Action::Write { addr, len } => self.backend.write(addr, len)?,
-            Action::Read { addr, len } => self.backend.read(addr, len)?,
-            Action::ClearRefs(v) => self.backend.clear_refs(v)?,
-            Action::Pagemap { addr, len } => {
-                let (start, n) = pagemap_pages(addr, len);
-                self.backend.pagemap(start, n, &mut |p, e| {
+            Ok(Outcome::Pagemap(entries)) => {
+                for (p, e) in entries {
                     let _ = writeln!(out, "{p:#x} {e:#018x}");
-                })?;
+                }
                 Ok(())
             }
-            Action::Scan { start, scan } => {
-                let args = scan_args(scan, start);
-                match self.backend.scan(&args)? {
-                    Ok(res) => {
-                        let _ = writeln!(out, "walk_end {:#x}", res.walk_end);
-                        for r in &res.regions {
-                            let _ = writeln!(
-                                out,
-                                "{:#x}-{:#x} {}",
-                                r.start,
-                                r.end,
-                                format_categories(r.categories)
-                            );
-                        }
-                        self.scan_skip = self.backend.take_scan_skip();
-                        let why = self.backend.scan_unobservable(&args);
-                        self.last_scan = Some((res, why));
-                        Ok(())
-                    }
-                    Err(e) => {
-                        self.last_scan = None;
-                        Err(e)
-                    }
+            Ok(Outcome::Scan(res)) => {
+                let _ = writeln!(out, "walk_end {:#x}", res.walk_end);
+                for r in &res.regions {
+                    let _ = writeln!(
+                        out,
+                        "{:#x}-{:#x} {}",
+                        r.start,
+                        r.end,
+                        format_categories(r.categories)
+                    );
                 }
+                let Command::Scan(args) = &cmd else {
+                    unreachable!("a scan result answers a scan")
+                };
+                self.scan_skip = self.backend.take_scan_skip();
+                let why = self.backend.scan_unobservable(args);
+                self.last_scan = Some((res, why));
+                Ok(())
             }
-            Action::Smaps(a) => match self.backend.smaps_vmflags(a)? {
-                Some(l) => {
-                    let _ = writeln!(out, "{l}");
-                    Ok(())
+            Ok(Outcome::Smaps(Some(l))) => {
+                let _ = writeln!(out, "{l}");
+                Ok(())
+            }
+            Ok(Outcome::Smaps(None)) => Err(Errno::EINVAL),
+            Err(e) => {
+                if matches!(cmd, Command::Scan(_)) {
+                    self.last_scan = None;
                 }
-                None => Err(Errno::EINVAL),
-            },
-            Action::Expect(_) => Ok(()),
+                Err(e)
+            }
         })
     }
 
@@ -371,7 +344,7 @@ impl Replayer<'_> {
         &mut self,
         line: usize,
         e: &Expect,
-        last: Option<&(usize, Outcome)>,
+        last: Option<&(usize, Status)>,
         diag: &mut dyn Write,
     ) {
         match self.check(e, last) {
@@ -388,32 +361,32 @@ impl Replayer<'_> {
         }
     }
 
-    fn check(&mut self, e: &Expect, last: Option<&(usize, Outcome)>) -> Result<(), Unobservable> {
+    fn check(&mut self, e: &Expect, last: Option<&(usize, Status)>) -> Result<(), Unobservable> {
         let fail = Unobservable::Broken;
         match e {
             Expect::Err(want) => match last {
-                Some((_, Outcome::Err(got))) if got == want => Ok(()),
-                Some((_, Outcome::Err(got))) => Err(fail(format!(
+                Some((_, Status::Err(got))) if got == want => Ok(()),
+                Some((_, Status::Err(got))) => Err(fail(format!(
                     "expected {}, got {}",
                     want.name(),
                     got.name()
                 ))),
-                Some((_, Outcome::Ok)) => Err(fail(format!(
+                Some((_, Status::Ok)) => Err(fail(format!(
                     "expected {}, but the command succeeded",
                     want.name()
                 ))),
-                Some((_, Outcome::Broken(m))) => Err(fail(format!(
+                Some((_, Status::Broken(m))) => Err(fail(format!(
                     "expected {}, but the command could not run: {m}",
                     want.name()
                 ))),
                 None => Err(fail("`expect err` with no previous command".into())),
             },
             Expect::Ok => match last {
-                Some((_, Outcome::Ok)) => Ok(()),
-                Some((_, Outcome::Err(got))) => {
+                Some((_, Status::Ok)) => Ok(()),
+                Some((_, Status::Err(got))) => {
                     Err(fail(format!("expected success, got {}", got.name())))
                 }
-                Some((_, Outcome::Broken(m))) => Err(fail(format!("expected success: {m}"))),
+                Some((_, Status::Broken(m))) => Err(fail(format!("expected success: {m}"))),
                 None => Err(fail("`expect ok` with no previous command".into())),
             },
             Expect::SoftDirty { addr, len, pages } | Expect::Present { addr, len, pages } => {
@@ -545,6 +518,7 @@ mod tests {
     use super::*;
     use softdirty::mm;
     use softdirty::prot::Prot;
+    use softdirty::scan::ScanArgs;
 
     /// The model, except that `scan ... clear` does not clear and says so, as the kernel's
     /// soft-dirty flavour does where it cannot emulate the clear; soft-dirty is then
