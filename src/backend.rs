@@ -127,7 +127,8 @@ pub enum Command {
     },
     /// A write of the value (as written, parsed as the kernel parses it) to clear_refs.
     ClearRefs(String),
-    /// Read the pagemap entries of `pages` pages from the page-aligned `start`.
+    /// Read the pagemap entries of `pages` pages from the page-aligned `start`. `perform`
+    /// collects them; a caller of long ranges streams them with [`Backend::pagemap`].
     Pagemap {
         /// first page
         start: u64,

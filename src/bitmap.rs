@@ -141,7 +141,7 @@ pub enum Mark {
 }
 
 /// The result of one fault attempt.
-enum Outcome {
+enum Attempt {
     /// applied; pages flipped clean to dirty
     Done(u64),
     /// the chunk limit was reached
@@ -589,20 +589,20 @@ impl PageBitmap {
         let mut counted = 0;
         loop {
             match self.fault_once(first, count, dirty, backed, populate, limited) {
-                Outcome::Done(f) => {
+                Attempt::Done(f) => {
                     return Mark::Done {
                         faults: f.max(counted),
                     }
                 }
-                Outcome::NoMem => return Mark::NoMem,
-                Outcome::Rezap(f, zap0) => {
+                Attempt::NoMem => return Mark::NoMem,
+                Attempt::Rezap(f, zap0) => {
                     counted = counted.max(f);
                     self.wait_zap();
                     if self.only_other_pages_zapped(zap0, first, first + count) {
                         return Mark::Done { faults: counted };
                     }
                 }
-                Outcome::Sealed => {
+                Attempt::Sealed => {
                     return match self.forward(first, count, dirty, backed, populate, limited) {
                         Mark::Done { faults } => Mark::Done {
                             faults: faults.max(counted),
@@ -624,7 +624,7 @@ impl PageBitmap {
         backed: bool,
         populate: bool,
         limited: bool,
-    ) -> Outcome {
+    ) -> Attempt {
         // Fast path: a range inside one word of a materialized chunk (a hot page written
         // again, a small store). The same atomic steps as the general path, without its
         // chunk and word loop: one slot load, then `fault_word`; a fault that changes
@@ -644,7 +644,7 @@ impl PageBitmap {
                     &mut st,
                 );
                 if !st.did_rmw {
-                    return Outcome::Done(0);
+                    return Attempt::Done(0);
                 }
                 settle_summary(c, st.owed);
                 return self.finish_fault(false, false, st);
@@ -663,7 +663,7 @@ impl PageBitmap {
         backed: bool,
         populate: bool,
         limited: bool,
-    ) -> Outcome {
+    ) -> Attempt {
         let mut st = FaultState::default();
         let mut sealed = false;
         let mut nomem = false;
@@ -718,25 +718,25 @@ impl PageBitmap {
 
     /// The end of a fault attempt: the seal and zap re-checks after any RMW.
     #[inline]
-    fn finish_fault(&self, sealed: bool, nomem: bool, st: FaultState) -> Outcome {
+    fn finish_fault(&self, sealed: bool, nomem: bool, st: FaultState) -> Attempt {
         // Acquire: if any RMW of the fault read from a drain, the seal store (sequenced
         // before the drain) is visible here.
         // (Broken twin `no_recheck`: trusts the RMWs without the re-check.)
         if sealed || (!twins::NO_RECHECK && st.did_rmw && self.sealed.load(Ordering::Acquire)) {
-            return Outcome::Sealed;
+            return Attempt::Sealed;
         }
         // Acquire: if any RMW of the fault read from a zap's RMW, the zap's first
         // generation bump (sequenced before it) is visible here (see `zap`).
         if !twins::ZAP_NO_SEQ && st.did_rmw {
             let now = self.zap_seq.load(Ordering::Acquire);
             if st.zap0 & 1 == 1 || now != st.zap0 {
-                return Outcome::Rezap(st.faults, st.zap0);
+                return Attempt::Rezap(st.faults, st.zap0);
             }
         }
         if nomem {
-            return Outcome::NoMem;
+            return Attempt::NoMem;
         }
-        Outcome::Done(st.faults)
+        Attempt::Done(st.faults)
     }
 
     /// Waits until no zap is rewriting this bitmap's words.

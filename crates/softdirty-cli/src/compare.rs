@@ -28,11 +28,11 @@ use std::time::Instant;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use softdirty::backend::{Command, Op};
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 use softdirty::vma::{PAGE_SIZE, TASK_SIZE};
-use softdirty::backend::{Command, Op};
 
 const P: u64 = PAGE_SIZE;
 
@@ -470,7 +470,8 @@ pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
                 }
             }
             Command::Scan(args) if args.clear => {
-                let _ = g.mm.scan_and_clear(args.start, args.end.wrapping_sub(args.start));
+                let _ =
+                    g.mm.scan_and_clear(args.start, args.end.wrapping_sub(args.start));
                 g.steps.push(Step::Do(cmd));
             }
             Command::Pagemap { .. } | Command::Scan(_) => harvest(&mut g),
@@ -614,10 +615,10 @@ pub fn run_workload(w: &Generated) -> WorkloadReport {
                     s.t.clear.push(t0.elapsed().as_nanos() as u64);
                     r
                 }
-                Step::Do(Command::Scan(args)) => s
-                    .mm
-                    .scan_and_clear(args.start, args.end.wrapping_sub(args.start))
-                    .map(|_| 0),
+                Step::Do(Command::Scan(args)) => {
+                    s.mm.scan_and_clear(args.start, args.end.wrapping_sub(args.start))
+                        .map(|_| 0)
+                }
                 // Not generated: the comparison drives one space and only observes by
                 // harvests.
                 Step::Do(

@@ -285,16 +285,14 @@ pub fn step(b: &mut dyn Backend, cmd: &Command) -> Result<Observation, String> {
 /// [`step`], with a panic of the backend (the reference checks its own invariants with
 /// assertions) turned into an error: a finding to report, not a crash of the fuzzer.
 fn step_guarded(b: &mut dyn Backend, cmd: &Command) -> Result<Observation, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(b, cmd))).unwrap_or_else(
-        |e| {
-            let msg = e
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| e.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)");
-            Err(format!("{} failed an internal check: {msg}", b.name()))
-        },
-    )
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(b, cmd))).unwrap_or_else(|e| {
+        let msg = e
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| e.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        Err(format!("{} failed an internal check: {msg}", b.name()))
+    })
 }
 
 /// The VMA of `v` containing `a`.
@@ -647,10 +645,7 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
         ..Profile::default()
     };
     type Maker = Box<dyn Fn() -> Result<Box<dyn Backend>, String>>;
-    let (name, other): (String, Maker) = match (
-        args.against,
-        args.mode,
-    ) {
+    let (name, other): (String, Maker) = match (args.against, args.mode) {
         (Against::Reference, m) => (
             "the reference model".to_string(),
             Box::new(move || Ok(Box::new(RefBackend::new(m)) as Box<dyn Backend>)),
@@ -742,7 +737,10 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
 }
 
 fn kernel(f: softdirty::backend::KernelFlavour) -> Result<Box<dyn Backend>, String> {
-    softdirty::backend::open(softdirty::backend::BackendChoice::Kernel(Some(f)), softdirty::mode::Mode::Legacy)
+    softdirty::backend::open(
+        softdirty::backend::BackendChoice::Kernel(Some(f)),
+        softdirty::mode::Mode::Legacy,
+    )
 }
 
 #[cfg(test)]

@@ -1363,7 +1363,8 @@ impl Backend for RefBackend {
         self.current = match self.spaces.iter().position(|s| s.0 == name) {
             Some(i) => i,
             None => {
-                self.spaces.push((name.to_string(), RefSpace::new(self.mode)));
+                self.spaces
+                    .push((name.to_string(), RefSpace::new(self.mode)));
                 self.spaces.len() - 1
             }
         };

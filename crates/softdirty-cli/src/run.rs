@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 use rand::Rng;
 
+use crate::workload::{self, Churn, GuestLayout, Picker, Workload, PAGE};
 use softdirty::mm::AddressSpace;
 use softdirty::mode::Mode;
-use crate::workload::{self, Churn, GuestLayout, Picker, Workload, PAGE};
 
 /// Which modes `softdirty run` simulates.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -10,9 +10,9 @@ use std::sync::Mutex;
 
 use softdirty::kernel::{uapi, KernelBackend, KernelFlavour, MIN_FIXED_ADDR};
 use softdirty::mm::Placement;
+use softdirty::mm::Placement as P;
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
-use softdirty::mm::Placement as P;
 use softdirty_trace::ast::{AddrBase, Expect, MmapTarget, Statement, Trace};
 use softdirty_trace::parse;
 use softdirty_trace::replay::{self, Backend};
@@ -144,7 +144,8 @@ fn expect_faults_is_skipped_and_named() {
     if !available() {
         return;
     }
-    let f = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("../shared/traces/quickstart.trace");
+    let f = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .join("../shared/traces/quickstart.trace");
     let out = Proc::new(env!("CARGO_BIN_EXE_softdirty"))
         .arg("replay")
         .arg(&f)

@@ -21,7 +21,10 @@ fn legacy_mode_agrees_with_linux_6_12_soft_dirty() {
         );
         return;
     }
-    let script = concat!(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."), "/scripts/kvm-oracle.sh");
+    let script = concat!(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../.."),
+        "/scripts/kvm-oracle.sh"
+    );
     let out = Command::new("bash")
         .arg(script)
         .env("KVM_ORACLE_BIN", env!("CARGO_BIN_EXE_softdirty"))

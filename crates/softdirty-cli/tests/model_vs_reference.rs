@@ -377,7 +377,8 @@ fn case_s() -> impl Strategy<Value = (u64, Vec<OnSpace>)> {
         prop_oneof![6 => Just(1u64), 1 => Just(131u64)],
         prop::collection::vec(fill_s(), 0..=4),
         prop::collection::vec(
-            (prop_oneof![6 => Just(0u8), 1 => 1u8..3], op_s()).prop_map(|(sp, op)| OnSpace { sp, op }),
+            (prop_oneof![6 => Just(0u8), 1 => 1u8..3], op_s())
+                .prop_map(|(sp, op)| OnSpace { sp, op }),
             1..=36,
         ),
     )
@@ -1042,17 +1043,26 @@ impl Pair {
     }
 
     fn model_space(&self, k: usize) -> std::sync::Arc<AddressSpace> {
-        self.model.tracker().get(&self.names[k]).expect("the model has the space")
+        self.model
+            .tracker()
+            .get(&self.names[k])
+            .expect("the model has the space")
     }
 
     fn ref_space(&self, k: usize) -> &RefSpace {
-        self.reference.get(&self.names[k]).expect("the reference has the space")
+        self.reference
+            .get(&self.names[k])
+            .expect("the reference has the space")
     }
 
     /// Performs a step on both (in its space); returns the command and both results (the
     /// address an mmap or mremap returned, else 0). The reference follows the model's
     /// choice of an address where it has to choose one.
-    fn step(&mut self, unit: u64, step: &OnSpace) -> (Command, Result<u64, Errno>, Result<u64, Errno>) {
+    fn step(
+        &mut self,
+        unit: u64,
+        step: &OnSpace,
+    ) -> (Command, Result<u64, Errno>, Result<u64, Errno>) {
         let k = step.sp as usize % self.names.len();
         let space = Command::Space(self.names[k].clone());
         self.forks += 1;
@@ -1060,7 +1070,11 @@ impl Pair {
         let run = |b: &mut dyn Backend, c: &Command| -> Result<u64, Errno> {
             match b.perform(c) {
                 Ok(r) => r.map(|o: Outcome| o.addr()),
-                Err(msg) => panic!("{} cannot perform `{}`: {msg}", b.name(), render::command(c)),
+                Err(msg) => panic!(
+                    "{} cannot perform `{}`: {msg}",
+                    b.name(),
+                    render::command(c)
+                ),
             }
         };
         run(&mut self.model, &space).unwrap();
@@ -1248,8 +1262,14 @@ fn run_spaces(mode: Mode, unit: u64, steps: &[OnSpace]) -> Result<Vec<RefSpace>,
             }
         }
         for j in 0..pair.names.len() {
-            compare(unit, &pair.model_space(j), pair.ref_space(j), &probe, forked)
-                .map_err(|e| fail(format!("space {j}: {e}")))?;
+            compare(
+                unit,
+                &pair.model_space(j),
+                pair.ref_space(j),
+                &probe,
+                forked,
+            )
+            .map_err(|e| fail(format!("space {j}: {e}")))?;
         }
     }
     Ok((0..pair.names.len())
@@ -1519,12 +1539,18 @@ fn reference_stays_independent_of_the_model() {
             rest = &tail[11..];
         }
         assert!(
-            !line.contains("crate::") && !line.contains("super::") && !line.contains("softdirty_cli") && !line.contains("softdirty_trace"),
+            !line.contains("crate::")
+                && !line.contains("super::")
+                && !line.contains("softdirty_cli")
+                && !line.contains("softdirty_trace"),
             "crates/softdirty-cli/src/reference.rs:{}: reaches into a crate another way: {line}",
             n + 1
         );
     }
-    assert!(uses >= allowed.len(), "the check found only {uses} uses: is it reading the file?");
+    assert!(
+        uses >= allowed.len(),
+        "the check found only {uses} uses: is it reading the file?"
+    );
 }
 
 /// `softdirty fuzz --against reference`: the model and the reference agree on random

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use softdirty::mode::Mode;
-use softdirty_cli::run::{simulate, ModeSel, RunReport, RunArgs};
+use softdirty_cli::run::{simulate, ModeSel, RunArgs, RunReport};
 use softdirty_cli::workload::Workload;
 
 fn short(mode: ModeSel, workload: Workload, seed: u64) -> RunArgs {

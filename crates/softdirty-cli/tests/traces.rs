@@ -78,7 +78,8 @@ fn tmp_trace(name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn binary_exit_statuses_follow_the_contract() {
-    let shared = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("../shared/traces/quickstart.trace");
+    let shared = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .join("../shared/traces/quickstart.trace");
     let ok = bin().arg("replay").arg(&shared).output().unwrap();
     assert_eq!(
         ok.status.code(),
@@ -126,8 +127,8 @@ fn binary_exit_statuses_follow_the_contract() {
     );
 
     // The mode header overrides --mode.
-    let legacy =
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("../shared/traces/seed-merge-bug.legacy.trace");
+    let legacy = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .join("../shared/traces/seed-merge-bug.legacy.trace");
     let out = bin()
         .arg("replay")
         .arg(&legacy)

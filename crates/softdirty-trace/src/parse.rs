@@ -24,8 +24,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use super::ast::{
-    Addr, AddrBase, Advice, Cats, Expect, MmapTarget, PageSet, ScanCmd, Statement,
-    Spanned, Trace,
+    Addr, AddrBase, Advice, Cats, Expect, MmapTarget, PageSet, ScanCmd, Spanned, Statement, Trace,
 };
 use softdirty::errno::Errno;
 use softdirty::mm::Placement;
@@ -1356,7 +1355,9 @@ mod tests {
     #[test]
     fn scan_forms() {
         let t = last("scan $heap 64p");
-        let Statement::Scan(s) = t else { panic!("{t:?}") };
+        let Statement::Scan(s) = t else {
+            panic!("{t:?}")
+        };
         assert_eq!(
             s,
             ScanCmd {
@@ -1375,7 +1376,9 @@ mod tests {
             "scan 0x1000 1p vec_len=0 clear return=softdirty,present mask=0x80,huge \
              anyof=wpallowed,written,file,swapped,pfnzero,guard inverted=0x1_0000 max_pages=7",
         );
-        let Statement::Scan(s) = t else { panic!("{t:?}") };
+        let Statement::Scan(s) = t else {
+            panic!("{t:?}")
+        };
         assert_eq!(s.ret, (1 << 7) | (1 << 3));
         assert_eq!(s.mask, 0x80 | (1 << 6));
         assert_eq!(s.anyof, 1 | 2 | 4 | 16 | 32 | 256);

@@ -202,12 +202,22 @@ pub fn expect(e: &Expect) -> String {
             addr: a,
             len,
             pages: p,
-        } => format!("expect softdirty {} {} {}", addr_expr(a), size(*len), pages(p)),
+        } => format!(
+            "expect softdirty {} {} {}",
+            addr_expr(a),
+            size(*len),
+            pages(p)
+        ),
         Expect::Present {
             addr: a,
             len,
             pages: p,
-        } => format!("expect present {} {} {}", addr_expr(a), size(*len), pages(p)),
+        } => format!(
+            "expect present {} {} {}",
+            addr_expr(a),
+            size(*len),
+            pages(p)
+        ),
         Expect::Vmas {
             addr: a,
             len,
@@ -250,13 +260,7 @@ mod tests {
     }
 
     fn prot_s() -> impl Strategy<Value = Prot> {
-        prop::sample::select(vec![
-            Prot::NONE,
-            Prot::R,
-            Prot::RW,
-            Prot::RX,
-            Prot::RWX,
-        ])
+        prop::sample::select(vec![Prot::NONE, Prot::R, Prot::RW, Prot::RX, Prot::RWX])
     }
 
     fn op_s() -> impl Strategy<Value = Op> {
@@ -325,19 +329,21 @@ mod tests {
                 prop_oneof![Just(0u64), any::<u64>()],
                 prop_oneof![Just(1024u64), any::<u64>()]
             )
-                .prop_map(|(start, len, (mask, anyof, inverted, ret), clear, max_pages, vec_len)| {
-                    Command::Scan(ScanArgs {
-                        start,
-                        end: start.checked_add(len).unwrap_or(0),
-                        mask,
-                        anyof,
-                        inverted,
-                        ret,
-                        clear,
-                        max_pages,
-                        vec_len,
-                    })
-                }),
+                .prop_map(
+                    |(start, len, (mask, anyof, inverted, ret), clear, max_pages, vec_len)| {
+                        Command::Scan(ScanArgs {
+                            start,
+                            end: start.checked_add(len).unwrap_or(0),
+                            mask,
+                            anyof,
+                            inverted,
+                            ret,
+                            clear,
+                            max_pages,
+                            vec_len,
+                        })
+                    }
+                ),
             u64_s().prop_map(Command::Smaps),
         ]
     }

@@ -27,7 +27,6 @@ use softdirty::mode::Mode;
 use softdirty::scan::{format_categories, ScanResult};
 use softdirty::vma::{PAGE_SIZE, TASK_SIZE};
 
-
 /// Replay options.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -291,6 +290,14 @@ impl Replayer<'_> {
             Action::Perform { cmd, bind } => (cmd, bind),
             Action::Expect(_) => return Ok(Ok(())),
         };
+        // A pagemap streams its lines (`perform` would collect one entry per page of a
+        // range that may span terabytes).
+        if let Command::Pagemap { start, pages } = cmd {
+            self.backend.pagemap(start, pages, &mut |p, e| {
+                let _ = writeln!(out, "{p:#x} {e:#018x}");
+            })?;
+            return Ok(Ok(()));
+        }
         let res = self.backend.perform(&cmd)?;
         if let Command::Space(n) = &cmd {
             self.current = n.clone();
