@@ -105,7 +105,7 @@ pub mod index;
     not(all(loom, feature = "loom"))
 ))]
 pub mod kernel;
-mod layout;
+
 pub mod linux;
 pub mod mm;
 pub mod mode;

@@ -10,17 +10,17 @@
 //!    [`Layout::unmap`], [`Layout::merge_new_range`] (`vma_merge_new_range`: mmap, copy_vma,
 //!    mremap expand) and [`Layout::modify`] (`vma_merge_existing_range` or split: mprotect).
 //!    Bits never move during editing; only descriptors do.
-//! 3. [`Layout::build`] builds the new VMAs: a descriptor that is exactly one unchanged
+//! 3. `Layout::build` (in `commit.rs`, with the rest of the commit) builds the new VMAs: a descriptor that is exactly one unchanged
 //!    published VMA is reused; one that is a whole published bitmap with new flags shares
 //!    that bitmap; anything else gets a new bitmap copied from its pieces. It publishes the
-//!    new index, then seals and drains every bitmap that was copied (see `bitmap.rs`).
+//!    new index, then seals and drains every bitmap that was copied (`PageBitmap::seal_and_drain`).
 //!
 //! Which `VM_SOFTDIRTY` a merged VMA gets is the mode's policy ([`Mode`]): the target's
 //! own flag, the modified VMA's (`vm_flags_reset` after mprotect), or the OR of all of them
 //! (`sticky`). In `nomerge` the flag is compared like any other flag.
 
 use crate::accounting::Accounting;
-use crate::bitmap::{CopyRule, DrainRule, PageBitmap, Target};
+use crate::bitmap::CopyRule;
 use crate::errno::{Errno, Result};
 use crate::index::VmaIndex;
 use crate::linux::{MAX_MAP_COUNT, PAGE_SHIFT};
@@ -160,41 +160,19 @@ pub(crate) struct Layout {
     /// the VMAs, sorted
     pub vmas: Vec<WVma>,
     /// the published VMAs this layout started from
-    origin: Vec<Arc<Vma>>,
+    pub(super) origin: Vec<Arc<Vma>>,
     /// the published VMAs whose `anon_vma` cell this layout froze ([`Vma::freeze_anon`]):
     /// thawed when the layout is dropped unpublished, or by [`Built::thaw`] for those
     /// that survive its publication
-    frozen: Vec<Arc<Vma>>,
+    pub(super) frozen: Vec<Arc<Vma>>,
     /// the accounts of the address space (new bitmaps count in them)
-    accounting: std::sync::Arc<Accounting>,
+    pub(super) accounting: std::sync::Arc<Accounting>,
 }
 
 impl Drop for Layout {
     fn drop(&mut self) {
         // Not published (or `build` took the list): nothing was decided.
         for v in self.frozen.drain(..) {
-            v.thaw_anon();
-        }
-    }
-}
-
-/// What [`Layout::build`] made: the new VMA list, the published VMAs it retires, and the
-/// frozen `anon_vma` cells to thaw once the list is published.
-pub(crate) struct Built {
-    /// the new VMAs, in address order
-    pub vmas: Vec<Arc<Vma>>,
-    /// the published VMAs whose bitmaps were copied, each with where its pages went
-    pub retired: Vec<Retired>,
-    /// VMAs kept unchanged whose frozen cell must thaw
-    thaw: Vec<Arc<Vma>>,
-}
-
-impl Built {
-    /// Thaws the `anon_vma` cells of the VMAs kept unchanged; call after publishing.
-    /// Replaced VMAs (retired, or succeeded by a VMA over the same bitmap) keep a frozen
-    /// cell: a writer that holds one waits for the new index and retries through it.
-    pub(crate) fn thaw(&mut self) {
-        for v in self.thaw.drain(..) {
             v.thaw_anon();
         }
     }
@@ -642,164 +620,5 @@ impl Layout {
             ..new
         };
         Ok(())
-    }
-
-    /// Builds the VMAs and their bitmaps. Returns the new VMA list and the published VMAs
-    /// whose bitmaps were copied, each with the places its pages went (for the drain).
-    pub(crate) fn build(mut self) -> Built {
-        let wvmas = std::mem::take(&mut self.vmas);
-        let origin = std::mem::take(&mut self.origin);
-        let frozen = std::mem::take(&mut self.frozen);
-        let mut out = Vec::with_capacity(wvmas.len());
-        // For every new VMA built by copying: (old vma ptr, src page, dst bitmap, dst page, n, rule)
-        let mut copies: Vec<(Arc<Vma>, u64, Arc<PageBitmap>, u64, u64, DrainRule)> = Vec::new();
-        let mut derived: Vec<(Arc<Vma>, Arc<Vma>)> = Vec::new();
-        for w in wvmas {
-            // Exactly one published VMA, whole and unchanged?
-            if let [Piece {
-                start,
-                end,
-                src:
-                    Src::Old {
-                        vma,
-                        page: 0,
-                        rule: CopyRule::Plain,
-                    },
-            }] = w.pieces.as_slice()
-            {
-                if *start == vma.start
-                    && *end == vma.end
-                    && w.start == vma.start
-                    && w.end == vma.end
-                {
-                    if w.meta == vma.meta && w.anon == vma.anon() && w.nsdr == vma.nsdr {
-                        out.push(vma.clone());
-                    } else {
-                        // New flags, same pages: share the bitmap, no copy. The
-                        // anon_vma cell is new: the old one stays frozen (if this
-                        // layout froze it), so a writer that loaded the old index
-                        // cannot assign an anon_vma the successor would not have; it
-                        // waits for the new index and retries there.
-                        let nv = Arc::new(
-                            Vma::new(w.start, w.end, w.meta, w.anon, vma.bitmap.clone())
-                                .with_nsdr(w.nsdr),
-                        );
-                        derived.push((vma.clone(), nv.clone()));
-                        out.push(nv);
-                    }
-                    continue;
-                }
-            }
-            let pages = w.pages();
-            let all_fresh_dirty = w
-                .pieces
-                .iter()
-                .all(|p| matches!(p.src, Src::Fresh { dirty: true }));
-            let bm = Arc::new(PageBitmap::accounted(
-                pages,
-                all_fresh_dirty,
-                Some(&self.accounting),
-            ));
-            for p in &w.pieces {
-                let dst = (p.start - w.start) >> PAGE_SHIFT;
-                let n = (p.end - p.start) >> PAGE_SHIFT;
-                match &p.src {
-                    Src::Fresh { dirty } => {
-                        if !all_fresh_dirty {
-                            bm.set_clean(dst, n, !dirty);
-                        }
-                    }
-                    Src::Old { vma, page, rule } => {
-                        bm.copy_from(dst, &vma.bitmap, *page, n, *rule);
-                        let drain = if *rule == CopyRule::DirtyPopulated {
-                            DrainRule::DirtyPopulated
-                        } else {
-                            DrainRule::Plain
-                        };
-                        copies.push((vma.clone(), *page, bm.clone(), dst, n, drain));
-                    }
-                }
-            }
-            let nv = Arc::new(Vma::new(w.start, w.end, w.meta, w.anon, bm).with_nsdr(w.nsdr));
-            for p in &w.pieces {
-                if let Src::Old { vma, .. } = &p.src {
-                    derived.push((vma.clone(), nv.clone()));
-                }
-            }
-            out.push(nv);
-        }
-        // Every published VMA whose bitmap no new VMA shares as a whole is retired: it
-        // gets sealed and drained into the copies made from it.
-        let kept_bitmaps: std::collections::HashSet<*const PageBitmap> =
-            out.iter().map(|n| Arc::as_ptr(&n.bitmap)).collect();
-        let kept_cells: std::collections::HashSet<*const crate::sync::AtomicU64> =
-            out.iter().map(|n| Arc::as_ptr(n.anon_cell())).collect();
-        let thaw = frozen
-            .into_iter()
-            .filter(|v| kept_cells.contains(&Arc::as_ptr(v.anon_cell())))
-            .collect();
-        let mut retired = Vec::new();
-        for old in &origin {
-            if kept_bitmaps.contains(&Arc::as_ptr(&old.bitmap)) {
-                continue;
-            }
-            let targets: Vec<_> = copies
-                .iter()
-                .filter(|c| Arc::ptr_eq(&c.0, old))
-                .map(|c| (c.1, c.2.clone(), c.3, c.4, c.5))
-                .collect();
-            let heirs: Vec<_> = derived
-                .iter()
-                .filter(|d| Arc::ptr_eq(&d.0, old))
-                .map(|d| d.1.clone())
-                .collect();
-            retired.push(Retired {
-                vma: old.clone(),
-                targets,
-                heirs,
-            });
-        }
-        Built {
-            vmas: out,
-            retired,
-            thaw,
-        }
-    }
-}
-
-/// A published VMA replaced by a commit, and where its pages went.
-pub(crate) struct Retired {
-    /// the old VMA
-    pub vma: Arc<Vma>,
-    /// `(src_page, dst_bitmap, dst_page, count, rule)` for each copy made from it
-    pub targets: Vec<(u64, Arc<PageBitmap>, u64, u64, DrainRule)>,
-    /// the new VMAs built (partly) from it
-    pub heirs: Vec<Arc<Vma>>,
-}
-
-impl Retired {
-    /// Seals the old bitmap and carries late faults into the copies; passes on an
-    /// anon_vma a racing first write fault assigned after the layout was read.
-    pub(crate) fn drain(&self) {
-        if !self.targets.is_empty() {
-            let t: Vec<Target> = self
-                .targets
-                .iter()
-                .map(|(s, d, dp, n, r)| Target {
-                    src_first: *s,
-                    dst: d.clone(),
-                    dst_first: *dp,
-                    count: *n,
-                    rule: *r,
-                })
-                .collect();
-            self.vma.bitmap.seal_and_drain(t);
-        }
-        let anon = self.vma.anon();
-        if anon != 0 && !self.vma.meta.flags.shared {
-            for h in &self.heirs {
-                h.assign_anon(anon);
-            }
-        }
     }
 }

@@ -1,0 +1,62 @@
+//! `fork`: a child address space with a copy of the mappings and the page state.
+
+use super::{AddressSpace, FaultCounter};
+use crate::bitmap::{CopyRule, PageBitmap};
+use crate::epoch::{self, Atomic};
+use crate::index::VmaIndex;
+use crate::sync::{lock, Arc, Mutex};
+use crate::vma::Vma;
+
+impl AddressSpace {
+    /// `fork()`: a new address space with a copy of this one's mappings and page state.
+    /// Private VMAs that were write-faulted get their PTEs copied (and a new anon_vma
+    /// whose chain links ours); others start unpopulated in the child, as in Linux.
+    pub fn fork(&self) -> AddressSpace {
+        let _ctl = lock(&self.control);
+        let guard = epoch::pin();
+        let idx = self.index(&guard);
+        let mut vmas = Vec::with_capacity(idx.len());
+        // Frozen while the child is built: a first write either assigned its anon_vma
+        // before (the child gets the PTEs) or waits until the child exists.
+        let mut frozen = Vec::new();
+        for v in idx.vmas() {
+            let (anon, froze) = v.freeze_anon();
+            if froze {
+                frozen.push(v);
+            }
+            let copy_ptes = !v.meta.flags.shared && anon != 0;
+            let bm = PageBitmap::accounted(v.pages(), false, Some(&self.accounting));
+            bm.copy_from(0, &v.bitmap, 0, v.pages(), CopyRule::Plain);
+            if !copy_ptes {
+                // No PTEs are copied: the child's pages start unpopulated. Legacy: their
+                // soft-dirty bits go with the PTEs; precise: the state is copied.
+                if self.mode.is_precise() {
+                    bm.unpopulate(0, v.pages());
+                } else {
+                    bm.zap(0, v.pages(), false);
+                }
+            }
+            let mut meta = v.meta;
+            meta.forked = anon != 0;
+            let child_anon = if anon != 0 {
+                self.accounting.next_id()
+            } else {
+                0
+            };
+            // dup_mmap: the RFC clones the region list (`nsdr_clone`).
+            vmas.push(Arc::new(
+                Vma::new(v.start, v.end, meta, child_anon, Arc::new(bm)).with_nsdr(v.nsdr.clone()),
+            ));
+        }
+        for v in frozen {
+            v.thaw_anon();
+        }
+        AddressSpace {
+            mode: self.mode,
+            index: Atomic::new(VmaIndex::new(vmas)),
+            control: Mutex::new(()),
+            faults: FaultCounter::new(),
+            accounting: self.accounting.clone(),
+        }
+    }
+}
