@@ -5,13 +5,11 @@
 //! the `anon_vma` identity a first write fault assigns ([`Vma::anon`]).
 
 use crate::bitmap::PageBitmap;
+use crate::linux::PAGE_SHIFT;
 use crate::prot::Prot;
 use crate::regions::NonSdRegions;
 use crate::sync::{Arc, AtomicU64, Ordering};
 use crate::twins;
-// Re-exported for the tool crates' paths until they name `crate::linux`.
-#[doc(hidden)]
-pub use crate::linux::{PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
 
 /// The value of an `anon_vma` cell frozen by a structural operation ([`Vma::freeze_anon`]);
 /// never an identity ([`Accounting::next_id`](crate::accounting::Accounting::next_id) counts up from 1).

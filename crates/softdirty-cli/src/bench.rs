@@ -43,10 +43,10 @@ use rand::{Rng, SeedableRng};
 use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 
 use softdirty::bitmap::PageBitmap;
+use softdirty::linux::{PAGE_SHIFT, PAGE_SIZE};
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
-use softdirty::vma::{PAGE_SHIFT, PAGE_SIZE};
 
 /// Options of `softdirty bench`.
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -29,10 +29,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use softdirty::backend::{Command, Op};
+use softdirty::linux::{PAGE_SIZE, TASK_SIZE};
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
-use softdirty::vma::{PAGE_SIZE, TASK_SIZE};
 
 const P: u64 = PAGE_SIZE;
 

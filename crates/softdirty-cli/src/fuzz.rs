@@ -51,11 +51,11 @@ use rand::{Rng, SeedableRng};
 use crate::reference::RefBackend;
 use softdirty::backend::{Backend, Command, ModelBackend, Op, Outcome};
 use softdirty::errno::Errno;
+use softdirty::linux::PAGE_SIZE;
 use softdirty::mm::{Placement, VmaInfo};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 use softdirty::scan::{ScanArgs, PAGE_IS_SOFT_DIRTY};
-use softdirty::vma::PAGE_SIZE;
 use softdirty_trace::ast::{Addr, AddrBase, Expect, PageSet};
 use softdirty_trace::render;
 

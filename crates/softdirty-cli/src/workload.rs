@@ -12,9 +12,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use softdirty::errno::Errno;
+use softdirty::linux::PAGE_SIZE;
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::prot::Prot;
-use softdirty::vma::PAGE_SIZE;
 
 /// The page size, in bytes.
 pub const PAGE: u64 = PAGE_SIZE;

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use crate::ast::{Expect, MmapTarget, ScanCmd, Statement};
 use softdirty::backend::{Command, Op};
+use softdirty::linux::{PAGE_SIZE, TASK_SIZE};
 use softdirty::scan::ScanArgs;
-use softdirty::vma::{PAGE_SIZE, TASK_SIZE};
 
 /// The `$name` → address bindings of a replay.
 pub type Bindings = HashMap<String, u64>;

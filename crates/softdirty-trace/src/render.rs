@@ -12,10 +12,10 @@ use std::fmt::Write as _;
 
 use crate::ast::{Addr, AddrBase, Expect, PageSet};
 use softdirty::backend::{Command, Op};
+use softdirty::linux::PAGE_SIZE;
 use softdirty::mm::Placement;
 use softdirty::mode::Mode;
 use softdirty::scan::{ScanArgs, CATEGORY_NAMES};
-use softdirty::vma::PAGE_SIZE;
 
 /// A LEN or SIZE: `Np` for whole pages, else hexadecimal bytes (`0` for zero).
 pub fn size(len: u64) -> String {
@@ -236,8 +236,8 @@ mod tests {
     use crate::parse::parse;
     use proptest::prelude::*;
     use softdirty::errno::Errno;
+    use softdirty::linux::TASK_SIZE;
     use softdirty::prot::Prot;
-    use softdirty::vma::TASK_SIZE;
 
     /// Parses `text` and lowers every line with no bindings.
     fn read_back(text: &str) -> Vec<Command> {

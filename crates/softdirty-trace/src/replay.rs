@@ -23,9 +23,9 @@ pub use softdirty::backend::{
     Backend, BackendChoice, Command, KernelFlavour, ModelBackend, OpResult, Outcome, Unobservable,
 };
 use softdirty::errno::Errno;
+use softdirty::linux::{PAGE_SIZE, TASK_SIZE};
 use softdirty::mode::Mode;
 use softdirty::scan::{format_categories, ScanResult};
-use softdirty::vma::{PAGE_SIZE, TASK_SIZE};
 
 /// Replay options.
 #[derive(Clone, Debug, Default)]
