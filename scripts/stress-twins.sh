@@ -8,9 +8,8 @@
 #   scripts/stress-twins.sh NAME ...   only these twins (any name softdirty_broken knows)
 #   scripts/stress-twins.sh survey     every twin of src/twins.rs: report, never fail
 #
-# First it runs the stress without a twin, which must pass. All runs set
-# SOFTDIRTY_STRESS_ALLOW=all (tests/stress.rs: tolerate the known failures of today's
-# code, so that a twin's failure is the twin's) unless the caller sets it. The twins build
+# First it runs the stress without a twin, which must pass. The stress is strict
+# (SOFTDIRTY_STRESS_ALLOW unset) unless the caller sets it. The twins build
 # in the ordinary target dir, with test-all.sh's features, and rebuild only the softdirty
 # crate and the stress binary (scripts/loom.sh's RUSTC_WORKSPACE_WRAPPER mode adds the
 # cfg to softdirty alone); the crate root is touched at the end so that the next ordinary

@@ -72,13 +72,14 @@
 //!   reported (or be dirty for the final harvest): "present but not soft-dirty" is a loss.
 //! - clear_refs 4 by the churn, once in every 4th round, over the precise address space.
 //!
-//! The test stops at the first round with a violation and prints its pages. Today's code
-//! fails it now and then in known ways (see [`allowed`]: a write that returned EFAULT but
-//! landed, a fork child missing a written page, the legacy DONTNEED race, and, rarely, a
-//! write reported twice);
-//! `SOFTDIRTY_STRESS_ALLOW=all` tolerates them, which is how `scripts/stress-twins.sh`
-//! runs the stress against the broken twins of the core (each twin it can see must make
-//! it fail). The default
+//! The test stops at the first round with a violation and prints its pages. By default it
+//! tolerates nothing. The code before issue 12's fixes failed it now and then in known
+//! ways (see [`allowed`]: a write that returned EFAULT but landed, a fork child missing a
+//! written page, the legacy DONTNEED race); each of those is now a broken twin
+//! (`retry_via_index`, `no_anon_freeze`, `zap_no_seq` in `src/twins.rs`), and
+//! `SOFTDIRTY_STRESS_ALLOW=NAME,...` (or `all`) tolerates them by name, for surveys.
+//! `scripts/stress-twins.sh` runs the stress, strict, against every broken twin it can
+//! see (each must make it fail). The default
 //! (`SOFTDIRTY_STRESS_ROUNDS`, default 300, about 10,000 writes a round) runs a few
 //! seconds in release; `SOFTDIRTY_STRESS_WRITES=N` asks for about N writes instead.
 //! `cargo test --release --test stress -- --nocapture` prints a summary per region.
@@ -580,8 +581,9 @@ fn harvester(sh: &Shared) {
     }
 }
 
-/// Known failures of today's code that `SOFTDIRTY_STRESS_ALLOW` (a comma-separated list,
-/// or `all`) tolerates, so that the broken twins can be tried against everything else:
+/// Failures of the code before issue 12's fixes (today the broken twins `retry_via_index`,
+/// `no_anon_freeze`, `zap_no_seq`) that `SOFTDIRTY_STRESS_ALLOW` (a comma-separated list,
+/// or `all`) tolerates; unset, as in CI, nothing is tolerated:
 ///
 /// - `efault_lands`: a write that returned EFAULT in region B may have taken effect. A
 ///   write whose page is moved away (mremap) under it can do its RMW on the old bitmap,
