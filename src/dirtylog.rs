@@ -28,7 +28,7 @@
 //! range is at least [`PARALLEL_MIN_PAGES`] pages; see `softdirty bench` for the numbers
 //! behind the threshold.
 
-use crate::bitmap::{Run, CHUNK_PAGES};
+use crate::bitmap::Run;
 use crate::errno::{Errno, Result};
 use crate::linux::{PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
 use crate::mm::AddressSpace;
@@ -44,7 +44,8 @@ pub const PARALLEL_MIN_PAGES: u64 = 1 << 26;
 
 #[cfg_attr(all(loom, feature = "loom"), allow(dead_code))]
 /// Pages per parallel task: 64 chunks (256 MiB of address space, 4,096 words).
-const PARALLEL_PIECE_PAGES: u64 = CHUNK_PAGES * 64;
+#[cfg(feature = "rayon")]
+const PARALLEL_PIECE_PAGES: u64 = crate::bitmap::CHUNK_PAGES * 64;
 
 /// The dirty pages of one range `[addr, addr + len)`, as runs of page indices relative to
 /// the range's first page (`(first, count)`, sorted, disjoint, maximal: two runs never
@@ -349,7 +350,7 @@ impl AddressSpace {
 /// Harvests pages `[first, first + count)` of `v`'s bitmap, calling `sink` with the runs
 /// (VMA-relative page indices) in order; in parallel over chunk-aligned pieces if `par`.
 fn harvest_vma(v: &Vma, first: u64, count: u64, par: bool, sink: impl FnMut(Run)) {
-    #[cfg(not(all(loom, feature = "loom")))]
+    #[cfg(all(feature = "rayon", not(all(loom, feature = "loom"))))]
     if par && count > PARALLEL_PIECE_PAGES {
         use rayon::prelude::*;
         let end = first + count;

@@ -61,18 +61,19 @@
 //! |---|---|---|
 //! | `kernel` | yes | [`kernel`] (Linux): the [`Backend`] over real memory of this process, with userfaultfd WP-async + PAGEMAP_SCAN or real soft-dirty |
 //! | `vm-memory` | no | `vmm::SoftDirtyBitmap`, a `vm_memory::bitmap::Bitmap` backed by [`PageBitmap`] |
+//! | `rayon` | yes | parallel get-and-clear of VMAs of at least [`dirtylog::PARALLEL_MIN_PAGES`] pages on rayon's pool; without it every harvest is sequential |
 //! | `serde` | no | `Serialize` for [`Mode`], [`mm::VmaInfo`] and scan categories |
 //! | `loom` | no | the loom build of the synchronization shim (`loom-tests/`) |
 //!
-//! rayon (parallel harvest of large VMAs), crossbeam-epoch (reclamation of VMA indexes)
-//! and dashmap (the tracker's registry) are always in.
+//! crossbeam-epoch (reclamation of VMA indexes), dashmap (the tracker's registry), bitvec
+//! (a harvested log's KVM-layout view) and libc are always in.
 //!
 //! # Layers
 //!
 //! From the bottom: [`bitmap`] (per-VMA atomic page state, the fault and harvest
 //! protocols), [`vma`] and [`index`] (immutable VMAs, the published sorted index),
-//! `layout` (private: a structural operation's working copy, built and handed to the
-//! bitmaps), [`mm`] (the address space: faults, structural operations, fork), then the
+//! [`mm`] (the address space: faults in `mm/fault.rs`, the private layout editor and the
+//! structural commit in `mm/layout.rs` and `mm/commit.rs`, one file per system call), then the
 //! observers ([`pagemap`], [`scan`], [`dirtylog`]) and the embedding APIs ([`slots`],
 //! [`producer`], `vmm`), with [`backend`] as the seam the tools drive. ARCHITECTURE.md
 //! walks a write, a clear_refs and a split through them.
