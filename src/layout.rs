@@ -13,7 +13,7 @@
 //! 3. [`Layout::build`] builds the new VMAs: a descriptor that is exactly one unchanged
 //!    published VMA is reused; one that is a whole published bitmap with new flags shares
 //!    that bitmap; anything else gets a new bitmap copied from its pieces. It publishes the
-//!    new index, then seals and drains every bitmap that was copied (see `bitmap.rs`).
+//!    new index, then seals and drains every bitmap that was copied (see `bitmap/drain.rs`).
 //!
 //! Which `VM_SOFTDIRTY` a merged VMA gets is the mode's policy ([`Mode`]): the target's
 //! own flag, the modified VMA's (`vm_flags_reset` after mprotect), or the OR of all of them
