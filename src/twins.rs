@@ -23,48 +23,48 @@ macro_rules! twins {
 }
 
 twins! {
-    /// bitmap.rs `FAULT_RMW`: fault RMWs `Relaxed` instead of `AcqRel`, so a fault after
+    /// bitmap/fault.rs `FAULT_RMW`: fault RMWs `Relaxed` instead of `AcqRel`, so a fault after
     /// the drain does not see the seal.
     RELAXED_FAULT = "relaxed_fault" => "bitmap_protocol:split_vs_write";
-    /// bitmap.rs `finish_fault`: no `sealed` re-check after the RMWs.
+    /// bitmap/fault.rs `finish_fault`: no `sealed` re-check after the RMWs.
     NO_RECHECK = "no_recheck" => "bitmap_protocol:split_vs_write";
-    /// bitmap.rs `seal_and_drain`: seal without carrying late faults over.
+    /// bitmap/drain.rs `seal_and_drain`: seal without carrying late faults over.
     NO_DRAIN = "no_drain" => "bitmap_protocol:merge_vs_write";
-    /// bitmap.rs `seal_and_drain`: the drain ignores `DrainRule::DirtyPopulated`.
+    /// bitmap/drain.rs `seal_and_drain`: the drain ignores `DrainRule::DirtyPopulated`.
     NO_DRAIN_RULE = "no_drain_rule" => "bitmap_protocol:mremap_vs_faults";
-    /// bitmap.rs `harvest`: get-and-clear as a load, then a store.
+    /// bitmap/harvest.rs `harvest`: get-and-clear as a load, then a store.
     BLIND_HARVEST = "blind_harvest" => "bitmap_protocol:two_writers_one_word_vs_harvest";
-    /// bitmap.rs `harvest`: the original relaxed "nothing dirty" shortcut on a word whose
+    /// bitmap/harvest.rs `harvest`: the original relaxed "nothing dirty" shortcut on a word whose
     /// summary bit was taken.
     HARVEST_PRECHECK = "harvest_precheck" => "bitmap_protocol:harvest_vs_write";
-    /// bitmap.rs `HARVEST_STORE`: the plain store that takes a fully dirty word is
+    /// bitmap/harvest.rs `HARVEST_STORE`: the plain store that takes a fully dirty word is
     /// `Relaxed` instead of `Release`.
     RELAXED_HARVEST_STORE = "relaxed_harvest_store" => "bitmap_protocol:harvest_full_word_vs_write";
-    /// bitmap.rs `clear_all`: clear the words, then the summary.
+    /// bitmap/harvest.rs `clear_all`: clear the words, then the summary.
     CLEAR_SUMMARY_LAST = "clear_summary_last" => "bitmap_protocol:clear_refs_vs_write";
-    /// bitmap.rs `window`: a copy reads `clean` before `populated`/`backed`.
+    /// bitmap/query.rs `window`: a copy reads `clean` before `populated`/`backed`.
     COPY_CLEAN_FIRST = "copy_clean_first" => "bitmap_protocol:fork_vs_write";
-    /// bitmap.rs `FaultState::before_rmw`, `finish_fault`: faults neither read nor
+    /// bitmap/fault.rs `FaultState::before_rmw`, `finish_fault`: faults neither read nor
     /// re-check the zap generation.
     ZAP_NO_SEQ = "zap_no_seq" => "address_space:dontneed_vs_write_legacy";
-    /// bitmap.rs `forward`: a sealed fault retries through the index instead of
+    /// bitmap/fault.rs `forward`: a sealed fault retries through the index instead of
     /// forwarding.
     RETRY_VIA_INDEX = "retry_via_index" => "address_space:write_vs_mremap_move";
     /// vma.rs `freeze_anon`: a structural operation reads the anon_vma without freezing
     /// the cell.
     NO_ANON_FREEZE = "no_anon_freeze" => "address_space:first_write_vs_whole_mprotect_then_fork";
-    /// mm.rs `publish`: the old index is freed at once, under pinned readers.
+    /// mm/commit.rs `publish`: the old index is freed at once, under pinned readers.
     NO_DEFER = "no_defer" => "reclamation:reclamation_no_uaf_no_leak";
-    /// mm.rs `publish`: the old index is never freed.
+    /// mm/commit.rs `publish`: the old index is never freed.
     NO_RECLAIM = "no_reclaim" => "reclamation:reclamation_no_uaf_no_leak";
-    /// mm.rs `with_index`: the reader does not pin.
+    /// mm/mod.rs `with_index`: the reader does not pin.
     NO_PIN = "no_pin" => "reclamation:reclamation_no_uaf_no_leak";
-    /// bitmap.rs `mark_fence`: no `SeqCst` fence at the start of a dirtying mark.
+    /// bitmap/fault.rs `mark_fence`: no `SeqCst` fence at the start of a dirtying mark.
     MARK_NO_FENCE = "mark_no_fence" => "data_ordering:producer_mark_vs_harvest";
-    /// bitmap.rs `clear_fence`: no `SeqCst` fence between a get-and-clear and handing its
+    /// bitmap/harvest.rs `clear_fence`: no `SeqCst` fence between a get-and-clear and handing its
     /// runs to the sink.
     HARVEST_NO_FENCE = "harvest_no_fence" => "data_ordering:producer_mark_vs_harvest";
-    /// bitmap.rs `clear_lock`: clean-making operations skip the bitmap's clear lock.
+    /// bitmap/harvest.rs `clear_lock`: clean-making operations skip the bitmap's clear lock.
     NO_CLEAR_LOCK = "no_clear_lock" => "data_ordering:two_owners_harvest_vs_put_back";
 }
 

@@ -1,5 +1,5 @@
 #![cfg(loom)]
-//! loom models of the bitmap protocol (`src/bitmap.rs`), driving the production
+//! loom models of the bitmap protocol (`src/bitmap/`), driving the production
 //! [`PageBitmap`] through the `cfg(loom)` sync shim. No epoch pinning here: each
 //! structural operation is played by its bitmap steps (copy, seal, drain) on the main
 //! thread, and a sealed fault "retries through the new index" by writing the heir the

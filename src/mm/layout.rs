@@ -10,10 +10,11 @@
 //!    [`Layout::unmap`], [`Layout::merge_new_range`] (`vma_merge_new_range`: mmap, copy_vma,
 //!    mremap expand) and [`Layout::modify`] (`vma_merge_existing_range` or split: mprotect).
 //!    Bits never move during editing; only descriptors do.
-//! 3. `Layout::build` (in `commit.rs`, with the rest of the commit) builds the new VMAs: a descriptor that is exactly one unchanged
-//!    published VMA is reused; one that is a whole published bitmap with new flags shares
-//!    that bitmap; anything else gets a new bitmap copied from its pieces. It publishes the
-//!    new index, then seals and drains every bitmap that was copied (`PageBitmap::seal_and_drain`).
+//! 3. `Layout::build` (in `commit.rs`, with the rest of the commit) builds the new VMAs:
+//!    a descriptor that is exactly one unchanged published VMA is reused; one that is a
+//!    whole published bitmap with new flags shares that bitmap; anything else gets a new
+//!    bitmap copied from its pieces. It publishes the new index, then seals and drains
+//!    every bitmap that was copied (`PageBitmap::seal_and_drain`, `bitmap/drain.rs`).
 //!
 //! Which `VM_SOFTDIRTY` a merged VMA gets is the mode's policy ([`Mode`]): the target's
 //! own flag, the modified VMA's (`vm_flags_reset` after mprotect), or the OR of all of them

@@ -1,0 +1,149 @@
+//! One materialized chunk of a [`PageBitmap`] and the directory slots that point to it:
+//! reading a slot, the valid-bit masks of a chunk, allocating a chunk on first touch.
+
+use super::words::word_mask;
+use super::{Mark, PageBitmap, ABSENT_CLEAN, ABSENT_DIRTY, CHUNK_PAGES, CHUNK_WORDS};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+
+/// One materialized chunk: [`CHUNK_PAGES`] pages, three bitmaps and a summary.
+#[repr(align(64))]
+pub struct Chunk {
+    pub(super) clean: [AtomicU64; CHUNK_WORDS],
+    pub(super) populated: [AtomicU64; CHUNK_WORDS],
+    pub(super) backed: [AtomicU64; CHUNK_WORDS],
+    pub(super) summary: AtomicU64,
+}
+
+impl Chunk {
+    fn new(clean: bool, valid: &[u64; CHUNK_WORDS]) -> Box<Chunk> {
+        let mut summary = 0u64;
+        let c = Box::new(Chunk {
+            clean: std::array::from_fn(|w| {
+                if !clean && valid[w] != 0 {
+                    summary |= 1 << w;
+                }
+                // Bits past the end of the bitmap are kept clean so they never show up.
+                AtomicU64::new(if clean { !0 } else { !valid[w] })
+            }),
+            populated: std::array::from_fn(|_| AtomicU64::new(0)),
+            backed: std::array::from_fn(|_| AtomicU64::new(0)),
+            summary: AtomicU64::new(0),
+        });
+        c.summary.store(summary, Ordering::Relaxed);
+        c
+    }
+}
+
+/// A view of one slot.
+pub(super) enum Slot<'a> {
+    Absent { clean: bool },
+    Chunk(&'a Chunk),
+}
+
+impl PageBitmap {
+    #[inline]
+    pub(super) fn slot(&self, k: usize) -> Slot<'_> {
+        // Acquire: pairs with the AcqRel CAS that installed a chunk, so its initial
+        // contents are visible.
+        let v = self.slots[k].load(Ordering::Acquire);
+        match v {
+            ABSENT_DIRTY => Slot::Absent { clean: false },
+            ABSENT_CLEAN => Slot::Absent { clean: true },
+            p => {
+                // SAFETY: a non-tag slot value is a pointer obtained from `Box::into_raw`
+                // of a `Chunk` (see `materialize`); chunks are freed only in `Drop`, which
+                // needs `&mut self`, so the chunk outlives this `&self` borrow.
+                Slot::Chunk(unsafe { &*(p as *const Chunk) })
+            }
+        }
+    }
+
+    /// Valid-bit masks of slot `k`'s words (bits past `pages` are 0).
+    pub(super) fn valid_masks(&self, k: usize) -> [u64; CHUNK_WORDS] {
+        let base = k as u64 * CHUNK_PAGES;
+        std::array::from_fn(|w| {
+            let lo = base + w as u64 * 64;
+            if lo >= self.pages {
+                0
+            } else {
+                word_mask(0, (self.pages - lo).min(64))
+            }
+        })
+    }
+
+    /// The chunk of slot `k`, allocating it (from the slot's tag) if absent.
+    /// `Err(Sealed)` if the bitmap was sealed after this call installed a chunk;
+    /// `Err(NoMem)` if `limited` and the chunk limit is reached.
+    pub(super) fn materialize(&self, k: usize, limited: bool) -> Result<&Chunk, Mark> {
+        loop {
+            let v = self.slots[k].load(Ordering::Acquire);
+            if v != ABSENT_DIRTY && v != ABSENT_CLEAN {
+                // SAFETY: as in `slot`: a live chunk pointer owned by this bitmap.
+                return Ok(unsafe { &*(v as *const Chunk) });
+            }
+            if limited && self.accounting.as_ref().is_some_and(|a| !a.chunk_allowed()) {
+                return Err(Mark::NoMem);
+            }
+            let chunk = Box::into_raw(Chunk::new(v == ABSENT_CLEAN, &self.valid_masks(k)));
+            // AcqRel: Release publishes the chunk's initial contents to `slot` readers;
+            // Acquire pairs with the drain's RMW on this slot (see `seal_and_drain`), so
+            // that a CAS ordered after the drain sees `sealed`.
+            match self.slots[k].compare_exchange(
+                v,
+                chunk as usize,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if let Some(a) = &self.accounting {
+                        a.chunks_added(1);
+                    }
+                    // A seal that the drain's slot RMW ordered before our CAS: forward
+                    // now (the fault's final re-check would also catch it once it has
+                    // done a word RMW).
+                    if self.sealed.load(Ordering::Acquire) {
+                        return Err(Mark::Sealed);
+                    }
+                    // SAFETY: just installed; owned by the slot from now on.
+                    return Ok(unsafe { &*chunk });
+                }
+                Err(_) => {
+                    // SAFETY: the CAS failed, so the chunk was never shared.
+                    drop(unsafe { Box::from_raw(chunk) });
+                }
+            }
+        }
+    }
+
+    /// Same as [`Self::materialize`] for the control plane (no concurrent seal possible).
+    pub(super) fn materialize_ctl(&self, k: usize) -> &Chunk {
+        match self.materialize(k, false) {
+            Ok(c) => c,
+            Err(_) => match self.slot(k) {
+                Slot::Chunk(c) => c,
+                Slot::Absent { .. } => unreachable!("materialize installed a chunk"),
+            },
+        }
+    }
+}
+
+/// A zeroed directory, allocated with `alloc_zeroed` so that large untouched directories
+/// stay unbacked by the OS until written.
+pub(super) fn zeroed_slots(n: usize) -> Box<[AtomicUsize]> {
+    #[cfg(not(all(loom, feature = "loom")))]
+    {
+        if n == 0 {
+            return Box::new([]);
+        }
+        let v: Vec<usize> = vec![0usize; n]; // `vec![0; n]` uses alloc_zeroed
+        let b: Box<[usize]> = v.into_boxed_slice();
+        let raw = Box::into_raw(b) as *mut [AtomicUsize];
+        // SAFETY: `AtomicUsize` has the same size, alignment and bit validity as `usize`
+        // (documented in std), so a boxed `[usize]` is a valid boxed `[AtomicUsize]`.
+        unsafe { Box::from_raw(raw) }
+    }
+    #[cfg(all(loom, feature = "loom"))]
+    {
+        (0..n).map(|_| AtomicUsize::new(0)).collect()
+    }
+}

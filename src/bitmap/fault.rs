@@ -1,0 +1,430 @@
+//! The data plane: write and read faults and marking (lock-free), the zap re-check that
+//! redoes a fault a zap overlapped, and forwarding of a fault that found the bitmap sealed.
+
+use super::chunk::{Chunk, Slot};
+use super::words::word_mask;
+use super::{DrainRule, Mark, PageBitmap, ABSENT_DIRTY, CHUNK_PAGES, ZAP_RING};
+use crate::sync::{fence, lock, spin_loop, AtomicU64, Ordering};
+use crate::twins;
+
+/// Ordering of the fault path's read-modify-writes. Broken twin `relaxed_fault`
+/// (loom-tests): Relaxed, which lets a fault that follows a drain miss the seal.
+const FAULT_RMW: Ordering = if twins::RELAXED_FAULT {
+    Ordering::Relaxed
+} else {
+    Ordering::AcqRel
+};
+
+/// The result of one fault attempt.
+enum Attempt {
+    /// applied; pages flipped clean to dirty
+    Done(u64),
+    /// the chunk limit was reached
+    NoMem,
+    /// sealed under the fault: forward it
+    Sealed,
+    /// a zap overlapped the fault: wait for it and redo unless it zapped other pages
+    /// (pages flipped so far, the zap generation read before the first RMW)
+    Rezap(u64, u64),
+}
+
+/// The mark side of the data-ordering contract (ARCHITECTURE.md, contract 0).
+#[inline(always)]
+fn mark_fence() {
+    // Broken twin `mark_no_fence` (loom-tests, tests/data_ordering.rs): the test-before-set
+    // marking of before the fix.
+    if !twins::MARK_NO_FENCE {
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// What a fault has done so far (see [`PageBitmap::fault_impl`]).
+#[derive(Clone, Copy, Default)]
+struct FaultState {
+    /// pages whose clean bit the fault flipped
+    faults: u64,
+    /// any RMW issued (then the seal and the zap generation must be re-checked)
+    did_rmw: bool,
+    /// the zap generation read before the first RMW
+    zap0: u64,
+    /// summary bits owed to the current chunk (words whose clean bits it cleared)
+    owed: u64,
+}
+
+impl FaultState {
+    /// Called before each RMW: the first one reads the zap generation first.
+    #[inline(always)]
+    fn before_rmw(&mut self, zap_seq: &AtomicU64) {
+        if !self.did_rmw {
+            // Acquire: sequenced before the RMWs (which are AcqRel, so they cannot move
+            // above it). Pairs with nothing by itself; `finish_fault` compares it with a
+            // later read (see `PageBitmap::zap`).
+            if !twins::ZAP_NO_SEQ {
+                self.zap0 = zap_seq.load(Ordering::Acquire);
+            }
+            self.did_rmw = true;
+        }
+    }
+}
+
+/// The fault path on one word `wi` of `chunk`, pages `m`: test-before-set of `clean`
+/// (if `dirty`), then `populated` and `backed` (`what` = (dirty, backed, populate)).
+#[inline(always)]
+fn fault_word(
+    chunk: &Chunk,
+    zap_seq: &AtomicU64,
+    wi: usize,
+    m: u64,
+    what: (bool, bool, bool),
+    st: &mut FaultState,
+) {
+    let (dirty, backed, populate) = what;
+    // Order: clean first, then populated and backed. A copy reads populated before clean
+    // (see `copy_from`), so a snapshot never shows a page written (backed) but clean.
+    if dirty {
+        let c = chunk.clean[wi].load(Ordering::Relaxed);
+        if c & m != 0 {
+            st.before_rmw(zap_seq);
+            // AcqRel: Acquire pairs with the drain RMW of a sealing structural operation
+            // (then `sealed` is visible in `finish_fault`), with a zap's RMW (then its
+            // generation bump is), and with a harvest's RMW or `take_word`'s Release
+            // store (then the harvest's summary clear is visible to `settle_summary`);
+            // Release lets a harvest that takes this bit see the write.
+            let prev = chunk.clean[wi].fetch_and(!m, FAULT_RMW);
+            let flipped = prev & m;
+            st.faults += if flipped == !0 {
+                64 // a whole clean word (no software popcount: x86-64 has no POPCNT)
+            } else {
+                u64::from(flipped.count_ones())
+            };
+            st.owed |= 1u64 << wi;
+        }
+    }
+    if populate && chunk.populated[wi].load(Ordering::Relaxed) & m != m {
+        st.before_rmw(zap_seq);
+        // AcqRel: pairs with the drain and zap RMWs (see above).
+        chunk.populated[wi].fetch_or(m, FAULT_RMW);
+    }
+    if backed && chunk.backed[wi].load(Ordering::Relaxed) & m != m {
+        st.before_rmw(zap_seq);
+        // AcqRel: pairs with the drain and zap RMWs (see above).
+        chunk.backed[wi].fetch_or(m, FAULT_RMW);
+    }
+}
+
+/// Sets the summary bits a fault owes `chunk`, after its word RMWs (test-before-set).
+#[inline]
+fn settle_summary(chunk: &Chunk, owed: u64) {
+    if owed != 0 && chunk.summary.load(Ordering::Relaxed) & owed != owed {
+        // AcqRel: ordered after this fault's word RMWs, so a harvest that clears these
+        // summary bits and then visits the words sees our bits.
+        chunk.summary.fetch_or(owed, Ordering::AcqRel);
+    }
+}
+
+impl PageBitmap {
+    /// A write fault on pages `[first, first + count)`: populate, back with a real page,
+    /// and make soft-dirty at the page level. Test-before-set: a page already in that
+    /// state costs one relaxed load per word and no read-modify-write.
+    pub fn write(&self, first: u64, count: u64) -> Mark {
+        self.fault(first, count, true, true, true)
+    }
+
+    /// Marks `[first, first + count)` soft-dirty without touching population: the write
+    /// path of a VMM's dirty bitmap (`crate::vmm`), where only the dirty bit matters. One
+    /// relaxed load per word when the pages are already dirty; an untouched all-dirty
+    /// chunk is not even materialized.
+    pub fn mark_dirty(&self, first: u64, count: u64) -> Mark {
+        self.fault_impl(first, count, true, false, false, false)
+    }
+
+    /// A read fault on `[first, first + count)`: populate without dirtying. `zero_page`:
+    /// map the shared zero page (private anonymous memory) rather than a real page.
+    pub fn read(&self, first: u64, count: u64, zero_page: bool) -> Mark {
+        self.fault(first, count, false, !zero_page, true)
+    }
+
+    fn fault(&self, first: u64, count: u64, dirty: bool, backed: bool, populate: bool) -> Mark {
+        self.fault_impl(first, count, dirty, backed, populate, true)
+    }
+
+    /// A fault: the data-ordering fence of a mark, then [`Self::fault_loop`].
+    #[inline]
+    fn fault_impl(
+        &self,
+        first: u64,
+        count: u64,
+        dirty: bool,
+        backed: bool,
+        populate: bool,
+        limited: bool,
+    ) -> Mark {
+        if dirty {
+            // Data ordering (ARCHITECTURE.md, contract 0): the caller's stores to the
+            // pages come before this call; the fence orders them before the test loads
+            // below, and pairs with the fence a harvest issues after its get-and-clear and
+            // before it hands out the pages (`clear_fence`). Either the harvest's fence
+            // comes first in the SeqCst order, and the test load sees the page clean (so
+            // the RMW re-dirties it), or ours does, and the harvest's copy sees the data.
+            mark_fence();
+        }
+        self.fault_loop(first, count, dirty, backed, populate, limited)
+    }
+
+    /// Applies a fault until it linearizes: redone after an overlapping zap, forwarded
+    /// to the successors of a bitmap sealed under it.
+    fn fault_loop(
+        &self,
+        first: u64,
+        count: u64,
+        dirty: bool,
+        backed: bool,
+        populate: bool,
+        limited: bool,
+    ) -> Mark {
+        debug_assert!(first + count <= self.pages);
+        // Faults flipped by an attempt a zap then undid are counted once.
+        let mut counted = 0;
+        loop {
+            match self.fault_once(first, count, dirty, backed, populate, limited) {
+                Attempt::Done(f) => {
+                    return Mark::Done {
+                        faults: f.max(counted),
+                    }
+                }
+                Attempt::NoMem => return Mark::NoMem,
+                Attempt::Rezap(f, zap0) => {
+                    counted = counted.max(f);
+                    self.wait_zap();
+                    if self.only_other_pages_zapped(zap0, first, first + count) {
+                        return Mark::Done { faults: counted };
+                    }
+                }
+                Attempt::Sealed => {
+                    return match self.forward(first, count, dirty, backed, populate, limited) {
+                        Mark::Done { faults } => Mark::Done {
+                            faults: faults.max(counted),
+                        },
+                        m => m,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt of a fault.
+    #[inline]
+    fn fault_once(
+        &self,
+        first: u64,
+        count: u64,
+        dirty: bool,
+        backed: bool,
+        populate: bool,
+        limited: bool,
+    ) -> Attempt {
+        // Fast path: a range inside one word of a materialized chunk (a hot page written
+        // again, a small store). The same atomic steps as the general path, without its
+        // chunk and word loop: one slot load, then `fault_word`; a fault that changes
+        // nothing returns after the word loads (no RMW, no summary, no re-checks).
+        let off = first % 64;
+        if count != 0 && off + count <= 64 {
+            let k = (first / CHUNK_PAGES) as usize;
+            if let Slot::Chunk(c) = self.slot(k) {
+                let wi = ((first % CHUNK_PAGES) / 64) as usize;
+                let mut st = FaultState::default();
+                fault_word(
+                    c,
+                    &self.zap_seq,
+                    wi,
+                    word_mask(off, off + count),
+                    (dirty, backed, populate),
+                    &mut st,
+                );
+                if !st.did_rmw {
+                    return Attempt::Done(0);
+                }
+                settle_summary(c, st.owed);
+                return self.finish_fault(false, false, st);
+            }
+        }
+        self.fault_words(first, count, dirty, backed, populate, limited)
+    }
+
+    /// The general fault path: chunk by chunk, word by word (full-word masks inside the
+    /// range), test-before-set per word, then one summary update per chunk.
+    fn fault_words(
+        &self,
+        first: u64,
+        count: u64,
+        dirty: bool,
+        backed: bool,
+        populate: bool,
+        limited: bool,
+    ) -> Attempt {
+        let mut st = FaultState::default();
+        let mut sealed = false;
+        let mut nomem = false;
+        let end = first + count;
+        let mut p = first;
+        while p < end {
+            let k = (p / CHUNK_PAGES) as usize;
+            let base = k as u64 * CHUNK_PAGES;
+            let hi = end.min(base + CHUNK_PAGES);
+            // Marking only (no population): an untouched all-dirty chunk already says
+            // what we would write.
+            if !populate && self.slots[k].load(Ordering::Acquire) == ABSENT_DIRTY {
+                p = hi;
+                continue;
+            }
+            let chunk = match self.materialize(k, limited) {
+                Ok(c) => c,
+                Err(Mark::NoMem) => {
+                    nomem = true;
+                    break;
+                }
+                Err(_) => {
+                    sealed = true;
+                    break;
+                }
+            };
+            st.owed = 0;
+            let w0 = ((p - base) / 64) as usize;
+            let w1 = ((hi - 1 - base) / 64) as usize;
+            for wi in w0..=w1 {
+                let wbase = base + wi as u64 * 64;
+                // Full words inside the range: the whole mask, no per-page work.
+                let m = if wi != w0 && wi != w1 {
+                    !0
+                } else {
+                    word_mask(p.max(wbase) - wbase, hi.min(wbase + 64) - wbase)
+                };
+                fault_word(
+                    chunk,
+                    &self.zap_seq,
+                    wi,
+                    m,
+                    (dirty, backed, populate),
+                    &mut st,
+                );
+            }
+            settle_summary(chunk, st.owed);
+            p = hi;
+        }
+        self.finish_fault(sealed, nomem, st)
+    }
+
+    /// The end of a fault attempt: the seal and zap re-checks after any RMW.
+    #[inline]
+    fn finish_fault(&self, sealed: bool, nomem: bool, st: FaultState) -> Attempt {
+        // Acquire: if any RMW of the fault read from a drain, the seal store (sequenced
+        // before the drain) is visible here.
+        // (Broken twin `no_recheck`: trusts the RMWs without the re-check.)
+        if sealed || (!twins::NO_RECHECK && st.did_rmw && self.sealed.load(Ordering::Acquire)) {
+            return Attempt::Sealed;
+        }
+        // Acquire: if any RMW of the fault read from a zap's RMW, the zap's first
+        // generation bump (sequenced before it) is visible here (see `zap`).
+        if !twins::ZAP_NO_SEQ && st.did_rmw {
+            let now = self.zap_seq.load(Ordering::Acquire);
+            if st.zap0 & 1 == 1 || now != st.zap0 {
+                return Attempt::Rezap(st.faults, st.zap0);
+            }
+        }
+        if nomem {
+            return Attempt::NoMem;
+        }
+        Attempt::Done(st.faults)
+    }
+
+    /// Waits until no zap is rewriting this bitmap's words.
+    fn wait_zap(&self) {
+        // Acquire: pairs with the Release bump that ends the zap, so the redone fault's
+        // RMWs come after every zap RMW in their words' modification orders.
+        while self.zap_seq.load(Ordering::Acquire) & 1 == 1 {
+            spin_loop();
+        }
+    }
+
+    /// After [`Self::wait_zap`]: were all the zaps that ran since the fault read `zap0`
+    /// (the one in progress then, and those after it) on pages disjoint from
+    /// `[first, end)`? Then they changed none of the fault's bits (every zap RMW is
+    /// masked to its pages) and the fault stands. Read like a seqlock: the ranges between
+    /// two reads of the generation, which must agree; more zaps than the ring holds, or a
+    /// new one meanwhile, mean a redo.
+    fn only_other_pages_zapped(&self, zap0: u64, first: u64, end: u64) -> bool {
+        // Acquire: pairs with the zaps' Release bumps, so the ranges they stored after
+        // their odd bumps are visible.
+        let g = self.zap_seq.load(Ordering::Acquire);
+        if g & 1 == 1 {
+            return false;
+        }
+        // Zaps `n0..n1` ran: the one in progress at `zap0` (odd) or the next one, up to
+        // the last completed one.
+        let (n0, n1) = (zap0 / 2, g / 2);
+        if n1 <= n0 || n1 - n0 > ZAP_RING as u64 {
+            return n1 <= n0;
+        }
+        let disjoint = (n0..n1).all(|n| {
+            let slot = &self.zap_ring[(n % ZAP_RING as u64) as usize];
+            let (lo, hi) = (
+                slot[0].load(Ordering::Relaxed),
+                slot[1].load(Ordering::Relaxed),
+            );
+            hi <= first || end <= lo
+        });
+        // Acquire fence: orders the range loads before the re-read; a zap that stored a
+        // range we read after its odd bump makes the re-read differ (see `zap`).
+        fence(Ordering::Acquire);
+        disjoint && self.zap_seq.load(Ordering::Relaxed) == g
+    }
+
+    /// A fault that found this bitmap sealed: apply it to the successors the sealing
+    /// operation named, in their coordinates (recursively, if one of them was sealed in
+    /// turn). The fault linearizes before the structural operation: every page of it
+    /// lands where the operation carried that page (pages the operation dropped, an
+    /// unmapped part, are written into the retired bitmap only, as a write that
+    /// completed just before the unmap). Retrying through the index instead would let
+    /// a write that the drain partly carried over fail with EFAULT at the moved source.
+    fn forward(
+        &self,
+        first: u64,
+        count: u64,
+        dirty: bool,
+        backed: bool,
+        populate: bool,
+        limited: bool,
+    ) -> Mark {
+        // Broken twin `retry_via_index` (loom-tests): the code before forwarding.
+        if twins::RETRY_VIA_INDEX {
+            return Mark::Sealed;
+        }
+        // The mutex orders this read after the store in `seal_and_drain`, which precedes
+        // the seal we observed.
+        #[allow(unreachable_code)]
+        let Some(targets) = lock(&self.forward).clone() else {
+            return Mark::Sealed;
+        };
+        let end = first + count;
+        let mut faults = 0;
+        for t in targets.iter() {
+            let lo = first.max(t.src_first);
+            let hi = end.min(t.src_first + t.count);
+            if lo >= hi {
+                continue;
+            }
+            // A legacy mremap move marks every moved present page soft-dirty: a read
+            // fault that lands before the move is such a page.
+            let dirty_t = dirty || (populate && t.rule == DrainRule::DirtyPopulated);
+            let d = t.dst_first + (lo - t.src_first);
+            match t
+                .dst
+                .fault_loop(d, hi - lo, dirty_t, backed, populate, limited)
+            {
+                Mark::Done { faults: f } => faults += f,
+                m => return m,
+            }
+        }
+        Mark::Done { faults }
+    }
+}

@@ -1,0 +1,199 @@
+//! Unit tests of the bitmap core.
+
+use super::*;
+
+fn dirty_pages(b: &PageBitmap) -> Vec<u64> {
+    (0..b.pages()).filter(|&p| b.page(p).clean == 0).collect()
+}
+
+#[test]
+fn runs_of_bits() {
+    let mut v = vec![];
+    for_each_run(0b1110_0110u64 | (1 << 63), |s, n| v.push((s, n)));
+    assert_eq!(v, vec![(1, 2), (5, 3), (63, 1)]);
+    let mut v = vec![];
+    for_each_run(!0, |s, n| v.push((s, n)));
+    assert_eq!(v, vec![(0, 64)]);
+}
+
+#[test]
+fn fresh_bitmap_is_dirty_or_clean_and_costs_no_chunk() {
+    let b = PageBitmap::new(10_000, true);
+    assert_eq!(b.materialized_chunks(), 0);
+    assert_eq!(dirty_pages(&b).len(), 10_000);
+    let c = PageBitmap::new(10_000, false);
+    assert!(dirty_pages(&c).is_empty());
+}
+
+#[test]
+fn write_faults_once_and_test_before_set() {
+    let b = PageBitmap::new(300, false);
+    assert_eq!(b.write(5, 3), Mark::Done { faults: 3 });
+    assert_eq!(b.write(6, 1), Mark::Done { faults: 0 });
+    assert_eq!(dirty_pages(&b), vec![5, 6, 7]);
+    assert_eq!(
+        b.page(6),
+        Bits {
+            clean: 0,
+            populated: 1,
+            backed: 1
+        }
+    );
+    assert_eq!(b.read(100, 1, true), Mark::Done { faults: 0 });
+    assert_eq!(
+        b.page(100),
+        Bits {
+            clean: 1,
+            populated: 1,
+            backed: 0
+        }
+    );
+}
+
+#[test]
+fn harvest_reports_runs_across_words_and_chunks_and_clears_them() {
+    let n = CHUNK_PAGES * 3;
+    let b = PageBitmap::new(n, false);
+    b.write(60, 10);
+    b.write(CHUNK_PAGES - 2, 4);
+    b.write(n - 1, 1);
+    let mut runs = vec![];
+    b.harvest(0, n, |r| runs.push((r.first, r.count)));
+    assert_eq!(runs, vec![(60, 10), (CHUNK_PAGES - 2, 4), (n - 1, 1)]);
+    assert!(dirty_pages(&b).is_empty());
+    let mut again = vec![];
+    b.harvest(0, n, |r| again.push(r));
+    assert!(again.is_empty());
+}
+
+#[test]
+fn partial_harvest_keeps_other_pages_dirty() {
+    let b = PageBitmap::new(200, true);
+    let mut runs = vec![];
+    b.harvest(10, 20, |r| runs.push((r.first, r.count)));
+    assert_eq!(runs, vec![(10, 20)]);
+    let d = dirty_pages(&b);
+    assert_eq!(d.len(), 180);
+    assert!(!d.contains(&10) && d.contains(&9) && d.contains(&30));
+    // The summary still finds the rest.
+    let mut rest = vec![];
+    b.harvest(0, 200, |r| rest.push((r.first, r.count)));
+    assert_eq!(rest, vec![(0, 10), (30, 170)]);
+}
+
+#[test]
+fn clear_all_then_tail_bits_stay_clean() {
+    let b = PageBitmap::new(70, true);
+    b.write(3, 1);
+    b.clear_all();
+    assert!(dirty_pages(&b).is_empty());
+    let mut runs = vec![];
+    b.harvest(0, 70, |r| runs.push(r));
+    assert!(runs.is_empty());
+}
+
+#[test]
+fn zap_modes() {
+    let b = PageBitmap::new(64, false);
+    b.write(0, 4);
+    b.clear_all();
+    b.zap(1, 2, true);
+    assert_eq!(dirty_pages(&b), vec![1, 2]);
+    assert_eq!(b.page(1).populated, 0);
+    b.write(10, 1);
+    b.zap(10, 1, false);
+    assert_eq!(
+        b.page(10),
+        Bits {
+            clean: 1,
+            populated: 0,
+            backed: 0
+        }
+    );
+}
+
+#[test]
+fn copy_with_unaligned_offsets_and_rules() {
+    let src = PageBitmap::new(1000, false);
+    src.write(100, 5);
+    src.read(200, 3, true);
+    let dst = PageBitmap::new(500, false);
+    dst.copy_from(7, &src, 95, 400, CopyRule::Plain);
+    for p in 0..500u64 {
+        let s = if (7..407).contains(&p) {
+            src.page(p - 7 + 95)
+        } else {
+            Bits {
+                clean: 1,
+                populated: 0,
+                backed: 0,
+            }
+        };
+        assert_eq!(dst.page(p), s, "page {p}");
+    }
+    let mv = PageBitmap::new(400, false);
+    mv.copy_from(0, &src, 95, 400, CopyRule::DirtyPopulated);
+    let d = dirty_pages(&mv);
+    assert_eq!(d, vec![5, 6, 7, 8, 9, 105, 106, 107]);
+}
+
+#[test]
+fn huge_sparse_bitmap_is_cheap() {
+    let pages = 1u64 << 28; // 1 TiB
+    let b = PageBitmap::new(pages, true);
+    b.clear_all();
+    b.write(12345, 1);
+    b.write(pages - 1, 1);
+    assert_eq!(b.materialized_chunks(), 2);
+    let mut runs = vec![];
+    b.harvest(0, pages, |r| runs.push((r.first, r.count)));
+    assert_eq!(runs, vec![(12345, 1), (pages - 1, 1)]);
+    assert!(b.tracking_bytes() < 1 << 20);
+}
+
+#[test]
+fn sealed_bitmap_forwards_faults_and_drains_late_faults() {
+    let old = PageBitmap::new(128, false);
+    old.write(1, 1);
+    let new = Arc::new(PageBitmap::new(128, false));
+    new.copy_from(0, &old, 0, 128, CopyRule::Plain);
+    // A "late" fault between copy and seal.
+    old.write(70, 1);
+    old.seal_and_drain(vec![Target {
+        src_first: 0,
+        dst: new.clone(),
+        dst_first: 0,
+        count: 128,
+        rule: DrainRule::Plain,
+    }]);
+    assert_eq!(dirty_pages(&new), vec![1, 70]);
+    // A fault after the seal is forwarded to the successor.
+    assert_eq!(old.write(90, 1), Mark::Done { faults: 1 });
+    assert_eq!(dirty_pages(&new), vec![1, 70, 90]);
+    // A fault that changes nothing needs no re-check.
+    assert_eq!(old.write(1, 1), Mark::Done { faults: 0 });
+}
+
+#[test]
+fn a_fault_after_a_zap_redoes_nothing_and_a_zap_after_a_write_wins() {
+    let b = PageBitmap::new(64, false);
+    b.write(3, 1);
+    b.zap(3, 1, false);
+    assert_eq!(
+        b.page(3),
+        Bits {
+            clean: 1,
+            populated: 0,
+            backed: 0
+        }
+    );
+    assert_eq!(b.write(3, 1), Mark::Done { faults: 1 });
+    assert_eq!(
+        b.page(3),
+        Bits {
+            clean: 0,
+            populated: 1,
+            backed: 1
+        }
+    );
+}

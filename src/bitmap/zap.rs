@@ -1,0 +1,130 @@
+//! Unmapping pages: `zap` (`MADV_DONTNEED`), linearizable against faults through the zap
+//! generation, `unpopulate`, and the control-plane walk over a page range both use.
+
+use super::chunk::{Chunk, Slot};
+use super::words::for_each_word;
+use super::{PageBitmap, ABSENT_CLEAN, ABSENT_DIRTY, CHUNK_PAGES, ZAP_RING};
+use crate::sync::{fence, Ordering};
+
+impl PageBitmap {
+    /// `MADV_DONTNEED` / a zap: unpopulate `[first, first+count)`; the page-level state
+    /// becomes dirty (`dirty`, precise mode: the content is now zero) or clean (legacy:
+    /// the PTE and its soft-dirty bit are gone).
+    ///
+    /// Linearizable against faults, which update the same three words in another order
+    /// (in Linux the page-table lock serializes the two). The zap bumps `zap_seq` to odd
+    /// before its first RMW and back to even after its last; a fault reads `zap_seq`
+    /// before its first RMW and again after its last, and redoes itself (after waiting
+    /// for an even value) if the two differ or the first was odd. Why that suffices:
+    /// every RMW of either side is `AcqRel`, so a fault RMW that comes after a zap RMW in
+    /// its word's modification order synchronizes with it and its final load sees at
+    /// least the odd bump, which differs from its first read (taken before its first
+    /// RMW, so before the bump or odd): the fault redoes itself after the zap. A fault
+    /// whose RMWs all precede the zap's on their words is overwritten on every bit it
+    /// set: it linearizes before the zap. A fault with no RMW found every bit as it
+    /// would leave it and linearizes at its loads. Broken twin `zap_no_seq` (loom-tests:
+    /// `dontneed_vs_write`).
+    pub fn zap(&self, first: u64, count: u64, dirty: bool) {
+        let _clear = self.clear_lock();
+        // AcqRel RMW: sequenced before every zap RMW below (see above).
+        self.zap_seq.fetch_add(1, Ordering::AcqRel);
+        // The range, written as a seqlock writer does (odd bump, Release fence, data):
+        // `only_other_pages_zapped` reads it between two reads of the generation, and
+        // its Acquire fence pairs with this one if it read our range, so its re-read
+        // sees the odd bump and it does not trust the range.
+        let n = self.zap_seq.load(Ordering::Relaxed) / 2;
+        fence(Ordering::Release);
+        let slot = &self.zap_ring[(n % ZAP_RING as u64) as usize];
+        slot[0].store(first, Ordering::Relaxed);
+        slot[1].store(first + count, Ordering::Relaxed);
+        self.update_range(
+            first,
+            count,
+            |c, wi, m, _| {
+                c.populated[wi].fetch_and(!m, Ordering::AcqRel);
+                c.backed[wi].fetch_and(!m, Ordering::AcqRel);
+                if dirty {
+                    c.clean[wi].fetch_and(!m, Ordering::AcqRel);
+                    c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                } else {
+                    c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                }
+            },
+            Some(!dirty),
+        );
+        // Release: pairs with `wait_zap`'s Acquire load; a fault that reads this value
+        // before its first RMW sees every zap RMW.
+        self.zap_seq.fetch_add(1, Ordering::Release);
+    }
+
+    /// Unpopulates `[first, first+count)` keeping the soft-dirty state (a fork child's
+    /// pages whose PTEs were not copied, in precise mode).
+    pub fn unpopulate(&self, first: u64, count: u64) {
+        // Chunk by chunk: untouched chunks are unpopulated already, so a huge mapping
+        // costs one slot load per chunk, not one step per word.
+        let end = first + count;
+        let mut k = (first / CHUNK_PAGES) as usize;
+        while (k as u64) * CHUNK_PAGES < end {
+            let base = k as u64 * CHUNK_PAGES;
+            if let Slot::Chunk(c) = self.slot(k) {
+                let lo = first.max(base);
+                let hi = end.min(base + CHUNK_PAGES);
+                for_each_word(lo - base, hi - lo, |w, m| {
+                    let wi = w as usize;
+                    c.populated[wi].fetch_and(!m, Ordering::AcqRel);
+                    c.backed[wi].fetch_and(!m, Ordering::AcqRel);
+                });
+            }
+            k += 1;
+        }
+    }
+
+    /// Applies `f(chunk, word, mask, whole_word)` to every word of the range on the control
+    /// plane. `uniform_result`: if set, a whole untouched chunk ends in the tag for this
+    /// cleanliness without being materialized (only valid when `f` leaves it unpopulated).
+    pub(super) fn update_range(
+        &self,
+        first: u64,
+        count: u64,
+        f: impl Fn(&Chunk, usize, u64, bool),
+        uniform_result: Option<bool>,
+    ) {
+        let end = first + count;
+        let mut k = (first / CHUNK_PAGES) as usize;
+        while (k as u64) * CHUNK_PAGES < end {
+            let base = k as u64 * CHUNK_PAGES;
+            let lo = first.max(base);
+            let hi = end.min(base + CHUNK_PAGES).min(self.pages);
+            k += 1;
+            if lo >= hi {
+                continue;
+            }
+            let whole = lo == base && (hi == base + CHUNK_PAGES || hi == self.pages);
+            let kk = k - 1;
+            if let Some(clean) = uniform_result {
+                let want = if clean { ABSENT_CLEAN } else { ABSENT_DIRTY };
+                let cur = self.slots[kk].load(Ordering::Acquire);
+                if cur == want {
+                    continue;
+                }
+                if whole && (cur == ABSENT_CLEAN || cur == ABSENT_DIRTY) {
+                    if self.slots[kk]
+                        .compare_exchange(cur, want, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        continue;
+                    }
+                }
+            }
+            let c = self.materialize_ctl(kk);
+            let valid = self.valid_masks(kk);
+            for_each_word(lo - base, hi - lo, |w, m| {
+                let wi = w as usize;
+                let m = m & valid[wi];
+                if m != 0 {
+                    f(c, wi, m, m == valid[wi]);
+                }
+            });
+        }
+    }
+}
