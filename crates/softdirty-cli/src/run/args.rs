@@ -1,0 +1,175 @@
+//! The options of `softdirty run` ([`RunArgs`], [`ModeSel`]), the size parser and the
+//! check of their combination ([`validate`]).
+
+use std::path::PathBuf;
+
+use crate::workload::{Workload, PAGE};
+
+/// Which modes `softdirty run` simulates.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeSel {
+    /// precise tracking only
+    Precise,
+    /// legacy (Linux ≤ 6.18.36) tracking only, with measured false positives
+    Legacy,
+    /// both, on the same seeded workload
+    Both,
+}
+
+/// Options of `softdirty run`. The defaults are the default scenario.
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "Sizes take K, M, G, T suffixes (binary) or p (pages). \
+Tables go to stdout, the progress bar to stderr (only on a terminal). \
+`--json -` prints the report as JSON on stdout instead of the tables.")]
+pub struct RunArgs {
+    /// Guest memory: the size of the simulated address space's mappings.
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    pub mem: u64,
+    /// vCPU writer threads.
+    #[arg(long, default_value_t = 2)]
+    pub vcpus: usize,
+    /// Access pattern: uniform, zipf, sequential, churn or trace:FILE (a trace's
+    /// mappings as the layout).
+    #[arg(long, default_value = "zipf", value_parser = parse_workload)]
+    pub workload: Workload,
+    /// Maximum pre-copy rounds after the bulk copy.
+    #[arg(long, default_value_t = 20)]
+    pub rounds: u32,
+    /// Link bandwidth, bytes per simulated second.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub bandwidth: u64,
+    /// Seed of every generator (layout, writers, churn).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Tracking mode(s) to simulate.
+    #[arg(long, value_enum, default_value_t = ModeSel::Both)]
+    pub mode: ModeSel,
+    /// Real-time budget of each mode's rounds, in seconds: when it runs out the guest is
+    /// stopped at the next harvest.
+    #[arg(long, default_value_t = 12.0)]
+    pub duration: f64,
+    /// Writes per simulated second per vCPU (one page each).
+    #[arg(long, default_value_t = 200_000)]
+    pub dirty_rate: u64,
+    /// Stop the guest when the dirty set can be sent in this many milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub downtime_ms: u64,
+    /// Zipf exponent of the zipf, churn and trace workloads.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf_s: f64,
+    /// Layout changes per simulated second (default 200; 4000 with `--workload churn`).
+    #[arg(long)]
+    pub churn_rate: Option<f64>,
+    /// Write the whole report as JSON to FILE (`-`: stdout, instead of the tables).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw dirty pages per round for each mode as an SVG line chart.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// No progress bar and no tables (errors only).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Measure write throughput at 1, 2, 4, ... threads up to the core count, next to a
+    /// trivially parallel loop, instead of migrating.
+    #[arg(long)]
+    pub scaling: bool,
+    /// Seconds per thread count for `--scaling`.
+    #[arg(long, default_value_t = 1.0)]
+    pub scaling_secs: f64,
+}
+
+impl Default for RunArgs {
+    /// The default scenario: exactly what `softdirty run` with no option parses to.
+    fn default() -> RunArgs {
+        use clap::{Args, FromArgMatches};
+        let cmd = RunArgs::augment_args(clap::Command::new("run"));
+        let m = cmd
+            .try_get_matches_from(["run"])
+            .expect("the defaults parse");
+        RunArgs::from_arg_matches(&m).expect("the defaults parse")
+    }
+}
+
+/// Parses a size: a number with an optional K, M, G, T (binary) or p (pages) suffix, and
+/// an optional `/s` or `B`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let t = t.strip_suffix('i').unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+        Some('t' | 'T') => (&t[..t.len() - 1], 1 << 40),
+        Some('p') => (&t[..t.len() - 1], PAGE),
+        _ => (t, 1),
+    };
+    let num = num.replace('_', "");
+    let v: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 4096, 64M, 4G, 256p)"))?;
+    v.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    s.parse()
+}
+
+/// Checks the combination of options; the message says what is wrong.
+pub fn validate(a: &RunArgs) -> Result<(), String> {
+    let pages = a.mem / PAGE;
+    if pages == 0 {
+        return Err(format!(
+            "--mem {} is less than one page: the guest needs at least 4096 bytes",
+            a.mem
+        ));
+    }
+    if a.vcpus == 0 {
+        return Err("--vcpus 0: at least one vCPU is needed to write".into());
+    }
+    if a.vcpus > 1024 {
+        return Err(format!(
+            "--vcpus {} is more than the 1024 supported",
+            a.vcpus
+        ));
+    }
+    if !matches!(a.workload, Workload::Trace(_)) && a.vcpus as u64 > pages {
+        return Err(format!(
+            "--vcpus {} is more than the guest's {pages} pages (--mem {}): every vCPU needs a page",
+            a.vcpus, a.mem
+        ));
+    }
+    if a.bandwidth < PAGE {
+        return Err(format!(
+            "--bandwidth {} is less than one page per second: nothing could be sent",
+            a.bandwidth
+        ));
+    }
+    if !(a.duration > 0.0 && a.duration.is_finite()) {
+        return Err(format!(
+            "--duration {} must be a positive number of seconds",
+            a.duration
+        ));
+    }
+    if a.dirty_rate == 0 {
+        return Err("--dirty-rate 0: the vCPUs would never write".into());
+    }
+    if !(a.zipf_s > 0.0 && a.zipf_s.is_finite()) {
+        return Err(format!("--zipf-s {} must be positive", a.zipf_s));
+    }
+    if let Some(c) = a.churn_rate {
+        if !(c >= 0.0 && c.is_finite()) {
+            return Err(format!("--churn-rate {c} must be zero or positive"));
+        }
+    }
+    if !(a.scaling_secs > 0.0 && a.scaling_secs.is_finite()) {
+        return Err(format!(
+            "--scaling-secs {} must be positive",
+            a.scaling_secs
+        ));
+    }
+    Ok(())
+}
