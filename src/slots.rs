@@ -106,7 +106,9 @@ struct Pending {
     bits: PageBitmap,
 }
 
-struct Slot {
+/// One KVM-style memory slot (a memslot): its guest-physical range and shared bitmap. Named
+/// apart from the bitmap directory's slots (`bitmap::chunk`).
+struct MemSlot {
     guest_phys_addr: u64,
     pages: u64,
     shared: Arc<PageBitmap>,
@@ -114,7 +116,7 @@ struct Slot {
     pending: Mutex<Vec<Pending>>,
 }
 
-impl Slot {
+impl MemSlot {
     fn lock(&self) -> MutexGuard<'_, Vec<Pending>> {
         lock(&self.pending)
     }
@@ -175,7 +177,7 @@ fn read_runs(bits: &PageBitmap, pages: u64) -> Vec<(u64, u64)> {
 /// `Send + Sync`: share it (`Arc`) between producers and consumers.
 #[derive(Default)]
 pub struct SlotRegistry {
-    slots: DashMap<u32, Arc<Slot>>,
+    slots: DashMap<u32, Arc<MemSlot>>,
     /// Registered consumers. Taken by slot and consumer (un)registration, which keeps
     /// every slot's pending list in step with this list.
     consumers: Mutex<Vec<(ConsumerId, ConsumerConfig)>>,
@@ -201,7 +203,7 @@ impl SlotRegistry {
         lock(&self.consumers)
     }
 
-    fn slot(&self, slot: u32) -> Result<Arc<Slot>> {
+    fn slot(&self, slot: u32) -> Result<Arc<MemSlot>> {
         self.slots
             .get(&slot)
             .map(|s| Arc::clone(s.value()))
@@ -288,7 +290,7 @@ impl SlotRegistry {
         match self.slots.entry(slot) {
             dashmap::mapref::entry::Entry::Occupied(_) => Err(Errno::EEXIST),
             dashmap::mapref::entry::Entry::Vacant(v) => {
-                v.insert(Arc::new(Slot {
+                v.insert(Arc::new(MemSlot {
                     guest_phys_addr,
                     pages,
                     shared: bitmap,
