@@ -60,10 +60,13 @@ pub struct DirtyLog {
 impl DirtyLog {
     /// A log of `[addr, addr + len)` holding `runs` (relative page indices). Runs are
     /// sorted and merged; pages past the end of the range are dropped. `len` is rounded
-    /// up to a page.
+    /// up to a page, and the range is cut to end within the 64-bit address space (at
+    /// most `2^64 - 4096`), so every address the log reports exists.
     pub fn new(addr: u64, len: u64, runs: impl IntoIterator<Item = (u64, u64)>) -> DirtyLog {
-        let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let npages = len >> PAGE_SHIFT;
+        // Pages from `addr` to the last page boundary of the address space.
+        let room = (u64::MAX - PAGE_SIZE + 1).saturating_sub(addr) >> PAGE_SHIFT;
+        let npages = len.div_ceil(PAGE_SIZE).min(room);
+        let len = npages << PAGE_SHIFT;
         let mut v: Vec<(u64, u64)> = runs
             .into_iter()
             .filter(|&(f, n)| n > 0 && f < npages)

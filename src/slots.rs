@@ -75,7 +75,7 @@ use dashmap::DashMap;
 use crate::bitmap::{PageBitmap, Run, CHUNK_PAGES};
 use crate::dirtylog::DirtyLog;
 use crate::errno::{Errno, Result};
-use crate::linux::PAGE_SIZE;
+use crate::linux::{PAGE_SHIFT, PAGE_SIZE};
 use crate::producer::Producer;
 
 /// Identifies a consumer of a [`SlotRegistry`].
@@ -104,6 +104,23 @@ pub struct ConsumerConfig {
 struct Pending {
     id: ConsumerId,
     bits: PageBitmap,
+}
+
+/// The most pages a memslot may have: KVM's `KVM_MEM_MAX_NR_PAGES` (`(1 << 31) - 1`,
+/// 8 TiB of 4 KiB pages).
+pub const KVM_MEM_MAX_NR_PAGES: u64 = (1 << 31) - 1;
+
+/// `KVM_SET_USER_MEMORY_REGION`'s range checks (`__kvm_set_memory_region`): a page-aligned
+/// guest-physical base, at most [`KVM_MEM_MAX_NR_PAGES`] pages, no wrap-around; `EINVAL`.
+fn check_slot_range(guest_phys_addr: u64, pages: u64) -> Result<()> {
+    if guest_phys_addr % PAGE_SIZE != 0 || pages > KVM_MEM_MAX_NR_PAGES {
+        return Err(Errno::EINVAL);
+    }
+    // `pages << PAGE_SHIFT` cannot overflow: pages < 2^31.
+    guest_phys_addr
+        .checked_add(pages << PAGE_SHIFT)
+        .map(|_| ())
+        .ok_or(Errno::EINVAL)
 }
 
 /// One KVM-style memory slot (a memslot): its guest-physical range and shared bitmap. Named
@@ -252,8 +269,13 @@ impl SlotRegistry {
 
     /// Registers slot `slot` of `pages` 4 KiB pages at `guest_phys_addr`, all clean, and
     /// returns a [`Producer`] on its shared bitmap (what [`Self::producer`] returns).
-    /// `EEXIST` if the slot number is taken.
+    ///
+    /// Errors, as `KVM_SET_USER_MEMORY_REGION` checks them: `EINVAL` if
+    /// `guest_phys_addr` is not page aligned, the slot has more than
+    /// [`KVM_MEM_MAX_NR_PAGES`] pages, or it would end past the 64-bit address space;
+    /// `EEXIST` if the slot number is taken. Nothing is allocated before the checks.
     pub fn register_slot(&self, slot: u32, guest_phys_addr: u64, pages: u64) -> Result<Producer> {
+        check_slot_range(guest_phys_addr, pages)?;
         let bits = Arc::new(PageBitmap::new(pages, false));
         self.register_slot_with(slot, guest_phys_addr, Arc::clone(&bits))?;
         Ok(Producer::new(bits))
@@ -278,8 +300,9 @@ impl SlotRegistry {
         guest_phys_addr: u64,
         bitmap: Arc<PageBitmap>,
     ) -> Result<()> {
-        let consumers = self.lock_consumers();
         let pages = bitmap.pages();
+        check_slot_range(guest_phys_addr, pages)?;
+        let consumers = self.lock_consumers();
         let pending = consumers
             .iter()
             .map(|&(id, cfg)| Pending {

@@ -21,6 +21,7 @@ impl PageBitmap {
     /// Builds this (unpublished) bitmap's pages `[dst_first, dst_first+count)` from
     /// `src`'s pages `[src_first, ...)`. With `dirty_all`, every copied page is dirty;
     /// with `dirty_populated`, every copied populated page is dirty (legacy mremap).
+    /// `count` is cut to what fits both ranges in their bitmaps.
     pub fn copy_from(
         &self,
         dst_first: u64,
@@ -29,6 +30,10 @@ impl PageBitmap {
         count: u64,
         xform: CopyRule,
     ) {
+        let count = self
+            .clip(dst_first, count)
+            .1
+            .min(src.clip(src_first, count).1);
         let mut done = 0u64;
         while done < count {
             let d = dst_first + done;

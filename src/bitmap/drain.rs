@@ -42,7 +42,15 @@ impl PageBitmap {
     ///
     /// `targets` also becomes the bitmap's forwarding list: a fault that finds it sealed
     /// applies itself to the targets (`Self::forward`).
-    pub fn seal_and_drain(&self, targets: Vec<Target>) {
+    ///
+    /// A target is cut to what fits both bitmaps (as [`Self::copy_from`] cuts a copy).
+    pub fn seal_and_drain(&self, mut targets: Vec<Target>) {
+        for t in &mut targets {
+            t.count = self
+                .clip(t.src_first, t.count)
+                .1
+                .min(t.dst.clip(t.dst_first, t.count).1);
+        }
         let targets = Arc::new(targets);
         let _clear = self.clear_lock();
         // Before the seal: a fault that sees `sealed` finds the list (the mutex orders

@@ -126,21 +126,33 @@ impl PageBitmap {
     /// A write fault on pages `[first, first + count)`: populate, back with a real page,
     /// and make soft-dirty at the page level. Test-before-set: a page already in that
     /// state costs one relaxed load per word and no read-modify-write.
+    /// [`Mark::OutOfRange`] (nothing done) if the range overflows or leaves the bitmap.
     pub fn write(&self, first: u64, count: u64) -> Mark {
+        if !self.in_range(first, count) {
+            return Mark::OutOfRange;
+        }
         self.fault(first, count, true, true, true)
     }
 
     /// Marks `[first, first + count)` soft-dirty without touching population: the write
     /// path of a VMM's dirty bitmap (`crate::vmm`), where only the dirty bit matters. One
     /// relaxed load per word when the pages are already dirty; an untouched all-dirty
-    /// chunk is not even materialized.
+    /// chunk is not even materialized. [`Mark::OutOfRange`] (nothing done) if the range
+    /// overflows or leaves the bitmap.
     pub fn mark_dirty(&self, first: u64, count: u64) -> Mark {
+        if !self.in_range(first, count) {
+            return Mark::OutOfRange;
+        }
         self.fault_impl(first, count, true, false, false, false)
     }
 
     /// A read fault on `[first, first + count)`: populate without dirtying. `zero_page`:
     /// map the shared zero page (private anonymous memory) rather than a real page.
+    /// [`Mark::OutOfRange`] (nothing done) if the range overflows or leaves the bitmap.
     pub fn read(&self, first: u64, count: u64, zero_page: bool) -> Mark {
+        if !self.in_range(first, count) {
+            return Mark::OutOfRange;
+        }
         self.fault(first, count, false, !zero_page, true)
     }
 

@@ -84,6 +84,7 @@ impl PageBitmap {
     /// fully dirty word is taken with a plain store (`take_word`). Harvests of disjoint
     /// chunks may run in parallel.
     pub fn harvest(&self, first: u64, count: u64, sink: impl FnMut(Run)) {
+        let (first, count) = self.clip(first, count);
         let _clear = self.clear_lock();
         self.harvest_held(first, count, sink);
     }
@@ -299,14 +300,16 @@ impl PageBitmap {
     pub fn clean_runs(&self, runs: impl IntoIterator<Item = Run>) {
         let _clear = self.clear_lock();
         for r in runs {
-            self.set_clean_held(r.first, r.count, true);
+            let (first, count) = self.clip(r.first, r.count);
+            self.set_clean_held(first, count, true);
         }
         clear_fence();
     }
 
     /// Sets the page-level state of `[first, first+count)` to clean (`clean`) or dirty,
-    /// leaving population alone.
+    /// leaving population alone. The range is clipped to the bitmap ([`Self::clip`]).
     pub fn set_clean(&self, first: u64, count: u64, clean: bool) {
+        let (first, count) = self.clip(first, count);
         let _clear = self.clear_lock();
         self.set_clean_held(first, count, clean);
         if clean {

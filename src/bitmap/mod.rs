@@ -133,6 +133,9 @@ pub enum Mark {
     /// ([`Accounting::chunk_limit`]) is reached; the pages before the first one in that
     /// chunk were done.
     NoMem,
+    /// `[first, first + count)` overflows or leaves the bitmap (`first + count >
+    /// pages()`): nothing was done.
+    OutOfRange,
 }
 
 /// A run of pages `[first, first + count)` within one bitmap.
@@ -229,6 +232,23 @@ impl PageBitmap {
             forward: Mutex::new(None),
             accounting: accounting.cloned(),
         }
+    }
+
+    /// `[first, first + count)` clipped to the bitmap: `(first', count')` with
+    /// `first' = min(first, pages)` and the end saturating at `pages`. The control-plane
+    /// and query methods that take a range clip it with this (documented on each);
+    /// marking methods refuse a range that leaves the bitmap ([`Mark::OutOfRange`]).
+    #[inline]
+    pub fn clip(&self, first: u64, count: u64) -> (u64, u64) {
+        let f = first.min(self.pages);
+        let e = first.saturating_add(count).min(self.pages);
+        (f, e.saturating_sub(f))
+    }
+
+    /// Does `[first, first + count)` lie within the bitmap (without overflow)?
+    #[inline]
+    pub(super) fn in_range(&self, first: u64, count: u64) -> bool {
+        first.checked_add(count).is_some_and(|e| e <= self.pages)
     }
 
     /// The accounts this bitmap counts in, if any.

@@ -10,6 +10,13 @@ use crate::twins;
 impl PageBitmap {
     /// The bits of page `p`.
     pub fn page(&self, p: u64) -> Bits {
+        if p >= self.pages {
+            return Bits {
+                clean: 1,
+                populated: 0,
+                backed: 0,
+            };
+        }
         let b = self.window(p - p % 64);
         let s = p % 64;
         Bits {
@@ -19,10 +26,10 @@ impl PageBitmap {
         }
     }
 
-    /// The 64 pages starting at `p` (a multiple of 64); bits past the end read as
-    /// clean, unpopulated.
+    /// The 64 pages starting at `p` (rounded down to a multiple of 64); bits past the
+    /// end read as clean, unpopulated.
     pub fn window(&self, p: u64) -> Bits {
-        debug_assert_eq!(p % 64, 0);
+        let p = p - p % 64;
         if p >= self.pages {
             return Bits {
                 clean: !0,
@@ -59,6 +66,7 @@ impl PageBitmap {
     /// If every page of `[first, first+count)` lies in untouched chunks with the same
     /// tag, that tag's cleanliness.
     pub fn uniform(&self, first: u64, count: u64) -> Option<bool> {
+        let (first, count) = self.clip(first, count);
         if count == 0 {
             return None;
         }
@@ -81,6 +89,10 @@ impl PageBitmap {
     /// The end of the stretch of untouched slots with the same tag that contains `p`
     /// (at most `limit`), if `p` is in an untouched slot.
     pub fn uniform_run_end(&self, p: u64, limit: u64) -> Option<(bool, u64)> {
+        if p >= self.pages {
+            return None;
+        }
+        let limit = limit.min(self.pages);
         let mut k = (p / CHUNK_PAGES) as usize;
         let tag = match self.slot(k) {
             Slot::Chunk(_) => return None,
@@ -108,7 +120,7 @@ impl PageBitmap {
     /// harvest clears a word's summary bit before it clears the word, so a reader that
     /// trusted a clear summary bit could miss a page that is dirty during its whole call.
     pub fn dirty_runs(&self, first: u64, count: u64, mut sink: impl FnMut(Run)) {
-        debug_assert!(first + count <= self.pages);
+        let (first, count) = self.clip(first, count);
         let end = first + count;
         // The run being built, `[start, stop)`; emitted when a later run does not touch it.
         let mut open: Option<(u64, u64)> = None;
@@ -166,8 +178,13 @@ impl PageBitmap {
         }
     }
 
-    /// `n` (≤ 64) pages starting at any page `p`, in the low bits.
+    /// `n` (≤ 64, larger is read as 64) pages starting at any page `p`, in the low bits;
+    /// pages past the end read as clean, unpopulated.
     pub fn bits_at(&self, p: u64, n: u64) -> Bits {
+        let n = n.min(64);
+        if p >= self.pages {
+            return self.window(u64::MAX);
+        }
         let off = p % 64;
         let a = self.window(p - off);
         let mut out = Bits {

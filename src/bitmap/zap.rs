@@ -25,6 +25,7 @@ impl PageBitmap {
     /// would leave it and linearizes at its loads. Broken twin `zap_no_seq` (loom-tests:
     /// `dontneed_vs_write`).
     pub fn zap(&self, first: u64, count: u64, dirty: bool) {
+        let (first, count) = self.clip(first, count);
         let _clear = self.clear_lock();
         // AcqRel RMW: sequenced before every zap RMW below (see above).
         self.zap_seq.fetch_add(1, Ordering::AcqRel);
@@ -60,6 +61,7 @@ impl PageBitmap {
     /// Unpopulates `[first, first+count)` keeping the soft-dirty state (a fork child's
     /// pages whose PTEs were not copied, in precise mode).
     pub fn unpopulate(&self, first: u64, count: u64) {
+        let (first, count) = self.clip(first, count);
         // Chunk by chunk: untouched chunks are unpopulated already, so a huge mapping
         // costs one slot load per chunk, not one step per word.
         let end = first + count;

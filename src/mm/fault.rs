@@ -116,6 +116,8 @@ impl AddressSpace {
                 Mark::Sealed => continue,
                 // The model's memory limit (the accounting's chunk limit): the kernel would OOM.
                 Mark::NoMem => return Err(Errno::ENOMEM),
+                // Not reachable: the range is cut to the VMA, whose bitmap covers it.
+                Mark::OutOfRange => return Err(Errno::EFAULT),
                 Mark::Done { faults } => {
                     if write && faults != 0 {
                         self.faults.add(faults);
