@@ -57,7 +57,7 @@ pub struct BenchArgs {
     /// Print JSON (a list of `{name, ours_ns, baseline, baseline_ns, ratio}`).
     #[arg(long)]
     pub json: bool,
-    /// Only the cases whose name contains this string.
+    /// Only the cases whose name contains this string (exit status 2 if none does).
     #[arg(long)]
     pub filter: Option<String>,
 }
@@ -364,7 +364,22 @@ fn getlog(len: u64, runs: Vec<(u64, u64)>, pagemap: bool) -> Timed {
 /// Every case, in table order. Building them allocates the workloads (a few hundred
 /// MiB of tracking memory at most, nothing for untouched address space).
 pub fn cases(filter: Option<&str>) -> Vec<Case> {
-    type Make = Box<dyn Fn() -> Case>;
+    makers()
+        .into_iter()
+        .filter(|(n, _)| filter.is_none_or(|f| n.contains(f)))
+        .map(|(_, m)| m())
+        .collect()
+}
+
+/// The names of every case, in table order (what `--filter` matches against).
+pub fn case_names() -> Vec<&'static str> {
+    makers().into_iter().map(|(n, _)| n).collect()
+}
+
+type Make = Box<dyn Fn() -> Case>;
+
+/// Every case's name and how to build it (building allocates; naming does not).
+fn makers() -> Vec<(&'static str, Make)> {
     let g16 = 16 * GIB;
     let p16 = g16 >> PAGE_SHIFT;
     let makers: Vec<(&'static str, Make)> = vec![
@@ -615,10 +630,6 @@ pub fn cases(filter: Option<&str>) -> Vec<Case> {
         ),
     ];
     makers
-        .into_iter()
-        .filter(|(n, _)| filter.is_none_or(|f| n.contains(f)))
-        .map(|(_, m)| m())
-        .collect()
 }
 
 /// Runs `f` for about `budget` per sample: returns the per-iteration time of one
@@ -699,6 +710,16 @@ fn fmt_ns(ns: f64) -> String {
 
 /// Runs `softdirty bench` with `args`.
 pub fn main(args: &BenchArgs) -> ExitCode {
+    if let Some(f) = &args.filter {
+        let names = case_names();
+        if !names.iter().any(|n| n.contains(f.as_str())) {
+            eprintln!(
+                "softdirty bench: no benchmark matches --filter `{f}`; the benchmarks are: {}",
+                names.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
     let mut rows = Vec::new();
     let mut lines = Vec::new();
     for mut case in cases(args.filter.as_deref()) {

@@ -21,6 +21,7 @@
 //! `regions` (the RFC) is the region-list design; its tracking memory includes what the
 //! lists would cost the kernel (a list head per VMA, 32 bytes per region).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -45,6 +46,9 @@ pub const MODES: [Mode; 5] = [
     Mode::Regions,
 ];
 
+/// The largest `--scale`.
+pub const MAX_SCALE: u32 = 10_000;
+
 /// Options of `softdirty compare`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct CompareArgs {
@@ -57,15 +61,17 @@ pub struct CompareArgs {
     /// Seed of the workload generators.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Scale of the built-in workloads (rounds and operations are multiplied by it).
-    #[arg(long, default_value_t = 1)]
+    /// Scale of the built-in workloads (rounds and operations are multiplied by it), 1 to
+    /// 10000; a trace:FILE workload has no scale. A progress bar shows on a terminal.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_SCALE as i64))]
     pub scale: u32,
     /// Print the report as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
     /// Also draw false positives, false negatives, peak VMAs and peak tracking memory per
-    /// workload and mode as an SVG bar chart.
-    #[arg(long, value_name = "FILE.svg")]
+    /// workload and mode as an SVG bar chart to FILE.svg (the name must end in .svg; `-`:
+    /// stdout, instead of the tables; not with --json).
+    #[arg(long, value_name = "FILE.svg", value_parser = crate::outpath::parse_svg_path)]
     pub plot: Option<PathBuf>,
 }
 
@@ -557,6 +563,11 @@ fn median(v: &mut [u64]) -> Option<u64> {
 
 /// Runs `w` under every mode of [`MODES`] in lock step.
 pub fn run_workload(w: &Generated) -> WorkloadReport {
+    run_workload_with(w, &mut |_| {})
+}
+
+/// [`run_workload`], calling `tick` with the number of steps done every 4096 steps.
+fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadReport {
     struct St {
         mm: AddressSpace,
         row: ModeRow,
@@ -582,7 +593,10 @@ pub fn run_workload(w: &Generated) -> WorkloadReport {
         })
         .collect();
     let (mut harvests, mut writes) = (0, 0);
-    for step in &w.steps {
+    for (i, step) in w.steps.iter().enumerate() {
+        if i % 4096 == 0 {
+            tick(i);
+        }
         let mut truth: Option<Vec<(u64, u64)>> = None;
         let mut truth_result: Option<Result<u64, softdirty::errno::Errno>> = None;
         if matches!(step, Step::Harvest) {
@@ -676,18 +690,62 @@ pub fn run_workload(w: &Generated) -> WorkloadReport {
 
 /// Generates and runs every workload `args` names.
 pub fn report(args: &CompareArgs) -> Result<ComparisonReport, String> {
-    let names: Vec<String> = if args.workload == "all" {
+    report_with(args, false)
+}
+
+/// The workload names `args` asks for.
+fn workload_names(args: &CompareArgs) -> Vec<String> {
+    if args.workload == "all" {
         ["seed", "hildenbrand", "arena", "jit"]
             .iter()
             .map(|s| s.to_string())
             .collect()
     } else {
         args.workload.split(',').map(|s| s.to_string()).collect()
-    };
+    }
+}
+
+/// [`report`], with a progress bar on stderr when `show_progress`.
+fn report_with(args: &CompareArgs, show_progress: bool) -> Result<ComparisonReport, String> {
+    let names = workload_names(args);
+    let pb = show_progress.then(|| {
+        let pb = indicatif::ProgressBar::new(names.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] workload {pos}/{len}: {msg}",
+            )
+            .expect("template"),
+        );
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        pb
+    });
+    let result = report_names(args, &names, pb.as_ref());
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
+    result
+}
+
+fn report_names(
+    args: &CompareArgs,
+    names: &[String],
+    pb: Option<&indicatif::ProgressBar>,
+) -> Result<ComparisonReport, String> {
     let mut workloads = Vec::new();
-    for n in &names {
+    for n in names {
+        if let Some(pb) = pb {
+            pb.set_message(format!("{n}: generating"));
+        }
         let g = generate(n, args.seed, args.scale)?;
-        workloads.push(run_workload(&g));
+        let steps = g.steps.len();
+        workloads.push(run_workload_with(&g, &mut |i| {
+            if let Some(pb) = pb {
+                pb.set_message(format!("{n}: step {i}/{steps}"));
+            }
+        }));
+        if let Some(pb) = pb {
+            pb.inc(1);
+        }
     }
     Ok(ComparisonReport {
         seed: args.seed,
@@ -752,39 +810,43 @@ pub fn format_table(r: &ComparisonReport) -> String {
 }
 
 /// Draws false positives, false negatives, peak VMAs and peak tracking memory per workload
-/// and mode as grouped bars, one panel per metric.
+/// and mode as grouped bars, one panel per metric, to `path` (`-`: stdout).
 pub fn plot(r: &ComparisonReport, path: &Path) -> Result<(), String> {
+    let svg = plot_svg(r).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::outpath::write_text(path, &svg)
+}
+
+/// One colour per mode of [`MODES`], in its order.
+const MODE_COLORS: [(u8, u8, u8); 5] = [
+    (31, 119, 180),  // precise: blue
+    (214, 39, 40),   // legacy: red
+    (255, 127, 14),  // sticky: orange
+    (44, 160, 44),   // nomerge: green
+    (148, 103, 189), // regions: purple
+];
+
+/// The chart of [`plot`] as an SVG document: grouped bars, one group per workload (named
+/// under it), one bar per mode (distinct colours), integer counts on the y axis.
+pub fn plot_svg(r: &ComparisonReport) -> Result<String, String> {
     use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let panels = root.split_evenly((2, 2));
-    let colors = [
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(255, 127, 14),
-        RGBColor(31, 119, 180),
-    ];
-    type Metric = fn(&ModeRow) -> u64;
-    let metrics: [(&str, Metric); 4] = [
-        ("false positives (pages)", |m| m.false_positives),
-        ("false negatives (pages)", |m| m.false_negatives),
-        ("peak VMAs", |m| m.peak_vmas as u64),
-        ("peak tracking memory (bytes)", |m| {
-            m.peak_tracking_bytes as u64
-        }),
-    ];
-    let nw = r.workloads.len().max(1);
-    let nm = MODES.len();
-    let width = (nm + 1) as f64;
-    for (panel, (title, f)) in panels.iter().zip(metrics.iter()) {
-        let max = r
-            .workloads
-            .iter()
-            .flat_map(|w| w.modes.iter().map(f))
-            .max()
-            .unwrap_or(1)
-            .max(1) as f64;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1100, 760)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let panels = root.split_evenly((2, 2));
+        type Metric = fn(&ModeRow) -> u64;
+        let metrics: [(&str, &str, Metric); 4] = [
+            ("false positives", "pages", |m| m.false_positives),
+            ("false negatives", "pages", |m| m.false_negatives),
+            ("peak VMAs", "VMAs", |m| m.peak_vmas as u64),
+            ("peak tracking memory", "bytes", |m| {
+                m.peak_tracking_bytes as u64
+            }),
+        ];
+        let nw = r.workloads.len().max(1);
+        let nm = MODES.len();
+        let width = (nm + 1) as f64;
         let names: Vec<String> = r
             .workloads
             .iter()
@@ -793,66 +855,101 @@ pub fn plot(r: &ComparisonReport, path: &Path) -> Result<(), String> {
                 n.to_string()
             })
             .collect();
-        let mut chart = ChartBuilder::on(panel)
-            .caption(*title, ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..(nw as f64 * width), 0f64..max * 1.1)
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(nw * 2 + 1)
-            .x_label_formatter(&|x| {
-                let g = (x / width).floor() as usize;
-                let frac = x / width - g as f64;
-                if (frac - 0.5).abs() < 0.26 {
-                    names.get(g).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .draw()
-            .map_err(|e| err(&e))?;
-        for (k, mode) in MODES.iter().enumerate() {
-            let color = colors[k % colors.len()];
-            let bars: Vec<Rectangle<(f64, f64)>> = r
+        for (panel, (title, unit, f)) in panels.iter().zip(metrics.iter()) {
+            let max = r
                 .workloads
                 .iter()
-                .enumerate()
-                .filter_map(|(g, w)| {
-                    let m = w.modes.iter().find(|m| m.mode == *mode)?;
-                    let x0 = g as f64 * width + 0.5 + k as f64;
-                    Some(Rectangle::new(
-                        [(x0, 0.0), (x0 + 0.9, f(m) as f64)],
-                        color.filled(),
-                    ))
-                })
-                .collect();
+                .flat_map(|w| w.modes.iter().map(f))
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let top = max + max / 10 + 1;
+            let mut chart = ChartBuilder::on(panel)
+                .caption(*title, ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(40)
+                .y_label_area_size(80)
+                .build_cartesian_2d(0f64..(nw as f64 * width), 0u64..top)
+                .map_err(|e| err(&e))?;
             chart
-                .draw_series(bars)
-                .map_err(|e| err(&e))?
-                .label(mode.name())
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
-                });
+                .configure_mesh()
+                .disable_x_mesh()
+                // The workload names are drawn under their groups below.
+                .x_labels(0)
+                .x_desc("workload")
+                .y_desc(*unit)
+                .y_label_formatter(&|y| y.to_string())
+                .draw()
+                .map_err(|e| err(&e))?;
+            for (k, mode) in MODES.iter().enumerate() {
+                let (cr, cg, cb) = MODE_COLORS[k % MODE_COLORS.len()];
+                let color = RGBColor(cr, cg, cb);
+                let bars: Vec<Rectangle<(f64, u64)>> = r
+                    .workloads
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(g, w)| {
+                        let m = w.modes.iter().find(|m| m.mode == *mode)?;
+                        let x0 = g as f64 * width + 0.5 + k as f64;
+                        Some(Rectangle::new([(x0, 0), (x0 + 0.9, f(m))], color.filled()))
+                    })
+                    .collect();
+                chart
+                    .draw_series(bars)
+                    .map_err(|e| err(&e))?
+                    .label(mode.name())
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                    });
+            }
+            // Each workload's name, centred under its group of bars.
+            let style = TextStyle::from(("sans-serif", 14).into_font()).pos(
+                plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Top,
+                ),
+            );
+            for (g, name) in names.iter().enumerate() {
+                let (px, py) = chart.backend_coord(&(g as f64 * width + width / 2.0, 0));
+                root.draw(&Text::new(name.clone(), (px, py + 4), style.clone()))
+                    .map_err(|e| err(&e))?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(&e))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
     }
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    Ok(svg)
 }
 
 /// Runs `softdirty compare` with `args`.
 pub fn main(args: &CompareArgs) -> ExitCode {
-    let r = match report(args) {
+    let plot_stdout = args.plot.as_deref().is_some_and(crate::outpath::is_stdout);
+    if plot_stdout && args.json {
+        eprintln!("softdirty compare: --json and --plot - would both write to stdout: name a file for --plot");
+        return ExitCode::from(2);
+    }
+    let names = workload_names(args);
+    if args.scale > 1 && names.iter().all(|n| n.starts_with("trace:")) {
+        eprintln!(
+            "softdirty compare: --scale {} has no effect on trace:FILE workloads (it scales the built-in ones)",
+            args.scale
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(p) = &args.plot {
+        if let Err(e) = crate::outpath::check_writable("--plot", p) {
+            eprintln!("softdirty compare: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let show = std::io::stderr().is_terminal();
+    let r = match report_with(args, show) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("softdirty compare: {e}");
@@ -867,7 +964,7 @@ pub fn main(args: &CompareArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-    } else {
+    } else if !plot_stdout {
         print!("{}", format_table(&r));
     }
     if let Some(p) = &args.plot {

@@ -101,7 +101,7 @@ pub struct FuzzArgs {
     /// the time of a run on a slow machine, such as a kernel emulated by qemu in CI.
     #[arg(long)]
     pub max_seconds: Option<f64>,
-    /// Where the minimal failing trace goes.
+    /// Where the minimal failing trace goes (`-`: stdout).
     #[arg(long, default_value = "fuzz-failure.trace")]
     pub out: PathBuf,
 }
@@ -702,8 +702,8 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
                     }
                 };
                 let text = render(&min, args.mode, &m, &name);
-                if let Err(e) = std::fs::write(&args.out, &text) {
-                    eprintln!("fuzz: writing {}: {e}", args.out.display());
+                if let Err(e) = crate::outpath::write_text(&args.out, &text) {
+                    eprintln!("fuzz: writing {e}");
                 }
                 eprintln!(
                     "fuzz: seed {seed}: the model and {name} disagree; minimal trace ({} ops) in {}:\n{text}",

@@ -6,12 +6,14 @@
 //! - [`bench`]: marking and harvest benchmarks against vm-memory's `AtomicBitmap`;
 //! - [`workload`]: the guest workloads `run` and `compare` drive;
 //! - [`fuzz`]: random traces on the model and the kernel (or the reference), shrunk;
+//! - [`outpath`]: output paths (`-` is stdout, checked before any work);
 //! - [`reference`]: the independent reference model the fuzzer and the proptests check
 //!   the model against.
 
 pub mod bench;
 pub mod compare;
 pub mod fuzz;
+pub mod outpath;
 pub mod reference;
 pub mod run;
 pub mod workload;

@@ -39,7 +39,8 @@ enum Cmd {
         backend: replay::BackendChoice,
     },
     /// Live-migration pre-copy simulator: vCPU writers, VMA churn and a migration thread
-    /// harvesting rounds, in precise and legacy mode (the default command).
+    /// harvesting rounds, in precise and legacy mode (the default command: `softdirty`
+    /// alone runs it with these defaults).
     Run(softdirty_cli::run::RunArgs),
     /// One seeded workload under every mode, side by side: false positives and negatives,
     /// VMA counts, tracking memory and operation costs.
@@ -50,8 +51,9 @@ enum Cmd {
     /// (or the independent reference model) step by step; on a disagreement, shrink to a
     /// minimal trace, write it, exit 1.
     Fuzz(softdirty_cli::fuzz::FuzzArgs),
-    /// The seed thread's scenario in every implemented mode: pages reported soft-dirty that
-    /// were never written since the last clear.
+    /// The seed thread's scenario in every implemented mode (legacy, sticky, nomerge,
+    /// precise, regions): pages reported soft-dirty that were never written since the last
+    /// clear.
     Demo,
 }
 
@@ -151,7 +153,13 @@ fn softdirty_demo() {
         "{:<8} {:>6} {:>22} {:>14}",
         "mode", "VMAs", "soft-dirty after mmap", "false positives"
     );
-    for mode in [Mode::Legacy, Mode::Sticky, Mode::Nomerge, Mode::Precise] {
+    for mode in [
+        Mode::Legacy,
+        Mode::Sticky,
+        Mode::Nomerge,
+        Mode::Precise,
+        Mode::Regions,
+    ] {
         let mm = AddressSpace::new(mode);
         let a = 0x20_0000_0000;
         mm.mmap(a, 48 * P, Prot::RW, false, Placement::NoReplace)

@@ -200,11 +200,17 @@ const ZONE_BASE: u64 = 0x7d00_0000_0000;
 /// Thread stacks.
 const STACK_BASE: u64 = 0x7ff0_0000_0000;
 
+/// The largest guest [`guest_layout`] can build: its RAM region runs from 0x7e00_0000_0000
+/// to the thread stacks at 0x7ff0_0000_0000 (1984 GiB), below the 128 TiB user address
+/// space of x86-64 with 4-level paging that the model simulates.
+pub const MAX_GUEST_MEM: u64 = STACK_BASE - RAM_BASE;
+
 /// The default guest for `mem` bytes and `vcpus` vCPU threads: a program (text, rodata,
 /// data+bss), a brk heap, a big guest-RAM region, one 8 MiB stack with a guard page per
 /// thread, and malloc arenas (the churn zone) made of adjacent large allocations. The
 /// sizes scale with `mem` and sum to it (page-rounded); below 16 MiB everything is RAM.
-/// `seed` places the initial chunks.
+/// The stacks shrink so that all of them take at most a quarter of the guest (many vCPUs
+/// in a small guest). `mem` is at most [`MAX_GUEST_MEM`]. `seed` places the initial chunks.
 pub fn guest_layout(mem: u64, vcpus: usize, seed: u64) -> GuestLayout {
     let pages = mem / PAGE;
     let small = pages < 4096;
@@ -214,7 +220,7 @@ pub fn guest_layout(mem: u64, vcpus: usize, seed: u64) -> GuestLayout {
     let data = part(2048, 256);
     let heap = part(64, 16384);
     let threads = vcpus as u64 + 2; // vCPUs, an I/O thread, the main thread
-    let stack = part(512, 2048);
+    let stack = part(512, 2048).min(pages / 4 / threads);
     let arenas = part(32, 32768);
     let fixed = text + rodata + data + heap + threads * stack + arenas;
     let ram = pages - fixed;
@@ -823,6 +829,9 @@ mod tests {
             (64 << 20, 4),
             (8 * PAGE, 2),
             (PAGE, 1),
+            (4 << 30, 512),
+            (16 << 20, 1024),
+            (MAX_GUEST_MEM, 2),
         ] {
             let l = guest_layout(mem, v, 1);
             let total: u64 = l.mappings.iter().map(|m| m.pages).sum::<u64>()

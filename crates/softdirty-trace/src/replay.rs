@@ -105,6 +105,21 @@ pub fn replay(
     let mode = trace.mode.unwrap_or(opts.mode);
     match softdirty::backend::open(opts.backend, mode) {
         Ok(mut b) => {
+            // Each kernel flavour reproduces one mode: say so when the trace is in another.
+            let reproduces = match b.name().as_str() {
+                "kernel=uffd" => Some(Mode::Precise),
+                "kernel=softdirty" => Some(Mode::Legacy),
+                _ => None,
+            };
+            if let Some(m) = reproduces.filter(|&m| m != mode) {
+                let _ = writeln!(
+                    diag,
+                    "{file}: warning: the kernel backend's {} flavour reproduces `{m}` tracking, \
+                     not this trace's `{mode}` mode: expectations that depend on `{mode}` may \
+                     fail (replay it on the model, or on the flavour that reproduces it)",
+                    b.name().trim_start_matches("kernel=")
+                );
+            }
             let mut s = replay_on(trace, file, b.as_mut(), mode, opts.allow_errors, out, diag);
             if opts.backend != BackendChoice::Model {
                 s.backend = Some(b.name());
@@ -157,9 +172,7 @@ pub fn replay_on(
         }
         let outcome = r.run(&c.node, out);
         if let Some(why) = r.scan_skip.take() {
-            let what = format!("scan ... clear: {why}");
-            let _ = writeln!(diag, "{}:{}: skipped: {what}", file, c.line);
-            r.summary.skipped.push(Skipped { line: c.line, what });
+            r.skip(c.line, format!("scan ... clear: {why}"), diag);
         }
         // An error is expected if an `expect err` follows before the next command.
         let expected_err = cmds[k + 1..]
@@ -207,8 +220,11 @@ pub fn replay_on(
             let parts: Vec<String> = groups
                 .iter()
                 .map(|(w, l)| {
+                    // The reason was printed on the first skipped line.
+                    let name = w.split(": ").next().unwrap_or(w);
                     let lines: Vec<String> = l.iter().map(|x| x.to_string()).collect();
-                    format!("{w} (line {})", lines.join(", "))
+                    let s = if l.len() > 1 { "s" } else { "" };
+                    format!("{name} (line{s} {})", lines.join(", "))
                 })
                 .collect();
             skipped = format!(": {}", parts.join("; "));
@@ -347,6 +363,25 @@ impl Replayer<'_> {
         })
     }
 
+    /// Records a skipped command or expectation; the reason is printed once, on the first
+    /// line skipped for it (later ones point back to that line).
+    fn skip(&mut self, line: usize, what: String, diag: &mut dyn Write) {
+        match self.summary.skipped.iter().find(|k| k.what == what) {
+            Some(first) => {
+                let name = what.split(": ").next().unwrap_or(&what);
+                let _ = writeln!(
+                    diag,
+                    "{}:{line}: skipped: {name} (as on line {})",
+                    self.file, first.line
+                );
+            }
+            None => {
+                let _ = writeln!(diag, "{}:{line}: skipped: {what}", self.file);
+            }
+        }
+        self.summary.skipped.push(Skipped { line, what });
+    }
+
     fn expect(
         &mut self,
         line: usize,
@@ -357,9 +392,7 @@ impl Replayer<'_> {
         match self.check(e, last) {
             Ok(()) => self.summary.passed += 1,
             Err(Unobservable::Skip(why)) => {
-                let what = format!("{}: {why}", expect_name(e));
-                let _ = writeln!(diag, "{}:{}: skipped: {what}", self.file, line);
-                self.summary.skipped.push(Skipped { line, what });
+                self.skip(line, format!("{}: {why}", expect_name(e)), diag);
             }
             Err(Unobservable::Broken(msg)) => {
                 self.summary.failed += 1;

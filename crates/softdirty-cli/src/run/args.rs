@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::workload::{Workload, PAGE};
+use crate::workload::{Workload, MAX_GUEST_MEM, PAGE};
 
 /// Which modes `softdirty run` simulates.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -21,12 +21,16 @@ pub enum ModeSel {
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = "Sizes take K, M, G, T suffixes (binary) or p (pages). \
 Tables go to stdout, the progress bar to stderr (only on a terminal). \
-`--json -` prints the report as JSON on stdout instead of the tables.")]
+`--json -` prints the report as JSON on stdout instead of the tables, `--plot -` the SVG \
+chart (not both). Output files are opened before the simulation starts.")]
 pub struct RunArgs {
-    /// Guest memory: the size of the simulated address space's mappings.
+    /// Guest memory: the size of the simulated address space's mappings (at most 1984G,
+    /// what the default layout fits in the 128 TiB user address space of x86-64 with
+    /// 4-level paging).
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     pub mem: u64,
-    /// vCPU writer threads.
+    /// vCPU writer threads (1 to 1024, at most one per guest page; the thread stacks
+    /// shrink to fit many vCPUs in a small guest).
     #[arg(long, default_value_t = 2)]
     pub vcpus: usize,
     /// Access pattern: uniform, zipf, sequential, churn or trace:FILE (a trace's
@@ -64,19 +68,25 @@ pub struct RunArgs {
     /// Write the whole report as JSON to FILE (`-`: stdout, instead of the tables).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Draw dirty pages per round for each mode as an SVG line chart.
-    #[arg(long, value_name = "FILE.svg")]
+    /// Draw dirty pages per round for each mode as an SVG line chart to FILE.svg (the
+    /// name must end in .svg; `-`: stdout, instead of the tables).
+    #[arg(long, value_name = "FILE.svg", value_parser = crate::outpath::parse_svg_path)]
     pub plot: Option<PathBuf>,
     /// No progress bar and no tables (errors only).
     #[arg(long, short)]
     pub quiet: bool,
     /// Measure write throughput at 1, 2, 4, ... threads up to the core count, next to a
-    /// trivially parallel loop, instead of migrating.
-    #[arg(long)]
+    /// trivially parallel loop, instead of migrating. Uses --mem, --workload (not
+    /// trace:FILE), --zipf-s, --seed, --scaling-secs, --json and --quiet; the migration's
+    /// options (--vcpus, --mode, --rounds, --plot, ...) are refused with it.
+    #[arg(long, conflicts_with_all = [
+        "vcpus", "mode", "rounds", "plot", "bandwidth", "duration", "dirty_rate",
+        "downtime_ms", "churn_rate",
+    ])]
     pub scaling: bool,
-    /// Seconds per thread count for `--scaling`.
-    #[arg(long, default_value_t = 1.0)]
-    pub scaling_secs: f64,
+    /// Seconds per thread count for `--scaling` (only with it; default 1).
+    #[arg(long)]
+    pub scaling_secs: Option<f64>,
 }
 
 impl Default for RunArgs {
@@ -127,6 +137,28 @@ pub fn validate(a: &RunArgs) -> Result<(), String> {
             a.mem
         ));
     }
+    if !matches!(a.workload, Workload::Trace(_)) && a.mem > MAX_GUEST_MEM {
+        return Err(format!(
+            "--mem {}: at most {} GiB ({MAX_GUEST_MEM} bytes): the guest's RAM region must fit \
+             between 0x7e00_0000_0000 and the thread stacks at 0x7ff0_0000_0000 in the 128 TiB \
+             user address space of x86-64 with 4-level paging",
+            a.mem,
+            MAX_GUEST_MEM >> 30
+        ));
+    }
+    if a.scaling && matches!(a.workload, Workload::Trace(_)) {
+        return Err(
+            "--scaling measures the default guest layout: --workload trace:FILE cannot be used with it"
+                .into(),
+        );
+    }
+    if let (Some(j), Some(p)) = (&a.json, &a.plot) {
+        if crate::outpath::is_stdout(j) && crate::outpath::is_stdout(p) {
+            return Err(
+                "--json - and --plot - would both write to stdout: name a file for one".into(),
+            );
+        }
+    }
     if a.vcpus == 0 {
         return Err("--vcpus 0: at least one vCPU is needed to write".into());
     }
@@ -165,11 +197,13 @@ pub fn validate(a: &RunArgs) -> Result<(), String> {
             return Err(format!("--churn-rate {c} must be zero or positive"));
         }
     }
-    if !(a.scaling_secs > 0.0 && a.scaling_secs.is_finite()) {
-        return Err(format!(
-            "--scaling-secs {} must be positive",
-            a.scaling_secs
-        ));
+    if let Some(secs) = a.scaling_secs {
+        if !a.scaling {
+            return Err("--scaling-secs is only used with --scaling".into());
+        }
+        if !(secs > 0.0 && secs.is_finite()) {
+            return Err(format!("--scaling-secs {secs} must be positive"));
+        }
     }
     Ok(())
 }

@@ -54,12 +54,7 @@ use simulate::simulate_with;
 
 fn write_json<T: serde::Serialize>(v: &T, path: &Path) -> Result<(), String> {
     let s = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
-    if path.as_os_str() == "-" {
-        println!("{s}");
-        Ok(())
-    } else {
-        std::fs::write(path, s + "\n").map_err(|e| format!("{}: {e}", path.display()))
-    }
+    crate::outpath::write_text(path, &(s + "\n"))
 }
 
 /// Runs `softdirty run` with `args`.
@@ -68,8 +63,18 @@ pub fn main(args: &RunArgs) -> ExitCode {
         eprintln!("error: {e}\n\nFor more information, try '--help'.");
         return ExitCode::from(2);
     }
-    let json_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
-    let tables = !args.quiet && !json_stdout;
+    // Output files are opened before any work, so that a bad path fails at once.
+    for (flag, p) in [("--json", &args.json), ("--plot", &args.plot)] {
+        if let Some(p) = p {
+            if let Err(e) = crate::outpath::check_writable(flag, p) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let to_stdout =
+        |p: &Option<std::path::PathBuf>| p.as_deref().is_some_and(crate::outpath::is_stdout);
+    let tables = !args.quiet && !to_stdout(&args.json) && !to_stdout(&args.plot);
     let stdout = std::io::stdout();
     if args.scaling {
         let rows = scaling(args);

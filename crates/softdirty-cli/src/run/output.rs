@@ -146,8 +146,25 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Draws dirty pages per round, one line per mode, as SVG.
+/// The point a round contributes to the chart: the pages harvested dirty in a live round
+/// (the bulk copy: everything mapped), and for the stop row the stop-and-copy set (what the
+/// last live round left unsent plus the final harvest), which is what its label says.
+fn plotted_pages(x: &super::Round) -> u64 {
+    if x.phase == "stop" {
+        x.pages_sent
+    } else {
+        x.dirty_pages
+    }
+}
+
+/// Draws dirty pages per round, one line per mode, as SVG, to `path` (`-`: stdout).
 pub fn plot(r: &RunReport, path: &Path) -> Result<(), String> {
+    let svg = plot_svg(r).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::outpath::write_text(path, &svg)
+}
+
+/// The chart of [`plot`] as an SVG document.
+pub fn plot_svg(r: &RunReport) -> Result<String, String> {
     use plotters::prelude::*;
     let max_round = r
         .modes
@@ -159,57 +176,60 @@ pub fn plot(r: &RunReport, path: &Path) -> Result<(), String> {
     let max_dirty = r
         .modes
         .iter()
-        .flat_map(|m| m.rounds.iter().map(|x| x.dirty_pages))
+        .flat_map(|m| m.rounds.iter().map(plotted_pages))
         .max()
         .unwrap_or(1)
         .max(1);
-    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let title = format!(
-        "Dirty pages per pre-copy round ({} guest, {} vCPUs, {})",
-        bytes(r.config.mem),
-        r.config.vcpus,
-        r.config.workload
-    );
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0u32..max_round, (1u64..max_dirty * 2).log_scale())
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("round (0 = bulk copy, last = stop-and-copy)")
-        .y_desc("dirty pages (log)")
-        .draw()
-        .map_err(|e| err(&e))?;
-    let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
-    for (i, m) in r.modes.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let pts: Vec<(u32, u64)> = m
-            .rounds
-            .iter()
-            .map(|x| (x.round, x.dirty_pages.max(1)))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(m.mode.name())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 540)).into_drawing_area();
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let title = format!(
+            "Dirty pages per pre-copy round ({} guest, {} vCPUs, {})",
+            bytes(r.config.mem),
+            r.config.vcpus,
+            r.config.workload
+        );
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0u32..max_round, (1u64..max_dirty * 2).log_scale())
             .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("round (0 = bulk copy, last = stop-and-copy set)")
+            .y_desc("dirty pages (log)")
+            .draw()
+            .map_err(|e| err(&e))?;
+        let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+        for (i, m) in r.modes.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            let pts: Vec<(u32, u64)> = m
+                .rounds
+                .iter()
+                .map(|x| (x.round, plotted_pages(x).max(1)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(m.mode.name())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    Ok(svg)
 }

@@ -88,7 +88,7 @@ pub fn scaling(args: &RunArgs) -> Vec<ScalingRow> {
             }
             k
         };
-        let w = timed_threads(n, args.scaling_secs, &model);
+        let w = timed_threads(n, args.scaling_secs.unwrap_or(1.0), &model);
         let trivial = |i: usize, stop: &AtomicBool| -> u64 {
             let mut a = vec![0u64; 4096];
             let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
@@ -106,7 +106,7 @@ pub fn scaling(args: &RunArgs) -> Vec<ScalingRow> {
             std::hint::black_box(&a);
             k
         };
-        let l = timed_threads(n, args.scaling_secs, &trivial);
+        let l = timed_threads(n, args.scaling_secs.unwrap_or(1.0), &trivial);
         let (w1, l1) = rows
             .first()
             .map_or((w, l), |r| (r.writes_per_s, r.loop_per_s));
@@ -131,7 +131,7 @@ pub(super) fn print_scaling(
         "write scaling: precise, {} guest, workload {}, {} s per point, {} cores",
         bytes(args.mem),
         args.workload,
-        args.scaling_secs,
+        args.scaling_secs.unwrap_or(1.0),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     )?;
     writeln!(
