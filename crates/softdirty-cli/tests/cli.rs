@@ -597,10 +597,12 @@ fn argv() -> impl Strategy<Value = Vec<String>> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
+        // Each case spawns the binary: its own knob, not PROPTEST_CASES (CI sets that to
+        // 10,000 for the model proptests, which would be hours of process spawns here).
+        cases: std::env::var("SOFTDIRTY_CLI_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(32),
+            .unwrap_or(64),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
