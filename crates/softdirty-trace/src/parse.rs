@@ -19,6 +19,9 @@
 //! - Flags and options may come in any order, each at most once; `private`+`shared` and
 //!   `fixed`+`noreplace` conflict. In `mremap`, `=> $name` must come last.
 //! - `mode` is only allowed as the first command.
+//! - (softdirty, bounded input) A line holds at most [`MAX_LINE_BYTES`] bytes besides its
+//!   `\n`, is UTF-8, and holds no control byte but tab and `\r`; [`StatementReader`]
+//!   parses as it reads, one line at a time, and stops at the first malformed line.
 
 use std::collections::HashSet;
 use std::fmt;
