@@ -138,12 +138,16 @@ fn replay_one(file: &std::path::Path, opts: &replay::Options) -> u8 {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut err = std::io::stderr();
+    let mut spooled = |input: &mut dyn std::io::Read| {
+        let (header, spool) = spool_and_validate(input)?;
+        let mut src = parse::StatementReader::new(BufReader::new(spool));
+        Ok(replay::replay_source(
+            &mut src, header, &name, opts, &mut out, &mut err,
+        ))
+    };
     let summary = if file.as_os_str() == "-" {
-        match spool_and_validate(std::io::stdin().lock()) {
-            Ok((header, spool)) => {
-                let mut src = parse::StatementReader::new(BufReader::new(spool));
-                replay::replay_source(&mut src, header, &name, opts, &mut out, &mut err)
-            }
+        match spooled(&mut std::io::stdin().lock()) {
+            Ok(s) => s,
             Err(e) => return fail(e),
         }
     } else {
@@ -155,19 +159,14 @@ fn replay_one(file: &std::path::Path, opts: &replay::Options) -> u8 {
             Ok(m) => m.file_type().is_file(),
             Err(e) => return fail(io(e)),
         };
-        if regular {
-            match replay::replay_reader(BufReader::new(f), &name, opts, &mut out, &mut err) {
-                Ok(s) => s,
-                Err(e) => return fail(e),
-            }
+        let r = if regular {
+            replay::replay_reader(BufReader::new(f), &name, opts, &mut out, &mut err)
         } else {
-            match spool_and_validate(f) {
-                Ok((header, spool)) => {
-                    let mut src = parse::StatementReader::new(BufReader::new(spool));
-                    replay::replay_source(&mut src, header, &name, opts, &mut out, &mut err)
-                }
-                Err(e) => return fail(e),
-            }
+            spooled(&mut { f })
+        };
+        match r {
+            Ok(s) => s,
+            Err(e) => return fail(e),
         }
     };
     let _ = out.flush();

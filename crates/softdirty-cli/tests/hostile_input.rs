@@ -226,3 +226,52 @@ fn stdin_replays_as_the_file_does() {
     }
     assert!(seen >= 4, "only {seen} traces found");
 }
+
+/// `run` and `compare` stream their `trace:FILE` too: `/dev/zero` fails them at once.
+#[test]
+fn run_and_compare_reject_dev_zero_at_once() {
+    for args in [
+        &["run", "--quiet", "--workload", "trace:/dev/zero"][..],
+        &["compare", "--workload", "trace:/dev/zero"][..],
+    ] {
+        let child = Command::new(env!("CARGO_BIN_EXE_softdirty"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        let mut child = child;
+        let mut stderr = String::new();
+        let started = Instant::now();
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: as in `replay`: our unreaped child, valid out-pointers.
+            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+            assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
+            if r == pid {
+                break;
+            }
+            if started.elapsed() > KILL_AFTER {
+                // SAFETY: kill(2) on our unreaped child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(mut e) = child.stderr.take() {
+            e.read_to_string(&mut stderr).unwrap();
+        }
+        let o = Outcome {
+            status: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+            stderr: stderr
+                .split_once("/dev/zero")
+                .map(|(_, rest)| format!("/dev/zero{rest}"))
+                .unwrap_or(stderr.clone()),
+            max_rss_kib: ru.ru_maxrss,
+        };
+        assert_rejected(&o, "/dev/zero", 1, "control byte 0x00");
+    }
+}

@@ -721,6 +721,49 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    /// A file found malformed by the second pass (it changed after the first) stops the
+    /// replay there, with `FILE:LINE:COL` and exit status 2.
+    #[test]
+    fn a_file_that_changed_between_the_passes_is_malformed() {
+        struct Changed(usize);
+        impl Source for Changed {
+            fn next_statement(&mut self) -> Result<Option<Spanned<Statement>>, ReadError> {
+                self.0 += 1;
+                match self.0 {
+                    1 => Ok(Some(Spanned {
+                        line: 1,
+                        col: 1,
+                        node: Statement::Fork("kid".into()),
+                    })),
+                    _ => Err(ReadError::Parse(crate::parse::ParseError {
+                        line: 2,
+                        col: 3,
+                        message: "bad".into(),
+                    })),
+                }
+            }
+            fn expect_err_follows(&mut self) -> Result<bool, ReadError> {
+                Ok(false)
+            }
+        }
+        let (mut out, mut diag) = (vec![], vec![]);
+        let s = replay_source(
+            &mut Changed(0),
+            None,
+            "t",
+            &Options::default(),
+            &mut out,
+            &mut diag,
+        );
+        assert_eq!(s.exit_status(false), 2);
+        assert_eq!(s.commands, 1);
+        let diag = String::from_utf8_lossy(&diag);
+        assert!(
+            diag.starts_with("t:2:3: bad (the file changed after it was validated"),
+            "{diag}"
+        );
+    }
+
     /// The model, except that `scan ... clear` does not clear and says so, as the kernel's
     /// soft-dirty flavour does where it cannot emulate the clear; soft-dirty is then
     /// unobservable until the next `clear_refs 4`.
