@@ -74,6 +74,7 @@ fn replay(
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
+    let _ = std::fs::remove_file(&err_path);
     Outcome {
         status: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         stderr,
