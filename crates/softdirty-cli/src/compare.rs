@@ -431,12 +431,14 @@ pub fn jit_pattern(seed: u64, scale: u32) -> Generated {
 pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
     use softdirty_trace::lower::{bind, lower, Action, Bindings};
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
-    let trace = softdirty_trace::parse::parse_bytes(&bytes).map_err(|e| format!("{name}:{e}"))?;
     let mut g = Gen::new();
     let mut names = Bindings::new();
     let mut main = true;
-    for c in &trace.commands {
+    // Streamed: the file is read line by line, never held (the generated steps are kept);
+    // a malformed line (an invalid byte, an over-long line) fails at once.
+    let reader = softdirty_trace::parse::read_file(path).map_err(|e| e.in_file(&name))?;
+    for c in reader {
+        let c = c.map_err(|e| e.in_file(&name))?;
         let action = lower(&c.node, &names).map_err(|e| format!("{name}:{}: {e}", c.line))?;
         let harvest = |g: &mut Gen| {
             if g.steps.last() != Some(&Step::Harvest) {

@@ -23,7 +23,7 @@ enum Cmd {
     /// Replay trace files (../shared/spec/trace-format.md) and check their expectations.
     Replay {
         /// The trace files, replayed one after the other in this process; the exit status
-        /// is the worst of theirs (the highest number).
+        /// is the worst of theirs (the highest number). `-` is standard input.
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
         /// Mode when the trace has no `mode` header.
@@ -119,29 +119,98 @@ fn main() -> ExitCode {
 }
 
 /// Replays one trace file; its exit status (0 passed, 1 failed, 2 malformed or unreadable,
-/// 3 backend unavailable).
+/// 3 backend unavailable). `-` is standard input.
+///
+/// The file is read twice and never held: the first pass checks every line (nothing
+/// runs if one is malformed, as the contract says), the second runs it. A regular file is
+/// read again through the same descriptor, from its start; anything else (standard
+/// input, a pipe, a character device such as `/dev/stdin`) cannot be read twice, so the
+/// first pass copies what it reads into an anonymous temporary file, which the second
+/// pass reads. Reading stops at the first malformed line (a line that is not UTF-8,
+/// holds a control byte or is longer than `parse::MAX_LINE_BYTES`), so `/dev/zero` or an
+/// endless line fails at once with `FILE:LINE:COL`.
 fn replay_one(file: &std::path::Path, opts: &replay::Options) -> u8 {
+    use std::io::BufReader;
     let name = file.display().to_string();
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("{name}: {e}");
-            return 2;
-        }
+    let fail = |e: parse::ReadError| {
+        eprintln!("{}", e.in_file(&name));
+        2
     };
-    let trace = match parse::parse_bytes(&bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{name}:{e}");
-            return 2;
-        }
-    };
+    let io = parse::ReadError::Io;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut err = std::io::stderr();
-    let summary = replay::replay(&trace, &name, opts, &mut out, &mut err);
+    let mut spooled = |input: &mut dyn std::io::Read| {
+        let (header, spool) = spool_and_validate(input)?;
+        let mut src = parse::StatementReader::new(BufReader::new(spool));
+        Ok(replay::replay_source(
+            &mut src, header, &name, opts, &mut out, &mut err,
+        ))
+    };
+    let summary = if file.as_os_str() == "-" {
+        match spooled(&mut std::io::stdin().lock()) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        }
+    } else {
+        let f = match std::fs::File::open(file) {
+            Ok(f) => f,
+            Err(e) => return fail(io(e)),
+        };
+        let regular = match f.metadata() {
+            Ok(m) => m.file_type().is_file(),
+            Err(e) => return fail(io(e)),
+        };
+        let r = if regular {
+            replay::replay_reader(BufReader::new(f), &name, opts, &mut out, &mut err)
+        } else {
+            spooled(&mut { f })
+        };
+        match r {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        }
+    };
     let _ = out.flush();
     summary.exit_status(opts.allow_errors) as u8
+}
+
+/// The first pass of a replay of an input that cannot be read twice: checks every line
+/// of `input` while copying it into an anonymous temporary file; returns the `mode`
+/// header and the copy, at its start.
+///
+/// The copy is `tempfile::tempfile()`: on Linux an `O_TMPFILE` file in the temporary
+/// directory (else one created and unlinked at once), so it has no name, is never left
+/// behind, even when the process is killed, and lives on the temporary directory's
+/// filesystem, not in this process's memory (a `memfd` would be shmem: RAM or swap).
+fn spool_and_validate(
+    input: impl std::io::Read,
+) -> Result<(Option<softdirty::mode::Mode>, std::fs::File), parse::ReadError> {
+    use std::io::{BufReader, Seek, SeekFrom};
+    let io = parse::ReadError::Io;
+    let spool = tempfile::tempfile().map_err(io)?;
+    let mut tee = Tee {
+        input,
+        copy: std::io::BufWriter::new(spool),
+    };
+    let header = parse::StatementReader::new(BufReader::new(&mut tee)).validate()?;
+    let mut spool = tee.copy.into_inner().map_err(|e| io(e.into_error()))?;
+    spool.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok((header, spool))
+}
+
+/// A reader that writes what it reads to `copy`.
+struct Tee<R, W> {
+    input: R,
+    copy: W,
+}
+
+impl<R: std::io::Read, W: Write> std::io::Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.input.read(buf)?;
+        self.copy.write_all(buf.get(..n).unwrap_or_default())?;
+        Ok(n)
+    }
 }
 
 fn softdirty_demo() {

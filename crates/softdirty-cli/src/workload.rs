@@ -319,13 +319,15 @@ pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, St
     use softdirty::backend::Command;
     use softdirty_trace::lower::{bind, lower, Action, Bindings};
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
-    let trace = softdirty_trace::parse::parse_bytes(&bytes).map_err(|e| format!("{name}:{e}"))?;
     let scratch = AddressSpace::new(softdirty::mode::Mode::Precise);
     let mut names = Bindings::new();
     let mut current_main = true;
     let mut setup = Vec::new();
-    for c in &trace.commands {
+    // Streamed: the file is read line by line, never held; a malformed line (an invalid
+    // byte, an over-long line) fails at once, and nothing here has effects outside.
+    let reader = softdirty_trace::parse::read_file(path).map_err(|e| e.in_file(&name))?;
+    for c in reader {
+        let c = c.map_err(|e| e.in_file(&name))?;
         // A command whose address cannot be resolved (its `$name`'s mmap failed) is
         // skipped, as its replay would be.
         let Ok(action) = lower(&c.node, &names) else {

@@ -19,9 +19,13 @@
 //! - Flags and options may come in any order, each at most once; `private`+`shared` and
 //!   `fixed`+`noreplace` conflict. In `mremap`, `=> $name` must come last.
 //! - `mode` is only allowed as the first command.
+//! - (softdirty, bounded input) A line holds at most [`MAX_LINE_BYTES`] bytes besides its
+//!   `\n`, is UTF-8, and holds no control byte but tab and `\r`; [`StatementReader`]
+//!   parses as it reads, one line at a time, and stops at the first malformed line.
 
 use std::collections::HashSet;
 use std::fmt;
+use std::io::{BufRead, Read, Seek};
 
 use super::ast::{
     Addr, AddrBase, Advice, Cats, Expect, MmapTarget, PageSet, ScanCmd, Spanned, Statement, Trace,
@@ -51,40 +55,259 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// The longest line a trace may have, in bytes, not counting the `\n` that ends it (a
+/// softdirty addition to the contract, `docs/trace-format.md`). A longer line is
+/// malformed, at the column of its first character past the limit; [`StatementReader`]
+/// detects it having read at most this many bytes of the line plus one.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
 /// Parses a whole trace.
 ///
 /// Returns the first error of the file (in line order) if any line is malformed.
 pub fn parse(text: &str) -> Result<Trace, ParseError> {
     let mut p = Parser::default();
+    let mut commands = Vec::new();
     for (i, line) in text.split('\n').enumerate() {
-        p.line(i + 1, line)?;
+        let line = check_line(i + 1, line.as_bytes())?;
+        commands.extend(p.line(i + 1, line)?);
     }
-    Ok(p.finish())
+    Ok(p.finish(commands))
 }
 
 /// Like [`parse`], but takes raw bytes: invalid UTF-8 is a [`ParseError`] at its
 /// line/column, never a panic.
 pub fn parse_bytes(bytes: &[u8]) -> Result<Trace, ParseError> {
     let mut p = Parser::default();
+    let mut commands = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = match std::str::from_utf8(raw) {
-            Ok(s) => s,
-            Err(e) => {
-                let valid = raw.get(..e.valid_up_to()).unwrap_or_default();
-                let col = std::str::from_utf8(valid).map_or(0, |s| s.chars().count()) + 1;
-                let bad = raw
-                    .get(e.valid_up_to())
-                    .map_or_else(String::new, |b| format!(" (byte 0x{b:02x})"));
-                return Err(ParseError {
-                    line: i + 1,
-                    col,
-                    message: format!("expected UTF-8 text, found an invalid byte sequence{bad}"),
-                });
-            }
-        };
-        p.line(i + 1, line)?;
+        let line = check_line(i + 1, raw)?;
+        commands.extend(p.line(i + 1, line)?);
     }
-    Ok(p.finish())
+    Ok(p.finish(commands))
+}
+
+/// The lexical checks of one line (without its `\n`), made before it is tokenized: it
+/// must be UTF-8, hold no control byte other than tab and carriage return (a trailing
+/// `\r` ends a CRLF line; elsewhere it stays part of a token, as before), and be at most
+/// [`MAX_LINE_BYTES`] long. The first offending byte of the line is reported. Only the
+/// first `MAX_LINE_BYTES` bytes are looked at, so a caller may pass a line cut after
+/// `MAX_LINE_BYTES + 1` bytes and get the same answer as for the whole line.
+fn check_line(no: usize, raw: &[u8]) -> Result<&str, ParseError> {
+    let long = raw.len() > MAX_LINE_BYTES;
+    let head = raw.get(..MAX_LINE_BYTES).unwrap_or(raw);
+    let (valid, utf8_err) = match std::str::from_utf8(head) {
+        Ok(s) => (s, None),
+        Err(e) => (
+            std::str::from_utf8(head.get(..e.valid_up_to()).unwrap_or_default())
+                .unwrap_or_default(),
+            // A sequence cut by the limit is not an error of its own: the line is too long.
+            (e.error_len().is_some() || !long).then_some(e.valid_up_to()),
+        ),
+    };
+    let col_of = |byte: usize| valid.get(..byte).map_or(0, |s| s.chars().count()) + 1;
+    if let Some(at) = valid
+        .bytes()
+        .position(|b| (b < 0x20 && b != b'\t' && b != b'\r') || b == 0x7f)
+    {
+        let b = valid.as_bytes().get(at).copied().unwrap_or_default();
+        return Err(ParseError {
+            line: no,
+            col: col_of(at),
+            message: format!(
+                "expected text, found the control byte 0x{b:02x} (only tab and a line's \
+                 final carriage return are allowed)"
+            ),
+        });
+    }
+    if let Some(at) = utf8_err {
+        let bad = head
+            .get(at)
+            .map_or_else(String::new, |b| format!(" (byte 0x{b:02x})"));
+        return Err(ParseError {
+            line: no,
+            col: col_of(at),
+            message: format!("expected UTF-8 text, found an invalid byte sequence{bad}"),
+        });
+    }
+    if long {
+        return Err(ParseError {
+            line: no,
+            col: col_of(valid.len()),
+            message: format!("line too long: a line may hold at most {MAX_LINE_BYTES} bytes"),
+        });
+    }
+    Ok(valid)
+}
+
+/// A [`StatementReader`] of the file at `path`.
+pub fn read_file(
+    path: &std::path::Path,
+) -> Result<StatementReader<std::io::BufReader<std::fs::File>>, ReadError> {
+    let f = std::fs::File::open(path).map_err(ReadError::Io)?;
+    Ok(StatementReader::new(std::io::BufReader::new(f)))
+}
+
+/// An error of [`StatementReader`]: the input could not be read, or a line is malformed.
+#[derive(Debug)]
+pub enum ReadError {
+    /// reading failed
+    Io(std::io::Error),
+    /// a malformed line
+    Parse(ParseError),
+}
+
+impl ReadError {
+    /// The message as the tools print it for the file `name`: `NAME: io error` or
+    /// `NAME:LINE:COL: message`.
+    pub fn in_file(&self, name: &str) -> String {
+        match self {
+            ReadError::Io(e) => format!("{name}: {e}"),
+            ReadError::Parse(e) => format!("{name}:{e}"),
+        }
+    }
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::Parse(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// A place in a [`StatementReader`]'s input (bytes read and lines counted since its
+/// start), to come back to with [`StatementReader::rewind`].
+#[derive(Clone, Copy, Debug)]
+pub struct Checkpoint {
+    pos: u64,
+    line: usize,
+}
+
+/// Parses a trace as it reads it, one line at a time: the streaming form of
+/// [`parse_bytes`], with the same statements and the same errors at the same lines and
+/// columns. It holds one line (at most [`MAX_LINE_BYTES`] + 1 bytes) and the set of names
+/// bound so far, never the file: a line that is not UTF-8, holds a control byte or is too
+/// long is reported as soon as it is read, and nothing past it is parsed. After the first
+/// error the iterator ends.
+pub struct StatementReader<R> {
+    src: R,
+    parser: Parser,
+    line: usize,
+    buf: Vec<u8>,
+    /// bytes read from `src` since the start
+    consumed: u64,
+    done: bool,
+}
+
+impl<R: BufRead> StatementReader<R> {
+    /// A reader of the trace `src`.
+    pub fn new(src: R) -> Self {
+        StatementReader {
+            src,
+            parser: Parser::default(),
+            line: 0,
+            buf: Vec::new(),
+            consumed: 0,
+            done: false,
+        }
+    }
+
+    /// The trace's `mode` header, once its first command has been read.
+    pub fn mode(&self) -> Option<Mode> {
+        self.parser.mode
+    }
+
+    /// The number of the last line read.
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
+    /// Where the reader is now, to come back to with [`StatementReader::rewind`].
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            pos: self.consumed,
+            line: self.line,
+        }
+    }
+
+    /// Reads the rest of the input, checking every line, and returns the `mode` header:
+    /// what [`parse_bytes`] accepts, without keeping the statements.
+    pub fn validate(mut self) -> Result<Option<Mode>, ReadError> {
+        for s in &mut self {
+            s?;
+        }
+        Ok(self.parser.mode)
+    }
+
+    /// The next line, without its `\n`, cut after `MAX_LINE_BYTES + 1` bytes if longer.
+    fn read_line(&mut self) -> std::io::Result<bool> {
+        self.buf.clear();
+        let cap = MAX_LINE_BYTES as u64 + 1;
+        let n = (&mut self.src).take(cap).read_until(b'\n', &mut self.buf)?;
+        self.consumed += n as u64;
+        if n == 0 {
+            return Ok(false);
+        }
+        if self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+        }
+        Ok(true)
+    }
+
+    fn next_statement(&mut self) -> Result<Option<Spanned<Statement>>, ReadError> {
+        loop {
+            if !self.read_line().map_err(ReadError::Io)? {
+                return Ok(None);
+            }
+            self.line += 1;
+            let text = check_line(self.line, &self.buf).map_err(ReadError::Parse)?;
+            if let Some(s) = self
+                .parser
+                .line(self.line, text)
+                .map_err(ReadError::Parse)?
+            {
+                return Ok(Some(s));
+            }
+        }
+    }
+}
+
+impl<R: BufRead + Seek> StatementReader<R> {
+    /// Goes back to `cp` (of this reader): the statements after it are read again. Names
+    /// bound in between stay bound, which changes nothing for statements that were valid
+    /// there the first time. (`seek_relative`: a `BufReader` keeps its buffer when it can.)
+    pub fn rewind(&mut self, cp: Checkpoint) -> std::io::Result<()> {
+        let back = i64::try_from(self.consumed - cp.pos).map_err(std::io::Error::other)?;
+        self.src.seek_relative(-back)?;
+        self.consumed = cp.pos;
+        self.line = cp.line;
+        self.done = false;
+        Ok(())
+    }
+}
+
+impl<R: BufRead> Iterator for StatementReader<R> {
+    type Item = Result<Spanned<Statement>, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.next_statement() {
+            Ok(Some(s)) => Some(Ok(s)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -330,7 +553,6 @@ const SCAN_OPTIONS: &[&str] = &[
 #[derive(Default)]
 struct Parser {
     mode: Option<Mode>,
-    commands: Vec<Spanned<Statement>>,
     /// Whether a command (including `mode`) has been seen.
     seen_command: bool,
     /// Names bound on earlier lines.
@@ -338,18 +560,20 @@ struct Parser {
 }
 
 impl Parser {
-    fn finish(self) -> Trace {
+    fn finish(self, commands: Vec<Spanned<Statement>>) -> Trace {
         Trace {
             mode: self.mode,
-            commands: self.commands,
+            commands,
         }
     }
 
-    fn line(&mut self, no: usize, text: &str) -> Result<(), ParseError> {
+    /// Parses line `no` (already through [`check_line`]): its statement, if it has one
+    /// (`None` for a blank or comment line and for the `mode` header).
+    fn line(&mut self, no: usize, text: &str) -> Result<Option<Spanned<Statement>>, ParseError> {
         let text = text.strip_suffix('\r').unwrap_or(text);
         let (toks, end_col) = lex(text);
         if toks.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut c = Cursor {
             line: no,
@@ -384,7 +608,7 @@ impl Parser {
                 })?;
                 c.end()?;
                 self.mode = Some(m);
-                return Ok(());
+                return Ok(None);
             }
             "space" => Statement::Space(self.space_name(&mut c, "NAME")?),
             "fork" => Statement::Fork(self.space_name(&mut c, "CHILD")?),
@@ -455,13 +679,12 @@ impl Parser {
             }
         };
         c.end()?;
-        self.commands.push(Spanned {
+        self.bound.extend(binds);
+        Ok(Some(Spanned {
             line: no,
             col: first.col,
             node: cmd,
-        });
-        self.bound.extend(binds);
-        Ok(())
+        }))
     }
 
     fn space_name(&self, c: &mut Cursor<'_>, what: &str) -> Result<String, ParseError> {
@@ -1801,6 +2024,125 @@ mod tests {
         assert_eq!(parse_bytes(b"write 1\r\n").map(|t| t.commands.len()), Ok(1));
     }
 
+    #[test]
+    fn err_control_bytes() {
+        let e = parse_bytes(b"write 0x1000\nwr\0ite 1\n").unwrap_err();
+        assert_eq!((e.line, e.col), (2, 3), "{e}");
+        assert!(e.message.contains("control byte 0x00"), "{e}");
+        // In a comment too, and DEL; columns count characters.
+        bad("write 1 # \u{1b}[0m", 1, 11, "control byte 0x1b");
+        bad("\u{e9}\u{7f}", 1, 2, "control byte 0x7f");
+        // Tab and carriage returns are not control bytes here (a lone \r is a token's).
+        assert_eq!(parse("\twrite 1\r\n").map(|t| t.commands.len()), Ok(1));
+        // The first offending byte of the line wins.
+        let e = parse_bytes(b"\xff\x01").unwrap_err();
+        assert!(e.message.contains("UTF-8"), "{e}");
+        let e = parse_bytes(b"\x01\xff").unwrap_err();
+        assert!(e.message.contains("control"), "{e}");
+    }
+
+    #[test]
+    fn err_line_too_long() {
+        let max = "#".repeat(MAX_LINE_BYTES);
+        assert_eq!(
+            parse(&format!("{max}\nwrite 1")).map(|t| t.commands.len()),
+            Ok(1)
+        );
+        bad(
+            &format!("write 1\n{max}#"),
+            2,
+            MAX_LINE_BYTES + 1,
+            "line too long",
+        );
+        // Columns are characters; a character cut by the limit starts the excess.
+        let e = parse(&format!("{}\u{e9}", "#".repeat(MAX_LINE_BYTES - 1))).unwrap_err();
+        assert_eq!((e.line, e.col), (1, MAX_LINE_BYTES), "{e}");
+        assert!(e.message.contains("line too long"), "{e}");
+        // An invalid byte before the limit is reported first.
+        let mut b = vec![b'#'; MAX_LINE_BYTES + 10];
+        b[5] = 0xff;
+        let e = parse_bytes(&b).unwrap_err();
+        assert_eq!((e.line, e.col), (1, 6), "{e}");
+    }
+
+    /// A reader that fails the test if more than `limit` bytes are read from it.
+    struct Endless {
+        byte: u8,
+        read: usize,
+        limit: usize,
+    }
+
+    impl std::io::Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.read += buf.len();
+            assert!(self.read <= self.limit, "read {} bytes", self.read);
+            buf.fill(self.byte);
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn reader_stops_at_the_bad_line() {
+        for (byte, col, msg) in [
+            (0u8, 1, "control byte 0x00"),
+            (0xff, 1, "UTF-8"),
+            (b'#', MAX_LINE_BYTES + 1, "line too long"),
+        ] {
+            let src = std::io::BufReader::new(Endless {
+                byte,
+                read: 0,
+                limit: MAX_LINE_BYTES + 16 * 1024,
+            });
+            let mut r = StatementReader::new(src);
+            match r.next() {
+                Some(Err(ReadError::Parse(e))) => {
+                    assert_eq!((e.line, e.col), (1, col), "{e}");
+                    assert!(e.message.contains(msg), "{e}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(r.next().is_none());
+        }
+    }
+
+    #[test]
+    fn reader_rewinds() {
+        let text = "mode legacy\nmmap $a 1p rw\nexpect ok\n\nexpect err EINVAL\nwrite $a\n";
+        let mut r = StatementReader::new(std::io::Cursor::new(text.as_bytes()));
+        let first = r.next().and_then(Result::ok).map(|s| s.line);
+        assert_eq!((first, r.mode()), (Some(2), Some(Mode::Legacy)));
+        let cp = r.checkpoint();
+        let lines: Vec<usize> = (&mut r).map(|s| s.map(|s| s.line).unwrap_or(0)).collect();
+        assert_eq!(lines, [3, 5, 6]);
+        r.rewind(cp).unwrap();
+        assert_eq!(r.next().and_then(Result::ok).map(|s| s.line), Some(3));
+    }
+
+    /// The statements and the error of a [`StatementReader`] over `bytes`, read through a
+    /// tiny buffer so that lines straddle refills.
+    fn streamed(bytes: &[u8]) -> Result<Trace, ParseError> {
+        let mut r = StatementReader::new(std::io::BufReader::with_capacity(3, bytes));
+        let mut commands = Vec::new();
+        for s in &mut r {
+            match s {
+                Ok(s) => commands.push(s),
+                Err(ReadError::Parse(e)) => return Err(e),
+                Err(ReadError::Io(e)) => panic!("{e}"),
+            }
+        }
+        Ok(Trace {
+            mode: r.mode(),
+            commands,
+        })
+    }
+
+    #[test]
+    fn shipped_traces_stream() {
+        for (name, text) in TRACES {
+            assert_eq!(streamed(text.as_bytes()), parse(text), "{name}");
+        }
+    }
+
     // ---- properties ----
 
     const VOCAB: &[&str] = &[
@@ -1923,6 +2265,7 @@ mod tests {
     fn check(text: &str) {
         let r = parse(text);
         assert_eq!(parse_bytes(text.as_bytes()), r);
+        assert_eq!(streamed(text.as_bytes()), r);
         if let Err(e) = r {
             let lines: Vec<&str> = text.split('\n').collect();
             assert!(e.line >= 1 && e.line <= lines.len(), "{e}");
@@ -1936,6 +2279,11 @@ mod tests {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse_bytes(&bytes);
+        }
+
+        #[test]
+        fn streaming_agrees_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert_eq!(streamed(&bytes), parse_bytes(&bytes));
         }
 
         #[test]

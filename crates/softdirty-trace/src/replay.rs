@@ -14,11 +14,12 @@
 //! clear the kernel's soft-dirty flavour cannot emulate, [`Backend::take_scan_skip`]).
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufRead, Seek, SeekFrom, Write};
 
-use super::ast::{Addr, Expect, PageSet, Statement, Trace};
+use super::ast::{Addr, Expect, PageSet, Spanned, Statement, Trace};
 use super::lower::{bind, lower, Action};
 pub use super::lower::{pagemap_pages, scan_args};
+use super::parse::{ReadError, StatementReader};
 pub use softdirty::backend::{
     Backend, BackendChoice, Command, KernelFlavour, ModelBackend, OpResult, Outcome, Unobservable,
 };
@@ -69,6 +70,9 @@ pub struct Summary {
     pub backend: Option<String>,
     /// the backend could not start: why (exit status 3)
     pub unavailable: Option<String>,
+    /// a two-pass replay ([`replay_reader`]) could not read its file again, or found it
+    /// changed since it was validated: why (the replay stopped there; exit status 2)
+    pub reread_error: Option<String>,
 }
 
 impl Summary {
@@ -76,6 +80,8 @@ impl Summary {
     pub fn exit_status(&self, allow_errors: bool) -> i32 {
         if self.unavailable.is_some() {
             3
+        } else if self.reread_error.is_some() {
+            2
         } else if self.failed > 0 || (!allow_errors && self.unexpected_errors > 0) {
             1
         } else {
@@ -102,7 +108,114 @@ pub fn replay(
     out: &mut dyn Write,
     diag: &mut dyn Write,
 ) -> Summary {
-    let mode = trace.mode.unwrap_or(opts.mode);
+    let mut src = TraceSource {
+        cmds: &trace.commands,
+        next: 0,
+    };
+    replay_source(&mut src, trace.mode, file, opts, out, diag)
+}
+
+/// Where a replay takes its statements from, in file order: a parsed [`Trace`], or a
+/// [`StatementReader`] over a file that was validated before (two passes, so that a
+/// replay holds the model's state and the bindings but never the file; see
+/// [`replay_reader`]).
+pub trait Source {
+    /// The next statement; `Ok(None)` at the end. An error (the file could not be read
+    /// again, or changed since it was validated) ends the replay, malformed.
+    fn next_statement(&mut self) -> Result<Option<Spanned<Statement>>, ReadError>;
+    /// Whether an `expect err` is among the expectations that directly follow the
+    /// statement last returned (before the next command), without consuming them.
+    fn expect_err_follows(&mut self) -> Result<bool, ReadError>;
+}
+
+/// A parsed trace as a [`Source`].
+struct TraceSource<'a> {
+    cmds: &'a [Spanned<Statement>],
+    next: usize,
+}
+
+impl Source for TraceSource<'_> {
+    fn next_statement(&mut self) -> Result<Option<Spanned<Statement>>, ReadError> {
+        let c = self.cmds.get(self.next).cloned();
+        self.next += 1;
+        Ok(c)
+    }
+
+    fn expect_err_follows(&mut self) -> Result<bool, ReadError> {
+        Ok(self
+            .cmds
+            .get(self.next..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|n| matches!(n.node, Statement::Expect(_)))
+            .any(|n| matches!(n.node, Statement::Expect(Expect::Err(_)))))
+    }
+}
+
+/// A [`StatementReader`] over a seekable input as a [`Source`]: the lookahead of
+/// [`Source::expect_err_follows`] reads on and rewinds, so that it holds no statements.
+impl<R: BufRead + Seek> Source for StatementReader<R> {
+    fn next_statement(&mut self) -> Result<Option<Spanned<Statement>>, ReadError> {
+        self.next().transpose()
+    }
+
+    fn expect_err_follows(&mut self) -> Result<bool, ReadError> {
+        let cp = self.checkpoint();
+        let mut found = false;
+        for s in &mut *self {
+            match s?.node {
+                Statement::Expect(Expect::Err(_)) => {
+                    found = true;
+                    break;
+                }
+                Statement::Expect(_) => {}
+                _ => break,
+            }
+        }
+        self.rewind(cp).map_err(ReadError::Io)?;
+        Ok(found)
+    }
+}
+
+/// Replays the trace read by `input` (a seekable file: a regular file, or the copy of a
+/// pipe), in two passes: the first reads it all and checks every line, as [`parse_bytes`]
+/// does, and nothing runs if a line is malformed (the error, `FILE:LINE:COL: message`,
+/// is returned); the second reads it again from the start and runs it, as [`replay`]
+/// runs a parsed trace, with the same output. Memory is that of the backend, the
+/// bindings and one line, whatever the size of the file.
+///
+/// [`parse_bytes`]: crate::parse::parse_bytes
+pub fn replay_reader<R: BufRead + Seek>(
+    mut input: R,
+    file: &str,
+    opts: &Options,
+    out: &mut dyn Write,
+    diag: &mut dyn Write,
+) -> Result<Summary, ReadError> {
+    let start = input.stream_position().map_err(ReadError::Io)?;
+    let header = StatementReader::new(&mut input).validate()?;
+    input.seek(SeekFrom::Start(start)).map_err(ReadError::Io)?;
+    Ok(replay_source(
+        &mut StatementReader::new(input),
+        header,
+        file,
+        opts,
+        out,
+        diag,
+    ))
+}
+
+/// Replays the statements of `src` (a trace whose header is `header`, already validated)
+/// against the backend `opts` chooses, as [`replay`] does.
+pub fn replay_source(
+    src: &mut dyn Source,
+    header: Option<Mode>,
+    file: &str,
+    opts: &Options,
+    out: &mut dyn Write,
+    diag: &mut dyn Write,
+) -> Summary {
+    let mode = header.unwrap_or(opts.mode);
     match softdirty::backend::open(opts.backend, mode) {
         Ok(mut b) => {
             // Each kernel flavour reproduces one mode: say so when the trace is in another.
@@ -120,7 +233,7 @@ pub fn replay(
                     b.name().trim_start_matches("kernel=")
                 );
             }
-            let mut s = replay_on(trace, file, b.as_mut(), mode, opts.allow_errors, out, diag);
+            let mut s = replay_on_source(src, file, b.as_mut(), mode, opts.allow_errors, out, diag);
             if opts.backend != BackendChoice::Model {
                 s.backend = Some(b.name());
             }
@@ -148,6 +261,23 @@ pub fn replay_on(
     out: &mut dyn Write,
     diag: &mut dyn Write,
 ) -> Summary {
+    let mut src = TraceSource {
+        cmds: &trace.commands,
+        next: 0,
+    };
+    replay_on_source(&mut src, file, backend, mode, allow_errors, out, diag)
+}
+
+/// [`replay_on`] for the statements of `src`.
+pub fn replay_on_source(
+    src: &mut dyn Source,
+    file: &str,
+    backend: &mut dyn Backend,
+    mode: Mode,
+    allow_errors: bool,
+    out: &mut dyn Write,
+    diag: &mut dyn Write,
+) -> Summary {
     let is_model = backend.name().starts_with("model");
     let mut r = Replayer {
         backend,
@@ -162,9 +292,16 @@ pub fn replay_on(
         },
         file,
     };
-    let cmds = &trace.commands;
     let mut last_outcome: Option<(usize, Status)> = None;
-    for (k, c) in cmds.iter().enumerate() {
+    loop {
+        let c = match src.next_statement() {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                r.reread_failed(&e, diag);
+                break;
+            }
+        };
         r.summary.commands += 1;
         if let Statement::Expect(e) = &c.node {
             r.expect(c.line, e, last_outcome.as_ref(), diag);
@@ -174,29 +311,35 @@ pub fn replay_on(
         if let Some(why) = r.scan_skip.take() {
             r.skip(c.line, format!("scan ... clear: {why}"), diag);
         }
-        // An error is expected if an `expect err` follows before the next command.
-        let expected_err = cmds[k + 1..]
-            .iter()
-            .take_while(|n| matches!(n.node, Statement::Expect(_)))
-            .any(|n| matches!(n.node, Statement::Expect(Expect::Err(_))));
         match &outcome {
-            Status::Err(e) if !expected_err => {
-                r.summary.unexpected_errors += 1;
-                let kind = if allow_errors { "warning" } else { "error" };
-                let _ = writeln!(
-                    diag,
-                    "{}:{}: {kind}: unexpected {} from `{}`",
-                    file,
-                    c.line,
-                    e.name(),
-                    describe(&c.node)
-                );
+            // An error is expected if an `expect err` follows before the next command
+            // (looked up only when it matters: a source may have to read ahead for it).
+            Status::Err(e) => {
+                let expected_err = match src.expect_err_follows() {
+                    Ok(x) => x,
+                    Err(e) => {
+                        r.reread_failed(&e, diag);
+                        break;
+                    }
+                };
+                if !expected_err {
+                    r.summary.unexpected_errors += 1;
+                    let kind = if allow_errors { "warning" } else { "error" };
+                    let _ = writeln!(
+                        diag,
+                        "{}:{}: {kind}: unexpected {} from `{}`",
+                        file,
+                        c.line,
+                        e.name(),
+                        describe(&c.node)
+                    );
+                }
             }
             Status::Broken(msg) => {
                 r.summary.unexpected_errors += 1;
                 let _ = writeln!(diag, "{}:{}: error: {msg}", file, c.line);
             }
-            _ => {}
+            Status::Ok => {}
         }
         last_outcome = Some((c.line, outcome));
     }
@@ -289,6 +432,20 @@ struct Replayer<'a> {
 }
 
 impl Replayer<'_> {
+    /// The second pass of a two-pass replay could not read the file again, or found a
+    /// malformed line (the file changed since it was validated).
+    fn reread_failed(&mut self, e: &ReadError, diag: &mut dyn Write) {
+        let msg = match e {
+            ReadError::Io(_) => e.in_file(self.file),
+            ReadError::Parse(_) => format!(
+                "{} (the file changed after it was validated; the replay stops here)",
+                e.in_file(self.file)
+            ),
+        };
+        let _ = writeln!(diag, "{msg}");
+        self.summary.reread_error = Some(msg);
+    }
+
     fn addr(&self, a: &Addr) -> Result<u64, String> {
         a.resolve(&self.names)
     }
@@ -559,6 +716,86 @@ mod tests {
     use softdirty::mm;
     use softdirty::prot::Prot;
     use softdirty::scan::ScanArgs;
+
+    /// Two passes over a seekable input give what one parsed trace gives: the same
+    /// output, diagnostics and summary, including where the lookahead for `expect err`
+    /// crosses comments, blank lines and other expectations.
+    #[test]
+    fn replay_reader_matches_replay() {
+        let texts = [
+            include_str!("../../../../shared/traces/errno-basics.trace"),
+            include_str!("../../../../shared/traces/quickstart.trace"),
+            "mode legacy\nmmap 0x10_0000_0000 4p rw noreplace\nmmap 0x10_0000_0000 1p rw noreplace\n\
+             # a comment\n\nexpect ok\nexpect err EEXIST\nmunmap 3 1p\nexpect ok\n\
+             mprotect 0x10_0000_0000 1p rw\nmunmap 3 1p\nwrite 0x20_0000_0000\n\
+             pagemap 0x10_0000_0000 2p\nexpect err EINVAL",
+        ];
+        for text in texts {
+            let t = crate::parse::parse(text).unwrap();
+            for allow_errors in [false, true] {
+                let opts = Options {
+                    allow_errors,
+                    ..Options::default()
+                };
+                let (mut o1, mut d1, mut o2, mut d2) = (vec![], vec![], vec![], vec![]);
+                let s1 = replay(&t, "t", &opts, &mut o1, &mut d1);
+                let input = std::io::BufReader::with_capacity(5, std::io::Cursor::new(text));
+                let s2 = replay_reader(input, "t", &opts, &mut o2, &mut d2).unwrap();
+                assert_eq!(s1, s2);
+                assert_eq!(String::from_utf8_lossy(&o1), String::from_utf8_lossy(&o2));
+                assert_eq!(String::from_utf8_lossy(&d1), String::from_utf8_lossy(&d2));
+            }
+        }
+        // Nothing runs when a line is malformed: the error of the first pass.
+        let mut out = vec![];
+        let bad = std::io::Cursor::new("pagemap 0 1p\nwrite 1\n\u{0}\n");
+        let e = replay_reader(bad, "t", &Options::default(), &mut out, &mut vec![]).unwrap_err();
+        assert_eq!(e.in_file("t"), "t:3:1: expected text, found the control byte 0x00 (only tab and a line's final carriage return are allowed)");
+        assert!(out.is_empty());
+    }
+
+    /// A file found malformed by the second pass (it changed after the first) stops the
+    /// replay there, with `FILE:LINE:COL` and exit status 2.
+    #[test]
+    fn a_file_that_changed_between_the_passes_is_malformed() {
+        struct Changed(usize);
+        impl Source for Changed {
+            fn next_statement(&mut self) -> Result<Option<Spanned<Statement>>, ReadError> {
+                self.0 += 1;
+                match self.0 {
+                    1 => Ok(Some(Spanned {
+                        line: 1,
+                        col: 1,
+                        node: Statement::Fork("kid".into()),
+                    })),
+                    _ => Err(ReadError::Parse(crate::parse::ParseError {
+                        line: 2,
+                        col: 3,
+                        message: "bad".into(),
+                    })),
+                }
+            }
+            fn expect_err_follows(&mut self) -> Result<bool, ReadError> {
+                Ok(false)
+            }
+        }
+        let (mut out, mut diag) = (vec![], vec![]);
+        let s = replay_source(
+            &mut Changed(0),
+            None,
+            "t",
+            &Options::default(),
+            &mut out,
+            &mut diag,
+        );
+        assert_eq!(s.exit_status(false), 2);
+        assert_eq!(s.commands, 1);
+        let diag = String::from_utf8_lossy(&diag);
+        assert!(
+            diag.starts_with("t:2:3: bad (the file changed after it was validated"),
+            "{diag}"
+        );
+    }
 
     /// The model, except that `scan ... clear` does not clear and says so, as the kernel's
     /// soft-dirty flavour does where it cannot emulate the clear; soft-dirty is then
