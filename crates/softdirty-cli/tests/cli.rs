@@ -33,6 +33,8 @@ impl Out {
 
 /// Runs the binary with `args` in `dir` (a scratch directory: relative outputs land
 /// there); kills it after 30 s (a hang guard only, never an assertion on time).
+// The child is reaped by `wait4` (for its peak RSS), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn sd_in(dir: &Path, args: &[&str]) -> Out {
     let mut child = Command::new(env!("CARGO_BIN_EXE_softdirty"))
         .args(args)
