@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin=target/release/softdirty
+bin="${SOFTDIRTY_BIN:-target/release/softdirty}"
 [[ -x $bin ]] || cargo build --release -p softdirty-cli --bin softdirty
 dir="${TMPDIR:-/tmp}/softdirty-scale-probe"
 mkdir -p "$dir"

@@ -32,6 +32,10 @@ twins! {
     NO_DRAIN = "no_drain" => "bitmap_protocol:merge_vs_write";
     /// bitmap/drain.rs `seal_and_drain`: the drain ignores `DrainRule::DirtyPopulated`.
     NO_DRAIN_RULE = "no_drain_rule" => "bitmap_protocol:mremap_vs_faults";
+    /// bitmap/drain.rs `seal_and_drain`: the drain reads each top entry of the directory
+    /// with a plain load instead of a value-preserving RMW, so a fault whose
+    /// leaf-installing CAS comes after it does not see the seal.
+    NO_TOP_RMW = "no_top_rmw" => "bitmap_protocol:split_vs_first_write_to_untouched_chunk";
     /// bitmap/harvest.rs `harvest`: get-and-clear as a load, then a store.
     BLIND_HARVEST = "blind_harvest" => "bitmap_protocol:two_writers_one_word_vs_harvest";
     /// bitmap/harvest.rs `harvest`: the original relaxed "nothing dirty" shortcut on a word whose

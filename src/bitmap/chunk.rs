@@ -3,7 +3,7 @@
 
 use super::words::word_mask;
 use super::{Mark, PageBitmap, ABSENT_CLEAN, ABSENT_DIRTY, CHUNK_PAGES, CHUNK_WORDS};
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 /// One materialized chunk: [`CHUNK_PAGES`] pages, three bitmaps and a summary.
 #[repr(align(64))]
@@ -45,7 +45,7 @@ impl PageBitmap {
     pub(super) fn slot(&self, k: usize) -> Slot<'_> {
         // Acquire: pairs with the AcqRel CAS that installed a chunk, so its initial
         // contents are visible.
-        let v = self.slots[k].load(Ordering::Acquire);
+        let v = self.slots.load(k, Ordering::Acquire);
         match v {
             ABSENT_DIRTY => Slot::Absent { clean: false },
             ABSENT_CLEAN => Slot::Absent { clean: true },
@@ -76,7 +76,7 @@ impl PageBitmap {
     /// `Err(NoMem)` if `limited` and the chunk limit is reached.
     pub(super) fn materialize(&self, k: usize, limited: bool) -> Result<&Chunk, Mark> {
         loop {
-            let v = self.slots[k].load(Ordering::Acquire);
+            let v = self.slots.load(k, Ordering::Acquire);
             if v != ABSENT_DIRTY && v != ABSENT_CLEAN {
                 // SAFETY: as in `slot`: a live chunk pointer owned by this bitmap.
                 return Ok(unsafe { &*(v as *const Chunk) });
@@ -88,7 +88,8 @@ impl PageBitmap {
             // AcqRel: Release publishes the chunk's initial contents to `slot` readers;
             // Acquire pairs with the drain's RMW on this slot (see `seal_and_drain`), so
             // that a CAS ordered after the drain sees `sealed`.
-            match self.slots[k].compare_exchange(
+            match self.slots.compare_exchange(
+                k,
                 v,
                 chunk as usize,
                 Ordering::AcqRel,
@@ -124,26 +125,5 @@ impl PageBitmap {
                 Slot::Absent { .. } => unreachable!("materialize installed a chunk"),
             },
         }
-    }
-}
-
-/// A zeroed directory, allocated with `alloc_zeroed` so that large untouched directories
-/// stay unbacked by the OS until written.
-pub(super) fn zeroed_slots(n: usize) -> Box<[AtomicUsize]> {
-    #[cfg(not(all(loom, feature = "loom")))]
-    {
-        if n == 0 {
-            return Box::new([]);
-        }
-        let v: Vec<usize> = vec![0usize; n]; // `vec![0; n]` uses alloc_zeroed
-        let b: Box<[usize]> = v.into_boxed_slice();
-        let raw = Box::into_raw(b) as *mut [AtomicUsize];
-        // SAFETY: `AtomicUsize` has the same size, alignment and bit validity as `usize`
-        // (documented in std), so a boxed `[usize]` is a valid boxed `[AtomicUsize]`.
-        unsafe { Box::from_raw(raw) }
-    }
-    #[cfg(all(loom, feature = "loom"))]
-    {
-        (0..n).map(|_| AtomicUsize::new(0)).collect()
     }
 }

@@ -2,6 +2,7 @@
 //! [`CopyRule`]).
 
 use super::chunk::Slot;
+use super::directory::{Entry, LEAF_SLOTS};
 use super::words::word_mask;
 use super::{Bits, PageBitmap, ABSENT_CLEAN, ABSENT_DIRTY, CHUNK_PAGES};
 use crate::sync::Ordering;
@@ -38,6 +39,27 @@ impl PageBitmap {
         while done < count {
             let d = dst_first + done;
             let s = src_first + done;
+            // Fastest path: a whole destination leaf from a whole untouched source leaf at
+            // the same offset (a fork, a copy of a whole VMA): one top entry, nothing
+            // allocated, no page of the destination's directory touched if the tag is
+            // unchanged.
+            let leaf_pages = LEAF_SLOTS as u64 * CHUNK_PAGES;
+            if d % leaf_pages == 0
+                && s % leaf_pages == 0
+                && count - done >= leaf_pages.min(self.pages - d)
+                && src.pages - s >= leaf_pages.min(self.pages - d)
+            {
+                let n = leaf_pages.min(self.pages - d);
+                let (jd, js) = ((d / leaf_pages) as usize, (s / leaf_pages) as usize);
+                if let Entry::Tag(t) = src.slots.entry(js, Ordering::Acquire) {
+                    let clean = t == ABSENT_CLEAN && xform != CopyRule::AllDirty;
+                    let tag = if clean { ABSENT_CLEAN } else { ABSENT_DIRTY };
+                    if self.slots.set_tag_unpublished(jd, tag) {
+                        done += n;
+                        continue;
+                    }
+                }
+            }
             // Fast path: a whole destination chunk from uniform source chunks.
             if d % CHUNK_PAGES == 0 && count - done >= CHUNK_PAGES.min(self.pages - d) {
                 let n = CHUNK_PAGES.min(self.pages - d);
@@ -47,16 +69,14 @@ impl PageBitmap {
                 // address order and this chunk starts here, so nothing materialized it
                 // yet; if that ever changes, the word-by-word path below is taken.
                 let untouched = matches!(
-                    self.slots[k].load(Ordering::Relaxed),
+                    self.slots.load(k, Ordering::Relaxed),
                     ABSENT_CLEAN | ABSENT_DIRTY
                 );
                 debug_assert!(untouched, "copy_from over a materialized chunk");
                 if let Some(clean) = src.uniform(s, n).filter(|_| untouched) {
                     let clean = clean && xform != CopyRule::AllDirty;
-                    self.slots[k].store(
-                        if clean { ABSENT_CLEAN } else { ABSENT_DIRTY },
-                        Ordering::Relaxed,
-                    );
+                    self.slots
+                        .store_unpublished(k, if clean { ABSENT_CLEAN } else { ABSENT_DIRTY });
                     done += n;
                     continue;
                 }

@@ -2,9 +2,10 @@
 //! after its copy into its successors ([`Target`], transformed by a [`DrainRule`]).
 
 use super::chunk::{Chunk, Slot};
+use super::directory::{Entry, LEAF_SLOTS};
 use super::words::word_mask;
 use super::{Bits, PageBitmap, ABSENT_CLEAN, ABSENT_DIRTY, CHUNK_PAGES, CHUNK_WORDS};
-use crate::sync::{lock, Arc, Ordering};
+use crate::sync::{lock, Arc, AtomicUsize, Ordering};
 use crate::twins;
 
 /// How the drain of a sealed bitmap transforms late faults on their way to the new one.
@@ -63,11 +64,32 @@ impl PageBitmap {
         if twins::NO_DRAIN && !targets.is_empty() {
             return;
         }
-        for k in 0..self.slots.len() {
+        for j in 0..self.slots.leaves() {
+            // A value-preserving RMW on the top entry: a fault whose leaf-installing CAS
+            // is ordered after it sees `sealed` (directory.rs). Broken twin
+            // `no_top_rmw` (loom-tests): a plain load instead.
+            let leaf = if twins::NO_TOP_RMW {
+                self.slots.entry(j, Ordering::Acquire)
+            } else {
+                self.slots.entry_rmw(j)
+            };
+            let Entry::Leaf(leaf) = leaf else {
+                continue; // no fault installed a leaf before the seal: nothing late
+            };
+            let k0 = j * LEAF_SLOTS;
+            for (i, slot) in leaf.iter().enumerate().take(self.slots.len() - k0) {
+                self.drain_slot(k0 + i, slot, &targets);
+            }
+        }
+    }
+
+    /// The drain of slot `k` (`slot`, in an installed leaf) into `targets`.
+    fn drain_slot(&self, k: usize, slot: &AtomicUsize, targets: &[Target]) {
+        {
             // A value-preserving RMW: a fault's CAS ordered after it sees `sealed`.
-            let v = self.slots[k].fetch_or(0, Ordering::AcqRel);
+            let v = slot.fetch_or(0, Ordering::AcqRel);
             if v == ABSENT_CLEAN || v == ABSENT_DIRTY {
-                continue; // no fault materialized it before the seal: nothing late
+                return; // no fault materialized it before the seal: nothing late
             }
             // SAFETY: as in `slot`.
             let c = unsafe { &*(v as *const Chunk) };

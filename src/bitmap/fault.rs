@@ -285,7 +285,7 @@ impl PageBitmap {
             let hi = end.min(base + CHUNK_PAGES);
             // Marking only (no population): an untouched all-dirty chunk already says
             // what we would write.
-            if !populate && self.slots[k].load(Ordering::Acquire) == ABSENT_DIRTY {
+            if !populate && self.slots.load(k, Ordering::Acquire) == ABSENT_DIRTY {
                 p = hi;
                 continue;
             }

@@ -3,6 +3,7 @@
 //! the harvest side of the data-ordering fence, and `take_word`.
 
 use super::chunk::Slot;
+use super::directory::{Entry, LEAF_SLOTS};
 use super::words::{for_each_bit, for_each_run, for_each_word};
 use super::{PageBitmap, Run, ABSENT_CLEAN, ABSENT_DIRTY, CHUNK_PAGES, CHUNK_WORDS};
 use crate::sync::{fence, lock, AtomicU64, MutexGuard, Ordering};
@@ -29,15 +30,42 @@ impl PageBitmap {
     }
 
     fn clear_all_held(&self) {
-        for k in 0..self.slots.len() {
+        // Whole untouched leaves first: one tag per leaf. A leaf-installing fault's CAS
+        // either wins (then we visit its leaf) or loses and re-reads our tag.
+        for j in 0..self.slots.leaves() {
+            let has_leaf = loop {
+                match self.slots.entry(j, Ordering::Acquire) {
+                    Entry::Tag(ABSENT_CLEAN) => break false,
+                    Entry::Tag(t) => {
+                        if self.slots.cas_tag(j, t, ABSENT_CLEAN).is_ok() {
+                            break false;
+                        }
+                    }
+                    Entry::Leaf(_) => break true,
+                }
+            };
+            if has_leaf {
+                let k0 = j * LEAF_SLOTS;
+                for k in k0..(k0 + LEAF_SLOTS).min(self.slots.len()) {
+                    self.clear_slot(k);
+                }
+            }
+        }
+    }
+
+    /// `clear_all` of one slot of an installed leaf.
+    fn clear_slot(&self, k: usize) {
+        {
             loop {
-                match self.slots[k].load(Ordering::Acquire) {
+                match self.slots.load(k, Ordering::Acquire) {
                     ABSENT_CLEAN => break,
                     ABSENT_DIRTY => {
                         // AcqRel: a racing fault's CAS either wins (then we loop and clear
                         // its chunk) or loses and re-reads our tag.
-                        if self.slots[k]
+                        if self
+                            .slots
                             .compare_exchange(
+                                k,
                                 ABSENT_DIRTY,
                                 ABSENT_CLEAN,
                                 Ordering::AcqRel,
@@ -130,11 +158,13 @@ impl PageBitmap {
                 continue;
             }
             let whole = lo == base && (hi == base + CHUNK_PAGES || hi == self.pages);
-            match self.slots[k].load(Ordering::Acquire) {
+            match self.slots.load(k, Ordering::Acquire) {
                 ABSENT_CLEAN => {}
                 ABSENT_DIRTY if whole => {
-                    if self.slots[k]
+                    if self
+                        .slots
                         .compare_exchange(
+                            k,
                             ABSENT_DIRTY,
                             ABSENT_CLEAN,
                             Ordering::AcqRel,

@@ -14,10 +14,13 @@
 //! either a pointer to a materialized [`Chunk`] or a tag saying the whole chunk is
 //! untouched and uniformly dirty ([`ABSENT_DIRTY`], the state of a fresh mapping in
 //! precise mode) or uniformly clean ([`ABSENT_CLEAN`]). Untouched chunks are never
-//! allocated, and the directory itself is allocated zeroed (= all `ABSENT_DIRTY`), which
-//! the allocator serves from untouched zero pages: a 1 TiB mapping costs nothing resident
-//! until it is cleared, and then 8 bytes per 16 MiB. A chunk is allocated the first time a
-//! fault touches one of its pages, like the kernel allocating a page table.
+//! allocated. The directory has two levels (`directory.rs`): a top entry per 512 slots
+//! (8 GiB of pages) holds a tag while the whole stretch is untouched, and a leaf of slots
+//! once one of them changes, so a mapping costs 8 bytes per 8 GiB until touched (a
+//! 126 TiB one: 126 KiB, in an anonymous mapping of its own that stays unbacked while
+//! clean), and a fork copies one top entry per untouched stretch. A chunk is allocated
+//! the first time a fault touches one of its pages, like the kernel allocating a page
+//! table; a leaf, like a page-table page one level up.
 //!
 //! Each chunk also keeps a `summary` word: bit `w` set means `clean[w]` may have a dirty
 //! (zero) bit. Harvests and `clear_refs` visit only flagged words, so their cost follows
@@ -49,7 +52,8 @@
 //!
 //! - `mod.rs`: the [`PageBitmap`] struct, its geometry constants, constructors and
 //!   accessors, the value types of its interface ([`Bits`], [`Mark`], [`Run`]), `Drop`.
-//! - `chunk.rs`: [`Chunk`], the directory slots and their materialization.
+//! - `chunk.rs`: [`Chunk`], reading a slot and materializing a chunk.
+//! - `directory.rs`: the two-level directory of slots (tags, leaves, the top level).
 //! - `words.rs`: bit and word helpers (masks, per-word, per-bit and per-run iteration).
 //! - `fault.rs`: the data plane's write path: faults, marking, the zap re-check and
 //!   forwarding from a sealed bitmap.
@@ -64,6 +68,7 @@
 
 mod chunk;
 mod copy;
+mod directory;
 mod drain;
 mod fault;
 mod harvest;
@@ -80,8 +85,8 @@ pub use drain::{DrainRule, Target};
 pub use words::{for_each_bit, for_each_run};
 
 use crate::accounting::Accounting;
-use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
-use chunk::{zeroed_slots, Slot};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+use directory::Directory;
 
 /// Pages per chunk (one directory slot).
 #[cfg(not(all(loom, feature = "loom")))]
@@ -98,9 +103,11 @@ const _: () = assert!(CHUNK_WORDS >= 1 && CHUNK_WORDS <= 64, "summary is one u64
 const ZAP_RING: usize = 8;
 
 /// Slot tag: chunk untouched, every page soft-dirty, none populated.
-pub const ABSENT_DIRTY: usize = 0;
-/// Slot tag: chunk untouched, every page clean, none populated.
-pub const ABSENT_CLEAN: usize = 1;
+pub const ABSENT_DIRTY: usize = 1;
+/// Slot tag: chunk untouched, every page clean, none populated. Zero, so that a clean
+/// directory (a fork child's, a cleared mapping's copy) is allocated zeroed and costs no
+/// resident memory until written.
+pub const ABSENT_CLEAN: usize = 0;
 
 /// Bytes one materialized chunk occupies.
 pub const CHUNK_BYTES: usize = std::mem::size_of::<Chunk>();
@@ -150,7 +157,7 @@ pub struct Run {
 /// The per-page soft-dirty, presence and zero-page state of one VMA.
 pub struct PageBitmap {
     pages: u64,
-    slots: Box<[AtomicUsize]>,
+    slots: Directory,
     sealed: AtomicBool,
     /// Zap generation: odd while a zap (`MADV_DONTNEED`) is rewriting words, bumped
     /// twice per zap. A fault that did any RMW re-reads it and redoes itself if a zap
@@ -214,11 +221,7 @@ impl PageBitmap {
     ) -> PageBitmap {
         let nslots = pages.div_ceil(CHUNK_PAGES) as usize;
         let tag = if dirty { ABSENT_DIRTY } else { ABSENT_CLEAN };
-        let slots: Box<[AtomicUsize]> = if tag == 0 {
-            zeroed_slots(nslots)
-        } else {
-            (0..nslots).map(|_| AtomicUsize::new(tag)).collect()
-        };
+        let slots = Directory::new(nslots, tag);
         if let Some(a) = accounting {
             a.bitmap_added();
         }
@@ -268,29 +271,27 @@ impl PageBitmap {
 
     /// Number of chunks allocated so far.
     pub fn materialized_chunks(&self) -> usize {
-        (0..self.slots.len())
-            .filter(|&k| matches!(self.slot(k), Slot::Chunk(_)))
-            .count()
+        let mut n = 0;
+        self.slots.for_each_chunk_ptr(|_| n += 1);
+        n
     }
 
     /// Bytes of tracking memory this bitmap holds (directory plus chunks).
     pub fn tracking_bytes(&self) -> usize {
-        self.slots.len() * std::mem::size_of::<usize>() + self.materialized_chunks() * CHUNK_BYTES
+        self.slots.bytes() + self.materialized_chunks() * CHUNK_BYTES
     }
 }
 
 impl Drop for PageBitmap {
     fn drop(&mut self) {
         let mut freed = 0;
-        for s in self.slots.iter() {
-            let v = s.load(Ordering::Relaxed);
-            if v != ABSENT_CLEAN && v != ABSENT_DIRTY {
-                // SAFETY: `&mut self`: no other reference to the bitmap exists; the value
-                // came from `Box::into_raw` in `materialize` and is freed only here.
-                drop(unsafe { Box::from_raw(v as *mut Chunk) });
-                freed += 1;
-            }
-        }
+        self.slots.for_each_chunk_ptr(|v| {
+            // SAFETY: `&mut self`: no other reference to the bitmap exists; the value
+            // came from `Box::into_raw` in `materialize` and is freed only here (the
+            // directory's own `Drop`, after this one, frees the leaves).
+            drop(unsafe { Box::from_raw(v as *mut Chunk) });
+            freed += 1;
+        });
         if let Some(a) = &self.accounting {
             a.chunks_freed(freed);
             a.bitmap_freed();

@@ -1,5 +1,6 @@
 //! Unit tests of the bitmap core.
 
+use super::directory::LEAF_SLOTS;
 use super::*;
 
 fn dirty_pages(b: &PageBitmap) -> Vec<u64> {
@@ -196,4 +197,36 @@ fn a_fault_after_a_zap_redoes_nothing_and_a_zap_after_a_write_wins() {
             backed: 1
         }
     );
+}
+
+#[test]
+fn a_copy_of_a_huge_untouched_bitmap_costs_a_top_entry_per_leaf() {
+    // 126 TiB, 8 pages written far apart, cleared: a fork-like whole copy installs a leaf
+    // only where the source has one, and copies untouched leaves as top entries.
+    let pages = 126u64 << 28;
+    let src = PageBitmap::new(pages, true);
+    let written: Vec<u64> = (0..8).map(|i| i * 1_000_003).collect();
+    for &p in &written {
+        assert_eq!(src.write(p, 1), Mark::Done { faults: 0 });
+    }
+    src.clear_all();
+    src.write(written[3], 1);
+    let dst = PageBitmap::new(pages, false);
+    dst.copy_from(0, &src, 0, pages, CopyRule::Plain);
+    assert_eq!(dst.materialized_chunks(), src.materialized_chunks());
+    let top = pages.div_ceil(CHUNK_PAGES).div_ceil(LEAF_SLOTS as u64) as usize * 8;
+    let leaves = dst.tracking_bytes() - top - dst.materialized_chunks() * CHUNK_BYTES;
+    assert!(
+        leaves <= 8 * LEAF_SLOTS * 8,
+        "{leaves} bytes of leaves for 8 touched chunks"
+    );
+    let mut runs = vec![];
+    dst.dirty_runs(0, pages, |r| runs.push((r.first, r.count)));
+    assert_eq!(runs, vec![(written[3], 1)]);
+    // A precise-mode fresh mapping (all dirty) copies as dirty tags, with no leaf.
+    let fresh = PageBitmap::new(pages, true);
+    let copy = PageBitmap::new(pages, false);
+    copy.copy_from(0, &fresh, 0, pages, CopyRule::Plain);
+    assert_eq!(copy.tracking_bytes(), top);
+    assert_eq!(copy.uniform(0, pages), Some(false));
 }

@@ -2,6 +2,7 @@
 //! generation, `unpopulate`, and the control-plane walk over a page range both use.
 
 use super::chunk::{Chunk, Slot};
+use super::directory::{Entry, LEAF_SLOTS};
 use super::words::for_each_word;
 use super::{PageBitmap, ABSENT_CLEAN, ABSENT_DIRTY, CHUNK_PAGES, ZAP_RING};
 use crate::sync::{fence, Ordering};
@@ -63,10 +64,17 @@ impl PageBitmap {
     pub fn unpopulate(&self, first: u64, count: u64) {
         let (first, count) = self.clip(first, count);
         // Chunk by chunk: untouched chunks are unpopulated already, so a huge mapping
-        // costs one slot load per chunk, not one step per word.
+        // costs one slot load per chunk, not one step per word, and an untouched leaf of
+        // the directory one top-entry load.
         let end = first + count;
         let mut k = (first / CHUNK_PAGES) as usize;
         while (k as u64) * CHUNK_PAGES < end {
+            if k % LEAF_SLOTS == 0 {
+                if let Entry::Tag(_) = self.slots.entry(k / LEAF_SLOTS, Ordering::Acquire) {
+                    k += LEAF_SLOTS;
+                    continue;
+                }
+            }
             let base = k as u64 * CHUNK_PAGES;
             if let Slot::Chunk(c) = self.slot(k) {
                 let lo = first.max(base);
@@ -105,13 +113,14 @@ impl PageBitmap {
             let kk = k - 1;
             if let Some(clean) = uniform_result {
                 let want = if clean { ABSENT_CLEAN } else { ABSENT_DIRTY };
-                let cur = self.slots[kk].load(Ordering::Acquire);
+                let cur = self.slots.load(kk, Ordering::Acquire);
                 if cur == want {
                     continue;
                 }
                 if whole && (cur == ABSENT_CLEAN || cur == ABSENT_DIRTY) {
-                    if self.slots[kk]
-                        .compare_exchange(cur, want, Ordering::AcqRel, Ordering::Acquire)
+                    if self
+                        .slots
+                        .compare_exchange(kk, cur, want, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
                         continue;
