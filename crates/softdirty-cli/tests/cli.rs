@@ -159,6 +159,45 @@ fn many_vcpus_run_and_too_many_are_refused() {
 // ------------------------------------------------------------------ 2. --mem limit
 
 #[test]
+fn absurd_dirty_rates_are_refused_and_large_ones_do_not_overflow() {
+    let o = sd(&[
+        "run",
+        "--mem",
+        "256K",
+        "--rounds",
+        "1",
+        "--duration",
+        "0.1",
+        "--dirty-rate",
+        "18446744073709551615",
+    ]);
+    assert_eq!(o.code, Some(2), "{}", o.ctx());
+    assert!(
+        o.stderr.contains("--dirty-rate") && o.stderr.contains("at most"),
+        "{}",
+        o.ctx()
+    );
+    assert!(o.stdout.is_empty(), "work started: {}", o.ctx());
+    // The largest allowed rate with many vCPUs runs (the quota arithmetic is capped and
+    // saturating).
+    let o = sd(&[
+        "run",
+        "--mem",
+        "4M",
+        "--vcpus",
+        "64",
+        "--rounds",
+        "1",
+        "--duration",
+        "0.2",
+        "--dirty-rate",
+        "1000000000000",
+        "--quiet",
+    ]);
+    assert_eq!(o.code, Some(0), "{}", o.ctx());
+}
+
+#[test]
 fn too_much_memory_is_refused_with_the_limit() {
     for mem in ["2T", "1984G4K", "16T"] {
         let o = sd(&["run", "--mem", mem, "--rounds", "1", "--duration", "0.2"]);

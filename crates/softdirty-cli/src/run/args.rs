@@ -128,6 +128,10 @@ fn parse_workload(s: &str) -> Result<Workload, String> {
     s.parse()
 }
 
+/// The largest `--dirty-rate` (writes per simulated second per vCPU): 10^12, a thousand
+/// times what any memory bus does, and far from the overflows of the quota arithmetic.
+pub const MAX_DIRTY_RATE: u64 = 1_000_000_000_000;
+
 /// Checks the combination of options; the message says what is wrong.
 pub fn validate(a: &RunArgs) -> Result<(), String> {
     let pages = a.mem / PAGE;
@@ -188,6 +192,13 @@ pub fn validate(a: &RunArgs) -> Result<(), String> {
     }
     if a.dirty_rate == 0 {
         return Err("--dirty-rate 0: the vCPUs would never write".into());
+    }
+    if a.dirty_rate > MAX_DIRTY_RATE {
+        return Err(format!(
+            "--dirty-rate {}: at most {MAX_DIRTY_RATE} writes per simulated second per vCPU \
+             (4 PB/s of 4 KiB pages)",
+            a.dirty_rate
+        ));
     }
     if !(a.zipf_s > 0.0 && a.zipf_s.is_finite()) {
         return Err(format!("--zipf-s {} must be positive", a.zipf_s));

@@ -134,7 +134,8 @@ fn run_mode(
         )),
         chunks_version: AtomicU64::new(0),
     };
-    let writes_per_sim_s = (args.dirty_rate * args.vcpus as u64) as f64;
+    // In f64: `--dirty-rate` times `--vcpus` may not fit a u64.
+    let writes_per_sim_s = args.dirty_rate as f64 * args.vcpus as f64;
     let bw_pages = args.bandwidth as f64 / PAGE as f64;
     let deadline = started + Duration::from_secs_f64(args.duration);
     let mapped: u64 = sh.spaces[0]
@@ -174,11 +175,15 @@ fn run_mode(
             let t = Instant::now();
             let w0 = sh.total_writes();
             let f0 = sh.spaces[0].faults();
-            let per_vcpu = (sim * args.dirty_rate as f64).ceil() as u64;
+            // Capped at 2^40 writes per vCPU per interval (no duration lets a writer get
+            // near it), so that the budget and the quotas below cannot overflow.
+            let per_vcpu = ((sim * args.dirty_rate as f64).ceil() as u64).min(1 << 40);
             // Release: pairs with the writers' Acquire load of the allowance.
             let b = sh.budget.fetch_add(per_vcpu, Ordering::Release) + per_vcpu;
-            let quota = per_vcpu * args.vcpus as u64;
-            let target = (b * args.vcpus as u64).saturating_sub(quota / 8);
+            let quota = per_vcpu.saturating_mul(args.vcpus as u64);
+            let target = b
+                .saturating_mul(args.vcpus as u64)
+                .saturating_sub(quota / 8);
             // The churn keeps to the same simulated clock, however slow its operations.
             let churn_due = if has_churn {
                 (target as f64 / writes_per_sim_s * plan.churn_rate) as u64
