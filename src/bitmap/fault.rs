@@ -128,9 +128,6 @@ impl PageBitmap {
     /// state costs one relaxed load per word and no read-modify-write.
     /// [`Mark::OutOfRange`] (nothing done) if the range overflows or leaves the bitmap.
     pub fn write(&self, first: u64, count: u64) -> Mark {
-        if !self.in_range(first, count) {
-            return Mark::OutOfRange;
-        }
         self.fault(first, count, true, true, true)
     }
 
@@ -140,9 +137,6 @@ impl PageBitmap {
     /// chunk is not even materialized. [`Mark::OutOfRange`] (nothing done) if the range
     /// overflows or leaves the bitmap.
     pub fn mark_dirty(&self, first: u64, count: u64) -> Mark {
-        if !self.in_range(first, count) {
-            return Mark::OutOfRange;
-        }
         self.fault_impl(first, count, true, false, false, false)
     }
 
@@ -150,9 +144,6 @@ impl PageBitmap {
     /// map the shared zero page (private anonymous memory) rather than a real page.
     /// [`Mark::OutOfRange`] (nothing done) if the range overflows or leaves the bitmap.
     pub fn read(&self, first: u64, count: u64, zero_page: bool) -> Mark {
-        if !self.in_range(first, count) {
-            return Mark::OutOfRange;
-        }
         self.fault(first, count, false, !zero_page, true)
     }
 
@@ -171,6 +162,11 @@ impl PageBitmap {
         populate: bool,
         limited: bool,
     ) -> Mark {
+        // The one range check of every mark (`write`, `mark_dirty`, `read`): nothing done
+        // for a range that overflows or leaves the bitmap.
+        if !self.in_range(first, count) {
+            return Mark::OutOfRange;
+        }
         if dirty {
             // Data ordering (ARCHITECTURE.md, contract 0): the caller's stores to the
             // pages come before this call; the fence orders them before the test loads
@@ -194,7 +190,8 @@ impl PageBitmap {
         populate: bool,
         limited: bool,
     ) -> Mark {
-        debug_assert!(first + count <= self.pages);
+        // Checked by `fault_impl`; forwarded ranges were cut to their targets at the seal.
+        debug_assert!(self.in_range(first, count));
         // Faults flipped by an attempt a zap then undid are counted once.
         let mut counted = 0;
         loop {
