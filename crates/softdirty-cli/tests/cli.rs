@@ -4,10 +4,12 @@
 //!
 //! Every test is short: tiny guests, one or two rounds, fractions of a second.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -56,25 +58,8 @@ fn sd_in(dir: &Path, args: &[&str]) -> Out {
         let _ = se.read_to_end(&mut v);
         v
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pid = libc::pid_t::try_from(child.id()).expect("pid");
-    let mut raw = 0;
-    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `pid` is our child, not yet reaped (std never waits for it: `child` is
-        // not waited on after this); `raw` and `ru` are valid for writes.
-        let r = unsafe { libc::wait4(pid, &mut raw, libc::WNOHANG, &mut ru) };
-        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
-        if r == pid {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("softdirty {args:?} hung (killed after 30 s)");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // A hang is killed after 30 s and then fails the signal assertion below.
+    let (raw, max_rss_kib) = common::wait_with_rusage(child.id(), Duration::from_secs(30));
     use std::os::unix::process::ExitStatusExt;
     let status = std::process::ExitStatus::from_raw(raw);
     let stdout = String::from_utf8_lossy(&ro.join().expect("stdout reader")).into_owned();
@@ -92,7 +77,7 @@ fn sd_in(dir: &Path, args: &[&str]) -> Out {
         code: status.code(),
         stdout,
         stderr,
-        max_rss_kib: ru.ru_maxrss,
+        max_rss_kib,
     }
 }
 

@@ -3,11 +3,13 @@
 //! exit status 2 and `FILE:LINE:COL`, in little memory: the child's peak RSS is read from
 //! `wait4`. The 60-second kill is only a guard against a hang, never a timing assertion.
 
+mod common;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The peak RSS a rejected input may cost.
 const MAX_RSS_KIB: i64 = 16 * 1024;
@@ -42,30 +44,12 @@ fn replay(
         .stderr(File::create(&err_path).unwrap())
         .spawn()
         .unwrap();
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
     let mut child = child;
     let feeder = match (feed, child.stdin.take()) {
         (Some(f), Some(w)) => Some(std::thread::spawn(move || f(w))),
         _ => None,
     };
-    let started = Instant::now();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `pid` is our child, not yet reaped (std never waits for it: `child` is
-        // not waited on); `status` and `ru` are valid for writes.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
-        if r == pid {
-            break;
-        }
-        if started.elapsed() > KILL_AFTER {
-            // SAFETY: kill(2) on our unreaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (status, max_rss_kib) = common::wait_with_rusage(child.id(), KILL_AFTER);
     if let Some(t) = feeder {
         t.join().unwrap();
     }
@@ -78,7 +62,7 @@ fn replay(
     Outcome {
         status: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         stderr,
-        max_rss_kib: ru.ru_maxrss,
+        max_rss_kib,
     }
 }
 
@@ -242,26 +226,9 @@ fn run_and_compare_reject_dev_zero_at_once() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let pid = libc::pid_t::try_from(child.id()).unwrap();
         let mut child = child;
         let mut stderr = String::new();
-        let started = Instant::now();
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        loop {
-            // SAFETY: as in `replay`: our unreaped child, valid out-pointers.
-            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-            assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
-            if r == pid {
-                break;
-            }
-            if started.elapsed() > KILL_AFTER {
-                // SAFETY: kill(2) on our unreaped child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (status, max_rss_kib) = common::wait_with_rusage(child.id(), KILL_AFTER);
         if let Some(mut e) = child.stderr.take() {
             e.read_to_string(&mut stderr).unwrap();
         }
@@ -271,7 +238,7 @@ fn run_and_compare_reject_dev_zero_at_once() {
                 .split_once("/dev/zero")
                 .map(|(_, rest)| format!("/dev/zero{rest}"))
                 .unwrap_or(stderr.clone()),
-            max_rss_kib: ru.ru_maxrss,
+            max_rss_kib,
         };
         assert_rejected(&o, "/dev/zero", 1, "control byte 0x00");
     }
