@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use softdirty::kernel::uapi::*;
-use softdirty::mm::{AddressSpace, Placement};
+use softdirty::mm::{AddressSpace, Placement, Sharing};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 
@@ -239,7 +239,7 @@ impl Drop for Real {
 fn model() -> (AddressSpace, u64) {
     let mm = AddressSpace::new(Mode::Precise);
     let a = mm
-        .mmap(0, LEN, Prot::RW, false, Placement::Hint)
+        .mmap(0, LEN, Prot::RW, Sharing::Private, Placement::Hint)
         .expect("model mmap 1 GiB");
     mm.write(a, LEN).expect("model write");
     (mm, a)

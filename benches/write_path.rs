@@ -17,7 +17,7 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use softdirty::mm::{AddressSpace, Placement};
+use softdirty::mm::{AddressSpace, Placement, Sharing};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 use std::hint::black_box;
@@ -30,7 +30,13 @@ const PAGES: u64 = 64 * 1024;
 fn space(threads: u64) -> (AddressSpace, u64) {
     let mm = AddressSpace::new(Mode::Precise);
     let a = mm
-        .mmap(0, threads * PAGES * PAGE, Prot::RW, false, Placement::Hint)
+        .mmap(
+            0,
+            threads * PAGES * PAGE,
+            Prot::RW,
+            Sharing::Private,
+            Placement::Hint,
+        )
         .unwrap();
     (mm, a)
 }

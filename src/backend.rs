@@ -10,6 +10,8 @@
 //! mprotect, mremap, madvise), is what `softdirty run`'s simulator applies straight to an
 //! [`AddressSpace`] ([`Op::apply`]). [`open`] builds the backend a [`BackendChoice`] names.
 
+use std::ops::Range;
+
 use crate::errno::Errno;
 use crate::linux::PAGE_SIZE;
 use crate::mm::{self, AddressSpace, Placement};
@@ -85,7 +87,7 @@ impl Op {
                 prot,
                 shared,
                 placement,
-            } => mm.mmap(addr, len, prot, shared, placement),
+            } => mm.mmap(addr, len, prot, mm::Sharing::from_flag(shared), placement),
             Op::Munmap { addr, len } => mm.munmap(addr, len).map(|()| 0),
             Op::Mprotect { addr, len, prot } => mm.mprotect(addr, len, prot).map(|()| 0),
             Op::Mremap {
@@ -301,9 +303,9 @@ pub trait Backend {
     /// The smaps `VmFlags` line of the VMA containing `addr`; `None` if there is none.
     fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String>;
     /// Soft-dirty pages of the range as runs of page indices relative to its first page.
-    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable>;
+    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable>;
     /// Present pages, as [`Self::softdirty_runs`].
-    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable>;
+    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable>;
     /// Number of VMAs intersecting the range.
     fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable>;
     /// Simulated write faults in the current space so far.
@@ -410,7 +412,9 @@ impl Backend for ModelBackend {
         shared: bool,
         placement: mm::Placement,
     ) -> OpResult<u64> {
-        Ok(self.current().mmap(addr, len, prot, shared, placement))
+        Ok(self
+            .current()
+            .mmap(addr, len, prot, mm::Sharing::from_flag(shared), placement))
     }
     fn munmap(&mut self, addr: u64, len: u64) -> OpResult<()> {
         Ok(self.current().munmap(addr, len))
@@ -461,10 +465,10 @@ impl Backend for ModelBackend {
     fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String> {
         Ok(self.current().smaps_vmflags(addr))
     }
-    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable> {
         Ok(self.current().softdirty_runs(addr, len))
     }
-    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable> {
         Ok(self.current().present_runs(addr, len))
     }
     fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable> {

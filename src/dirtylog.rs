@@ -321,7 +321,7 @@ impl AddressSpace {
         let cleared = self.with_control(|| {
             self.with_index(|idx| {
                 let mut cleared = 0u64;
-                let vmas = idx.range(addr, end);
+                let vmas: Vec<_> = idx.range(addr, end).collect();
                 let mut vi = 0;
                 for &(f, n) in &log.runs {
                     let rs = addr + (f << PAGE_SHIFT);

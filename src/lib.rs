@@ -14,17 +14,17 @@
 //! loom models on this code and by stress tests against broken twins).
 //!
 //! ```
-//! use softdirty::{AddressSpace, Errno, Mode, Placement, Prot};
+//! use softdirty::{AddressSpace, Errno, Mode, Placement, Prot, Sharing};
 //!
 //! const PAGE: u64 = 4096;
 //! # fn main() -> Result<(), Errno> {
 //! for mode in [Mode::Legacy, Mode::Precise] {
 //!     let mm = AddressSpace::new(mode);
-//!     let heap = mm.mmap(0, 48 * PAGE, Prot::RW, false, Placement::Hint)?;
+//!     let heap = mm.mmap(0, 48 * PAGE, Prot::RW, Sharing::Private, Placement::Hint)?;
 //!     mm.write(heap, 48 * PAGE)?; // simulated write faults: 48 pages dirty
 //!     mm.clear_refs(4)?; // echo 4 > /proc/PID/clear_refs: all clean
 //!     // A fresh mapping right after the heap: the kernel merges the two VMAs.
-//!     mm.mmap(heap + 48 * PAGE, 16 * PAGE, Prot::RW, false, Placement::Fixed)?;
+//!     mm.mmap(heap + 48 * PAGE, 16 * PAGE, Prot::RW, Sharing::Private, Placement::Fixed)?;
 //!     mm.write(heap + 5 * PAGE, 1)?; // one store into the old heap, lock-free
 //!     let log = mm.scan_and_clear(heap, 64 * PAGE)?; // PAGEMAP_SCAN with clear
 //!     assert_eq!(mm.vma_count(heap, 64 * PAGE), 1);
@@ -84,7 +84,7 @@ pub use crate::backend::{Backend, ModelBackend};
 pub use crate::bitmap::PageBitmap;
 pub use crate::dirtylog::DirtyLog;
 pub use crate::errno::Errno;
-pub use crate::mm::{AddressSpace, Placement};
+pub use crate::mm::{AddressSpace, Placement, Sharing};
 pub use crate::mode::Mode;
 pub use crate::producer::Producer;
 pub use crate::prot::Prot;

@@ -5,6 +5,8 @@
 //! `VM_SOFTDIRTY` that the mode reports. pagemap bit 55 and PAGEMAP_SCAN's
 //! `PAGE_IS_SOFT_DIRTY` are both computed from [`PageInfo`], so they agree on every page.
 
+use std::ops::Range;
+
 use crate::bitmap::CHUNK_PAGES;
 use crate::index::VmaIndex;
 use crate::linux::{PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
@@ -174,14 +176,15 @@ impl AddressSpace {
         e
     }
 
-    /// Soft-dirty pages of `[addr, addr + len)` as runs of page indices relative to the
-    /// range's first page (the form `expect softdirty` compares).
-    pub fn softdirty_runs(&self, addr: u64, len: u64) -> Vec<(u64, u64)> {
+    /// Soft-dirty pages of `[addr, addr + len)` as ranges of page indices relative to the
+    /// range's first page (the form `expect softdirty` compares): `3..5` is pages 3 and 4.
+    /// (A `Range`, not a tuple: `DirtyLog::runs` and the harvests give `(first, count)`.)
+    pub fn softdirty_runs(&self, addr: u64, len: u64) -> Vec<Range<u64>> {
         self.relative_runs(addr, len, |i| i.softdirty)
     }
 
     /// Present pages of `[addr, addr + len)`, as [`Self::softdirty_runs`].
-    pub fn present_runs(&self, addr: u64, len: u64) -> Vec<(u64, u64)> {
+    pub fn present_runs(&self, addr: u64, len: u64) -> Vec<Range<u64>> {
         self.relative_runs(addr, len, |i| i.present)
     }
 
@@ -190,14 +193,14 @@ impl AddressSpace {
         addr: u64,
         len: u64,
         pred: impl Fn(&PageInfo) -> bool,
-    ) -> Vec<(u64, u64)> {
+    ) -> Vec<Range<u64>> {
         let base = addr & !(PAGE_SIZE - 1);
         let end = match addr.checked_add(len) {
             Some(e) => e.min(TASK_SIZE),
             None => TASK_SIZE,
         };
         let end = end.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut out: Vec<Range<u64>> = Vec::new();
         if base >= end {
             return out;
         }
@@ -205,8 +208,8 @@ impl AddressSpace {
             if i.as_ref().is_some_and(&pred) {
                 let (a, b) = ((s - base) >> PAGE_SHIFT, (e - base) >> PAGE_SHIFT);
                 match out.last_mut() {
-                    Some(l) if l.1 == a => l.1 = b,
-                    _ => out.push((a, b)),
+                    Some(l) if l.end == a => l.end = b,
+                    _ => out.push(a..b),
                 }
             }
         });

@@ -54,6 +54,10 @@ twins! {
     /// bitmap/fault.rs `forward`: a sealed fault retries through the index instead of
     /// forwarding.
     RETRY_VIA_INDEX = "retry_via_index" => "address_space:write_vs_mremap_move";
+    /// mm/commit.rs `Layout::build`: a VMA grown in place sets its new pages' state with a
+    /// load and a store per word instead of an RMW, losing a racing write to the old VMA's
+    /// pages of a shared word.
+    GROW_STORE = "grow_store" => "address_space:write_vs_mmap_grow_in_place";
     /// vma.rs `freeze_anon`: a structural operation reads the anon_vma without freezing
     /// the cell.
     NO_ANON_FREEZE = "no_anon_freeze" => "address_space:first_write_vs_whole_mprotect_then_fork";

@@ -73,9 +73,11 @@ impl std::fmt::Debug for Vma {
 }
 
 impl Vma {
-    /// A VMA over `[start, end)` with the given bitmap (its length must match).
+    /// A VMA over `[start, end)` with the given bitmap, whose page `i` is the VMA's page
+    /// `i`. The bitmap may be longer than the VMA: room for the VMA to grow upwards in
+    /// place (`Layout::build`); its pages past the VMA belong to no VMA.
     pub fn new(start: u64, end: u64, meta: VmaMeta, anon: u64, bitmap: Arc<PageBitmap>) -> Vma {
-        debug_assert_eq!(bitmap.pages(), (end - start) >> PAGE_SHIFT);
+        debug_assert!(bitmap.pages() >= (end - start) >> PAGE_SHIFT);
         if let Some(a) = bitmap.accounting() {
             a.vma_added();
         }

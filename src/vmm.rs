@@ -100,17 +100,34 @@ impl SoftDirtyBitmap {
     /// let b = SoftDirtyBitmap::new(1025, NonZeroUsize::new(128).unwrap());
     /// assert_eq!(b.len(), 9);
     /// ```
+    ///
+    /// # Panics
+    /// If `page_size` is not a power of two or the bitmap would have more than
+    /// [`crate::bitmap::MAX_PAGES`] pages; [`Self::try_new`] returns an error instead.
+    /// (vm-memory's `NewBitmap::with_len` cannot fail, so it calls this.)
     pub fn new(byte_size: usize, page_size: NonZeroUsize) -> SoftDirtyBitmap {
-        assert!(
-            page_size.is_power_of_two(),
-            "page size must be a power of two"
-        );
+        match SoftDirtyBitmap::try_new(byte_size, page_size) {
+            Ok(b) => b,
+            Err(e) => panic!(
+                "SoftDirtyBitmap::new({byte_size}, {page_size}): {e:?} (the page size must \
+                 be a power of two, and the bitmap at most {} pages)",
+                crate::bitmap::MAX_PAGES
+            ),
+        }
+    }
+
+    /// As [`Self::new`]: EINVAL if `page_size` is not a power of two, ENOMEM if the bitmap
+    /// would have more than [`crate::bitmap::MAX_PAGES`] pages.
+    pub fn try_new(byte_size: usize, page_size: NonZeroUsize) -> Result<SoftDirtyBitmap> {
+        if !page_size.is_power_of_two() {
+            return Err(crate::errno::Errno::EINVAL);
+        }
         let pages = byte_size.div_ceil(page_size.get()) as u64;
-        SoftDirtyBitmap {
-            inner: Arc::new(PageBitmap::new(pages, false)),
+        Ok(SoftDirtyBitmap {
+            inner: Arc::new(PageBitmap::try_new(pages, false)?),
             byte_size,
             page_shift: page_size.trailing_zeros(),
-        }
+        })
     }
 
     /// Wraps an existing bitmap (for example a [`crate::slots::SlotRegistry`] slot's, so

@@ -9,7 +9,7 @@ use softdirty::bitmap::CHUNK_PAGES;
 use softdirty::dirtylog::{DirtyLog, PARALLEL_MIN_PAGES};
 use softdirty::errno::Errno;
 use softdirty::linux::{PAGE_SIZE, TASK_SIZE};
-use softdirty::mm::{AddressSpace, Placement};
+use softdirty::mm::{AddressSpace, Placement, Sharing};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 
@@ -18,7 +18,7 @@ const P: u64 = PAGE_SIZE;
 fn space(pages: u64) -> (AddressSpace, u64) {
     let mm = AddressSpace::new(Mode::Precise);
     let a = mm
-        .mmap(0, pages * P, Prot::RW, false, Placement::Hint)
+        .mmap(0, pages * P, Prot::RW, Sharing::Private, Placement::Hint)
         .unwrap();
     mm.clear_refs(4).unwrap();
     (mm, a)
@@ -66,7 +66,7 @@ fn scan_and_clear_returns_exactly_the_pages_written_since_the_last_harvest() {
 fn a_fresh_mapping_is_all_dirty_and_subranges_harvest_independently() {
     let mm = AddressSpace::new(Mode::Precise);
     let a = mm
-        .mmap(0, 1000 * P, Prot::RW, false, Placement::Hint)
+        .mmap(0, 1000 * P, Prot::RW, Sharing::Private, Placement::Hint)
         .unwrap();
     let log = mm.scan_and_clear(a + 10 * P, 20 * P).unwrap();
     assert_eq!(log.runs(), &[(0, 20)]);
@@ -80,7 +80,7 @@ fn a_fresh_mapping_is_all_dirty_and_subranges_harvest_independently() {
 fn runs_merge_across_vma_boundaries_and_skip_holes() {
     let mm = AddressSpace::new(Mode::Precise);
     let a = mm
-        .mmap(0, 64 * P, Prot::RW, false, Placement::Hint)
+        .mmap(0, 64 * P, Prot::RW, Sharing::Private, Placement::Hint)
         .unwrap();
     // Split into three writable VMAs (rw, rwx, rw), then punch a hole after them.
     mm.mprotect(a + 16 * P, 16 * P, Prot::RWX).unwrap();
@@ -130,7 +130,7 @@ fn get_dirty_log_does_not_clear_and_matches_pagemap() {
     let pm: Vec<(u64, u64)> = mm
         .softdirty_runs(a, 300 * P)
         .iter()
-        .map(|&(s, e)| (s, e - s))
+        .map(|r| (r.start, r.end - r.start))
         .collect();
     assert_eq!(g.runs(), pm.as_slice());
 }
@@ -226,7 +226,7 @@ fn errors() {
 fn legacy_mode_reports_vm_softdirty_pages_until_clear_refs() {
     let mm = AddressSpace::new(Mode::Legacy);
     let a = mm
-        .mmap(0, 32 * P, Prot::RW, false, Placement::Hint)
+        .mmap(0, 32 * P, Prot::RW, Sharing::Private, Placement::Hint)
         .unwrap();
     // A new VMA carries VM_SOFTDIRTY: every page is reported, every time.
     assert_eq!(mm.scan_and_clear(a, 32 * P).unwrap().runs(), &[(0, 32)]);
@@ -286,7 +286,7 @@ fn concurrent_writers_and_harvester_lose_nothing_and_invent_nothing() {
     const WRITES: u64 = 20_000;
     let mm = Arc::new(AddressSpace::new(Mode::Precise));
     let a = mm
-        .mmap(0, PAGES * P, Prot::RW, false, Placement::Hint)
+        .mmap(0, PAGES * P, Prot::RW, Sharing::Private, Placement::Hint)
         .unwrap();
     mm.clear_refs(4).unwrap();
     // seq[p]: number of writes to page p that began; harvested[p]: the value of seq[p]
@@ -387,7 +387,7 @@ fn every_completed_write_is_in_a_later_harvest_or_still_dirty() {
     const PAGES: u64 = CHUNK_PAGES + 500;
     let mm = Arc::new(AddressSpace::new(Mode::Precise));
     let a = mm
-        .mmap(0, PAGES * P, Prot::RW, false, Placement::Hint)
+        .mmap(0, PAGES * P, Prot::RW, Sharing::Private, Placement::Hint)
         .unwrap();
     mm.clear_refs(4).unwrap();
     let counters =
@@ -476,7 +476,7 @@ fn get_dirty_log_equals_pagemap_bit_55() {
         let mm = AddressSpace::new(*mode);
         let span = 3 * CHUNK_PAGES + 77;
         let a = mm
-            .mmap(0, span * P, Prot::RW, false, Placement::Hint)
+            .mmap(0, span * P, Prot::RW, Sharing::Private, Placement::Hint)
             .unwrap();
         if rng.gen_bool(0.5) {
             mm.clear_refs(4).unwrap();
@@ -502,7 +502,13 @@ fn get_dirty_log_equals_pagemap_bit_55() {
                 // A fresh mapping over part of a cleared one: new-range merges, and in
                 // `regions` a VMA whose list covers only part of it.
                 5 => {
-                    let _ = mm.mmap(a + f * P, n * P, Prot::RW, false, Placement::Fixed);
+                    let _ = mm.mmap(
+                        a + f * P,
+                        n * P,
+                        Prot::RW,
+                        Sharing::Private,
+                        Placement::Fixed,
+                    );
                 }
                 _ => {
                     let _ = mm.write(a + f * P, n * P);
@@ -517,7 +523,7 @@ fn get_dirty_log_equals_pagemap_bit_55() {
             let pm: Vec<(u64, u64)> = mm
                 .softdirty_runs(at, n * P)
                 .iter()
-                .map(|&(s, e)| (s, e - s))
+                .map(|r| (r.start, r.end - r.start))
                 .collect();
             assert_eq!(
                 g.runs(),

@@ -145,6 +145,52 @@ fn slot_registration_checks_like_kvm_before_allocating() {
     assert_eq!(p.pages(), 1);
 }
 
+/// Absurd sizes are refused with ENOMEM by the fallible constructors, before anything is
+/// allocated; the largest accepted size costs a directory only (no page state).
+#[test]
+fn absurd_bitmap_sizes_are_refused_not_aborted() {
+    use softdirty::bitmap::MAX_PAGES;
+    for pages in [MAX_PAGES + 1, 1 << 52, u64::MAX] {
+        for dirty in [false, true] {
+            assert_eq!(
+                PageBitmap::try_new(pages, dirty).unwrap_err(),
+                Errno::ENOMEM
+            );
+        }
+    }
+    let big = PageBitmap::try_new(MAX_PAGES, false).unwrap();
+    assert_eq!(big.pages(), MAX_PAGES);
+    assert_eq!(big.materialized_chunks(), 0);
+    assert!(matches!(
+        big.write(MAX_PAGES - 1, 1),
+        Mark::Done { faults: 1 }
+    ));
+    assert_eq!(big.materialized_chunks(), 1);
+}
+
+/// The same through vm-memory's bitmap type.
+#[cfg(feature = "vm-memory")]
+#[test]
+fn absurd_vmm_bitmap_sizes_are_refused_not_aborted() {
+    use softdirty::vmm::SoftDirtyBitmap;
+    use std::num::NonZeroUsize;
+    let one = NonZeroUsize::MIN;
+    assert_eq!(
+        SoftDirtyBitmap::try_new(usize::MAX, one).unwrap_err(),
+        Errno::ENOMEM
+    );
+    let three = NonZeroUsize::new(3).unwrap();
+    assert_eq!(
+        SoftDirtyBitmap::try_new(4096, three).unwrap_err(),
+        Errno::EINVAL
+    );
+    let page = NonZeroUsize::new(4096).unwrap();
+    assert_eq!(
+        SoftDirtyBitmap::try_new(1 << 40, page).unwrap().len(),
+        1 << 28
+    );
+}
+
 /// One operation with an arbitrary range on a bitmap, and the same on a plain model.
 #[derive(Clone, Debug)]
 enum Op {

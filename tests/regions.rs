@@ -2,7 +2,7 @@
 //! PAGEMAP_SCAN, the fault counter, smaps and the tracking-memory figure: every reader of
 //! soft-dirty agrees with pagemap bit 55 when the VMA-level state varies inside a VMA.
 
-use softdirty::mm::{AddressSpace, Placement};
+use softdirty::mm::{AddressSpace, Placement, Sharing};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 use softdirty::regions::{LIST_HEAD_BYTES, REGION_BYTES};
@@ -15,12 +15,24 @@ const BASE: u64 = 0x20_0000_0000;
 /// covering its first 16 pages), page 2 written.
 fn space() -> AddressSpace {
     let mm = AddressSpace::new(Mode::Regions);
-    mm.mmap(BASE, 16 * P, Prot::RW, false, Placement::NoReplace)
-        .unwrap();
+    mm.mmap(
+        BASE,
+        16 * P,
+        Prot::RW,
+        Sharing::Private,
+        Placement::NoReplace,
+    )
+    .unwrap();
     mm.write(BASE, 16 * P).unwrap();
     mm.clear_refs(4).unwrap();
-    mm.mmap(BASE + 16 * P, 4 * P, Prot::RW, false, Placement::NoReplace)
-        .unwrap();
+    mm.mmap(
+        BASE + 16 * P,
+        4 * P,
+        Prot::RW,
+        Sharing::Private,
+        Placement::NoReplace,
+    )
+    .unwrap();
     assert_eq!(mm.vma_count(BASE, 20 * P), 1);
     mm.write(BASE + 2 * P, 1).unwrap();
     mm
@@ -29,14 +41,14 @@ fn space() -> AddressSpace {
 #[test]
 fn harvest_reports_page_bits_and_uncovered_pages_and_clears_only_page_bits() {
     let mm = space();
-    assert_eq!(mm.softdirty_runs(BASE, 20 * P), vec![(2, 3), (16, 20)]);
+    assert_eq!(mm.softdirty_runs(BASE, 20 * P), vec![2..3, 16..20]);
     let got = mm.get_dirty_log(BASE, 20 * P).unwrap();
     assert_eq!(got.runs(), &[(2, 1), (16, 4)]);
     let log = mm.scan_and_clear(BASE, 20 * P).unwrap();
     assert_eq!(log.runs(), got.runs());
     // The written page is clean now; the pages no region covers stay soft-dirty until
     // clear_refs 4 makes the list cover them.
-    assert_eq!(mm.softdirty_runs(BASE, 20 * P), vec![(16, 20)]);
+    assert_eq!(mm.softdirty_runs(BASE, 20 * P), vec![16..20]);
     let log = mm.scan_and_clear(BASE, 20 * P).unwrap();
     assert_eq!(log.runs(), &[(16, 4)]);
     mm.clear_refs(4).unwrap();
@@ -99,7 +111,13 @@ fn smaps_sd_region_count_and_list_memory() {
     assert_eq!(mm.region_count(), 2);
     let legacy = AddressSpace::new(Mode::Legacy);
     legacy
-        .mmap(BASE, 20 * P, Prot::RW, false, Placement::NoReplace)
+        .mmap(
+            BASE,
+            20 * P,
+            Prot::RW,
+            Sharing::Private,
+            Placement::NoReplace,
+        )
         .unwrap();
     legacy.write(BASE, 20 * P).unwrap();
     legacy.munmap(BASE + 8 * P, P).unwrap();

@@ -85,7 +85,7 @@
 //! `cargo test --release --test stress -- --nocapture` prints a summary per region.
 
 use softdirty::errno::Errno;
-use softdirty::mm::{AddressSpace, Placement};
+use softdirty::mm::{AddressSpace, Placement, Sharing};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 use softdirty::scan::{ScanArgs, PAGE_IS_SOFT_DIRTY};
@@ -255,7 +255,7 @@ fn harvest_region(mm: &AddressSpace, mm_l: &AddressSpace, reg: usize, led: &Ledg
 /// Present pages of a region as a bitmap.
 fn present(mm: &AddressSpace, reg: usize) -> Vec<bool> {
     let mut v = vec![false; PAGES[reg] as usize];
-    for (s, e) in mm.present_runs(ADDRS[reg], PAGES[reg] * PAGE) {
+    for std::ops::Range { start: s, end: e } in mm.present_runs(ADDRS[reg], PAGES[reg] * PAGE) {
         v[s as usize..e as usize].fill(true);
     }
     v
@@ -806,7 +806,7 @@ fn churn(sh: &Shared) {
                     B_ADDR + h * PAGE,
                     HOLE * PAGE,
                     Prot::RW,
-                    false,
+                    Sharing::Private,
                     Placement::Fixed,
                 );
                 assert_eq!(got, Ok(B_ADDR + h * PAGE));
@@ -865,12 +865,24 @@ fn exactly_once_rounds() {
 
     let mm = AddressSpace::new(Mode::Precise);
     for (reg, addr) in [(A, A_ADDR), (B, B_ADDR), (C, C_ADDR)] {
-        let got = mm.mmap(addr, PAGES[reg] * PAGE, Prot::RW, false, Placement::Fixed);
+        let got = mm.mmap(
+            addr,
+            PAGES[reg] * PAGE,
+            Prot::RW,
+            Sharing::Private,
+            Placement::Fixed,
+        );
         assert_eq!(got, Ok(addr));
     }
     mm.clear_refs(4).unwrap();
     let mm_l = AddressSpace::new(Mode::Legacy);
-    let got = mm_l.mmap(L_ADDR, L_PAGES * PAGE, Prot::RW, false, Placement::Fixed);
+    let got = mm_l.mmap(
+        L_ADDR,
+        L_PAGES * PAGE,
+        Prot::RW,
+        Sharing::Private,
+        Placement::Fixed,
+    );
     assert_eq!(got, Ok(L_ADDR));
     mm_l.clear_refs(4).unwrap();
     for reg in [A, B, C] {
@@ -959,7 +971,7 @@ fn exactly_once_rounds() {
             let span = if reg == B { 2 * B_PAGES } else { PAGES[reg] };
             let left = mm.softdirty_runs(ADDRS[reg], span * PAGE);
             if !left.is_empty() {
-                stats[reg].hidden += left.iter().map(|(s, e)| e - s).sum::<u64>();
+                stats[reg].hidden += left.iter().map(|r| r.end - r.start).sum::<u64>();
                 violations.push(format!(
                     "round {r}, region {}: HIDDEN: soft-dirty after the final harvest \
                      (pagemap) but not reported by it: page runs {left:?}",

@@ -8,7 +8,7 @@ use loom::thread;
 use std::sync::OnceLock;
 
 use softdirty::accounting::Accounting;
-use softdirty::mm::{AddressSpace, Placement};
+use softdirty::mm::{AddressSpace, Placement, Sharing};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 use softdirty_loom_tests::check_epoch;
@@ -56,7 +56,7 @@ fn reclamation_no_uaf_no_leak() {
             accounts().clone(),
         ));
         let a = mm
-            .mmap(0, 4 * PAGE, Prot::RW, false, Placement::Hint)
+            .mmap(0, 4 * PAGE, Prot::RW, Sharing::Private, Placement::Hint)
             .unwrap();
         mm.write(a, 4 * PAGE).unwrap();
         let r = {
@@ -70,10 +70,7 @@ fn reclamation_no_uaf_no_leak() {
                         live_vmas() >= v0 + n && live_bitmaps() >= b0 + n,
                         "a VMA of a pinned index was freed"
                     );
-                    idx.vmas()
-                        .iter()
-                        .map(|v| v.bitmap.page(0).clean)
-                        .sum::<u64>()
+                    idx.iter().map(|v| v.bitmap.page(0).clean).sum::<u64>()
                 })
             })
         };

@@ -347,6 +347,27 @@ impl PageBitmap {
         }
     }
 
+    /// Broken twin `grow_store` only (`Layout::build`'s in-place growth): `set_clean`
+    /// with a load and a plain store per word instead of an RMW, which overwrites the bit
+    /// of a fault racing on another page of the same word.
+    pub(crate) fn twin_store_clean(&self, first: u64, count: u64, clean: bool) {
+        let (first, count) = self.clip(first, count);
+        let _clear = self.clear_lock();
+        self.update_range(
+            first,
+            count,
+            |c, wi, m, _whole| {
+                let old = c.clean[wi].load(Ordering::Acquire);
+                let new = if clean { old | m } else { old & !m };
+                c.clean[wi].store(new, Ordering::Release);
+                if !clean {
+                    c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                }
+            },
+            Some(clean),
+        );
+    }
+
     fn set_clean_held(&self, first: u64, count: u64, clean: bool) {
         self.update_range(
             first,

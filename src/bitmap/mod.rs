@@ -203,29 +203,64 @@ impl std::fmt::Debug for PageBitmap {
     }
 }
 
+/// The most pages a bitmap may have: the user address space of x86-64 with 5-level
+/// paging (2^56 bytes, 128 PiB, in 4 KiB pages). The directory of a bitmap this long is
+/// 64 MiB (virtual, and unbacked while clean); a longer one is refused with ENOMEM.
+pub const MAX_PAGES: u64 = 1 << 44;
+
 impl PageBitmap {
     /// A bitmap of `pages` untouched pages, all soft-dirty (`dirty`) or all clean.
     ///
     /// Costs one zeroed directory of `pages / CHUNK_PAGES` slots and nothing per page.
     /// Not accounted: its faults may materialize every chunk.
+    ///
+    /// # Panics
+    /// If `pages` is more than [`MAX_PAGES`]; [`Self::try_new`] returns ENOMEM instead.
     pub fn new(pages: u64, dirty: bool) -> PageBitmap {
         PageBitmap::accounted(pages, dirty, None)
     }
 
+    /// As [`Self::new`], or ENOMEM if `pages` is more than [`MAX_PAGES`].
+    pub fn try_new(pages: u64, dirty: bool) -> Result<PageBitmap, crate::errno::Errno> {
+        PageBitmap::try_accounted(pages, dirty, None)
+    }
+
     /// As [`Self::new`], counted in `accounting` (if any), whose chunk limit the faults
     /// obey.
+    ///
+    /// # Panics
+    /// If `pages` is more than [`MAX_PAGES`]; [`Self::try_accounted`] returns ENOMEM
+    /// instead.
     pub fn accounted(
         pages: u64,
         dirty: bool,
         accounting: Option<&std::sync::Arc<Accounting>>,
     ) -> PageBitmap {
+        match PageBitmap::try_accounted(pages, dirty, accounting) {
+            Ok(b) => b,
+            Err(_) => panic!(
+                "PageBitmap: {pages} pages is more than MAX_PAGES ({MAX_PAGES}); \
+                 use try_new or try_accounted to get ENOMEM instead"
+            ),
+        }
+    }
+
+    /// As [`Self::accounted`], or ENOMEM if `pages` is more than [`MAX_PAGES`].
+    pub fn try_accounted(
+        pages: u64,
+        dirty: bool,
+        accounting: Option<&std::sync::Arc<Accounting>>,
+    ) -> Result<PageBitmap, crate::errno::Errno> {
+        if pages > MAX_PAGES {
+            return Err(crate::errno::Errno::ENOMEM);
+        }
         let nslots = pages.div_ceil(CHUNK_PAGES) as usize;
         let tag = if dirty { ABSENT_DIRTY } else { ABSENT_CLEAN };
         let slots = Directory::new(nslots, tag);
         if let Some(a) = accounting {
             a.bitmap_added();
         }
-        PageBitmap {
+        Ok(PageBitmap {
             pages,
             slots,
             sealed: AtomicBool::new(false),
@@ -234,7 +269,7 @@ impl PageBitmap {
             clear: Mutex::new(()),
             forward: Mutex::new(None),
             accounting: accounting.cloned(),
-        }
+        })
     }
 
     /// `[first, first + count)` clipped to the bitmap: `(first', count')` with

@@ -31,6 +31,7 @@ pub mod uapi;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write as _;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
@@ -1145,7 +1146,7 @@ impl Backend for KernelBackend {
         procfs::smaps_vmflags(addr).map_err(|e| format!("reading /proc/self/smaps: {e}"))
     }
 
-    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable> {
         if let Some(why) = &self.tainted {
             return Err(Unobservable::Skip(format!(
                 "soft-dirty since a `scan ... clear` {why}"
@@ -1154,15 +1155,18 @@ impl Backend for KernelBackend {
         match self.flavour {
             KernelFlavour::Uffd => self
                 .runs_of(addr, len, PAGE_IS_WRITTEN)
+                .map(ranges)
                 .map_err(Unobservable::Broken),
             KernelFlavour::SoftDirty => self
                 .pagemap_runs(addr, len, PM_SOFT_DIRTY)
+                .map(ranges)
                 .map_err(Unobservable::Broken),
         }
     }
 
-    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable> {
         self.runs_of(addr, len, PAGE_IS_PRESENT)
+            .map(ranges)
             .map_err(Unobservable::Broken)
     }
 
@@ -1202,4 +1206,9 @@ mod tests {
         assert!(!b.covered(0x1000, 0x3000));
         b.owned.clear();
     }
+}
+
+/// `(start, end)` page-index pairs as ranges (the [`Backend`] form).
+fn ranges(v: Vec<(u64, u64)>) -> Vec<Range<u64>> {
+    v.into_iter().map(|(s, e)| s..e).collect()
 }

@@ -38,7 +38,7 @@ impl AddressSpace {
         let guard = epoch::pin();
         let idx = self.index(&guard);
         let mut flags = false;
-        for v in idx.vmas() {
+        for v in idx.iter() {
             v.bitmap.clear_all();
             flags |= v.meta.flags.softdirty;
             // Regions: the list must become the one region `[vm_start, vm_end)`.
@@ -46,6 +46,7 @@ impl AddressSpace {
         }
         if flags || self.mode == Mode::Nomerge {
             let mut l = Layout::from_index(self.mode, idx, &self.accounting);
+            l.load_all();
             for w in &mut l.vmas {
                 w.meta.flags.softdirty = false;
                 if self.mode == Mode::Regions {
@@ -89,10 +90,14 @@ pub fn parse_kstrtoint(s: &str) -> Result<i32> {
 impl Layout {
     /// Hildenbrand's "merge after clear_refs" (nomerge mode): merge every pair of adjacent
     /// VMAs that are now compatible.
+    /// One pass, linear in the VMAs.
     pub(crate) fn merge_compatible_neighbours(&mut self) {
-        let mut i = 0;
-        while i + 1 < self.vmas.len() {
-            let (a, b) = (&self.vmas[i], &self.vmas[i + 1]);
+        let mut out: Vec<super::layout::WVma> = Vec::with_capacity(self.vmas.len());
+        for b in std::mem::take(&mut self.vmas) {
+            let Some(a) = out.last_mut() else {
+                out.push(b);
+                continue;
+            };
             let ok = a.end == b.start
                 && a.meta.flags == b.meta.flags
                 && a.meta.file == b.meta.file
@@ -101,8 +106,6 @@ impl Layout {
                 && !(a.anon == 0 && b.anon != 0 && b.meta.forked)
                 && !(b.anon == 0 && a.anon != 0 && a.meta.forked);
             if ok {
-                let b = self.vmas.remove(i + 1);
-                let a = &mut self.vmas[i];
                 a.end = b.end;
                 a.pieces.extend(b.pieces);
                 if a.anon == 0 {
@@ -110,9 +113,10 @@ impl Layout {
                     a.meta.forked = b.meta.forked;
                 }
             } else {
-                i += 1;
+                out.push(b);
             }
         }
+        self.vmas = out;
     }
 }
 

@@ -10,7 +10,7 @@ use crate::bitmap::{DrainRule, Target};
 use crate::epoch::{self, Guard, Owned};
 use crate::errno::Result;
 use crate::index::VmaIndex;
-use crate::linux::PAGE_SHIFT;
+use crate::linux::{PAGE_SHIFT, TASK_SIZE};
 use crate::sync::{lock, Arc, Ordering};
 use crate::twins;
 use crate::vma::Vma;
@@ -36,13 +36,11 @@ impl AddressSpace {
     pub(super) fn publish(&self, layout: Layout, guard: &Guard) {
         let mut built = layout.build();
         let retired = std::mem::take(&mut built.retired);
-        let vmas = std::mem::take(&mut built.vmas);
+        let index = std::mem::take(&mut built.index);
         // AcqRel: Release publishes the new VMAs and bitmaps to readers' Acquire load;
         // Acquire orders our later seals after everything the old index's readers did
         // before we swapped (nothing needs it beyond the swap itself).
-        let old = self
-            .index
-            .swap(Owned::new(VmaIndex::new(vmas)), Ordering::AcqRel, guard);
+        let old = self.index.swap(Owned::new(index), Ordering::AcqRel, guard);
         // Broken twins: `no_defer` frees the old index at once, under pinned readers;
         // `no_reclaim` never frees it.
         if twins::NO_DEFER {
@@ -77,11 +75,11 @@ impl AddressSpace {
     }
 }
 
-/// What [`Layout::build`] made: the new VMA list, the published VMAs it retires, and the
-/// frozen `anon_vma` cells to thaw once the list is published.
+/// What [`Layout::build`] made: the new index, the published VMAs it retires, and the
+/// frozen `anon_vma` cells to thaw once the index is published.
 pub(crate) struct Built {
-    /// the new VMAs, in address order
-    pub vmas: Vec<Arc<Vma>>,
+    /// the index to publish: the base with the window's VMAs replaced
+    pub index: VmaIndex,
     /// the published VMAs whose bitmaps were copied, each with where its pages went
     pub retired: Vec<Retired>,
     /// VMAs kept unchanged whose frozen cell must thaw
@@ -100,8 +98,10 @@ impl Built {
 }
 
 impl Layout {
-    /// Builds the VMAs and their bitmaps. Returns the new VMA list and the published VMAs
-    /// whose bitmaps were copied, each with the places its pages went (for the drain).
+    /// Builds the window's VMAs and their bitmaps. Returns the new index and the published
+    /// VMAs whose bitmaps were copied, each with the places its pages went (for the drain).
+    /// Linear in the window (the VMAs the operation loaded), plus O(log V) per VMA to
+    /// edit the persistent index.
     pub(crate) fn build(mut self) -> Built {
         let wvmas = std::mem::take(&mut self.vmas);
         let origin = std::mem::take(&mut self.origin);
@@ -150,13 +150,56 @@ impl Layout {
                     continue;
                 }
             }
+            // Grown upwards (an mmap or mremap merged onto its end, a heap growing): keep
+            // the bitmap if it has room, so that growing a VMA by n pages costs n, not
+            // its size.
+            if let Some(grown) = grown_in_place(&w).cloned() {
+                if grown.bitmap.pages() >= w.pages() {
+                    let bm = grown.bitmap.clone();
+                    // The new pages were never part of any VMA, so no fault touches them;
+                    // `set_clean` is RMWs under the clear lock, so a fault racing on the
+                    // old VMA's pages of a word it shares with them keeps its bit.
+                    for p in &w.pieces[1..] {
+                        if let Src::Fresh { dirty } = p.src {
+                            let dst = (p.start - w.start) >> PAGE_SHIFT;
+                            let n = (p.end - p.start) >> PAGE_SHIFT;
+                            if twins::GROW_STORE {
+                                bm.twin_store_clean(dst, n, !dirty);
+                            } else {
+                                bm.set_clean(dst, n, !dirty);
+                            }
+                        }
+                    }
+                    // A new VMA over the same bitmap, as for new flags above: the old
+                    // VMA is not retired (no seal, no drain): a fault that loaded it
+                    // marks the very bitmap the new one reads.
+                    let nv =
+                        Arc::new(Vma::new(w.start, w.end, w.meta, w.anon, bm).with_nsdr(w.nsdr));
+                    derived.push(Derived {
+                        from: grown.clone(),
+                        to: nv.clone(),
+                    });
+                    out.push(nv);
+                    continue;
+                }
+            }
             let pages = w.pages();
+            // Room to grow in place for a VMA that grew: twice its size (up to the
+            // address space), so that a VMA grown page by page is copied O(log n) times.
+            let capacity = if grown_in_place(&w).is_some() {
+                pages
+                    .saturating_mul(2)
+                    .min(TASK_SIZE >> PAGE_SHIFT)
+                    .max(pages)
+            } else {
+                pages
+            };
             let all_fresh_dirty = w
                 .pieces
                 .iter()
                 .all(|p| matches!(p.src, Src::Fresh { dirty: true }));
             let bm = Arc::new(PageBitmap::accounted(
-                pages,
+                capacity,
                 all_fresh_dirty,
                 Some(&self.accounting),
             ));
@@ -200,8 +243,9 @@ impl Layout {
             }
             out.push(nv);
         }
-        // Every published VMA whose bitmap no new VMA shares as a whole is retired: it
-        // gets sealed and drained into the copies made from it.
+        // Every loaded VMA whose bitmap no new VMA shares as a whole is retired: it gets
+        // sealed and drained into the copies made from it. Grouped by source VMA, so that
+        // this is linear in the window.
         let kept_bitmaps: std::collections::HashSet<*const PageBitmap> =
             out.iter().map(|n| Arc::as_ptr(&n.bitmap)).collect();
         let kept_cells: std::collections::HashSet<*const crate::sync::AtomicU64> =
@@ -210,33 +254,55 @@ impl Layout {
             .into_iter()
             .filter(|v| kept_cells.contains(&Arc::as_ptr(v.anon_cell())))
             .collect();
+        let mut targets: std::collections::HashMap<*const Vma, Vec<Target>> =
+            std::collections::HashMap::new();
+        for c in copies {
+            targets
+                .entry(Arc::as_ptr(&c.from))
+                .or_default()
+                .push(c.target);
+        }
+        let mut heirs: std::collections::HashMap<*const Vma, Vec<Arc<Vma>>> =
+            std::collections::HashMap::new();
+        for d in derived {
+            heirs.entry(Arc::as_ptr(&d.from)).or_default().push(d.to);
+        }
         let mut retired = Vec::new();
         for old in &origin {
             if kept_bitmaps.contains(&Arc::as_ptr(&old.bitmap)) {
                 continue;
             }
-            let targets: Vec<_> = copies
-                .iter()
-                .filter(|c| Arc::ptr_eq(&c.from, old))
-                .map(|c| c.target.clone())
-                .collect();
-            let heirs: Vec<_> = derived
-                .iter()
-                .filter(|d| Arc::ptr_eq(&d.from, old))
-                .map(|d| d.to.clone())
-                .collect();
+            let key = Arc::as_ptr(old);
             retired.push(Retired {
                 vma: old.clone(),
-                targets,
-                heirs,
+                targets: targets.remove(&key).unwrap_or_default(),
+                heirs: heirs.remove(&key).unwrap_or_default(),
             });
         }
+        let index = self.base.edited(origin.iter().map(|v| v.start), out);
         Built {
-            vmas: out,
+            index,
             retired,
             thaw,
         }
     }
+}
+
+/// The published VMA that `w` grows upwards: `w` begins with the whole of it, from its
+/// first page, unchanged, and continues with fresh pages only.
+fn grown_in_place(w: &super::layout::WVma) -> Option<&Arc<Vma>> {
+    let (first, rest) = w.pieces.split_first()?;
+    let Src::Old {
+        vma,
+        page: 0,
+        rule: CopyRule::Plain,
+    } = &first.src
+    else {
+        return None;
+    };
+    let whole = first.start == vma.start && first.end == vma.end && w.start == vma.start;
+    let fresh = !rest.is_empty() && rest.iter().all(|p| matches!(p.src, Src::Fresh { .. }));
+    (whole && fresh).then_some(vma)
 }
 
 /// A copy of part of a published VMA's bitmap into a new bitmap, made by [`Layout::build`].

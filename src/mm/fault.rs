@@ -167,15 +167,12 @@ impl AddressSpace {
                 && a.meta.flags.account == b.meta.flags.account
                 && b.meta.pgoff == a.meta.pgoff + a.pages()
         };
-        let i = idx.find_from(v.start);
-        let vmas = idx.vmas();
-        if let Some(n) = vmas.get(i + 1) {
+        if let Some(n) = idx.next(v.end) {
             if compatible(v, n) && n.anon() != 0 && !n.meta.forked {
                 return n.anon();
             }
         }
-        if i > 0 {
-            let p = &vmas[i - 1];
+        if let Some(p) = idx.prev(v.start) {
             if compatible(p, v) && p.anon() != 0 && !p.meta.forked {
                 return p.anon();
             }

@@ -19,7 +19,7 @@ impl AddressSpace {
         // Frozen while the child is built: a first write either assigned its anon_vma
         // before (the child gets the PTEs) or waits until the child exists.
         let mut frozen = Vec::new();
-        for v in idx.vmas() {
+        for v in idx.iter() {
             let (anon, froze) = v.freeze_anon();
             if froze {
                 frozen.push(v);

@@ -2,10 +2,11 @@
 //! memory, on a private working copy, then publish.
 //!
 //! A structural operation runs under the address space's control lock:
-//! 1. [`Layout::from_index`] copies the published VMAs into working descriptors
-//!    ([`WVma`]). Each descriptor says where its page state comes from: a list of
-//!    [`Piece`]s, each either a slice of a *published* VMA's bitmap ([`Src::Old`]) or fresh
-//!    pages ([`Src::Fresh`]).
+//! 1. [`Layout::from_index`] opens an empty window onto the published index, and
+//!    [`Layout::load`] copies the VMAs of the ranges the operation touches (and their
+//!    abutting neighbours) into working descriptors ([`WVma`]). Each descriptor says where
+//!    its page state comes from: a list of [`Piece`]s, each either a slice of a
+//!    *published* VMA's bitmap ([`Src::Old`]) or fresh pages ([`Src::Fresh`]).
 //! 2. The operation edits the layout with the kernel's primitives: [`Layout::split`],
 //!    [`Layout::unmap`], [`Layout::merge_new_range`] (`vma_merge_new_range`: mmap, copy_vma,
 //!    mremap expand) and [`Layout::modify`] (`vma_merge_existing_range` or split: mprotect).
@@ -13,7 +14,8 @@
 //! 3. `Layout::build` (in `commit.rs`, with the rest of the commit) builds the new VMAs:
 //!    a descriptor that is exactly one unchanged published VMA is reused; one that is a
 //!    whole published bitmap with new flags shares that bitmap; anything else gets a new
-//!    bitmap copied from its pieces. It publishes the new index, then seals and drains
+//!    bitmap copied from its pieces. The new index is the base with the loaded VMAs
+//!    replaced by the window's (`VmaIndex::edited`). It publishes it, then seals and drains
 //!    every bitmap that was copied (`PageBitmap::seal_and_drain`, `bitmap/drain.rs`).
 //!
 //! Which `VM_SOFTDIRTY` a merged VMA gets is the mode's policy ([`Mode`]): the target's
@@ -153,21 +155,35 @@ fn compose(a: CopyRule, b: CopyRule) -> CopyRule {
     }
 }
 
-/// The working layout of one address space.
+/// The working layout of one address space: a window onto the published index.
+///
+/// Only the VMAs an operation touches are copied into working descriptors: an operation
+/// [`load`](Layout::load)s the address ranges it will edit (with the VMAs abutting them,
+/// its merge neighbours) before it looks anything up, and [`Layout::build`] publishes the
+/// base index with the loaded VMAs replaced by the window's. Everything else stays in the
+/// shared persistent index untouched, so an operation costs O(k log V) for the k VMAs it
+/// loads, not O(V).
 #[derive(Debug)]
 pub(crate) struct Layout {
     /// the mode's policies
     pub mode: Mode,
-    /// the VMAs, sorted
+    /// the loaded VMAs, as edited, sorted; every address range an operation edits has been
+    /// loaded, so a neighbour that is not here does not abut what is edited
     pub vmas: Vec<WVma>,
-    /// the published VMAs this layout started from
+    /// the published index this layout started from
+    pub(super) base: VmaIndex,
+    /// the published VMAs loaded into the window (each once), which the new index replaces
     pub(super) origin: Vec<Arc<Vma>>,
+    /// the start addresses of `origin` (a published VMA is loaded at most once)
+    loaded: std::collections::HashSet<u64>,
     /// the published VMAs whose `anon_vma` cell this layout froze ([`Vma::freeze_anon`]):
     /// thawed when the layout is dropped unpublished, or by [`Built::thaw`] for those
     /// that survive its publication
     pub(super) frozen: Vec<Arc<Vma>>,
     /// the accounts of the address space (new bitmaps count in them)
     pub(super) accounting: std::sync::Arc<Accounting>,
+    /// has an edit been made? (the gap search reads the base index, so it must run first)
+    pub(super) edited: bool,
 }
 
 impl Drop for Layout {
@@ -203,30 +219,51 @@ enum FlagRule {
 }
 
 impl Layout {
-    /// A working copy of the published index.
-    ///
-    /// Every VMA's `anon_vma` is read with [`Vma::freeze_anon`]: no first write assigns
-    /// one until the layout is published or dropped.
+    /// An empty window onto the published index `index`.
     pub(crate) fn from_index(
         mode: Mode,
         index: &VmaIndex,
         accounting: &std::sync::Arc<Accounting>,
     ) -> Layout {
-        let mut frozen = Vec::new();
-        let vmas = index
-            .vmas()
-            .iter()
-            .map(|v| WVma {
+        Layout {
+            mode,
+            vmas: Vec::new(),
+            base: index.clone(),
+            origin: Vec::new(),
+            loaded: std::collections::HashSet::new(),
+            frozen: Vec::new(),
+            accounting: accounting.clone(),
+            edited: false,
+        }
+    }
+
+    /// Loads every published VMA that intersects `[start, end)` or abuts it (ends at
+    /// `start` or begins at `end`) into the window, unless it is there already. Call it
+    /// before looking up or editing anything in the range.
+    ///
+    /// Every loaded VMA's `anon_vma` is read with [`Vma::freeze_anon`]: no first write
+    /// assigns one until the layout is published or dropped. VMAs that are not loaded are
+    /// not replaced, so a first write may assign theirs meanwhile.
+    pub(crate) fn load(&mut self, start: u64, end: u64) {
+        let lo = start.saturating_sub(1);
+        let hi = end.saturating_add(1);
+        let fresh: Vec<Arc<Vma>> = self
+            .base
+            .range(lo, hi)
+            .filter(|v| !self.loaded.contains(&v.start))
+            .cloned()
+            .collect();
+        for v in fresh {
+            self.loaded.insert(v.start);
+            let (anon, froze) = v.freeze_anon();
+            if froze {
+                self.frozen.push(v.clone());
+            }
+            let w = WVma {
                 start: v.start,
                 end: v.end,
                 meta: v.meta,
-                anon: {
-                    let (anon, froze) = v.freeze_anon();
-                    if froze {
-                        frozen.push(v.clone());
-                    }
-                    anon
-                },
+                anon,
                 pieces: vec![Piece {
                     start: v.start,
                     end: v.end,
@@ -237,15 +274,24 @@ impl Layout {
                     },
                 }],
                 nsdr: v.nsdr.clone(),
-            })
-            .collect();
-        Layout {
-            mode,
-            vmas,
-            origin: index.vmas().to_vec(),
-            frozen,
-            accounting: accounting.clone(),
+            };
+            // Edits happen only in loaded ranges, so a published VMA that was never loaded
+            // overlaps no working one.
+            let at = self.find_from(w.start);
+            debug_assert!(at >= self.vmas.len() || self.vmas[at].start >= w.end);
+            self.vmas.insert(at, w);
+            self.origin.push(v);
         }
+    }
+
+    /// Loads the whole space (clear_refs).
+    pub(crate) fn load_all(&mut self) {
+        self.load(0, u64::MAX);
+    }
+
+    /// The number of VMAs the space would have if published now.
+    pub(crate) fn count(&self) -> usize {
+        self.base.len() - self.origin.len() + self.vmas.len()
     }
 
     /// Index of the VMA containing `addr`.
@@ -279,11 +325,12 @@ impl Layout {
         left.end = addr;
         right.nsdr = left.nsdr.split_off(addr);
         self.vmas.insert(i + 1, right);
+        self.edited = true;
     }
 
     /// `split_vma` with its map-count limit.
     fn split_checked(&mut self, i: usize, addr: u64) -> Result<()> {
-        if self.vmas.len() >= MAX_MAP_COUNT {
+        if self.count() >= MAX_MAP_COUNT {
             return Err(Errno::ENOMEM);
         }
         self.split(i, addr);
@@ -294,12 +341,12 @@ impl Layout {
     /// Unmapping strictly inside one VMA at the map-count limit fails with ENOMEM; other
     /// splits may go one over the limit, as in the kernel.
     pub(crate) fn unmap(&mut self, start: u64, end: u64) -> Result<()> {
+        self.load(start, end);
         let i = self.find_from(start);
         if i >= self.vmas.len() || self.vmas[i].start >= end {
             return Ok(());
         }
-        if self.vmas[i].start < start && end < self.vmas[i].end && self.vmas.len() >= MAX_MAP_COUNT
-        {
+        if self.vmas[i].start < start && end < self.vmas[i].end && self.count() >= MAX_MAP_COUNT {
             return Err(Errno::ENOMEM);
         }
         if self.vmas[i].start < start {
@@ -314,6 +361,7 @@ impl Layout {
             last += 1;
         }
         self.vmas.drain(first..last);
+        self.edited = true;
         Ok(())
     }
 
@@ -366,6 +414,8 @@ impl Layout {
         nsdr: NonSdRegions,
         origin: NewRange,
     ) -> usize {
+        self.load(start, end);
+        self.edited = true;
         let i = self.find_from(start);
         debug_assert!(
             i >= self.vmas.len() || self.vmas[i].start >= end,
@@ -480,7 +530,10 @@ impl Layout {
     /// mprotect's `vma_modify_flags` on `[start, end)` inside VMA `i`, then
     /// `vm_flags_reset(new)`: merge with a neighbour when the range touches an edge and the
     /// flags and anon_vmas allow it (`vma_merge_existing_range`), otherwise split.
+    ///
+    /// The caller has loaded `[start, end)`.
     pub(crate) fn modify(&mut self, i: usize, start: u64, end: u64, new: VmaMeta) -> Result<()> {
+        self.edited = true;
         let mid = self.vmas[i].clone();
         let left_side = start == mid.start;
         let right_side = end == mid.end;

@@ -1,7 +1,7 @@
 //! `mmap` (with the model's deterministic address choice) and `munmap`.
 
 use super::layout::{Layout, NewRange, Piece, Src};
-use super::{page_align, AddressSpace, Placement, DAC_MMAP_MIN_ADDR, MMAP_BASE};
+use super::{page_align, AddressSpace, Placement, Sharing, DAC_MMAP_MIN_ADDR, MMAP_BASE};
 use crate::errno::{Errno, Result};
 use crate::linux::{MAX_MAP_COUNT, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
 use crate::mode::Mode;
@@ -10,16 +10,17 @@ use crate::regions::NonSdRegions;
 use crate::vma::{VmaFlags, VmaMeta};
 
 impl AddressSpace {
-    /// `mmap(addr, len, prot, MAP_ANONYMOUS | (shared ? MAP_SHARED : MAP_PRIVATE) | placement)`.
-    /// Returns the address of the mapping.
+    /// `mmap(addr, len, prot, MAP_ANONYMOUS | sharing | placement)`. Returns the address of
+    /// the mapping.
     pub fn mmap(
         &self,
         addr: u64,
         len: u64,
         prot: Prot,
-        shared: bool,
+        sharing: Sharing,
         placement: Placement,
     ) -> Result<u64> {
+        let shared = sharing.is_shared();
         if len == 0 {
             return Err(Errno::EINVAL);
         }
@@ -37,7 +38,7 @@ impl AddressSpace {
             _ => return Err(Errno::ENOMEM),
         };
         self.structural(|l| {
-            if l.vmas.len() > MAX_MAP_COUNT {
+            if l.count() > MAX_MAP_COUNT {
                 return (Err(Errno::ENOMEM), false);
             }
             // __get_unmapped_area
@@ -48,7 +49,7 @@ impl AddressSpace {
                 addr
             } else if addr != 0
                 && addr.checked_add(len).is_some_and(|e| e <= TASK_SIZE)
-                && !l.intersects(addr, addr + len)
+                && l.base.range(addr, addr + len).next().is_none()
             {
                 addr
             } else {
@@ -68,6 +69,7 @@ impl AddressSpace {
                 return (Err(Errno::EPERM), false);
             }
             let end = addr + len;
+            l.load(addr, end);
             if placement == Placement::NoReplace && l.intersects(addr, end) {
                 return (Err(Errno::EEXIST), false);
             }
@@ -111,44 +113,34 @@ impl AddressSpace {
     }
 
     /// Top-down search below [`MMAP_BASE`], then bottom-up above it (the kernel's
-    /// fallback), for a free range of `len` bytes.
+    /// fallback), for a free range of `len` bytes. Reads the layout's base index, so it
+    /// runs before any edit. It walks the VMAs from `MMAP_BASE` down until a gap fits:
+    /// O(log V) when one does near the top, O(V) when the space below is packed (Linux
+    /// keeps the largest gap of every maple-tree subtree to skip those; this index does not).
     pub(super) fn unmapped_area(l: &Layout, len: u64) -> Option<u64> {
+        debug_assert!(!l.edited, "the gap search reads the unedited index");
+        let fits = |lo: u64, hi: u64| hi >= lo && hi - lo >= len;
         // Top-down: gaps between VMAs below MMAP_BASE, highest first.
-        let mut hi = MMAP_BASE;
-        let below = l.vmas.partition_point(|v| v.start < MMAP_BASE);
-        let mut i = below;
-        loop {
-            let gap_lo = if i == 0 {
-                MMAP_MIN_ADDR
-            } else {
-                l.vmas[i - 1].end.max(MMAP_MIN_ADDR)
-            };
-            let top = hi.min(if i < l.vmas.len() {
-                l.vmas[i].start
-            } else {
-                MMAP_BASE
-            });
-            if top >= gap_lo && top - gap_lo >= len {
+        let mut top = MMAP_BASE;
+        for v in l.base.starting_below(MMAP_BASE).rev() {
+            let gap_lo = v.end.max(MMAP_MIN_ADDR);
+            if fits(gap_lo, top) {
                 return Some(top - len);
             }
-            if i == 0 {
-                break;
-            }
-            i -= 1;
-            hi = l.vmas[i].start;
+            top = v.start;
+        }
+        if fits(MMAP_MIN_ADDR, top) {
+            return Some(top - len);
         }
         // Bottom-up above MMAP_BASE.
         let mut lo = MMAP_BASE;
-        for v in &l.vmas[below.saturating_sub(1)..] {
-            if v.end <= lo {
-                continue;
-            }
+        for v in l.base.range(MMAP_BASE, u64::MAX) {
             if v.start >= lo && v.start - lo >= len {
                 return Some(lo);
             }
             lo = lo.max(v.end);
         }
-        (TASK_SIZE >= lo && TASK_SIZE - lo >= len).then_some(lo)
+        fits(lo, TASK_SIZE).then_some(lo)
     }
 
     /// `munmap(addr, len)`.

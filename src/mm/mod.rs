@@ -55,6 +55,31 @@ pub const DAC_MMAP_MIN_ADDR: u64 = 0x1000;
 /// Where the model's top-down allocator starts (the kernel randomizes `mmap_base`).
 pub const MMAP_BASE: u64 = 0x7f00_0000_0000;
 
+/// `MAP_PRIVATE` or `MAP_SHARED`: whether stores reach other mappings of the memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// `MAP_PRIVATE`: copy-on-write, stores stay in this mapping.
+    Private,
+    /// `MAP_SHARED`: one memory object for every mapping of it.
+    Shared,
+}
+
+impl Sharing {
+    /// `Shared` if `shared` (a trace's or a backend's `shared` flag), else `Private`.
+    pub fn from_flag(shared: bool) -> Sharing {
+        if shared {
+            Sharing::Shared
+        } else {
+            Sharing::Private
+        }
+    }
+
+    /// `MAP_SHARED`?
+    pub fn is_shared(self) -> bool {
+        self == Sharing::Shared
+    }
+}
+
 /// Where `mmap` may put a mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {

@@ -22,6 +22,7 @@ impl AddressSpace {
             return Err(Errno::ENOMEM);
         }
         self.structural(|l| {
+            l.load(addr, end);
             let Some(mut i) = l.find(addr) else {
                 return (Err(Errno::ENOMEM), false);
             };

@@ -46,6 +46,7 @@ impl AddressSpace {
                     return Self::remap_move(l, addr, old_len, na, move_rule);
                 }
             }
+            l.load(addr, addr.saturating_add(old_len));
             let Some(i) = l.find(addr) else {
                 return (Err(Errno::EFAULT), false);
             };
@@ -101,7 +102,7 @@ impl AddressSpace {
             let delta = new_len - old_len;
             if v_end - addr == old_len
                 && v_end.checked_add(delta).is_some_and(|e| e <= TASK_SIZE)
-                && !l.intersects(v_end, v_end + delta)
+                && l.base.range(v_end, v_end + delta).next().is_none()
             {
                 // In place: vma_merge_extend, a new-range merge with the VMA as prev. The
                 // extension is unpopulated and the VMA keeps its flags; a compatible next
@@ -149,6 +150,7 @@ impl AddressSpace {
         rule: CopyRule,
     ) -> (Result<u64>, bool) {
         let end = addr.saturating_add(len);
+        l.load(addr, end);
         if l.find(addr).is_none() {
             return (Err(Errno::EFAULT), false);
         }
@@ -184,7 +186,7 @@ impl AddressSpace {
         new_len: u64,
         rule: CopyRule,
     ) -> Result<()> {
-        if l.vmas.len() >= MAX_MAP_COUNT - 3 {
+        if l.count() >= MAX_MAP_COUNT - 3 {
             return Err(Errno::ENOMEM);
         }
         let i = l.find(addr).ok_or(Errno::EFAULT)?;

@@ -7,8 +7,7 @@ impl AddressSpace {
     /// The VMAs, in address order.
     pub fn vmas(&self) -> Vec<VmaInfo> {
         self.with_index(|idx| {
-            idx.vmas()
-                .iter()
+            idx.iter()
                 .map(|v| VmaInfo {
                     start: v.start,
                     end: v.end,
@@ -28,7 +27,7 @@ impl AddressSpace {
     /// Number of VMAs intersecting `[addr, addr + len)`.
     pub fn vma_count(&self, addr: u64, len: u64) -> usize {
         let end = addr.saturating_add(len);
-        self.with_index(|idx| idx.range(addr, end).len())
+        self.with_index(|idx| idx.range(addr, end).count())
     }
 
     /// Total VMAs.
@@ -60,8 +59,7 @@ impl AddressSpace {
     /// ([`NonSdRegions::bytes`](crate::regions::NonSdRegions::bytes): a list head per VMA and a 32-byte object per region).
     pub fn tracking_bytes(&self) -> usize {
         self.with_index(|idx| {
-            idx.vmas()
-                .iter()
+            idx.iter()
                 .map(|v| {
                     let lists = if self.mode == Mode::Regions {
                         v.nsdr.bytes()
@@ -77,6 +75,6 @@ impl AddressSpace {
     /// Regions mode: the total number of non-soft-dirty regions over all VMAs (0 in other
     /// modes).
     pub fn region_count(&self) -> usize {
-        self.with_index(|idx| idx.vmas().iter().map(|v| v.nsdr.len()).sum())
+        self.with_index(|idx| idx.iter().map(|v| v.nsdr.len()).sum())
     }
 }

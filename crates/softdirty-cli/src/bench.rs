@@ -33,6 +33,7 @@
 //! | `harvest16g/full/par` | parallel, 16 GiB 100% dirty | our sequential path |
 //! | `kernel1g/...` | `scan_and_clear` of 1 GiB at the oracle's densities | kernel (quoted) |
 //! | `getlog1g/...` | `get_dirty_log` (read-only, word-level walk) of 1 GiB | the per-page pagemap walk (`softdirty_runs`), what `get_dirty_log` used before |
+//! | `mprotect/vmasN` | an `mprotect` that splits one page out of a 1,024-page VMA and the one that merges it back, in a space of N VMAs | the same pair in a space of 100 VMAs (target: ratio ≥ 0.25, the cost at N at most 4× the cost at 100) |
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -44,7 +45,7 @@ use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 
 use softdirty::bitmap::PageBitmap;
 use softdirty::linux::{PAGE_SHIFT, PAGE_SIZE};
-use softdirty::mm::{AddressSpace, Placement};
+use softdirty::mm::{AddressSpace, Placement, Sharing};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 
@@ -156,7 +157,7 @@ fn page_size() -> std::num::NonZeroUsize {
 fn warm_space(len: u64) -> (AddressSpace, u64) {
     let mm = AddressSpace::new(Mode::Precise);
     let a = mm
-        .mmap(0, len, Prot::RW, false, Placement::Hint)
+        .mmap(0, len, Prot::RW, Sharing::Private, Placement::Hint)
         .expect("mmap");
     mm.write(a, len).expect("write");
     mm.clear_refs(4).expect("clear_refs");
@@ -628,8 +629,75 @@ fn makers() -> Vec<(&'static str, Make)> {
                 }
             }),
         ),
+        (
+            "mprotect/vmas1000",
+            Box::new(|| mprotect_case("mprotect/vmas1000", 1000)),
+        ),
+        (
+            "mprotect/vmas10000",
+            Box::new(|| mprotect_case("mprotect/vmas10000", 10_000)),
+        ),
+        (
+            "mprotect/vmas60000",
+            Box::new(|| mprotect_case("mprotect/vmas60000", 60_000)),
+        ),
     ];
     makers
+}
+
+/// `mprotect/vmasN`: the split-and-merge pair at N VMAs against the same at 100.
+fn mprotect_case(name: &'static str, vmas: u64) -> Case {
+    Case {
+        name,
+        what: "mprotect splitting one page out of a VMA, and back (per op)",
+        ours: mprotect_split(vmas),
+        baseline: "the same at 100 VMAs",
+        baseline_side: Ok(mprotect_split(100)),
+        target: Some(0.25),
+    }
+}
+
+/// A space of about `vmas` VMAs: one mapping of `vmas + 1024` pages whose pages outside a
+/// 1,024-page block in the middle alternate between read-write and read-only, each its
+/// own VMA. Returns it and the block's address.
+fn space_of_vmas(vmas: u64) -> (AddressSpace, u64) {
+    let mm = AddressSpace::new(Mode::Precise);
+    let block = 1024;
+    let half = vmas / 2;
+    let len = (vmas + block) * PAGE_SIZE;
+    let a = mm
+        .mmap(0, len, Prot::RW, Sharing::Private, Placement::Hint)
+        .expect("mmap");
+    for side in [0, half + block] {
+        for p in (side..side + half).step_by(2) {
+            mm.mprotect(a + p * PAGE_SIZE, PAGE_SIZE, Prot::R)
+                .expect("mprotect");
+        }
+    }
+    let b = a + half * PAGE_SIZE;
+    mm.write(b, block * PAGE_SIZE).expect("write");
+    mm.clear_refs(4).expect("clear_refs");
+    (mm, b)
+}
+
+/// One structural operation at `vmas` VMAs: an `mprotect` that splits a page out of the
+/// middle of a VMA (two new VMAs), then the one that merges it back; per operation.
+fn mprotect_split(vmas: u64) -> Timed {
+    let (mm, b) = space_of_vmas(vmas);
+    let before = mm.vma_total();
+    Box::new(move |iters| {
+        let t = Watch::start(true);
+        for i in 0..iters.div_ceil(2) {
+            let at = b + (1 + i % 1000) * PAGE_SIZE;
+            mm.mprotect(black_box(at), PAGE_SIZE, Prot::R)
+                .expect("split");
+            mm.mprotect(black_box(at), PAGE_SIZE, Prot::RW)
+                .expect("merge");
+        }
+        let d = t.elapsed();
+        debug_assert_eq!(mm.vma_total(), before);
+        d
+    })
 }
 
 /// Runs `f` for about `budget` per sample: returns the per-iteration time of one

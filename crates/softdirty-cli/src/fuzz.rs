@@ -275,8 +275,8 @@ pub fn step(b: &mut dyn Backend, cmd: &Command) -> Result<Observation, String> {
     let un = |e| format!("{e:?}");
     Ok(Observation {
         outcome: out,
-        softdirty: b.softdirty_runs(BASE, len).map_err(un)?,
-        present: b.present_runs(BASE, len).map_err(un)?,
+        softdirty: pairs(b.softdirty_runs(BASE, len).map_err(un)?),
+        present: pairs(b.present_runs(BASE, len).map_err(un)?),
         vmas: b.vma_count(BASE, len).map_err(un)?,
         scan,
     })
@@ -885,10 +885,18 @@ mod tests {
         fn smaps_vmflags(&mut self, a: u64) -> Result<Option<String>, String> {
             self.inner.smaps_vmflags(a)
         }
-        fn softdirty_runs(&mut self, a: u64, l: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        fn softdirty_runs(
+            &mut self,
+            a: u64,
+            l: u64,
+        ) -> Result<Vec<std::ops::Range<u64>>, Unobservable> {
             self.inner.softdirty_runs(a, l)
         }
-        fn present_runs(&mut self, a: u64, l: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        fn present_runs(
+            &mut self,
+            a: u64,
+            l: u64,
+        ) -> Result<Vec<std::ops::Range<u64>>, Unobservable> {
             self.inner.present_runs(a, l)
         }
         fn vma_count(&mut self, a: u64, l: u64) -> Result<u64, Unobservable> {
@@ -1102,4 +1110,9 @@ mod tests {
         }
         assert!(skipped > 0 && skipped * 20 < total, "{skipped} of {total}");
     }
+}
+
+/// Page ranges as the `(start, end)` pairs of a trace's page list.
+fn pairs(v: Vec<std::ops::Range<u64>>) -> Vec<(u64, u64)> {
+    v.into_iter().map(|r| (r.start, r.end)).collect()
 }

@@ -214,7 +214,7 @@ impl<R: std::io::Read, W: Write> std::io::Read for Tee<R, W> {
 }
 
 fn softdirty_demo() {
-    use softdirty::mm::{AddressSpace, Placement};
+    use softdirty::mm::{AddressSpace, Placement, Sharing};
     use softdirty::prot::Prot;
     const P: u64 = 4096;
     println!("The seed thread's scenario: 48 written pages, clear_refs, then a new 16-page mapping right after them.");
@@ -231,21 +231,27 @@ fn softdirty_demo() {
     ] {
         let mm = AddressSpace::new(mode);
         let a = 0x20_0000_0000;
-        mm.mmap(a, 48 * P, Prot::RW, false, Placement::NoReplace)
+        mm.mmap(a, 48 * P, Prot::RW, Sharing::Private, Placement::NoReplace)
             .expect("mmap");
         mm.write(a, 48 * P).expect("write");
         mm.clear_refs(4).expect("clear_refs");
-        mm.mmap(a + 48 * P, 16 * P, Prot::RW, false, Placement::NoReplace)
-            .expect("mmap");
+        mm.mmap(
+            a + 48 * P,
+            16 * P,
+            Prot::RW,
+            Sharing::Private,
+            Placement::NoReplace,
+        )
+        .expect("mmap");
         let dirty: u64 = mm
             .softdirty_runs(a, 64 * P)
             .iter()
-            .map(|(s, e)| e - s)
+            .map(|r| r.end - r.start)
             .sum();
         let fp = mm
             .softdirty_runs(a, 48 * P)
             .iter()
-            .map(|(s, e)| e - s)
+            .map(|r| r.end - r.start)
             .sum::<u64>();
         println!(
             "{:<8} {:>6} {:>22} {:>14}",

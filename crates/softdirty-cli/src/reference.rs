@@ -1222,10 +1222,10 @@ impl RefSpace {
         addr: u64,
         len: u64,
         pred: impl Fn((bool, bool, bool, bool)) -> bool,
-    ) -> Vec<(u64, u64)> {
+    ) -> Vec<std::ops::Range<u64>> {
         let base = addr & !(P - 1);
         let end = base + (len + (addr - base)).div_ceil(P) * P;
-        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut out: Vec<std::ops::Range<u64>> = Vec::new();
         for v in self.vmas.iter().filter(|v| v.start < end && v.end > base) {
             let mut a = v.start.max(base);
             while a < v.end.min(end) {
@@ -1239,8 +1239,8 @@ impl RefSpace {
                 if pred(info) {
                     let k = (a - base) / P;
                     match out.last_mut() {
-                        Some(l) if l.1 == k => l.1 = k + 1,
-                        _ => out.push((k, k + 1)),
+                        Some(l) if l.end == k => l.end = k + 1,
+                        _ => out.push(k..k + 1),
                     }
                 }
                 a += P;
@@ -1249,11 +1249,11 @@ impl RefSpace {
         out
     }
 
-    pub fn softdirty_runs(&self, addr: u64, len: u64) -> Vec<(u64, u64)> {
+    pub fn softdirty_runs(&self, addr: u64, len: u64) -> Vec<std::ops::Range<u64>> {
         self.runs(addr, len, |i| i.0)
     }
 
-    pub fn present_runs(&self, addr: u64, len: u64) -> Vec<(u64, u64)> {
+    pub fn present_runs(&self, addr: u64, len: u64) -> Vec<std::ops::Range<u64>> {
         self.runs(addr, len, |i| i.1)
     }
 
@@ -1468,10 +1468,18 @@ impl Backend for RefBackend {
     fn smaps_vmflags(&mut self, _addr: u64) -> Result<Option<String>, String> {
         Err("the reference does not model smaps".into())
     }
-    fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+    fn softdirty_runs(
+        &mut self,
+        addr: u64,
+        len: u64,
+    ) -> Result<Vec<std::ops::Range<u64>>, Unobservable> {
         Ok(self.current().softdirty_runs(addr, len))
     }
-    fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+    fn present_runs(
+        &mut self,
+        addr: u64,
+        len: u64,
+    ) -> Result<Vec<std::ops::Range<u64>>, Unobservable> {
         Ok(self.current().present_runs(addr, len))
     }
     fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable> {

@@ -207,12 +207,12 @@ fn refuses_the_processs_own_memory_and_unmaps_at_the_end() {
         Ok(Ok(a))
     );
     assert_eq!(b.write(a + 4096, 2 * 4096), Ok(Ok(())));
-    assert_eq!(b.softdirty_runs(a, 8 * 4096), Ok(vec![(0, 8)]));
+    assert_eq!(b.softdirty_runs(a, 8 * 4096), Ok(vec![0..8]));
     assert_eq!(b.clear_refs("4"), Ok(Ok(())));
     assert_eq!(b.softdirty_runs(a, 8 * 4096), Ok(vec![]));
     assert_eq!(b.write(a + 3 * 4096, 1), Ok(Ok(())));
-    assert_eq!(b.softdirty_runs(a, 8 * 4096), Ok(vec![(3, 4)]));
-    assert_eq!(b.present_runs(a, 8 * 4096), Ok(vec![(1, 4)]));
+    assert_eq!(b.softdirty_runs(a, 8 * 4096), Ok(vec![3..4]));
+    assert_eq!(b.present_runs(a, 8 * 4096), Ok(vec![1..4]));
     assert_eq!(b.owned(), vec![(a, a + 8 * 4096)]);
     drop(b);
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();

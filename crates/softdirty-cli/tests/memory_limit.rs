@@ -8,7 +8,7 @@ use std::sync::Arc;
 use softdirty::accounting::{Accounting, DEFAULT_CHUNK_LIMIT};
 use softdirty::bitmap::{CHUNK_BYTES, CHUNK_PAGES};
 use softdirty::errno::Errno;
-use softdirty::mm::{AddressSpace, Placement};
+use softdirty::mm::{AddressSpace, Placement, Sharing};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 use softdirty_trace::{parse, replay};
@@ -22,12 +22,24 @@ fn a_64_tib_write_fails_with_enomem_at_the_cap_and_stays_small() {
     // A second space with accounts of its own is not limited by the first's.
     let other = AddressSpace::new(Mode::Precise);
     let b = other
-        .mmap(0, 64 * CHUNK_PAGES * P, Prot::RW, false, Placement::Hint)
+        .mmap(
+            0,
+            64 * CHUNK_PAGES * P,
+            Prot::RW,
+            Sharing::Private,
+            Placement::Hint,
+        )
         .unwrap();
     other.write(b, 64 * CHUNK_PAGES * P).unwrap();
     assert_eq!(other.accounting().live_chunks(), 64);
     let a = mm
-        .mmap(0x100_0000_0000, 64 << 40, Prot::RW, false, Placement::Fixed)
+        .mmap(
+            0x100_0000_0000,
+            64 << 40,
+            Prot::RW,
+            Sharing::Private,
+            Placement::Fixed,
+        )
         .unwrap();
     mm.clear_refs(4).unwrap();
     assert_eq!(mm.write(a, 64 << 40), Err(Errno::ENOMEM));
@@ -35,7 +47,7 @@ fn a_64_tib_write_fails_with_enomem_at_the_cap_and_stays_small() {
     let written: u64 = mm
         .softdirty_runs(a, 64 << 40)
         .iter()
-        .map(|(s, e)| e - s)
+        .map(|r| r.end - r.start)
         .sum();
     assert_eq!(written, 8 * CHUNK_PAGES);
     assert_eq!(mm.accounting().live_chunks(), 8);

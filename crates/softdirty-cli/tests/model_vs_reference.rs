@@ -1424,13 +1424,13 @@ fn regions_rules_directed() {
         mprotect_at(3, 1, Prot::NONE),
     ];
     let r = run(&poison);
-    assert_eq!(sd(&r), vec![(3, 4)]);
+    assert_eq!(sd(&r), vec![3..4]);
     assert_eq!((r.vmas.len(), r.region_count()), (2, 2));
     let mut back = poison.to_vec();
     back.extend([dontneed_at(3, 1), mprotect_at(3, 1, Prot::RW)]);
     let r = run(&back);
     assert_eq!(sd(&r), vec![]);
-    assert_eq!(r.present_runs(ARENA, 16 * P), vec![(0, 3), (4, 5)]);
+    assert_eq!(r.present_runs(ARENA, 16 * P), vec![0..3, 4..5]);
     assert_eq!(vma_sd(&r), vec![false, false]);
 
     // mmap into the hole between two cleared VMAs: vma_expand + nsdr_move keeps both
@@ -1444,12 +1444,12 @@ fn regions_rules_directed() {
     let mut by_mmap = two.to_vec();
     by_mmap.extend([Sym::ClearRefs(4), mmap(2, 2, Prot::RW)]);
     let r = run(&by_mmap);
-    assert_eq!((sd(&r), r.region_count()), (vec![(2, 4)], 3));
+    assert_eq!((sd(&r), r.region_count()), (vec![2..4], 3));
     let mut by_move = two.to_vec();
     by_move.extend([Sym::ClearRefs(4), move_to(10, 2, 2, 2)]);
     let r = run(&by_move);
     assert_eq!(r.vmas.len(), 1);
-    assert_eq!((sd(&r), r.region_count()), (vec![(2, 6)], 1));
+    assert_eq!((sd(&r), r.region_count()), (vec![2..6], 1));
 
     // In-place growth swallowing the next VMA: case 1 again.
     let grow = [
@@ -1467,7 +1467,7 @@ fn regions_rules_directed() {
     let r = run(&grow);
     assert_eq!(
         (sd(&r), r.region_count(), vma_sd(&r)),
-        (vec![(2, 5)], 1, vec![true])
+        (vec![2..5], 1, vec![true])
     );
 
     // copy_vma without a merge clones the list verbatim, old addresses included: moved
@@ -1481,7 +1481,7 @@ fn regions_rules_directed() {
         move_to(0, 4, 4, 10),
     ];
     let r = run(&away);
-    assert_eq!((sd(&r), vma_sd(&r)), (vec![(10, 14)], vec![true]));
+    assert_eq!((sd(&r), vma_sd(&r)), (vec![10..14], vec![true]));
     let mut home = away.to_vec();
     home.extend([dontneed_at(10, 4), move_to(10, 4, 4, 0)]);
     let r = run(&home);
@@ -1500,8 +1500,8 @@ fn regions_rules_directed() {
         on(0, Sym::Fork),
     ];
     let refs = run_spaces(Mode::Regions, 1, &steps).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((sd(&refs[0]), refs[0].region_count()), (vec![(1, 4)], 1));
-    assert_eq!((sd(&refs[1]), refs[1].region_count()), (vec![(1, 4)], 1));
+    assert_eq!((sd(&refs[0]), refs[0].region_count()), (vec![1..4], 1));
+    assert_eq!((sd(&refs[1]), refs[1].region_count()), (vec![1..4], 1));
 }
 
 /// The reference lives in the tools crate (so that `softdirty fuzz --against reference`

@@ -590,11 +590,14 @@ impl Replayer<'_> {
                 let a = self.addr(addr).map_err(fail)?;
                 let n = npages(a, *len);
                 let sd = matches!(e, Expect::SoftDirty { .. });
-                let got = if sd {
+                let got: Vec<(u64, u64)> = if sd {
                     self.backend.softdirty_runs(a, *len)?
                 } else {
                     self.backend.present_runs(a, *len)?
-                };
+                }
+                .into_iter()
+                .map(|r| (r.start, r.end))
+                .collect();
                 let want = normalize(pages, n);
                 let what = if sd { "soft-dirty" } else { "present" };
                 match want {
@@ -863,13 +866,21 @@ mod tests {
         fn smaps_vmflags(&mut self, a: u64) -> Result<Option<String>, String> {
             self.model.smaps_vmflags(a)
         }
-        fn softdirty_runs(&mut self, a: u64, l: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        fn softdirty_runs(
+            &mut self,
+            a: u64,
+            l: u64,
+        ) -> Result<Vec<std::ops::Range<u64>>, Unobservable> {
             if self.tainted {
                 return Err(Unobservable::Skip("tainted".into()));
             }
             self.model.softdirty_runs(a, l)
         }
-        fn present_runs(&mut self, a: u64, l: u64) -> Result<Vec<(u64, u64)>, Unobservable> {
+        fn present_runs(
+            &mut self,
+            a: u64,
+            l: u64,
+        ) -> Result<Vec<std::ops::Range<u64>>, Unobservable> {
             self.model.present_runs(a, l)
         }
         fn vma_count(&mut self, a: u64, l: u64) -> Result<u64, Unobservable> {
