@@ -79,11 +79,11 @@ pub struct FuzzArgs {
     /// Seed of the first case (case k uses seed + k).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Number of cases.
-    #[arg(long, default_value_t = 200)]
+    /// Number of cases (at least 1).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     pub cases: u64,
-    /// Operations per case.
-    #[arg(long, default_value_t = 100)]
+    /// Operations per case (1 to 100,000: a case is generated and shrunk in memory).
+    #[arg(long, default_value_t = 100, value_parser = parse_ops)]
     pub ops: usize,
     /// The other side.
     #[arg(long, value_enum, default_value = "kernel")]
@@ -99,11 +99,31 @@ pub struct FuzzArgs {
     pub mremap_single_page: bool,
     /// Start no new case after this many seconds (the summary says how many ran): bounds
     /// the time of a run on a slow machine, such as a kernel emulated by qemu in CI.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_seconds)]
     pub max_seconds: Option<f64>,
-    /// Where the minimal failing trace goes (`-`: stdout).
+    /// Where the minimal failing trace goes (`-`: stdout); checked before the first case.
     #[arg(long, default_value = "fuzz-failure.trace")]
     pub out: PathBuf,
+}
+
+/// The most operations per case (`--ops`).
+pub const MAX_OPS: usize = 100_000;
+
+fn parse_ops(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a number of operations: {e}"))?;
+    if !(1..=MAX_OPS).contains(&n) {
+        return Err(format!("{n} operations: 1 to {MAX_OPS} per case"));
+    }
+    Ok(n)
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("`{s}`: a positive number of seconds")),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -669,6 +689,10 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = crate::outpath::check_creatable("--out", &args.out) {
+        eprintln!("fuzz: {e}");
+        return ExitCode::from(2);
+    }
     if let Err(e) = other() {
         eprintln!("fuzz: {name} cannot run here: {e}");
         return ExitCode::from(3);

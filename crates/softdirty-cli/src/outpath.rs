@@ -39,6 +39,45 @@ pub fn check_writable(flag: &str, p: &Path) -> Result<(), String> {
         .map_err(|e| format!("{flag} {}: cannot write: {e}", p.display()))
 }
 
+/// Can `p` be written later, without creating or changing it now (an output written only
+/// on failure, such as `fuzz --out`)? An existing file must open for writing; a new one
+/// needs a writable directory.
+pub fn check_creatable(flag: &str, p: &Path) -> Result<(), String> {
+    if is_stdout(p) {
+        return Ok(());
+    }
+    if p.exists() {
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .map(drop)
+            .map_err(|e| format!("{flag} {}: cannot write: {e}", p.display()));
+    }
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "{flag} {}: cannot write: {} is not a directory",
+            p.display(),
+            dir.display()
+        ));
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{flag} {}: a NUL in the path", p.display()))?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; access(2) only reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(format!(
+            "{flag} {}: cannot write: {}: {}",
+            p.display(),
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `text` to `p`, or to stdout when `p` is `-`.
 pub fn write_text(p: &Path, text: &str) -> Result<(), String> {
     if is_stdout(p) {

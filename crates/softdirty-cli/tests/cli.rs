@@ -300,6 +300,40 @@ fn flags_ignored_in_combination_are_refused() {
     let o = sd(&["compare", "--scale", "3", "--workload", "trace:x.trace"]);
     assert_eq!(o.code, Some(2), "{}", o.ctx());
     assert!(o.stderr.contains("--scale 3 has no effect"), "{}", o.ctx());
+    // run: --mem does not size a trace's guest.
+    let t = trace(
+        &scratch("mem-with-trace"),
+        "t.trace",
+        "mmap 0x10_0000_0000 1M rw\n",
+    );
+    let w = format!("trace:{t}");
+    let o = sd(&["run", "--workload", &w, "--mem", "64M", "--duration", "0.1"]);
+    assert_eq!(o.code, Some(2), "{}", o.ctx());
+    assert!(
+        o.stderr.contains("--mem") && o.stderr.contains("does not apply"),
+        "{}",
+        o.ctx()
+    );
+    assert!(o.stdout.is_empty(), "{}", o.ctx());
+}
+
+/// fuzz: vacuous or impossible counts and budgets are refused before any case, and a
+/// case size that would not fit in memory is refused, not aborted on.
+#[test]
+fn fuzz_counts_are_checked() {
+    for (flag, v) in [
+        ("--ops", "0"),
+        ("--ops", "10000000000"),
+        ("--cases", "0"),
+        ("--max-seconds", "nan"),
+        ("--max-seconds", "0"),
+        ("--max-seconds", "inf"),
+    ] {
+        let o = sd(&["fuzz", "--against", "reference", flag, v]);
+        assert_eq!(o.code, Some(2), "{flag} {v}: {}", o.ctx());
+        assert!(o.stderr.contains(flag), "{flag} {v}: {}", o.ctx());
+        assert!(o.stdout.is_empty(), "{}", o.ctx());
+    }
 }
 
 // ------------------------------------------------------------------ 6. paths first
@@ -332,6 +366,20 @@ fn unwritable_outputs_fail_before_the_work() {
         assert!(o.stdout.is_empty(), "the simulation ran: {}", o.ctx());
     }
     let o = sd(&["compare", "--scale", "10000", "--plot", bad_svg]);
+    assert_eq!(o.code, Some(2), "{}", o.ctx());
+    assert!(o.stderr.contains("cannot write"), "{}", o.ctx());
+    assert!(o.stdout.is_empty(), "{}", o.ctx());
+    // fuzz writes --out only on a failure: it is checked before the first case.
+    let bad_trace = dir.join("no-such-dir").join("f.trace");
+    let o = sd(&[
+        "fuzz",
+        "--against",
+        "reference",
+        "--cases",
+        "1000000",
+        "--out",
+        bad_trace.to_str().unwrap(),
+    ]);
     assert_eq!(o.code, Some(2), "{}", o.ctx());
     assert!(o.stderr.contains("cannot write"), "{}", o.ctx());
     assert!(o.stdout.is_empty(), "{}", o.ctx());

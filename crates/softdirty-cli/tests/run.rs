@@ -9,7 +9,7 @@ use softdirty_cli::workload::Workload;
 
 fn short(mode: ModeSel, workload: Workload, seed: u64) -> RunArgs {
     RunArgs {
-        mem: 64 << 20,
+        mem: Some(64 << 20),
         rounds: 8,
         duration: 2.0,
         mode,
@@ -65,7 +65,7 @@ fn default_scenario_short_keeps_its_invariants() {
 fn precise_never_sends_more_than_legacy_on_the_same_seed() {
     for seed in [2, 4] {
         let args = RunArgs {
-            mem: 256 << 20,
+            mem: Some(256 << 20),
             dirty_rate: 20_000,
             downtime_ms: 5,
             churn_rate: Some(100.0),
@@ -111,13 +111,27 @@ fn trace_workload_uses_the_trace_layout() {
     )
     .unwrap();
     let args = RunArgs {
-        mem: 64 << 20,
+        mem: None,
         workload: Workload::Trace(f.clone()),
         ..short(ModeSel::Both, Workload::Zipf, 1)
     };
     let r = simulate(&args).expect("runs");
     check_invariants(&r);
     assert!(r.config.layout.iter().any(|m| m.start == 0x10_0000_0000));
+    // The guest is the trace's mappings, not --mem's default.
+    assert_eq!(r.config.mem, r.config.mapped_pages * 4096);
+    assert!(
+        r.config.mem >= 16 << 20 && r.config.mem < 64 << 20,
+        "{}",
+        r.config.mem
+    );
+    // --mem with a trace is refused, not ignored.
+    let with_mem = RunArgs {
+        mem: Some(64 << 20),
+        ..args
+    };
+    let e = simulate(&with_mem).expect_err("--mem with a trace");
+    assert!(e.to_string().contains("does not apply"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -125,7 +139,7 @@ fn trace_workload_uses_the_trace_layout() {
 fn impossible_combinations_are_refused_not_panicked() {
     for a in [
         RunArgs {
-            mem: 0,
+            mem: Some(0),
             ..RunArgs::default()
         },
         RunArgs {
@@ -133,7 +147,7 @@ fn impossible_combinations_are_refused_not_panicked() {
             ..RunArgs::default()
         },
         RunArgs {
-            mem: 8 * 4096,
+            mem: Some(8 * 4096),
             vcpus: 9,
             ..RunArgs::default()
         },

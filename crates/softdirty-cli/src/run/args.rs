@@ -24,11 +24,12 @@ Tables go to stdout, the progress bar to stderr (only on a terminal). \
 `--json -` prints the report as JSON on stdout instead of the tables, `--plot -` the SVG \
 chart (not both). Output files are opened before the simulation starts.")]
 pub struct RunArgs {
-    /// Guest memory: the size of the simulated address space's mappings (at most 1984G,
-    /// what the default layout fits in the 128 TiB user address space of x86-64 with
-    /// 4-level paging).
-    #[arg(long, default_value = "4G", value_parser = parse_size)]
-    pub mem: u64,
+    /// Guest memory: the size of the simulated address space's mappings (default 4G, at
+    /// most 1984G, what the default layout fits in the 128 TiB user address space of
+    /// x86-64 with 4-level paging). Not with --workload trace:FILE, whose mappings are the
+    /// guest's memory.
+    #[arg(long, value_parser = parse_size)]
+    pub mem: Option<u64>,
     /// vCPU writer threads (1 to 1024, at most one per guest page; the thread stacks
     /// shrink to fit many vCPUs in a small guest).
     #[arg(long, default_value_t = 2)]
@@ -132,21 +133,37 @@ fn parse_workload(s: &str) -> Result<Workload, String> {
 /// times what any memory bus does, and far from the overflows of the quota arithmetic.
 pub const MAX_DIRTY_RATE: u64 = 1_000_000_000_000;
 
+/// `--mem`'s default: 4 GiB.
+pub const DEFAULT_MEM: u64 = 4 << 30;
+
+impl RunArgs {
+    /// `--mem`, or its default.
+    pub fn mem(&self) -> u64 {
+        self.mem.unwrap_or(DEFAULT_MEM)
+    }
+}
+
 /// Checks the combination of options; the message says what is wrong.
 pub fn validate(a: &RunArgs) -> Result<(), String> {
-    let pages = a.mem / PAGE;
+    if let (Workload::Trace(_), Some(m)) = (&a.workload, a.mem) {
+        return Err(format!(
+            "--mem {m} does not apply to --workload trace:FILE: the trace's mappings are the \
+             guest's memory"
+        ));
+    }
+    let pages = a.mem() / PAGE;
     if pages == 0 {
         return Err(format!(
             "--mem {} is less than one page: the guest needs at least 4096 bytes",
-            a.mem
+            a.mem()
         ));
     }
-    if !matches!(a.workload, Workload::Trace(_)) && a.mem > MAX_GUEST_MEM {
+    if !matches!(a.workload, Workload::Trace(_)) && a.mem() > MAX_GUEST_MEM {
         return Err(format!(
             "--mem {}: at most {} GiB ({MAX_GUEST_MEM} bytes): the guest's RAM region must fit \
              between 0x7e00_0000_0000 and the thread stacks at 0x7ff0_0000_0000 in the 128 TiB \
              user address space of x86-64 with 4-level paging",
-            a.mem,
+            a.mem(),
             MAX_GUEST_MEM >> 30
         ));
     }
@@ -175,7 +192,8 @@ pub fn validate(a: &RunArgs) -> Result<(), String> {
     if !matches!(a.workload, Workload::Trace(_)) && a.vcpus as u64 > pages {
         return Err(format!(
             "--vcpus {} is more than the guest's {pages} pages (--mem {}): every vCPU needs a page",
-            a.vcpus, a.mem
+            a.vcpus,
+            a.mem()
         ));
     }
     if a.bandwidth < PAGE {

@@ -61,7 +61,7 @@ pub fn scaling(args: &RunArgs) -> Vec<ScalingRow> {
         t *= 2;
     }
     counts.push(cores);
-    let layout = workload::guest_layout(args.mem, cores, args.seed);
+    let layout = workload::guest_layout(args.mem(), cores, args.seed);
     let mm = AddressSpace::new(Mode::Precise);
     for op in &layout.setup {
         let _ = op.apply(&mm);
@@ -129,7 +129,7 @@ pub(super) fn print_scaling(
     writeln!(
         out,
         "write scaling: precise, {} guest, workload {}, {} s per point, {} cores",
-        bytes(args.mem),
+        bytes(args.mem()),
         args.workload,
         args.scaling_secs.unwrap_or(1.0),
         std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -372,7 +372,7 @@ fn run_mode(
 pub fn layout_for(args: &RunArgs) -> Result<GuestLayout, String> {
     match &args.workload {
         Workload::Trace(p) => workload::trace_layout(p, args.seed),
-        _ => Ok(workload::guest_layout(args.mem, args.vcpus, args.seed)),
+        _ => Ok(workload::guest_layout(args.mem(), args.vcpus, args.seed)),
     }
 }
 
@@ -416,7 +416,11 @@ pub(super) fn simulate_with(args: &RunArgs, show_progress: bool) -> Result<RunRe
         + layout.chunks.iter().map(|c| c.pages).sum::<u64>();
     Ok(RunReport {
         config: Config {
-            mem: args.mem,
+            // A trace's guest is its mappings.
+            mem: match args.workload {
+                Workload::Trace(_) => mapped_pages * softdirty::linux::PAGE_SIZE,
+                _ => args.mem(),
+            },
             vcpus: args.vcpus,
             workload: args.workload.to_string(),
             rounds: args.rounds,
