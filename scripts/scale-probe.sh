@@ -4,8 +4,11 @@
 # directory, not a test: nothing here fails on slowness.
 #
 #   bash scripts/scale-probe.sh [N ...]   every-other-page mprotect traces of N mprotects
-#                                         (default 1000 2000 4000), then FORKS forks of a
-#                                         126 TiB mapping with 8 written pages (FORKS=50)
+#                                         and every-other-page munmap traces of N munmaps
+#                                         (default 1000 10000 30000), N * 10 one-page mmaps
+#                                         each merged onto the previous one, then FORKS
+#                                         forks of a 126 TiB mapping with 8 written pages
+#                                         (FORKS=1000)
 #
 # Output: one line per trace, "NAME: wall=S s maxrss=K KiB". Traces go to
 # ${TMPDIR:-/tmp}/softdirty-scale-probe/.
@@ -17,8 +20,8 @@ bin="${SOFTDIRTY_BIN:-target/release/softdirty}"
 dir="${TMPDIR:-/tmp}/softdirty-scale-probe"
 mkdir -p "$dir"
 sizes=("$@")
-[[ ${#sizes[@]} -gt 0 ]] || sizes=(1000 2000 4000)
-forks="${FORKS:-50}"
+[[ ${#sizes[@]} -gt 0 ]] || sizes=(1000 10000 30000)
+forks="${FORKS:-1000}"
 
 run() {
     /usr/bin/time -o "$dir/time.txt" -f "$(basename "$1" .trace): wall=%e s maxrss=%M KiB rc=%x" \
@@ -33,6 +36,29 @@ for n in "${sizes[@]}"; do
         printf "mmap $a %dp rw\n", 2 * n
         for (i = 0; i < n; i++) printf "mprotect $a+%dp 1p r\n", 2 * i
         printf "expect vmas $a %dp %d\n", 2 * n, 2 * n
+    }' >"$t"
+    run "$t"
+done
+
+for n in "${sizes[@]}"; do
+    t="$dir/munmap-every-other-page-$n.trace"
+    awk -v n="$n" 'BEGIN {
+        print "mode precise"
+        printf "mmap $a %dp rw\n", 2 * n
+        for (i = 0; i < n; i++) printf "munmap $a+%dp 1p\n", 2 * i
+        printf "expect vmas $a %dp %d\n", 2 * n, n
+    }' >"$t"
+    run "$t"
+done
+
+for n in "${sizes[@]}"; do
+    m=$((n * 10))
+    t="$dir/merging-mmaps-$m.trace"
+    awk -v n="$m" 'BEGIN {
+        print "mode precise"
+        print "mmap $a 1p rw"
+        for (i = 1; i < n; i++) printf "mmap $a+%dp 1p rw fixed\n", i
+        printf "expect vmas $a %dp 1\n", n
     }' >"$t"
     run "$t"
 done

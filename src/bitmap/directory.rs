@@ -4,7 +4,8 @@
 //! 8.3 million slots, 63 MiB), and a fork copies a top entry per untouched stretch.
 //!
 //! A top entry is a slot tag ([`ABSENT_CLEAN`], [`ABSENT_DIRTY`]: every slot of the leaf
-//! holds that tag) or a pointer to a leaf of [`LEAF_SLOTS`] slots. A leaf is installed
+//! holds that tag) or a pointer to a leaf of [`LEAF_SLOTS`] slots (the last leaf: the
+//! slots left, so that a small bitmap's leaf costs what it covers). A leaf is installed
 //! with a CAS from the tag, filled with the tag, the first time one of its slots must
 //! change; it is freed only with the bitmap.
 //!
@@ -83,36 +84,45 @@ impl Directory {
     pub(super) fn bytes(&self) -> usize {
         let mut b = self.top.len() * std::mem::size_of::<usize>();
         for j in 0..self.top.len() {
-            if let Entry::Leaf(_) = self.entry(j, Ordering::Acquire) {
-                b += LEAF_SLOTS * std::mem::size_of::<usize>();
+            if let Entry::Leaf(l) = self.entry(j, Ordering::Acquire) {
+                b += std::mem::size_of_val(l);
             }
         }
         b
+    }
+
+    /// Slots in leaf `j`: [`LEAF_SLOTS`], but for the last leaf, which has the slots left.
+    #[inline]
+    fn leaf_len(&self, j: usize) -> usize {
+        LEAF_SLOTS.min(self.len - j * LEAF_SLOTS)
     }
 
     /// Top entry `j`, read with `ord` (Acquire or stronger to follow a leaf pointer).
     #[inline]
     pub(super) fn entry(&self, j: usize, ord: Ordering) -> Entry<'_> {
         let v = self.top[j].load(ord);
-        self.decode(v)
+        self.decode(j, v)
     }
 
     /// Top entry `j` after a value-preserving `AcqRel` RMW (the drain's).
     pub(super) fn entry_rmw(&self, j: usize) -> Entry<'_> {
         // AcqRel: see the module documentation (pairs with a fault's leaf-installing CAS).
         let v = self.top[j].fetch_or(0, Ordering::AcqRel);
-        self.decode(v)
+        self.decode(j, v)
     }
 
+    /// Top entry `j`'s value `v`, decoded.
     #[inline]
-    fn decode(&self, v: usize) -> Entry<'_> {
+    fn decode(&self, j: usize, v: usize) -> Entry<'_> {
         if is_tag(v) {
             Entry::Tag(v)
         } else {
-            // SAFETY: a non-tag top entry is the first slot of a leaf of `LEAF_SLOTS`
-            // slots made by `Box::into_raw` in `install` and freed only in `Drop`
-            // (`&mut self`), so it lives as long as this `&self` borrow.
-            Entry::Leaf(unsafe { std::slice::from_raw_parts(v as *const AtomicUsize, LEAF_SLOTS) })
+            // SAFETY: a non-tag top entry `j` is the first slot of a leaf of
+            // `leaf_len(j)` slots made by `Box::into_raw` in `leaf_for` and freed only in
+            // `Drop` (`&mut self`), so it lives as long as this `&self` borrow.
+            Entry::Leaf(unsafe {
+                std::slice::from_raw_parts(v as *const AtomicUsize, self.leaf_len(j))
+            })
         }
     }
 
@@ -133,7 +143,7 @@ impl Directory {
         loop {
             let v = self.top[j].load(Ordering::Acquire);
             if !is_tag(v) {
-                return match self.decode(v) {
+                return match self.decode(j, v) {
                     Entry::Leaf(l) => Ok(l),
                     Entry::Tag(_) => unreachable!("decoded a pointer"),
                 };
@@ -141,21 +151,20 @@ impl Directory {
             if v != expect {
                 return Err(v);
             }
-            let leaf: Box<[AtomicUsize]> = (0..LEAF_SLOTS).map(|_| AtomicUsize::new(v)).collect();
+            let n = self.leaf_len(j);
+            let leaf: Box<[AtomicUsize]> = (0..n).map(|_| AtomicUsize::new(v)).collect();
             let p = Box::into_raw(leaf) as *mut AtomicUsize;
             // AcqRel: Release publishes the leaf's initial tags to `load`/`entry` readers;
             // Acquire pairs with the drain's RMW on this entry (module documentation).
             match self.top[j].compare_exchange(v, p as usize, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     // SAFETY: just installed; owned by the directory from now on.
-                    return Ok(unsafe { std::slice::from_raw_parts(p, LEAF_SLOTS) });
+                    return Ok(unsafe { std::slice::from_raw_parts(p, n) });
                 }
                 Err(_) => {
                     // SAFETY: the CAS failed, so the leaf was never shared; it was made
-                    // from a boxed slice of exactly `LEAF_SLOTS` slots.
-                    drop(unsafe {
-                        Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, LEAF_SLOTS))
-                    });
+                    // from a boxed slice of exactly `n` slots.
+                    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n)) });
                 }
             }
         }
@@ -213,7 +222,7 @@ impl Directory {
         // the leaf) or loses and re-reads our tag.
         match self.top[j].compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => Ok(()),
-            Err(v) => Err(self.decode(v)),
+            Err(v) => Err(self.decode(j, v)),
         }
     }
 
@@ -234,17 +243,17 @@ impl Directory {
 
 impl Drop for Directory {
     fn drop(&mut self) {
-        for e in self.top.iter() {
+        for (j, e) in self.top.iter().enumerate() {
             let v = e.load(Ordering::Relaxed);
             if !is_tag(v) {
                 // SAFETY: `&mut self`: no other reference exists; the value came from
-                // `Box::into_raw` of a boxed slice of `LEAF_SLOTS` slots in `leaf_for`
+                // `Box::into_raw` of a boxed slice of `leaf_len(j)` slots in `leaf_for`
                 // and is freed only here. (The chunks it points to are freed by the
                 // bitmap's `Drop`, which runs first.)
                 drop(unsafe {
                     Box::from_raw(std::ptr::slice_from_raw_parts_mut(
                         v as *mut AtomicUsize,
-                        LEAF_SLOTS,
+                        self.leaf_len(j),
                     ))
                 });
             }

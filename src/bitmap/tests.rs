@@ -200,6 +200,22 @@ fn a_fault_after_a_zap_redoes_nothing_and_a_zap_after_a_write_wins() {
 }
 
 #[test]
+fn a_small_bitmap_leaf_covers_only_its_slots() {
+    // A one-page VMA split off an untouched dirty mapping: its directory gets a leaf to
+    // hold the dirty tag of its one slot. That leaf is one slot (8 bytes), not 512
+    // (4 KiB): 60,000 such VMAs cost 0.96 MB of tracking, not 246 MB.
+    let src = PageBitmap::new(8192, true);
+    for pages in [1u64, 3, CHUNK_PAGES + 1] {
+        let dst = PageBitmap::new(pages, false);
+        dst.copy_from(0, &src, 1, pages, CopyRule::Plain);
+        assert_eq!(dst.uniform(0, pages), Some(false));
+        let slots = pages.div_ceil(CHUNK_PAGES) as usize;
+        assert_eq!(dst.materialized_chunks(), 0);
+        assert_eq!(dst.tracking_bytes(), 8 + slots * 8, "{pages} pages");
+    }
+}
+
+#[test]
 fn a_copy_of_a_huge_untouched_bitmap_costs_a_top_entry_per_leaf() {
     // 126 TiB, 8 pages written far apart, cleared: a fork-like whole copy installs a leaf
     // only where the source has one, and copies untouched leaves as top entries.
