@@ -553,7 +553,7 @@ fn fmt_runs(v: &[(u64, u64)]) -> String {
     render::pages(&PageSet::List(v.to_vec()))
 }
 
-/// The minimal trace as text (through the one trace renderer, [`render`]), ending with
+/// The minimal trace as text (through the one trace renderer, [`render`](mod@render)), ending with
 /// the other side's answers as expectations and the model's as comments.
 pub fn render(ops: &[Command], mode: Mode, m: &Mismatch, other_name: &str) -> String {
     let mut s = format!(

@@ -3,11 +3,11 @@
 //!
 //! - [`run`]: the live-migration pre-copy simulator (`softdirty run`, the default job);
 //! - [`compare`]: one seeded workload under every mode, side by side;
-//! - [`bench`]: marking and harvest benchmarks against vm-memory's `AtomicBitmap`;
+//! - [`bench`](mod@bench): marking and harvest benchmarks against vm-memory's `AtomicBitmap`;
 //! - [`workload`]: the guest workloads `run` and `compare` drive;
 //! - [`fuzz`]: random traces on the model and the kernel (or the reference), shrunk;
 //! - [`outpath`]: output paths (`-` is stdout, checked before any work);
-//! - [`reference`]: the independent reference model the fuzzer and the proptests check
+//! - [`reference`](mod@reference): the independent reference model the fuzzer and the proptests check
 //!   the model against.
 
 pub mod bench;

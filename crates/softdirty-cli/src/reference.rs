@@ -19,8 +19,8 @@
 //! copies slices of those vectors around. Modelled: `precise`, `legacy`, `sticky`,
 //! `nomerge`, `regions`.
 //!
-//! The mode-specific rules, all in one place ([`RefSpace::flag_rule`] and
-//! [`RefSpace::nomerge_after_clear`]):
+//! The mode-specific rules, all in one place (`RefSpace::flag_rule` and
+//! `RefSpace::nomerge_after_clear`):
 //! - `legacy`: a merged VMA's VM_SOFTDIRTY is the surviving VMA's own (the target of a
 //!   new-range merge; the modified VMA's new flags after an mprotect merge, because of
 //!   `vm_flags_reset(newflags)`); mmap then forces it set.
@@ -43,9 +43,9 @@
 //! - `clear_refs 4` (`clear_refs_write`): every list becomes `[(vm_start, vm_end)]`;
 //! - a split (`__split_vma` → `nsdr_adjust_new_first` / `nsdr_adjust_new_after`, which
 //!   both divide at the split address): regions ending at or below it go left, regions
-//!   starting at or above it go right, a crossing region is cut in two ([`nsdr_divide`]);
+//!   starting at or above it go right, a crossing region is cut in two (`nsdr_divide`);
 //! - a new mapping (`vma_init`, `vm_area_alloc`): the empty list;
-//! - a new-range merge ([`RefSpace::merge_new`], [`Via`]): mmap (6.1 `mmap_region` →
+//! - a new-range merge (`RefSpace::merge_new`, [`Via`]): mmap (6.1 `mmap_region` →
 //!   `vma_expand`) merging with both neighbours appends next's list to prev's
 //!   (`nsdr_move`); copy_vma and in-place mremap growth (6.1 `vma_merge`) merging with
 //!   both neighbours are case 1, where `__vma_adjust` frees next with its list before
@@ -53,7 +53,7 @@
 //!   one neighbour keeps that neighbour's list (no list operation in `vma_expand` without
 //!   `remove_next`, nor in `vma_merge` cases 2/3); a copy_vma that does not merge clones
 //!   the *whole* source VMA's list verbatim, old addresses included (`nsdr_clone`);
-//! - an existing-range merge ([`RefSpace::modify`], 6.1 `vma_merge` cases 4–8): the
+//! - an existing-range merge (`RefSpace::modify`, 6.1 `vma_merge` cases 4–8): the
 //!   surviving VMA keeps its own list, the lists of removed VMAs are freed with them
 //!   (`vm_area_free` → `nsdr_clear`), and a VMA whose boundary moved inward (cases 4, 5)
 //!   keeps every region, those now outside it included;
@@ -338,7 +338,7 @@ impl RefSpace {
     /// `vma_merge_new_range` for the hole `[new.start, new.end)`, or insertion of `new`.
     /// `new.softdirty_flag` is the flag the range brings (mmap: set; copy_vma: the
     /// source's; in-place grow: the VMA's own). A merged VMA keeps the target's own flags
-    /// (VM_SOFTDIRTY: see [`RefSpace::flag_rule`]). Returns the index of the VMA that now
+    /// (VM_SOFTDIRTY: see `RefSpace::flag_rule`). Returns the index of the VMA that now
     /// covers the range.
     ///
     /// `regions`: `new.nsdr` is the list a new VMA would get (mmap: empty; copy_vma: the
