@@ -20,6 +20,9 @@ echo "== tests (release, PROPTEST_CASES=$PROPTEST_CASES)"
 # (tests/kvm_oracle.rs runs the oracle only with SOFTDIRTY_KVM_ORACLE=1; it runs below.)
 env -u SOFTDIRTY_KVM_ORACLE cargo test --release --workspace --features softdirty/vm-memory
 
+echo "== rustdoc: every intra-doc link resolves (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --features softdirty/vm-memory -q
+
 echo "== stress against the broken twins: each twin it can see must make it fail"
 # (tests/stress.rs and tests/litmus.rs ran above, with the other integration tests.)
 bash scripts/stress-twins.sh
