@@ -141,6 +141,10 @@ pub enum Command {
     Scan(ScanArgs),
     /// The smaps `VmFlags` line of the VMA containing the address.
     Smaps(u64),
+    /// `brk_start ADDR` (trace v2): the start of the heap and the break.
+    BrkStart(u64),
+    /// `brk ADDR` (trace v2): brk(2).
+    Brk(u64),
 }
 
 impl From<Op> for Command {
@@ -310,6 +314,29 @@ pub trait Backend {
     fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable>;
     /// Simulated write faults in the current space so far.
     fn faults(&mut self) -> Result<u64, Unobservable>;
+    /// `brk_start ADDR` (trace v2). By default the backend cannot run it.
+    fn brk_start(&mut self, addr: u64) -> OpResult<()> {
+        let _ = addr;
+        Err(format!(
+            "{}: brk_start is not supported on this backend",
+            self.name()
+        ))
+    }
+    /// `brk ADDR` (trace v2); the new break. By default the backend cannot run it.
+    fn brk(&mut self, addr: u64) -> OpResult<u64> {
+        let _ = addr;
+        Err(format!(
+            "{}: brk is not supported on this backend",
+            self.name()
+        ))
+    }
+    /// The current break (`expect brk`). By default unobservable.
+    fn current_brk(&mut self) -> Result<u64, Unobservable> {
+        Err(Unobservable::Skip(format!(
+            "{}: the program break is not observable on this backend",
+            self.name()
+        )))
+    }
 
     /// Performs one [`Command`] through the methods above: the one entry every generator
     /// of operations uses. `Err(msg)`: the backend cannot perform it.
@@ -335,6 +362,8 @@ pub trait Backend {
             }
             Command::Scan(args) => self.scan(args)?.map(Outcome::Scan),
             Command::Smaps(addr) => Ok(Outcome::Smaps(self.smaps_vmflags(*addr)?)),
+            Command::BrkStart(addr) => done(self.brk_start(*addr)?),
+            Command::Brk(addr) => done(self.brk(*addr)?.map(|_| ())),
         })
     }
 
@@ -464,6 +493,15 @@ impl Backend for ModelBackend {
     }
     fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String> {
         Ok(self.current().smaps_vmflags(addr))
+    }
+    fn brk_start(&mut self, addr: u64) -> OpResult<()> {
+        Ok(self.current().brk_start(addr))
+    }
+    fn brk(&mut self, addr: u64) -> OpResult<u64> {
+        Ok(self.current().brk(addr))
+    }
+    fn current_brk(&mut self) -> Result<u64, Unobservable> {
+        Ok(self.current().current_brk())
     }
     fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable> {
         Ok(self.current().softdirty_runs(addr, len))

@@ -12,6 +12,9 @@ impl AddressSpace {
     /// Private VMAs that were write-faulted get their PTEs copied (and a new anon_vma
     /// whose chain links ours); others start unpopulated in the child, as in Linux.
     pub fn fork(&self) -> AddressSpace {
+        // The break first (brk.rs's lock order), held so that no brk runs while the
+        // child is built; the child inherits it.
+        let brk = lock(&self.brk);
         let _ctl = lock(&self.control);
         let guard = epoch::pin();
         let idx = self.index(&guard);
@@ -55,6 +58,7 @@ impl AddressSpace {
             mode: self.mode,
             index: Atomic::new(VmaIndex::new(vmas)),
             control: Mutex::new(()),
+            brk: Mutex::new(*brk),
             faults: FaultCounter::new(),
             accounting: self.accounting.clone(),
         }

@@ -527,6 +527,20 @@ impl Layout {
         }
     }
 
+    /// A new VMA `w` in the hole it covers, merged with nothing (brk's growth when the VMA
+    /// below the old break is not part of the heap). Returns its index.
+    pub(crate) fn insert_unmerged(&mut self, w: WVma) -> usize {
+        self.load(w.start, w.end);
+        self.edited = true;
+        let i = self.find_from(w.start);
+        debug_assert!(
+            i >= self.vmas.len() || self.vmas[i].start >= w.end,
+            "range must be a hole"
+        );
+        self.vmas.insert(i, w);
+        i
+    }
+
     /// mprotect's `vma_modify_flags` on `[start, end)` inside VMA `i`, then
     /// `vm_flags_reset(new)`: merge with a neighbour when the range touches an edge and the
     /// flags and anon_vmas allow it (`vma_merge_existing_range`), otherwise split.

@@ -17,7 +17,7 @@
 //! | `fault.rs` | the data plane: a simulated write or read fault, the first fault's anon_vma |
 //! | `layout.rs` | the VMA layout editor (split, unmap, merge as Linux 6.18 does) |
 //! | `commit.rs` | the structural commit: build the new VMAs, swap the index, seal and drain |
-//! | `mmap.rs`, `mprotect.rs`, `mremap.rs`, `madvise.rs`, `fork.rs`, `clear_refs.rs` | one system call each |
+//! | `mmap.rs`, `mprotect.rs`, `mremap.rs`, `madvise.rs`, `fork.rs`, `clear_refs.rs`, `brk.rs` | one system call each (`brk.rs`: the program break, trace v2) |
 //! | `query.rs` | the VMA list, smaps flags, tracking memory |
 //!
 //! Errors are Linux's, checked in the kernel's order (`docs/kernel-rules.md` records the
@@ -25,6 +25,7 @@
 //! madvise over a hole, a multi-VMA mremap failing half-way) the model does the same;
 //! everywhere else a failed operation changes nothing.
 
+mod brk;
 mod clear_refs;
 mod commit;
 mod fault;
@@ -36,6 +37,7 @@ mod mprotect;
 mod mremap;
 mod query;
 
+pub use brk::STACK_GUARD_GAP;
 pub use clear_refs::parse_kstrtoint;
 use fault::FaultCounter;
 
@@ -114,6 +116,8 @@ pub struct AddressSpace {
     mode: Mode,
     index: Atomic<VmaIndex>,
     control: Mutex<()>,
+    /// the program break (`brk.rs`); taken before `control` where both are
+    brk: Mutex<brk::Brk>,
     faults: FaultCounter,
     /// the model's memory: shared with the tracker's other spaces and with fork children
     accounting: std::sync::Arc<Accounting>,
@@ -147,6 +151,7 @@ impl AddressSpace {
             mode,
             index: Atomic::new(VmaIndex::default()),
             control: Mutex::new(()),
+            brk: Mutex::new(brk::Brk::default()),
             faults: FaultCounter::new(),
             accounting,
         }

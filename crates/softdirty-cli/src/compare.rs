@@ -457,6 +457,15 @@ pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
             Command::Space(s) => main = s == "main",
             _ if !main => {}
             Command::Fork(_) | Command::Smaps(_) => {}
+            // The program break (trace v2): a structural operation every design runs.
+            Command::BrkStart(a) => {
+                let _ = g.mm.brk_start(a);
+                g.steps.push(Step::Do(cmd));
+            }
+            Command::Brk(a) => {
+                let _ = g.mm.brk(a);
+                g.steps.push(Step::Do(cmd));
+            }
             Command::Op(op) => {
                 if let Some(a) = g.op(op) {
                     bind(&mut names, b, a);
@@ -626,6 +635,8 @@ fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadRepo
                     r
                 }
                 Step::Do(Command::Read { addr, len }) => s.mm.read(*addr, *len).map(|()| 0),
+                Step::Do(Command::BrkStart(a)) => s.mm.brk_start(*a).map(|()| 0),
+                Step::Do(Command::Brk(a)) => s.mm.brk(*a),
                 Step::Do(Command::ClearRefs(v)) => {
                     let r = s.mm.clear_refs_str(v).map(|()| 0);
                     s.t.clear.push(t0.elapsed().as_nanos() as u64);

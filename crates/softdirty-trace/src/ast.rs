@@ -159,6 +159,8 @@ pub enum Expect {
     WalkEnd(Addr),
     /// `expect faults N`
     Faults(u64),
+    /// `expect brk ADDR` (v2): the current program break
+    Brk(Addr),
 }
 
 /// One command of a trace (an operation or an expectation): what one line holds.
@@ -250,6 +252,10 @@ pub enum Statement {
     Scan(ScanCmd),
     /// `smaps ADDR`
     Smaps(Addr),
+    /// `brk_start ADDR` (v2)
+    BrkStart(Addr),
+    /// `brk ADDR` (v2)
+    Brk(Addr),
     /// `expect ...`
     Expect(Expect),
 }

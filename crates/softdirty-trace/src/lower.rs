@@ -134,6 +134,8 @@ pub fn lower<'a>(c: &'a Statement, names: &Bindings) -> Result<Action<'a>, Strin
         }
         Statement::Scan(s) => Command::Scan(scan_args(s, r(&s.start)?)),
         Statement::Smaps(a) => Command::Smaps(r(a)?),
+        Statement::BrkStart(a) => Command::BrkStart(r(a)?),
+        Statement::Brk(a) => Command::Brk(r(a)?),
     };
     Ok(Action::Perform { cmd, bind })
 }

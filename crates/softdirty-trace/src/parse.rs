@@ -511,6 +511,8 @@ const COMMANDS: &[&str] = &[
     "smaps",
     "space",
     "fork",
+    "brk_start",
+    "brk",
     "expect",
 ];
 
@@ -523,6 +525,7 @@ const EXPECTS: &[&str] = &[
     "regions",
     "walk_end",
     "faults",
+    "brk",
 ];
 
 const CATEGORIES: &[(&str, u64)] = &[
@@ -665,6 +668,8 @@ impl Parser {
             }
             "scan" => self.scan(&mut c)?,
             "smaps" => Statement::Smaps(self.addr(&mut c, "ADDR")?),
+            "brk_start" => Statement::BrkStart(self.addr(&mut c, "ADDR")?),
+            "brk" => Statement::Brk(self.addr(&mut c, "ADDR")?),
             "expect" => Statement::Expect(self.expect(&mut c)?),
             other => {
                 return Err(c.err(
@@ -1127,6 +1132,7 @@ impl Parser {
             "regions" => Expect::Regions(self.number(c, "N")?),
             "walk_end" => Expect::WalkEnd(self.addr(c, "ADDR")?),
             "faults" => Expect::Faults(self.number(c, "N")?),
+            "brk" => Expect::Brk(self.addr(c, "ADDR")?),
             other => {
                 return Err(c.err(
                     t,

@@ -170,6 +170,8 @@ pub fn command(c: &Command) -> String {
         ),
         Command::Scan(args) => scan(args),
         Command::Smaps(a) => format!("smaps {}", addr(*a)),
+        Command::BrkStart(a) => format!("brk_start {}", addr(*a)),
+        Command::Brk(a) => format!("brk {}", addr(*a)),
     }
 }
 
@@ -226,6 +228,7 @@ pub fn expect(e: &Expect) -> String {
         Expect::Regions(n) => format!("expect regions {n}"),
         Expect::WalkEnd(a) => format!("expect walk_end {}", addr_expr(a)),
         Expect::Faults(n) => format!("expect faults {n}"),
+        Expect::Brk(a) => format!("expect brk {}", addr_expr(a)),
     }
 }
 
@@ -345,6 +348,8 @@ mod tests {
                     }
                 ),
             u64_s().prop_map(Command::Smaps),
+            u64_s().prop_map(Command::BrkStart),
+            u64_s().prop_map(Command::Brk),
         ]
     }
 
@@ -416,6 +421,10 @@ mod tests {
                 offset: 0,
             }),
             Expect::Faults(1),
+            Expect::Brk(Addr {
+                base: AddrBase::Number(0x20_0000_0000),
+                offset: 3 * 4096,
+            }),
         ];
         let text: String = std::iter::once("mmap $heap 4p rw\n".to_string())
             .chain(e.iter().map(|x| expect(x) + "\n"))

@@ -401,6 +401,8 @@ fn describe(c: &Statement) -> &'static str {
         Statement::Pagemap { .. } => "pagemap",
         Statement::Scan(_) => "scan",
         Statement::Smaps(_) => "smaps",
+        Statement::BrkStart(_) => "brk_start",
+        Statement::Brk(_) => "brk",
         Statement::Expect(_) => "expect",
     }
 }
@@ -415,6 +417,7 @@ fn expect_name(e: &Expect) -> &'static str {
         Expect::Regions(_) => "expect regions",
         Expect::WalkEnd(_) => "expect walk_end",
         Expect::Faults(_) => "expect faults",
+        Expect::Brk(_) => "expect brk",
     }
 }
 
@@ -653,6 +656,17 @@ impl Replayer<'_> {
                     Ok(())
                 } else {
                     Err(fail(format!("expected {n} write faults, counted {got}")))
+                }
+            }
+            Expect::Brk(a) => {
+                let want = self.addr(a).map_err(fail)?;
+                let got = self.backend.current_brk()?;
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(fail(format!(
+                        "expected the break at {want:#x}, it is at {got:#x}"
+                    )))
                 }
             }
         }
