@@ -38,6 +38,8 @@ pub enum Op {
         shared: bool,
         /// placement
         placement: Placement,
+        /// MAP_NORESERVE, MAP_POPULATE (trace v2)
+        opts: mm::MapOpts,
     },
     /// `munmap`
     Munmap {
@@ -75,6 +77,15 @@ pub enum Op {
         /// length in bytes
         len: u64,
     },
+    /// `madvise` with an advice of trace v2 (`Advice::DontNeed` is [`Op::DontNeed`])
+    Madvise {
+        /// address
+        addr: u64,
+        /// length in bytes
+        len: u64,
+        /// the advice
+        advice: mm::Advice,
+    },
 }
 
 impl Op {
@@ -87,7 +98,15 @@ impl Op {
                 prot,
                 shared,
                 placement,
-            } => mm.mmap(addr, len, prot, mm::Sharing::from_flag(shared), placement),
+                opts,
+            } => mm.mmap_with(
+                addr,
+                len,
+                prot,
+                mm::Sharing::from_flag(shared),
+                placement,
+                opts,
+            ),
             Op::Munmap { addr, len } => mm.munmap(addr, len).map(|()| 0),
             Op::Mprotect { addr, len, prot } => mm.mprotect(addr, len, prot).map(|()| 0),
             Op::Mremap {
@@ -98,6 +117,7 @@ impl Op {
                 fixed,
             } => mm.mremap(addr, old_len, new_len, maymove, fixed),
             Op::DontNeed { addr, len } => mm.madvise_dontneed(addr, len).map(|()| 0),
+            Op::Madvise { addr, len, advice } => mm.madvise(addr, len, advice).map(|()| 0),
         }
     }
 }
@@ -274,6 +294,37 @@ pub trait Backend {
     ) -> OpResult<u64>;
     /// `madvise(MADV_DONTNEED)`.
     fn madvise_dontneed(&mut self, addr: u64, len: u64) -> OpResult<()>;
+    /// `madvise` with any advice (trace v2). By default `dontneed` only; the backend
+    /// cannot run the others.
+    fn madvise(&mut self, addr: u64, len: u64, advice: mm::Advice) -> OpResult<()> {
+        if advice == mm::Advice::DontNeed {
+            return self.madvise_dontneed(addr, len);
+        }
+        Err(format!(
+            "{}: madvise {} is not supported on this backend",
+            self.name(),
+            advice.name()
+        ))
+    }
+    /// `mmap` with the v2 flags (`noreserve`, `populate`). By default only without them.
+    #[allow(clippy::too_many_arguments)] // mmap's arguments
+    fn mmap_with(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: mm::Placement,
+        opts: mm::MapOpts,
+    ) -> OpResult<u64> {
+        if opts == mm::MapOpts::default() {
+            return self.mmap(addr, len, prot, shared, placement);
+        }
+        Err(format!(
+            "{}: mmap noreserve/populate is not supported on this backend",
+            self.name()
+        ))
+    }
     /// A store to every page overlapping the range, in order, stopping at the first page
     /// that faults (EFAULT).
     fn write(&mut self, addr: u64, len: u64) -> OpResult<()>;
@@ -377,7 +428,8 @@ pub trait Backend {
                 prot,
                 shared,
                 placement,
-            } => self.mmap(addr, len, prot, shared, placement)?,
+                opts,
+            } => self.mmap_with(addr, len, prot, shared, placement, opts)?,
             Op::Munmap { addr, len } => self.munmap(addr, len)?.map(|()| 0),
             Op::Mprotect { addr, len, prot } => self.mprotect(addr, len, prot)?.map(|()| 0),
             Op::Mremap {
@@ -388,6 +440,7 @@ pub trait Backend {
                 fixed,
             } => self.mremap(addr, old_len, new_len, maymove, fixed)?,
             Op::DontNeed { addr, len } => self.madvise_dontneed(addr, len)?.map(|()| 0),
+            Op::Madvise { addr, len, advice } => self.madvise(addr, len, advice)?.map(|()| 0),
         })
     }
 }
@@ -465,6 +518,27 @@ impl Backend for ModelBackend {
     }
     fn madvise_dontneed(&mut self, addr: u64, len: u64) -> OpResult<()> {
         Ok(self.current().madvise_dontneed(addr, len))
+    }
+    fn madvise(&mut self, addr: u64, len: u64, advice: mm::Advice) -> OpResult<()> {
+        Ok(self.current().madvise(addr, len, advice))
+    }
+    fn mmap_with(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: mm::Placement,
+        opts: mm::MapOpts,
+    ) -> OpResult<u64> {
+        Ok(self.current().mmap_with(
+            addr,
+            len,
+            prot,
+            mm::Sharing::from_flag(shared),
+            placement,
+            opts,
+        ))
     }
     fn write(&mut self, addr: u64, len: u64) -> OpResult<()> {
         Ok(self.current().write(addr, len))

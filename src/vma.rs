@@ -27,6 +27,28 @@ pub struct VmaFlags {
     /// `VM_SOFTDIRTY`, maintained by the kernel's rules of the address space's mode in
     /// every mode (in `precise` it is only shown by smaps, never reported per page)
     pub softdirty: bool,
+    /// `VM_NORESERVE` (`MAP_NORESERVE`, trace v2): no commit charge, never `VM_ACCOUNT`
+    pub noreserve: bool,
+    /// `VM_DONTCOPY` (`MADV_DONTFORK`): `fork` leaves the VMA out of the child
+    pub dontcopy: bool,
+    /// `VM_WIPEONFORK` (`MADV_WIPEONFORK`): the child gets the VMA empty
+    pub wipeonfork: bool,
+}
+
+impl VmaFlags {
+    /// The flags of a new mapping with `prot`; `shared`, `account` and `softdirty` as
+    /// given, every v2 flag clear.
+    pub fn new(prot: Prot, shared: bool, account: bool, softdirty: bool) -> VmaFlags {
+        VmaFlags {
+            prot,
+            shared,
+            account,
+            softdirty,
+            noreserve: false,
+            dontcopy: false,
+            wipeonfork: false,
+        }
+    }
 }
 
 /// The kernel's per-VMA metadata that merges compare.
@@ -208,7 +230,10 @@ impl Vma {
         put(true, "mw");
         put(true, "me");
         put(f.shared, "ms");
+        put(f.dontcopy, "dc");
         put(f.account, "ac");
+        put(f.noreserve, "nr");
+        put(f.wipeonfork, "wf");
         put(show_sd && f.softdirty, "sd");
         s
     }

@@ -856,6 +856,25 @@ impl Backend for KernelBackend {
         shared: bool,
         placement: Placement,
     ) -> OpResult<u64> {
+        self.mmap_with(
+            addr,
+            len,
+            prot,
+            shared,
+            placement,
+            crate::mm::MapOpts::default(),
+        )
+    }
+
+    fn mmap_with(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: Placement,
+        opts: crate::mm::MapOpts,
+    ) -> OpResult<u64> {
         let fixed = match placement {
             Placement::Hint => 0,
             Placement::Fixed => libc::MAP_FIXED,
@@ -873,7 +892,13 @@ impl Backend for KernelBackend {
             } else {
                 libc::MAP_PRIVATE
             }
-            | fixed;
+            | fixed
+            | if opts.noreserve {
+                libc::MAP_NORESERVE
+            } else {
+                0
+            }
+            | if opts.populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: an anonymous mapping. With MAP_FIXED it replaces only memory the trace
         // mapped (checked above, and never below MIN_FIXED_ADDR); with
         // MAP_FIXED_NOREPLACE or a hint it replaces nothing.
@@ -991,6 +1016,38 @@ impl Backend for KernelBackend {
         // loses no data this program uses.
         let r =
             unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+        if r != 0 {
+            return Ok(Err(to_errno(last_errno(), "madvise")?));
+        }
+        Ok(Ok(()))
+    }
+
+    fn madvise(&mut self, addr: u64, len: u64, advice: crate::mm::Advice) -> OpResult<()> {
+        use crate::mm::Advice;
+        let adv = match advice {
+            Advice::DontNeed => return self.madvise_dontneed(addr, len),
+            Advice::Free => libc::MADV_FREE,
+            Advice::PopulateRead => 22,  // MADV_POPULATE_READ (5.14+)
+            Advice::PopulateWrite => 23, // MADV_POPULATE_WRITE
+            Advice::DontFork => libc::MADV_DONTFORK,
+            Advice::DoFork => libc::MADV_DOFORK,
+            Advice::WipeOnFork => libc::MADV_WIPEONFORK,
+            Advice::KeepOnFork => libc::MADV_KEEPONFORK,
+        };
+        // A range that wraps the address space is refused by the kernel before it looks at
+        // any VMA (EINVAL), so it may be passed on; any other must be the trace's memory.
+        let wraps = len
+            .checked_add(PAGE_SIZE - 1)
+            .and_then(|l| addr.checked_add(l & !(PAGE_SIZE - 1)))
+            .is_none();
+        if !wraps {
+            self.check_owned(addr, len, "madvise")?;
+        }
+        // SAFETY: the range holds only memory the trace mapped (checked above), or wraps
+        // and is refused with EINVAL before anything is done; none of
+        // these advices frees memory this program uses (MADV_FREE only lets the kernel
+        // reclaim the trace's clean pages under pressure).
+        let r = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, adv) };
         if r != 0 {
             return Ok(Err(to_errno(last_errno(), "madvise")?));
         }

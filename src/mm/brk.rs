@@ -124,13 +124,8 @@ impl AddressSpace {
                 return (Err(Errno::ENOMEM), false);
             }
             let meta = VmaMeta {
-                flags: VmaFlags {
-                    prot: Prot::RW,
-                    shared: false,
-                    account: true,
-                    // Nomerge: the new range counts as soft-dirty in the merge decision.
-                    softdirty: mode.flag_blocks_merge(),
-                },
+                // Nomerge: the new range counts as soft-dirty in the merge decision.
+                flags: VmaFlags::new(Prot::RW, false, true, mode.flag_blocks_merge()),
                 pgoff: oldbrk >> PAGE_SHIFT,
                 file: None,
                 forked: false,

@@ -165,6 +165,9 @@ impl AddressSpace {
                 && a.meta.file == b.meta.file
                 && a.meta.flags.shared == b.meta.flags.shared
                 && a.meta.flags.account == b.meta.flags.account
+                && a.meta.flags.noreserve == b.meta.flags.noreserve
+                && a.meta.flags.dontcopy == b.meta.flags.dontcopy
+                && a.meta.flags.wipeonfork == b.meta.flags.wipeonfork
                 && b.meta.pgoff == a.meta.pgoff + a.pages()
         };
         if let Some(n) = idx.next(v.end) {

@@ -23,6 +23,25 @@ impl AddressSpace {
         // before (the child gets the PTEs) or waits until the child exists.
         let mut frozen = Vec::new();
         for v in idx.iter() {
+            // dup_mmap: a VM_DONTCOPY VMA is left out of the child.
+            if v.meta.flags.dontcopy {
+                continue;
+            }
+            if v.meta.flags.wipeonfork {
+                // The child's VMA is empty (no anon_vma, no page copied): its pages are
+                // unpopulated, and in precise mode soft-dirty (their content was wiped).
+                let bm = PageBitmap::accounted(
+                    v.pages(),
+                    self.mode.is_precise(),
+                    Some(&self.accounting),
+                );
+                let mut meta = v.meta;
+                meta.forked = false;
+                vmas.push(Arc::new(
+                    Vma::new(v.start, v.end, meta, 0, Arc::new(bm)).with_nsdr(v.nsdr.clone()),
+                ));
+                continue;
+            }
             let (anon, froze) = v.freeze_anon();
             if froze {
                 frozen.push(v);

@@ -370,6 +370,9 @@ impl Layout {
         a.flags.prot == b.flags.prot
             && a.flags.shared == b.flags.shared
             && a.flags.account == b.flags.account
+            && a.flags.noreserve == b.flags.noreserve
+            && a.flags.dontcopy == b.flags.dontcopy
+            && a.flags.wipeonfork == b.flags.wipeonfork
             && a.file == b.file
             && (!self.mode.flag_blocks_merge() || a.flags.softdirty == b.flags.softdirty)
     }

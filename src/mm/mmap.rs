@@ -1,7 +1,7 @@
 //! `mmap` (with the model's deterministic address choice) and `munmap`.
 
 use super::layout::{Layout, NewRange, Piece, Src};
-use super::{page_align, AddressSpace, Placement, Sharing, DAC_MMAP_MIN_ADDR, MMAP_BASE};
+use super::{page_align, AddressSpace, MapOpts, Placement, Sharing, DAC_MMAP_MIN_ADDR, MMAP_BASE};
 use crate::errno::{Errno, Result};
 use crate::linux::{MAX_MAP_COUNT, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
 use crate::mode::Mode;
@@ -19,6 +19,41 @@ impl AddressSpace {
         prot: Prot,
         sharing: Sharing,
         placement: Placement,
+    ) -> Result<u64> {
+        self.mmap_with(addr, len, prot, sharing, placement, MapOpts::default())
+    }
+
+    /// [`Self::mmap`] with the v2 flags `opts` (`MAP_NORESERVE`, `MAP_POPULATE`).
+    pub fn mmap_with(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        sharing: Sharing,
+        placement: Placement,
+        opts: MapOpts,
+    ) -> Result<u64> {
+        let a = self.mmap_inner(addr, len, prot, sharing, placement, opts)?;
+        if opts.populate && prot.accessible() {
+            // mm_populate after the mapping is made; its errors are ignored, as mmap does.
+            let len = page_align(len).unwrap_or(len);
+            let _ = if !sharing.is_shared() && prot.write {
+                self.write(a, len)
+            } else {
+                self.read(a, len)
+            };
+        }
+        Ok(a)
+    }
+
+    fn mmap_inner(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        sharing: Sharing,
+        placement: Placement,
+        opts: MapOpts,
     ) -> Result<u64> {
         let shared = sharing.is_shared();
         if len == 0 {
@@ -79,11 +114,14 @@ impl AddressSpace {
             let precise = self.mode.is_precise();
             let meta = VmaMeta {
                 flags: VmaFlags {
-                    prot,
-                    shared,
-                    account: !shared && prot.write,
-                    // Nomerge: the new range counts as soft-dirty in the merge decision.
-                    softdirty: self.mode.flag_blocks_merge(),
+                    noreserve: opts.noreserve,
+                    ..VmaFlags::new(
+                        prot,
+                        shared,
+                        !shared && prot.write && !opts.noreserve,
+                        // Nomerge: the new range counts as soft-dirty in the merge decision.
+                        self.mode.flag_blocks_merge(),
+                    )
                 },
                 pgoff: if shared { 0 } else { addr >> PAGE_SHIFT },
                 file: shared.then(|| self.accounting.next_id()),

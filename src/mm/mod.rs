@@ -40,6 +40,7 @@ mod query;
 pub use brk::STACK_GUARD_GAP;
 pub use clear_refs::parse_kstrtoint;
 use fault::FaultCounter;
+pub use madvise::Advice;
 
 use crate::accounting::Accounting;
 use crate::epoch::{self, Atomic, Guard};
@@ -80,6 +81,16 @@ impl Sharing {
     pub fn is_shared(self) -> bool {
         self == Sharing::Shared
     }
+}
+
+/// The mmap flags of trace v2 besides the placement and the sharing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MapOpts {
+    /// `MAP_NORESERVE`: `VM_NORESERVE`, and no `VM_ACCOUNT`
+    pub noreserve: bool,
+    /// `MAP_POPULATE`: every page faulted in at mmap time (a write fault where the
+    /// mapping is private and writable, else a read fault; none for `PROT_NONE`)
+    pub populate: bool,
 }
 
 /// Where `mmap` may put a mapping.

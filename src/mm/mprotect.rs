@@ -38,7 +38,7 @@ impl AddressSpace {
                 let mut new = old;
                 new.prot = prot;
                 if prot.write {
-                    if !(old.account || old.prot.write || old.shared) {
+                    if !(old.account || old.prot.write || old.shared || old.noreserve) {
                         new.account = true;
                     }
                 } else if old.account && !old.shared && v.anon == 0 {

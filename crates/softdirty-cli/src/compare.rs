@@ -197,6 +197,7 @@ impl Gen {
             prot,
             shared: false,
             placement,
+            opts: softdirty::mm::MapOpts::default(),
         })
     }
 

@@ -190,6 +190,7 @@ pub fn mmap(a: u64, l: u64, prot: Prot, placement: Placement) -> Command {
         prot,
         shared: false,
         placement,
+        opts: softdirty::mm::MapOpts::default(),
     })
 }
 

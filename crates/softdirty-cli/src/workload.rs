@@ -236,6 +236,7 @@ pub fn guest_layout(mem: u64, vcpus: usize, seed: u64) -> GuestLayout {
             prot,
             shared: false,
             placement: Placement::NoReplace,
+            opts: softdirty::mm::MapOpts::default(),
         });
         l.mappings.push(Mapping {
             name: name.to_string(),
@@ -299,6 +300,7 @@ pub fn guest_layout(mem: u64, vcpus: usize, seed: u64) -> GuestLayout {
                 prot: Prot::RW,
                 shared: false,
                 placement: Placement::NoReplace,
+                opts: softdirty::mm::MapOpts::default(),
             });
             at += n * PAGE;
             if rng.gen_ratio(1, 4) {
@@ -355,7 +357,11 @@ pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, St
             // The model's choice is deterministic; record it as an exact address.
             (
                 Op::Mmap {
-                    len, prot, shared, ..
+                    len,
+                    prot,
+                    shared,
+                    opts,
+                    ..
                 },
                 Ok(a),
             ) => Op::Mmap {
@@ -364,6 +370,7 @@ pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, St
                 prot,
                 shared,
                 placement: Placement::Fixed,
+                opts,
             },
             // Record where it went, so every replay moves it to the same place.
             (
@@ -387,7 +394,7 @@ pub fn trace_layout(path: &std::path::Path, seed: u64) -> Result<GuestLayout, St
             }
             (Op::Mmap { .. } | Op::Mremap { .. }, Err(_)) => continue,
             // mprotect and madvise over a hole leave a partial effect, as in Linux.
-            (Op::Mprotect { .. } | Op::DontNeed { .. }, _) => op,
+            (Op::Mprotect { .. } | Op::DontNeed { .. } | Op::Madvise { .. }, _) => op,
             (Op::Munmap { .. }, Ok(_)) => op,
             (Op::Munmap { .. }, Err(_)) => continue,
         };
@@ -688,6 +695,7 @@ impl Churn {
             prot: Prot::RW,
             shared: false,
             placement: Placement::NoReplace,
+            opts: softdirty::mm::MapOpts::default(),
         };
         if apply(&op).is_err() {
             return false;

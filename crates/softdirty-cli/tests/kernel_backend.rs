@@ -34,7 +34,11 @@ fn available() -> bool {
 fn traces() -> Vec<PathBuf> {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let mut v = Vec::new();
-    for dir in [root.join("../shared/traces"), root.join("tests/traces")] {
+    for dir in [
+        root.join("../shared/traces"),
+        root.join("tests/traces"),
+        root.join("tests/traces/v2"),
+    ] {
         let mut d: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|e| e.unwrap().path())
@@ -66,6 +70,12 @@ fn unsuitable(t: &Trace) -> Option<String> {
             Statement::Fork(_) | Statement::Space(_) => {
                 return Some(format!(
                     "line {}: fork/space (one real address space only)",
+                    c.line
+                ))
+            }
+            Statement::Brk(_) | Statement::BrkStart(_) => {
+                return Some(format!(
+                    "line {}: brk (the kernel backend has no break of its own yet)",
                     c.line
                 ))
             }

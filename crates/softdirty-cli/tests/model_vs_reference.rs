@@ -164,6 +164,7 @@ impl Sym {
                 prot,
                 shared,
                 placement: place,
+                opts: softdirty::mm::MapOpts::default(),
             }),
             Sym::Munmap { addr, len } => Command::Op(Op::Munmap {
                 addr: a(addr),

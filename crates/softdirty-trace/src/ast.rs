@@ -75,12 +75,10 @@ pub enum MmapTarget {
     Bind(String),
 }
 
-/// The advice of `madvise` (only `dontneed` is in the language).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Advice {
-    /// MADV_DONTNEED
-    DontNeed,
-}
+/// The advice of `madvise` (v1: `dontneed`; v2: the rest).
+pub use softdirty::mm::Advice;
+/// The mmap words of v2 (`noreserve`, `populate`).
+pub use softdirty::mm::MapOpts;
 
 /// A PAGEMAP_SCAN category mask as written (`softdirty,present` or a raw NUMBER, ORed).
 pub type Cats = u64;
@@ -182,6 +180,8 @@ pub enum Statement {
         shared: bool,
         /// hint, fixed or noreplace
         placement: Placement,
+        /// `noreserve`, `populate` (v2)
+        opts: MapOpts,
     },
     /// `munmap ADDR LEN`
     Munmap {
@@ -214,7 +214,7 @@ pub enum Statement {
         /// `=> $name` (without the `$`)
         bind: Option<String>,
     },
-    /// `madvise ADDR LEN dontneed`
+    /// `madvise ADDR LEN ADVICE`
     Madvise {
         /// ADDR
         addr: Addr,

@@ -68,6 +68,7 @@ pub fn lower<'a>(c: &'a Statement, names: &Bindings) -> Result<Action<'a>, Strin
             prot,
             shared,
             placement,
+            opts,
         } => {
             let addr = match target {
                 MmapTarget::At(a) => r(a)?,
@@ -83,6 +84,7 @@ pub fn lower<'a>(c: &'a Statement, names: &Bindings) -> Result<Action<'a>, Strin
                 prot: *prot,
                 shared: *shared,
                 placement: *placement,
+                opts: *opts,
             })
         }
         Statement::Munmap { addr, len } => Command::Op(Op::Munmap {
@@ -115,9 +117,18 @@ pub fn lower<'a>(c: &'a Statement, names: &Bindings) -> Result<Action<'a>, Strin
                 fixed,
             })
         }
-        Statement::Madvise { addr, len, .. } => Command::Op(Op::DontNeed {
+        Statement::Madvise {
+            addr,
+            len,
+            advice: softdirty::mm::Advice::DontNeed,
+        } => Command::Op(Op::DontNeed {
             addr: r(addr)?,
             len: *len,
+        }),
+        Statement::Madvise { addr, len, advice } => Command::Op(Op::Madvise {
+            addr: r(addr)?,
+            len: *len,
+            advice: *advice,
         }),
         Statement::Write { addr, len } => Command::Write {
             addr: r(addr)?,

@@ -28,7 +28,8 @@ use std::fmt;
 use std::io::{BufRead, Read, Seek};
 
 use super::ast::{
-    Addr, AddrBase, Advice, Cats, Expect, MmapTarget, PageSet, ScanCmd, Spanned, Statement, Trace,
+    Addr, AddrBase, Advice, Cats, Expect, MapOpts, MmapTarget, PageSet, ScanCmd, Spanned,
+    Statement, Trace,
 };
 use softdirty::errno::Errno;
 use softdirty::mm::Placement;
@@ -631,22 +632,19 @@ impl Parser {
             "madvise" => {
                 let addr = self.addr(&mut c, "ADDR")?;
                 let len = self.size(&mut c, "LEN")?;
-                let t = c.next("ADVICE (dontneed)")?;
-                if t.text != "dontneed" {
-                    return Err(c.err(
-                        t,
-                        format!(
-                            "expected ADVICE (dontneed), found {:?}{}",
-                            t.text,
-                            case_hint(t.text, &["dontneed"])
-                        ),
-                    ));
-                }
-                Statement::Madvise {
-                    addr,
-                    len,
-                    advice: Advice::DontNeed,
-                }
+                let names: Vec<&str> = Advice::ALL.iter().map(|a| a.name()).collect();
+                let what = format!("ADVICE ({})", names.join(", "));
+                let t = c.next(&what)?;
+                let Some(advice) = Advice::from_name(t.text) else {
+                    let v2_later = ["guard_install", "guard_remove"];
+                    let why = if v2_later.contains(&t.text) {
+                        " (trace v2's guard regions are not implemented yet)".to_string()
+                    } else {
+                        case_hint(t.text, &names)
+                    };
+                    return Err(c.err(t, format!("expected {what}, found {:?}{why}", t.text)));
+                };
+                Statement::Madvise { addr, len, advice }
             }
             "write" | "read" => {
                 let addr = self.addr(&mut c, "ADDR")?;
@@ -848,17 +846,39 @@ impl Parser {
         let prot = self.prot(c)?;
         let mut sharing: Option<&str> = None;
         let mut placing: Option<&str> = None;
-        const FLAGS: &[&str] = &["private", "shared", "fixed", "noreplace"];
+        let mut noreserve: Option<&str> = None;
+        let mut populate: Option<&str> = None;
+        const FLAGS: &[&str] = &[
+            "private",
+            "shared",
+            "fixed",
+            "noreplace",
+            "noreserve",
+            "populate",
+        ];
         while let Some(t) = c.next_opt() {
             let slot = match t.text {
                 "private" | "shared" => &mut sharing,
                 "fixed" | "noreplace" => &mut placing,
+                "noreserve" => &mut noreserve,
+                "populate" => &mut populate,
+                "file" | "growsdown" => {
+                    return Err(c.err(
+                        t,
+                        format!(
+                            "{:?} (trace v2) is not implemented yet: this build replays the \
+                             program break, noreserve, populate and the madvise advices of v2, \
+                             not files or stacks",
+                            t.text
+                        ),
+                    ))
+                }
                 other => {
                     return Err(c.err(
                         t,
                         format!(
-                            "expected a flag (private, shared, fixed, noreplace) or end of line, \
-                             found {other:?}{}",
+                            "expected a flag (private, shared, fixed, noreplace, noreserve, \
+                             populate) or end of line, found {other:?}{}",
                             case_hint(other, FLAGS)
                         ),
                     ))
@@ -885,6 +905,10 @@ impl Parser {
             prot,
             shared: sharing == Some("shared"),
             placement,
+            opts: MapOpts {
+                noreserve: noreserve.is_some(),
+                populate: populate.is_some(),
+            },
         })
     }
 
@@ -1273,6 +1297,7 @@ mod tests {
                 prot: Prot::RW,
                 shared: false,
                 placement: Placement::Hint,
+                opts: MapOpts::default(),
             }
         );
         assert_eq!(
@@ -1411,6 +1436,7 @@ mod tests {
                 prot: Prot::RW,
                 shared: false,
                 placement: Placement::Hint,
+                opts: MapOpts::default(),
             }
         );
         assert_eq!(
@@ -1421,6 +1447,7 @@ mod tests {
                 prot: Prot::RW,
                 shared: false,
                 placement: Placement::Fixed,
+                opts: MapOpts::default(),
             }
         );
         assert_eq!(
@@ -1431,6 +1458,7 @@ mod tests {
                 prot: Prot::NONE,
                 shared: true,
                 placement: Placement::NoReplace,
+                opts: MapOpts::default(),
             }
         );
         // A bare name with an explicit +0 offset is a use, not a binding.
@@ -1442,6 +1470,7 @@ mod tests {
                 prot: Prot::R,
                 shared: false,
                 placement: Placement::Hint,
+                opts: MapOpts::default(),
             }
         );
         assert_eq!(
@@ -1452,6 +1481,7 @@ mod tests {
                 prot: Prot::RWX,
                 shared: false,
                 placement: Placement::Hint,
+                opts: MapOpts::default(),
             }
         );
         assert_eq!(
@@ -1466,6 +1496,7 @@ mod tests {
                 },
                 shared: true,
                 placement: Placement::Fixed,
+                opts: MapOpts::default(),
             }
         );
         for (s, p) in [
@@ -1718,7 +1749,7 @@ mod tests {
     fn err_wrong_case_keyword() {
         bad("MMAP 0 1p rw", 1, 1, "did you mean \"mmap\"");
         bad("mmap 0 1p rw FIXED", 1, 14, "keywords are lower case");
-        bad("madvise 0 1p DONTNEED", 1, 14, "expected ADVICE (dontneed)");
+        bad("madvise 0 1p DONTNEED", 1, 14, "did you mean \"dontneed\"");
         bad("mode Legacy", 1, 6, "did you mean \"legacy\"");
         bad("munmap 0 16P", 1, 10, "units are p, K, M, G, T");
         bad("munmap 0 64k", 1, 10, "units are p, K, M, G, T");

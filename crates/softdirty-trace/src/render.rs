@@ -84,6 +84,7 @@ pub fn op(o: &Op) -> String {
             prot,
             shared,
             placement,
+            opts,
         } => {
             let place = match placement {
                 Placement::Hint => "",
@@ -91,7 +92,13 @@ pub fn op(o: &Op) -> String {
                 Placement::NoReplace => " noreplace",
             };
             let share = if shared { "shared" } else { "private" };
-            format!("mmap {} {} {prot} {share}{place}", addr(a), size(len))
+            let noreserve = if opts.noreserve { " noreserve" } else { "" };
+            let populate = if opts.populate { " populate" } else { "" };
+            format!(
+                "mmap {} {} {prot} {share}{place}{noreserve}{populate}",
+                addr(a),
+                size(len)
+            )
         }
         Op::Munmap { addr: a, len } => format!("munmap {} {}", addr(a), size(len)),
         Op::Mprotect { addr: a, len, prot } => {
@@ -114,6 +121,11 @@ pub fn op(o: &Op) -> String {
             s
         }
         Op::DontNeed { addr: a, len } => format!("madvise {} {} dontneed", addr(a), size(len)),
+        Op::Madvise {
+            addr: a,
+            len,
+            advice,
+        } => format!("madvise {} {} {}", addr(a), size(len), advice.name()),
     }
 }
 
@@ -273,15 +285,36 @@ mod tests {
             Placement::NoReplace,
         ]);
         prop_oneof![
-            (u64_s(), u64_s(), prot_s(), any::<bool>(), place).prop_map(
-                |(addr, len, prot, shared, placement)| Op::Mmap {
-                    addr,
-                    len,
-                    prot,
-                    shared,
-                    placement
-                }
-            ),
+            (
+                u64_s(),
+                u64_s(),
+                prot_s(),
+                any::<bool>(),
+                place,
+                any::<(bool, bool)>()
+            )
+                .prop_map(
+                    |(addr, len, prot, shared, placement, (noreserve, populate))| Op::Mmap {
+                        addr,
+                        len,
+                        prot,
+                        shared,
+                        placement,
+                        opts: softdirty::mm::MapOpts {
+                            noreserve,
+                            populate
+                        },
+                    }
+                ),
+            (
+                u64_s(),
+                u64_s(),
+                prop::sample::select(softdirty::mm::Advice::ALL.to_vec())
+            )
+                .prop_filter("dontneed is Op::DontNeed", |(_, _, a)| {
+                    *a != softdirty::mm::Advice::DontNeed
+                })
+                .prop_map(|(addr, len, advice)| Op::Madvise { addr, len, advice }),
             (u64_s(), u64_s()).prop_map(|(addr, len)| Op::Munmap { addr, len }),
             (u64_s(), u64_s(), prot_s()).prop_map(|(addr, len, prot)| Op::Mprotect {
                 addr,
