@@ -33,6 +33,8 @@ pub struct VmaFlags {
     pub dontcopy: bool,
     /// `VM_WIPEONFORK` (`MADV_WIPEONFORK`): the child gets the VMA empty
     pub wipeonfork: bool,
+    /// `VM_GROWSDOWN` (`MAP_GROWSDOWN`): a stack, grown down by an access below it
+    pub growsdown: bool,
 }
 
 impl VmaFlags {
@@ -47,6 +49,7 @@ impl VmaFlags {
             noreserve: false,
             dontcopy: false,
             wipeonfork: false,
+            growsdown: false,
         }
     }
 }
@@ -230,6 +233,7 @@ impl Vma {
         put(true, "mw");
         put(true, "me");
         put(f.shared, "ms");
+        put(f.growsdown, "gd");
         put(f.dontcopy, "dc");
         put(f.account, "ac");
         put(f.noreserve, "nr");

@@ -898,7 +898,12 @@ impl Backend for KernelBackend {
             } else {
                 0
             }
-            | if opts.populate { libc::MAP_POPULATE } else { 0 };
+            | if opts.populate { libc::MAP_POPULATE } else { 0 }
+            | if opts.growsdown {
+                libc::MAP_GROWSDOWN
+            } else {
+                0
+            };
         // SAFETY: an anonymous mapping. With MAP_FIXED it replaces only memory the trace
         // mapped (checked above, and never below MIN_FIXED_ADDR); with
         // MAP_FIXED_NOREPLACE or a hint it replaces nothing.

@@ -113,10 +113,15 @@ impl AddressSpace {
         self.structural(|l| {
             // Room for the guard gap: the first VMA from the old break that starts below
             // newbrk + PAGE_SIZE + stack_guard_gap must start at least a page above
-            // newbrk (vm_start_gap: no VMA here grows down).
+            // newbrk, or above its guard gap if it is a stack (vm_start_gap).
             let gap_end = newbrk.saturating_add(PAGE_SIZE + STACK_GUARD_GAP);
             if let Some(next) = l.base.range(oldbrk, gap_end).next() {
-                if newbrk + PAGE_SIZE > next.start {
+                let start_gap = if next.meta.flags.growsdown {
+                    next.start.saturating_sub(STACK_GUARD_GAP)
+                } else {
+                    next.start
+                };
+                if newbrk + PAGE_SIZE > start_gap {
                     return (Err(Errno::ENOMEM), false);
                 }
             }

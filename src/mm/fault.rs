@@ -75,6 +75,10 @@ impl AddressSpace {
         loop {
             let idx = self.index(&guard);
             let Some(v) = idx.lookup(page) else {
+                // Below a stack: the kernel's expand_stack, then the access again.
+                if self.expand_stack(page)? {
+                    continue;
+                }
                 return Err(Errno::EFAULT);
             };
             let prot = v.meta.flags.prot;
@@ -168,6 +172,7 @@ impl AddressSpace {
                 && a.meta.flags.noreserve == b.meta.flags.noreserve
                 && a.meta.flags.dontcopy == b.meta.flags.dontcopy
                 && a.meta.flags.wipeonfork == b.meta.flags.wipeonfork
+                && a.meta.flags.growsdown == b.meta.flags.growsdown
                 && b.meta.pgoff == a.meta.pgoff + a.pages()
         };
         if let Some(n) = idx.next(v.end) {

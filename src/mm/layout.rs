@@ -373,6 +373,7 @@ impl Layout {
             && a.flags.noreserve == b.flags.noreserve
             && a.flags.dontcopy == b.flags.dontcopy
             && a.flags.wipeonfork == b.flags.wipeonfork
+            && a.flags.growsdown == b.flags.growsdown
             && a.file == b.file
             && (!self.mode.flag_blocks_merge() || a.flags.softdirty == b.flags.softdirty)
     }

@@ -108,6 +108,10 @@ impl AddressSpace {
             if placement == Placement::NoReplace && l.intersects(addr, end) {
                 return (Err(Errno::EEXIST), false);
             }
+            if shared && opts.growsdown {
+                // do_mmap, MAP_SHARED anonymous: no VM_GROWSDOWN (after the placement).
+                return (Err(Errno::EINVAL), false);
+            }
             if let Err(e) = l.unmap(addr, end) {
                 return (Err(e), false);
             }
@@ -115,6 +119,7 @@ impl AddressSpace {
             let meta = VmaMeta {
                 flags: VmaFlags {
                     noreserve: opts.noreserve,
+                    growsdown: opts.growsdown,
                     ..VmaFlags::new(
                         prot,
                         shared,

@@ -36,11 +36,13 @@ mod mmap;
 mod mprotect;
 mod mremap;
 mod query;
+mod stack;
 
 pub use brk::STACK_GUARD_GAP;
 pub use clear_refs::parse_kstrtoint;
 use fault::FaultCounter;
 pub use madvise::Advice;
+pub use stack::STACK_LIMIT;
 
 use crate::accounting::Accounting;
 use crate::epoch::{self, Atomic, Guard};
@@ -91,6 +93,8 @@ pub struct MapOpts {
     /// `MAP_POPULATE`: every page faulted in at mmap time (a write fault where the
     /// mapping is private and writable, else a read fault; none for `PROT_NONE`)
     pub populate: bool,
+    /// `MAP_GROWSDOWN`: a stack VMA (`VM_GROWSDOWN`); EINVAL with `MAP_SHARED`
+    pub growsdown: bool,
 }
 
 /// Where `mmap` may put a mapping.

@@ -848,6 +848,7 @@ impl Parser {
         let mut placing: Option<&str> = None;
         let mut noreserve: Option<&str> = None;
         let mut populate: Option<&str> = None;
+        let mut growsdown: Option<&str> = None;
         const FLAGS: &[&str] = &[
             "private",
             "shared",
@@ -855,6 +856,7 @@ impl Parser {
             "noreplace",
             "noreserve",
             "populate",
+            "growsdown",
         ];
         while let Some(t) = c.next_opt() {
             let slot = match t.text {
@@ -862,13 +864,14 @@ impl Parser {
                 "fixed" | "noreplace" => &mut placing,
                 "noreserve" => &mut noreserve,
                 "populate" => &mut populate,
-                "file" | "growsdown" => {
+                "growsdown" => &mut growsdown,
+                "file" => {
                     return Err(c.err(
                         t,
                         format!(
                             "{:?} (trace v2) is not implemented yet: this build replays the \
-                             program break, noreserve, populate and the madvise advices of v2, \
-                             not files or stacks",
+                             program break, stacks, noreserve, populate and the madvise advices \
+                             of v2, not files",
                             t.text
                         ),
                     ))
@@ -878,7 +881,7 @@ impl Parser {
                         t,
                         format!(
                             "expected a flag (private, shared, fixed, noreplace, noreserve, \
-                             populate) or end of line, found {other:?}{}",
+                             populate, growsdown) or end of line, found {other:?}{}",
                             case_hint(other, FLAGS)
                         ),
                     ))
@@ -908,6 +911,7 @@ impl Parser {
             opts: MapOpts {
                 noreserve: noreserve.is_some(),
                 populate: populate.is_some(),
+                growsdown: growsdown.is_some(),
             },
         })
     }

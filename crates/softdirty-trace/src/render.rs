@@ -94,8 +94,9 @@ pub fn op(o: &Op) -> String {
             let share = if shared { "shared" } else { "private" };
             let noreserve = if opts.noreserve { " noreserve" } else { "" };
             let populate = if opts.populate { " populate" } else { "" };
+            let growsdown = if opts.growsdown { " growsdown" } else { "" };
             format!(
-                "mmap {} {} {prot} {share}{place}{noreserve}{populate}",
+                "mmap {} {} {prot} {share}{place}{noreserve}{populate}{growsdown}",
                 addr(a),
                 size(len)
             )
@@ -291,19 +292,22 @@ mod tests {
                 prot_s(),
                 any::<bool>(),
                 place,
-                any::<(bool, bool)>()
+                any::<(bool, bool, bool)>()
             )
                 .prop_map(
-                    |(addr, len, prot, shared, placement, (noreserve, populate))| Op::Mmap {
-                        addr,
-                        len,
-                        prot,
-                        shared,
-                        placement,
-                        opts: softdirty::mm::MapOpts {
-                            noreserve,
-                            populate
-                        },
+                    |(addr, len, prot, shared, placement, (noreserve, populate, growsdown))| {
+                        Op::Mmap {
+                            addr,
+                            len,
+                            prot,
+                            shared,
+                            placement,
+                            opts: softdirty::mm::MapOpts {
+                                noreserve,
+                                populate,
+                                growsdown,
+                            },
+                        }
                     }
                 ),
             (
