@@ -157,6 +157,10 @@ pub struct Profile {
     /// The other side is the kernel backend's uffd flavour: skip the multi-VMA moves
     /// [`uffd_divergence`] names.
     pub uffd: bool,
+    /// Also trace v2's operations (the program break, mmap noreserve/populate, the madvise
+    /// advices), drawn from a second generator so that the v1 sequence of a seed stays
+    /// the same (against the reference model).
+    pub v2: bool,
 }
 
 impl fmt::Display for Profile {
@@ -173,6 +177,9 @@ impl fmt::Display for Profile {
         }
         if self.uffd {
             v.push("skips multi-VMA mremap moves (refused on uffd-armed VMAs)");
+        }
+        if self.v2 {
+            v.push("with trace v2's brk, mmap flags and madvise advices");
         }
         if v.is_empty() {
             f.write_str("every operation")
@@ -205,6 +212,45 @@ pub fn mremap(a: u64, old: u64, new: u64, dest: Option<u64>) -> Command {
     })
 }
 
+/// One operation of trace v2 over `[a, a + l)`: the program break (its start inside the
+/// window, so that the heap meets the window's mappings), mmap with noreserve/populate,
+/// or a v2 madvise advice.
+fn v2_op(rng: &mut SmallRng, a: u64, l: u64, prot: Prot) -> Command {
+    use softdirty::mm::{Advice, MapOpts};
+    match rng.gen_range(0..10) {
+        0 => Command::BrkStart(BASE + rng.gen_range(0..WINDOW_PAGES / 2) * PAGE_SIZE),
+        1..=3 => {
+            // Anywhere around the window, unaligned too.
+            let off = rng.gen_range(0..(WINDOW_PAGES + 4) * PAGE_SIZE);
+            Command::Brk((BASE + off).saturating_sub(2 * PAGE_SIZE))
+        }
+        4..=5 => Command::Op(Op::Mmap {
+            addr: a,
+            len: l,
+            prot,
+            shared: rng.gen_bool(0.2),
+            placement: if rng.gen_bool(0.5) {
+                Placement::Fixed
+            } else {
+                Placement::NoReplace
+            },
+            opts: MapOpts {
+                noreserve: rng.gen_bool(0.5),
+                populate: rng.gen_bool(0.5),
+                growsdown: false,
+            },
+        }),
+        _ => {
+            let advices = &Advice::ALL[1..];
+            Command::Op(Op::Madvise {
+                addr: a,
+                len: l,
+                advice: advices[rng.gen_range(0..advices.len())],
+            })
+        }
+    }
+}
+
 /// A random case of `n` operations for `seed`. The profile changes the mremap source
 /// lengths and the kind of scan, never the rest of the sequence.
 pub fn generate(seed: u64, n: usize, profile: Profile) -> Vec<Command> {
@@ -212,6 +258,8 @@ pub fn generate(seed: u64, n: usize, profile: Profile) -> Vec<Command> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let prots = [Prot::NONE, Prot::R, Prot::RW, Prot::RW, Prot::RW, Prot::RX];
     let mut v = Vec::with_capacity(n);
+    // v2 operations come from their own generator: a v1 case is the same with or without.
+    let mut rng2 = SmallRng::seed_from_u64(seed ^ 0x7632_7632_7632_7632);
     // Start with something mapped, most of the time.
     if rng.gen_bool(0.8) {
         v.push(mmap(BASE, 8 * PAGE_SIZE, Prot::RW, Placement::NoReplace));
@@ -252,6 +300,11 @@ pub fn generate(seed: u64, n: usize, profile: Profile) -> Vec<Command> {
             73..=80 => Command::Read { addr: a, len: l },
             81..=88 => Command::ClearRefs("4".into()),
             _ => scan(a, l, !profile.scan_without_clear),
+        };
+        let op = if profile.v2 && rng2.gen_bool(0.2) {
+            v2_op(&mut rng2, a, l, prot)
+        } else {
+            op
         };
         v.push(op);
     }
@@ -656,6 +709,7 @@ pub fn kernel_profile(
         scan_without_clear: mode == Mode::Legacy,
         linux_6_12: version.is_some_and(|v| v < (6, 17)),
         uffd: mode == Mode::Precise,
+        v2: false,
     }
 }
 
@@ -667,10 +721,13 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
     };
     type Maker = Box<dyn Fn() -> Result<Box<dyn Backend>, String>>;
     let (name, other): (String, Maker) = match (args.against, args.mode) {
-        (Against::Reference, m) => (
-            "the reference model".to_string(),
-            Box::new(move || Ok(Box::new(RefBackend::new(m)) as Box<dyn Backend>)),
-        ),
+        (Against::Reference, m) => {
+            profile.v2 = true;
+            (
+                "the reference model".to_string(),
+                Box::new(move || Ok(Box::new(RefBackend::new(m)) as Box<dyn Backend>)),
+            )
+        }
         (Against::Kernel, m @ (Mode::Precise | Mode::Legacy)) => {
             let flavour = if m == Mode::Precise {
                 softdirty::backend::KernelFlavour::Uffd

@@ -76,7 +76,7 @@
 
 use softdirty::backend::{Backend, OpResult, Unobservable};
 use softdirty::errno::Errno;
-use softdirty::mm::{Placement, VmaInfo};
+use softdirty::mm::{Advice, MapOpts, Placement, VmaInfo};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
 use softdirty::scan::{Region, ScanArgs, ScanResult};
@@ -116,6 +116,17 @@ pub struct RefPage {
     pub zero: bool,
 }
 
+/// The VMA flags of trace v2 that take part in merges (besides prot, sharing, account).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extra {
+    /// VM_NORESERVE
+    pub noreserve: bool,
+    /// VM_DONTCOPY
+    pub dontcopy: bool,
+    /// VM_WIPEONFORK
+    pub wipeonfork: bool,
+}
+
 /// One VMA.
 #[derive(Clone, Debug)]
 pub struct RefVma {
@@ -137,6 +148,8 @@ pub struct RefVma {
     pub pages: Vec<RefPage>,
     /// `regions` only (empty elsewhere): the non-soft-dirty regions `[start, end)`.
     pub nsdr: Vec<(u64, u64)>,
+    /// the v2 flags
+    pub extra: Extra,
 }
 
 impl RefVma {
@@ -202,8 +215,10 @@ fn same_flags(
     account: bool,
     file: Option<u64>,
     sd: Option<bool>,
+    extra: Extra,
 ) -> bool {
-    a.prot == prot
+    a.extra == extra
+        && a.prot == prot
         && a.shared == shared
         && a.account == account
         && a.file == file
@@ -242,6 +257,12 @@ pub struct RefSpace {
     pub vmas: Vec<RefVma>,
     /// simulated write faults (stores that turned a page from not-sd to sd as reported)
     pub faults: u64,
+    /// mm->start_brk once `brk_start` set it (v2)
+    pub brk_start: Option<u64>,
+    /// mm->brk (0 before `brk_start`)
+    pub brk: u64,
+    /// a `brk` was called (then `brk_start` is EINVAL)
+    pub brk_called: bool,
 }
 
 impl RefSpace {
@@ -254,6 +275,9 @@ impl RefSpace {
             mode,
             vmas: Vec::new(),
             faults: 0,
+            brk_start: None,
+            brk: 0,
+            brk_called: false,
         }
     }
 
@@ -361,14 +385,28 @@ impl RefSpace {
         // vmg->middle is NULL for a new range: src_uncowed = false (6.18, pre-FORKFIX).
         let left = prev.is_some_and(|p| {
             let pv = &self.vmas[p];
-            same_flags(pv, new.prot, new.shared, new.account, new.file, sd)
-                && anon_ok(pv, new.anon, false)
+            same_flags(
+                pv,
+                new.prot,
+                new.shared,
+                new.account,
+                new.file,
+                sd,
+                new.extra,
+            ) && anon_ok(pv, new.anon, false)
                 && pv.pgoff + pv.npages() == new.pgoff
         });
         let right = next.is_some_and(|n| {
             let nv = &self.vmas[n];
-            same_flags(nv, new.prot, new.shared, new.account, new.file, sd)
-                && anon_ok(nv, new.anon, false)
+            same_flags(
+                nv,
+                new.prot,
+                new.shared,
+                new.account,
+                new.file,
+                sd,
+                new.extra,
+            ) && anon_ok(nv, new.anon, false)
                 && nv.pgoff == new.pgoff + new.npages()
                 && (!left || {
                     let pv = &self.vmas[prev.unwrap()];
@@ -446,7 +484,17 @@ impl RefSpace {
     /// use-after-free in cases 1/6): the surviving VMA keeps its own `nsdr`, the removed
     /// VMAs' lists are dropped, and a VMA that only shrinks (cases 4, 5) keeps all its
     /// regions. Nothing below touches `nsdr` except the splits of the no-merge path.
-    fn modify(&mut self, i: usize, s: u64, e: u64, prot: Prot, account: bool, sd: bool) {
+    #[allow(clippy::too_many_arguments)] // the flags vm_flags_reset sets
+    fn modify(
+        &mut self,
+        i: usize,
+        s: u64,
+        e: u64,
+        prot: Prot,
+        account: bool,
+        sd: bool,
+        extra: Extra,
+    ) {
         let mid = self.vmas[i].clone();
         let left_side = s == mid.start;
         let right_side = e == mid.end;
@@ -460,13 +508,13 @@ impl RefSpace {
                 .then(|| i + 1);
             let ml = prev.is_some_and(|p| {
                 let pv = &self.vmas[p];
-                same_flags(pv, prot, mid.shared, account, mid.file, msd)
+                same_flags(pv, prot, mid.shared, account, mid.file, msd, extra)
                     && anon_ok(pv, mid.anon, mid.uncowed())
                     && pv.pgoff + pv.npages() == pgoff
             });
             let mr = next.is_some_and(|n| {
                 let nv = &self.vmas[n];
-                same_flags(nv, prot, mid.shared, account, mid.file, msd)
+                same_flags(nv, prot, mid.shared, account, mid.file, msd, extra)
                     && anon_ok(nv, mid.anon, mid.uncowed())
                     && nv.pgoff == pgoff + pglen
                     && (!ml || {
@@ -478,6 +526,7 @@ impl RefSpace {
                 v.prot = prot;
                 v.account = account;
                 v.softdirty_flag = flag;
+                v.extra = extra;
             };
             if ml && mr {
                 let (p, n) = (prev.unwrap(), next.unwrap());
@@ -549,6 +598,7 @@ impl RefSpace {
         v.prot = prot;
         v.account = account;
         v.softdirty_flag = sd;
+        v.extra = extra;
     }
 
     /// `find_mergeable_anon_vma`: reuse an adjacent compatible neighbour's anon_vma if its
@@ -562,6 +612,7 @@ impl RefSpace {
                 && a.file == b.file
                 && a.shared == b.shared
                 && a.account == b.account
+                && a.extra == b.extra
                 && b.pgoff == a.pgoff + a.npages()
         };
         if let Some(n) = self.vmas.get(i + 1) {
@@ -593,6 +644,7 @@ impl RefSpace {
 
     /// `mmap`. For a hint that cannot be used as is, `choose` gives the real model's
     /// choice (checked for being free and in range here).
+    #[allow(clippy::too_many_arguments)] // mmap's arguments and the model's choice
     pub fn mmap(
         &mut self,
         addr: u64,
@@ -600,6 +652,32 @@ impl RefSpace {
         prot: Prot,
         shared: bool,
         placement: Placement,
+        opts: MapOpts,
+        choose: impl FnOnce() -> Option<u64>,
+    ) -> R<u64> {
+        let a = self.mmap_region(addr, len, prot, shared, placement, opts, choose)?;
+        // MAP_POPULATE: mm_populate, errors ignored; a write fault where private and
+        // writable, a read fault elsewhere, nothing for PROT_NONE.
+        if opts.populate && (prot.read || prot.write || prot.exec) {
+            let l = page_align(len).unwrap_or(len);
+            let _ = if !shared && prot.write {
+                self.write(a, l)
+            } else {
+                self.read(a, l)
+            };
+        }
+        Ok(a)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mmap_region(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: Placement,
+        opts: MapOpts,
         choose: impl FnOnce() -> Option<u64>,
     ) -> R<u64> {
         if len == 0 {
@@ -659,7 +737,7 @@ impl RefSpace {
             end,
             prot,
             shared,
-            account: !shared && prot.write,
+            account: !shared && prot.write && !opts.noreserve,
             softdirty_flag: true,
             pgoff: if shared { 0 } else { addr / P },
             file: shared.then(new_id),
@@ -674,6 +752,10 @@ impl RefSpace {
                 n
             ],
             nsdr: Vec::new(),
+            extra: Extra {
+                noreserve: opts.noreserve,
+                ..Extra::default()
+            },
         };
         let i = self.merge_new(new, Via::VmaExpand);
         // "New (or expanded) vma always get soft dirty status": on the merged VMA.
@@ -725,14 +807,15 @@ impl RefSpace {
                 // VM_ACCOUNT gain / loss (mprotect_fixup), after the newflags==oldflags test.
                 let mut account = v.account;
                 if prot.write {
-                    if !(v.account || v.prot.write || v.shared) {
+                    if !(v.account || v.prot.write || v.shared || v.extra.noreserve) {
                         account = true;
                     }
                 } else if v.account && !v.shared && v.anon == 0 {
                     account = false;
                 }
                 let sd = v.softdirty_flag;
-                self.modify(i, tmp, seg_end, prot, account, sd);
+                let extra = v.extra;
+                self.modify(i, tmp, seg_end, prot, account, sd, extra);
             }
             tmp = seg_end;
             if tmp >= end {
@@ -887,6 +970,7 @@ impl RefSpace {
                     b.account,
                     b.file,
                     Some(b.softdirty_flag),
+                    b.extra,
                 )
                 && a.pgoff + a.npages() == b.pgoff
                 && anon_ok(a, b.anon, b.uncowed());
@@ -936,14 +1020,201 @@ impl RefSpace {
         out
     }
 
+    /// `madvise` with a v2 advice (`dontneed` as v1). Linux 6.18: the walk applies the
+    /// advice VMA by VMA; a hole is ENOMEM at the end (populate: at once); a VMA the
+    /// advice refuses is EINVAL at once.
+    pub fn madvise(&mut self, addr: u64, len: u64, advice: Advice) -> R<()> {
+        if advice == Advice::DontNeed {
+            return self.madvise_dontneed(addr, len);
+        }
+        if addr % P != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let len = page_align(len).ok_or(Errno::EINVAL)?;
+        let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut cursor = addr;
+        let mut hole = false;
+        while cursor < end {
+            let Some(i) = self
+                .vmas
+                .iter()
+                .position(|v| v.end > cursor && v.start < end)
+            else {
+                break;
+            };
+            if self.vmas[i].start > cursor {
+                if matches!(advice, Advice::PopulateRead | Advice::PopulateWrite) {
+                    return Err(Errno::ENOMEM);
+                }
+                hole = true;
+                cursor = self.vmas[i].start;
+            }
+            let v = self.vmas[i].clone();
+            let seg_end = v.end.min(end);
+            match advice {
+                Advice::DontNeed => unreachable!(),
+                Advice::Free => {
+                    if v.shared {
+                        return Err(Errno::EINVAL);
+                    }
+                }
+                Advice::PopulateRead | Advice::PopulateWrite => {
+                    let write = advice == Advice::PopulateWrite;
+                    let ok = if write {
+                        v.prot.write
+                    } else {
+                        v.prot.read || v.prot.write || v.prot.exec
+                    };
+                    if !ok {
+                        return Err(Errno::EINVAL);
+                    }
+                    self.fault(cursor, seg_end - cursor, write)?;
+                }
+                Advice::DontFork | Advice::DoFork | Advice::WipeOnFork | Advice::KeepOnFork => {
+                    let mut x = v.extra;
+                    match advice {
+                        Advice::DontFork => x.dontcopy = true,
+                        Advice::DoFork => x.dontcopy = false,
+                        Advice::WipeOnFork => {
+                            if v.shared {
+                                self.check_sorted();
+                                return Err(Errno::EINVAL);
+                            }
+                            x.wipeonfork = true
+                        }
+                        _ => x.wipeonfork = false,
+                    }
+                    if x != v.extra {
+                        self.modify(i, cursor, seg_end, v.prot, v.account, v.softdirty_flag, x);
+                    }
+                }
+            }
+            cursor = seg_end;
+        }
+        self.check_sorted();
+        if hole || cursor < end {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(())
+    }
+
+    /// `brk_start` (v2): page-aligned, below TASK_SIZE, once, before any `brk`.
+    pub fn brk_start(&mut self, addr: u64) -> R<()> {
+        if addr % P != 0 || addr >= TASK_SIZE || self.brk_start.is_some() || self.brk_called {
+            return Err(Errno::EINVAL);
+        }
+        self.brk_start = Some(addr);
+        self.brk = addr;
+        Ok(())
+    }
+
+    /// `brk` (v2), as Linux 6.18's brk(2): ENOMEM wherever the break stays.
+    pub fn brk(&mut self, addr: u64) -> R<u64> {
+        self.brk_called = true;
+        let Some(start) = self.brk_start else {
+            return Err(Errno::ENOMEM);
+        };
+        if addr < start {
+            return Err(Errno::ENOMEM);
+        }
+        let newbrk = page_align(addr).ok_or(Errno::ENOMEM)?;
+        let oldbrk = page_align(self.brk).ok_or(Errno::ENOMEM)?;
+        if addr <= self.brk {
+            if newbrk != oldbrk {
+                // Shrink: something must be mapped in [newbrk, oldbrk).
+                if !self.intersects(newbrk, oldbrk) {
+                    return Err(Errno::ENOMEM);
+                }
+                self.unmap(newbrk, oldbrk);
+                self.check_sorted();
+            }
+            self.brk = addr;
+            return Ok(addr);
+        }
+        if newbrk == oldbrk {
+            self.brk = addr;
+            return Ok(addr);
+        }
+        if newbrk > TASK_SIZE || oldbrk < DAC_MMAP_MIN_ADDR {
+            return Err(Errno::ENOMEM);
+        }
+        // The first VMA at or above the old break must start a page above newbrk.
+        if let Some(next) = self
+            .vmas
+            .iter()
+            .find(|v| v.end > oldbrk && v.start < newbrk + P + 256 * P)
+        {
+            if newbrk + P > next.start {
+                return Err(Errno::ENOMEM);
+            }
+        }
+        let n = ((newbrk - oldbrk) / P) as usize;
+        let new = RefVma {
+            start: oldbrk,
+            end: newbrk,
+            prot: Prot::RW,
+            shared: false,
+            account: true,
+            softdirty_flag: self.mode == Mode::Nomerge,
+            pgoff: oldbrk / P,
+            file: None,
+            anon: 0,
+            forked: false,
+            pages: vec![
+                RefPage {
+                    dirty: self.precise(),
+                    present: false,
+                    zero: false,
+                };
+                n
+            ],
+            nsdr: Vec::new(),
+            extra: Extra::default(),
+        };
+        // Only a VMA that reaches above start_brk is the heap do_brk_flags may expand.
+        let i = if oldbrk > start {
+            self.merge_new(new, Via::VmaExpand)
+        } else {
+            let at = self
+                .vmas
+                .iter()
+                .position(|v| v.start >= newbrk)
+                .unwrap_or(self.vmas.len());
+            self.vmas.insert(at, new);
+            at
+        };
+        if !self.regions() {
+            self.vmas[i].softdirty_flag = true;
+        }
+        self.check_sorted();
+        self.brk = addr;
+        Ok(addr)
+    }
+
     pub fn fork(&self) -> RefSpace {
         let precise = self.precise();
         let vmas = self
             .vmas
             .iter()
+            .filter(|v| !v.extra.dontcopy)
             .map(|v| {
                 let mut c = v.clone();
-                if !v.shared && v.anon != 0 {
+                if v.extra.wipeonfork {
+                    // An empty VMA: no anon_vma, nothing populated; the content was
+                    // wiped (soft-dirty in precise).
+                    c.anon = 0;
+                    c.forked = false;
+                    for p in &mut c.pages {
+                        *p = RefPage {
+                            dirty: precise,
+                            present: false,
+                            zero: false,
+                        };
+                    }
+                } else if !v.shared && v.anon != 0 {
                     // PTEs copied (soft-dirty kept); a new anon_vma whose chain links ours.
                     c.anon = new_id();
                     c.forked = true;
@@ -967,6 +1238,9 @@ impl RefSpace {
             mode: self.mode,
             vmas,
             faults: 0,
+            brk_start: self.brk_start,
+            brk: self.brk,
+            brk_called: self.brk_called,
         }
     }
 
@@ -1386,7 +1660,30 @@ impl Backend for RefBackend {
         shared: bool,
         placement: Placement,
     ) -> OpResult<u64> {
-        self.choosing(|r, choose| r.mmap(addr, len, prot, shared, placement, choose))
+        self.mmap_with(addr, len, prot, shared, placement, MapOpts::default())
+    }
+    fn mmap_with(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: Placement,
+        opts: MapOpts,
+    ) -> OpResult<u64> {
+        self.choosing(|r, choose| r.mmap(addr, len, prot, shared, placement, opts, choose))
+    }
+    fn madvise(&mut self, addr: u64, len: u64, advice: Advice) -> OpResult<()> {
+        Ok(self.cur().madvise(addr, len, advice))
+    }
+    fn brk_start(&mut self, addr: u64) -> OpResult<()> {
+        Ok(self.cur().brk_start(addr))
+    }
+    fn brk(&mut self, addr: u64) -> OpResult<u64> {
+        Ok(self.cur().brk(addr))
+    }
+    fn current_brk(&mut self) -> Result<u64, Unobservable> {
+        Ok(self.current().brk)
     }
     fn munmap(&mut self, addr: u64, len: u64) -> OpResult<()> {
         Ok(self.cur().munmap(addr, len))

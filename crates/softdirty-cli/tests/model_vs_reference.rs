@@ -1518,7 +1518,7 @@ fn reference_stays_independent_of_the_model() {
     let allowed = [
         "softdirty::backend::{Backend, OpResult, Unobservable}",
         "softdirty::errno::Errno",
-        "softdirty::mm::{Placement, VmaInfo}",
+        "softdirty::mm::{Advice, MapOpts, Placement, VmaInfo}",
         "softdirty::mode::Mode",
         "softdirty::prot::Prot",
         "softdirty::scan::{Region, ScanArgs, ScanResult}",
