@@ -14,14 +14,9 @@ impl AddressSpace {
     /// `madvise(addr, len, MADV_DONTNEED)`: zaps the pages (no VMA changes). Over a hole
     /// every mapped part is still zapped and the call fails with ENOMEM, as in Linux.
     pub fn madvise_dontneed(&self, addr: u64, len: u64) -> Result<()> {
-        if addr % PAGE_SIZE != 0 {
-            return Err(Errno::EINVAL);
-        }
-        let len = page_align(len).ok_or(Errno::EINVAL)?;
-        let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
-        if len == 0 {
+        let Some(end) = madvise_range(addr, len)? else {
             return Ok(());
-        }
+        };
         let _ctl = lock(&self.control);
         let guard = epoch::pin();
         let idx = self.index(&guard);
@@ -42,6 +37,17 @@ impl AddressSpace {
         }
         Ok(())
     }
+}
+
+/// madvise's argument checks: EINVAL for a misaligned start or a range that overflows;
+/// `None` for an empty range (success, nothing done); else the page-aligned end.
+fn madvise_range(addr: u64, len: u64) -> Result<Option<u64>> {
+    if addr % PAGE_SIZE != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let len = page_align(len).ok_or(Errno::EINVAL)?;
+    let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
+    Ok((len != 0).then_some(end))
 }
 
 /// A `madvise` advice of trace v2 (besides `MADV_DONTNEED`).
@@ -111,14 +117,9 @@ impl AddressSpace {
         if advice == Advice::DontNeed {
             return self.madvise_dontneed(addr, len);
         }
-        if addr % PAGE_SIZE != 0 {
-            return Err(Errno::EINVAL);
-        }
-        let len = page_align(len).ok_or(Errno::EINVAL)?;
-        let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
-        if len == 0 {
+        let Some(end) = madvise_range(addr, len)? else {
             return Ok(());
-        }
+        };
         match advice {
             Advice::DontNeed => unreachable!("handled above"),
             Advice::Free => self.with_control(|| {

@@ -849,6 +849,38 @@ mod tests {
         assert_eq!(back, a);
     }
 
+    /// With v2 operations on, a case is the v1 case with some operations replaced by v2
+    /// ones: the same length, every other operation unchanged (the kernel fuzz's seeds
+    /// keep their cases).
+    #[test]
+    fn v2_replaces_operations_and_keeps_the_rest() {
+        let v2 = Profile {
+            v2: true,
+            ..Profile::default()
+        };
+        let mut replaced = 0;
+        for s in 0..20 {
+            let a = generate(s, 100, Profile::default());
+            let b = generate(s, 100, v2);
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                if x != y {
+                    replaced += 1;
+                    assert!(
+                        matches!(
+                            y,
+                            Command::Brk(_)
+                                | Command::BrkStart(_)
+                                | Command::Op(Op::Madvise { .. } | Op::Mmap { .. })
+                        ),
+                        "{y:?}"
+                    );
+                }
+            }
+        }
+        assert!(replaced > 200, "{replaced} of 2000 replaced");
+    }
+
     #[test]
     fn profiles_change_only_what_they_say() {
         let all: Vec<Command> = (0..20)
@@ -859,6 +891,7 @@ mod tests {
             scan_without_clear: true,
             linux_6_12: true,
             uffd: true,
+            v2: false,
         };
         let some: Vec<Command> = (0..20).flat_map(|s| generate(s, 100, p)).collect();
         assert_eq!(all.len(), some.len());

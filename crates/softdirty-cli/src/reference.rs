@@ -640,6 +640,34 @@ impl RefSpace {
         vma_level || v.pages[v.idx(a)].dirty
     }
 
+    /// A new anonymous VMA over `[start, end)` (mmap, brk): unpopulated pages, new (dirty
+    /// in precise), `VM_SOFTDIRTY` set, VM_ACCOUNT where private, writable and not
+    /// noreserve; a shmem file of its own where shared.
+    fn fresh_vma(&self, start: u64, end: u64, prot: Prot, shared: bool, extra: Extra) -> RefVma {
+        RefVma {
+            start,
+            end,
+            prot,
+            shared,
+            account: !shared && prot.write && !extra.noreserve,
+            softdirty_flag: true,
+            pgoff: if shared { 0 } else { start / P },
+            file: shared.then(new_id),
+            anon: 0,
+            forked: false,
+            pages: vec![
+                RefPage {
+                    dirty: self.precise(),
+                    present: false,
+                    zero: false,
+                };
+                ((end - start) / P) as usize
+            ],
+            nsdr: Vec::new(),
+            extra,
+        }
+    }
+
     // ------------------------------------------------------------ operations
 
     /// `mmap`. For a hint that cannot be used as is, `choose` gives the real model's
@@ -731,32 +759,16 @@ impl RefSpace {
             return Err(Errno::EEXIST);
         }
         self.unmap(addr, end);
-        let n = (len / P) as usize;
-        let new = RefVma {
-            start: addr,
+        let new = self.fresh_vma(
+            addr,
             end,
             prot,
             shared,
-            account: !shared && prot.write && !opts.noreserve,
-            softdirty_flag: true,
-            pgoff: if shared { 0 } else { addr / P },
-            file: shared.then(new_id),
-            anon: 0,
-            forked: false,
-            pages: vec![
-                RefPage {
-                    dirty: self.precise(),
-                    present: false,
-                    zero: false,
-                };
-                n
-            ],
-            nsdr: Vec::new(),
-            extra: Extra {
+            Extra {
                 noreserve: opts.noreserve,
                 ..Extra::default()
             },
-        };
+        );
         let i = self.merge_new(new, Via::VmaExpand);
         // "New (or expanded) vma always get soft dirty status": on the merged VMA.
         self.vmas[i].softdirty_flag = true;
@@ -1151,29 +1163,8 @@ impl RefSpace {
                 return Err(Errno::ENOMEM);
             }
         }
-        let n = ((newbrk - oldbrk) / P) as usize;
-        let new = RefVma {
-            start: oldbrk,
-            end: newbrk,
-            prot: Prot::RW,
-            shared: false,
-            account: true,
-            softdirty_flag: self.mode == Mode::Nomerge,
-            pgoff: oldbrk / P,
-            file: None,
-            anon: 0,
-            forked: false,
-            pages: vec![
-                RefPage {
-                    dirty: self.precise(),
-                    present: false,
-                    zero: false,
-                };
-                n
-            ],
-            nsdr: Vec::new(),
-            extra: Extra::default(),
-        };
+        let mut new = self.fresh_vma(oldbrk, newbrk, Prot::RW, false, Extra::default());
+        new.softdirty_flag = self.mode == Mode::Nomerge;
         // Only a VMA that reaches above start_brk is the heap do_brk_flags may expand.
         let i = if oldbrk > start {
             self.merge_new(new, Via::VmaExpand)
