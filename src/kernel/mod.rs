@@ -1250,6 +1250,11 @@ impl Backend for KernelBackend {
     }
 }
 
+/// `(start, end)` page-index pairs as ranges (the [`Backend`] form).
+fn ranges(v: Vec<(u64, u64)>) -> Vec<Range<u64>> {
+    v.into_iter().map(|(s, e)| s..e).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1268,9 +1273,4 @@ mod tests {
         assert!(!b.covered(0x1000, 0x3000));
         b.owned.clear();
     }
-}
-
-/// `(start, end)` page-index pairs as ranges (the [`Backend`] form).
-fn ranges(v: Vec<(u64, u64)>) -> Vec<Range<u64>> {
-    v.into_iter().map(|(s, e)| s..e).collect()
 }

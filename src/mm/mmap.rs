@@ -80,12 +80,11 @@ impl AddressSpace {
             if len > TASK_SIZE {
                 return (Err(Errno::ENOMEM), false);
             }
-            let addr = if fixed {
-                addr
-            } else if addr != 0
+            // A fixed address, or a hint that is free and fits, is used as it is.
+            let usable_hint = addr != 0
                 && addr.checked_add(len).is_some_and(|e| e <= TASK_SIZE)
-                && l.base.range(addr, addr + len).next().is_none()
-            {
+                && l.base.range(addr, addr + len).next().is_none();
+            let addr = if fixed || usable_hint {
                 addr
             } else {
                 match Self::unmapped_area(l, len) {

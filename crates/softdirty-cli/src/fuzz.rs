@@ -825,6 +825,11 @@ fn kernel(f: softdirty::backend::KernelFlavour) -> Result<Box<dyn Backend>, Stri
     )
 }
 
+/// Page ranges as the `(start, end)` pairs of a trace's page list.
+fn pairs(v: Vec<std::ops::Range<u64>>) -> Vec<(u64, u64)> {
+    v.into_iter().map(|r| (r.start, r.end)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1225,9 +1230,4 @@ mod tests {
         }
         assert!(skipped > 0 && skipped * 20 < total, "{skipped} of {total}");
     }
-}
-
-/// Page ranges as the `(start, end)` pairs of a trace's page list.
-fn pairs(v: Vec<std::ops::Range<u64>>) -> Vec<(u64, u64)> {
-    v.into_iter().map(|r| (r.start, r.end)).collect()
 }

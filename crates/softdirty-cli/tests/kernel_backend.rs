@@ -3,6 +3,7 @@
 //! observations are defined for the kernel. Skips, with the backend's own message, where
 //! userfaultfd async write-protect or PAGEMAP_SCAN is missing.
 #![cfg(target_os = "linux")]
+#![allow(clippy::single_range_in_vec_init)] // page lists: `vec![3..4]` is a list of one run
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Proc;

@@ -27,6 +27,7 @@
 //!
 //! On failure proptest shrinks to a minimal sequence and prints it, and the failure
 //! message holds the same sequence as resolved trace-format lines with both results.
+#![allow(clippy::single_range_in_vec_init)] // page lists: `vec![3..4]` is a list of one run
 
 use proptest::prelude::*;
 use softdirty::backend::{Backend, Command, ModelBackend, Op, Outcome};
