@@ -520,7 +520,12 @@ impl Backend for ModelBackend {
         Ok(self.current().madvise_dontneed(addr, len))
     }
     fn madvise(&mut self, addr: u64, len: u64, advice: mm::Advice) -> OpResult<()> {
-        Ok(self.current().madvise(addr, len, advice))
+        let sp = self.current();
+        let r = sp.madvise(addr, len, advice);
+        if advice == mm::Advice::PopulateWrite {
+            self.tracker.propagate_shared_store(&sp, addr, len);
+        }
+        Ok(r)
     }
     fn mmap_with(
         &mut self,
@@ -541,7 +546,11 @@ impl Backend for ModelBackend {
         ))
     }
     fn write(&mut self, addr: u64, len: u64) -> OpResult<()> {
-        Ok(self.current().write(addr, len))
+        let sp = self.current();
+        let r = sp.write(addr, len);
+        // Other mappings of shared memory see the store (precise; crate::shmem).
+        self.tracker.propagate_shared_store(&sp, addr, len);
+        Ok(r)
     }
     fn read(&mut self, addr: u64, len: u64) -> OpResult<()> {
         Ok(self.current().read(addr, len))

@@ -115,6 +115,7 @@ pub mod producer;
 pub mod prot;
 pub mod regions;
 pub mod scan;
+pub mod shmem;
 pub mod slots;
 pub(crate) mod sync;
 pub mod tracker;

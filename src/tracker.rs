@@ -85,6 +85,25 @@ impl Tracker {
         }
     }
 
+    /// After a store by `from` to `[addr, addr + len)` (a write, a populating write):
+    /// in `precise` mode, every other mapping of the shared memory pages it changed, in
+    /// any space, reports them soft-dirty ([`crate::shmem`]). Nothing in the other modes.
+    pub fn propagate_shared_store(&self, from: &AddressSpace, addr: u64, len: u64) {
+        if !self.mode.is_precise() {
+            return;
+        }
+        let runs = from.shared_runs_of_store(addr, len);
+        if runs.is_empty() {
+            return;
+        }
+        for e in self.spaces.iter() {
+            let same = std::ptr::eq(Arc::as_ptr(e.value()), from);
+            for r in &runs {
+                e.value().mark_shared_run(r, same);
+            }
+        }
+    }
+
     /// Names of all spaces, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.spaces.iter().map(|e| e.key().clone()).collect();

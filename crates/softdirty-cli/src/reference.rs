@@ -1592,6 +1592,56 @@ impl RefBackend {
         self.spaces.iter().find(|s| s.0 == name).map(|s| &s.1)
     }
 
+    /// Precise: a store to `[addr, addr + len)` of the current space changed the shmem
+    /// pages it reached (up to the first page a store faults on); every other mapping of
+    /// those pages, in any space, shows the new content: soft-dirty there, populated or
+    /// not.
+    fn shared_store(&mut self, addr: u64, len: u64) {
+        if self.mode != Mode::Precise || len == 0 {
+            return;
+        }
+        let mut hit: Vec<(u64, u64)> = Vec::new(); // (file, page of the file)
+        let mut own: Vec<u64> = Vec::new(); // addresses of the storing mapping
+        let last = addr.checked_add(len - 1).unwrap_or(u64::MAX) & !(P - 1);
+        let mut a = addr & !(P - 1);
+        let cur = self.current();
+        loop {
+            let Some(v) = cur.vmas.iter().find(|v| v.start <= a && a < v.end) else {
+                break;
+            };
+            if !v.prot.write {
+                break;
+            }
+            if let (true, Some(f)) = (v.shared, v.file) {
+                hit.push((f, v.pgoff + (a - v.start) / P));
+                own.push(a);
+            }
+            if a == last {
+                break;
+            }
+            a += P;
+        }
+        let current = self.current;
+        for (si, (_, sp)) in self.spaces.iter_mut().enumerate() {
+            for v in &mut sp.vmas {
+                let Some(f) = v.file.filter(|_| v.shared) else {
+                    continue;
+                };
+                for &(hf, hp) in &hit {
+                    if hf != f || hp < v.pgoff || hp >= v.pgoff + v.npages() {
+                        continue;
+                    }
+                    let at = v.start + (hp - v.pgoff) * P;
+                    if si == current && own.contains(&at) {
+                        continue;
+                    }
+                    let i = v.idx(at);
+                    v.pages[i].dirty = true;
+                }
+            }
+        }
+    }
+
     /// Passes the real model's result of the next mmap or mremap (its address, `None` if
     /// it failed): where the reference has to choose an address it takes this one,
     /// after checking that it is a free, aligned range.
@@ -1665,7 +1715,11 @@ impl Backend for RefBackend {
         self.choosing(|r, choose| r.mmap(addr, len, prot, shared, placement, opts, choose))
     }
     fn madvise(&mut self, addr: u64, len: u64, advice: Advice) -> OpResult<()> {
-        Ok(self.cur().madvise(addr, len, advice))
+        let r = self.cur().madvise(addr, len, advice);
+        if advice == Advice::PopulateWrite {
+            self.shared_store(addr, len);
+        }
+        Ok(r)
     }
     fn brk_start(&mut self, addr: u64) -> OpResult<()> {
         Ok(self.cur().brk_start(addr))
@@ -1696,7 +1750,9 @@ impl Backend for RefBackend {
         Ok(self.cur().madvise_dontneed(addr, len))
     }
     fn write(&mut self, addr: u64, len: u64) -> OpResult<()> {
-        Ok(self.cur().write(addr, len))
+        let r = self.cur().write(addr, len);
+        self.shared_store(addr, len);
+        Ok(r)
     }
     fn read(&mut self, addr: u64, len: u64) -> OpResult<()> {
         Ok(self.cur().read(addr, len))
