@@ -54,8 +54,8 @@ pub const MAX_SCALE: u32 = 10_000;
 pub struct CompareArgs {
     /// Workload: `seed` (new mappings next to cleared ones), `hildenbrand` (alternating
     /// soft-dirty/clean chains), `arena` (allocator arenas: mmap/munmap, guard pages,
-    /// mremap growth), `jit` (mprotect rw/rx toggling), `trace:FILE`, or `all` (the four
-    /// built-in ones).
+    /// mremap growth), `jit` (mprotect rw/rx toggling), `heap` (a malloc heap grown with
+    /// brk after each harvest), `trace:FILE`, or `all` (the five built-in ones).
     #[arg(long, default_value = "all")]
     pub workload: String,
     /// Seed of the workload generators.
@@ -252,6 +252,36 @@ pub fn seed_pattern(seed: u64, scale: u32) -> Generated {
     g.done(
         "seed",
         "64 rounds: harvest, clear_refs, mmap 8-32 pages right after the heap, 8 one-page writes",
+    )
+}
+
+/// A malloc heap grown with brk (trace v2): after each harvest the heap grows by 1-8
+/// pages and a few pages, old and new, are written. `do_brk_flags` sets VM_SOFTDIRTY on the
+/// heap VMA at every growth, so legacy reports the whole heap each round (the mission's
+/// "every brk growth re-dirties the whole heap").
+pub fn heap_pattern(seed: u64, scale: u32) -> Generated {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0xb7c);
+    let mut g = Gen::new();
+    let start = BASE;
+    let mut brk = start + 16 * P;
+    let _ = g.mm.brk_start(start);
+    g.steps.push(Step::Do(Command::BrkStart(start)));
+    let _ = g.mm.brk(brk);
+    g.steps.push(Step::Do(Command::Brk(brk)));
+    g.write(start, 16);
+    for _ in 0..64 * scale {
+        g.round();
+        brk += rng.gen_range(1..=8) * P;
+        let _ = g.mm.brk(brk);
+        g.steps.push(Step::Do(Command::Brk(brk)));
+        for _ in 0..4 {
+            let pages = (brk - start) / P;
+            g.write(start + rng.gen_range(0..pages) * P, 1);
+        }
+    }
+    g.done(
+        "heap",
+        "64 rounds: harvest, clear_refs, brk grows the heap by 1-8 pages, 4 one-page writes",
     )
 }
 
@@ -509,10 +539,11 @@ pub fn generate(name: &str, seed: u64, scale: u32) -> Result<Generated, String> 
         "hildenbrand" => Ok(hildenbrand_pattern(seed, scale)),
         "arena" => Ok(arena_pattern(seed, scale)),
         "jit" => Ok(jit_pattern(seed, scale)),
+        "heap" => Ok(heap_pattern(seed, scale)),
         _ => match name.strip_prefix("trace:") {
             Some(f) => trace_pattern(Path::new(f)),
             None => Err(format!(
-                "unknown workload `{name}` (expected seed, hildenbrand, arena, jit, trace:FILE or all)"
+                "unknown workload `{name}` (expected seed, hildenbrand, arena, jit, heap, trace:FILE or all)"
             )),
         },
     }
@@ -710,7 +741,7 @@ pub fn report(args: &CompareArgs) -> Result<ComparisonReport, String> {
 /// The workload names `args` asks for.
 fn workload_names(args: &CompareArgs) -> Vec<String> {
     if args.workload == "all" {
-        ["seed", "hildenbrand", "arena", "jit"]
+        ["seed", "hildenbrand", "arena", "jit", "heap"]
             .iter()
             .map(|s| s.to_string())
             .collect()
