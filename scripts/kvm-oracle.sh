@@ -4,7 +4,8 @@
 # Boots Debian's Linux 6.12 (CONFIG_MEM_SOFT_DIRTY=y) with ../shared/tools/kvm-oracle
 # and, inside it, runs `softdirty` twice:
 #   boot 1: `softdirty replay --backend kernel=softdirty` over every legacy-mode trace of
-#           the test suite (tests/traces/ and ../shared/traces/ files whose `mode` header
+#           the test suite (tests/traces/, its v2/ traces the kernel backend can run, and
+#           ../shared/traces/ files whose `mode` header
 #           is `legacy`), all in one process; every one must exit 0;
 #   boot 2: `softdirty fuzz --against kernel --mode legacy --cases N --ops M` (the model's
 #           legacy mode against the kernel's real soft-dirty bits, step by step; the fuzzer
@@ -134,9 +135,17 @@ is_legacy() {
          { exit }
          END { exit !found }' "$1"
 }
+# Trace v2: only what the kernel backend runs (no spaces or fork: one real process; no
+# brk: the backend has no break of its own; no growsdown: its stores cannot grow a stack).
+kernel_runnable() {
+    ! grep -qE '^[[:space:]]*(space|fork|brk|brk_start)[[:space:]]|[[:space:]]growsdown([[:space:]]|$)' "$1"
+}
 traces=()
 for f in tests/traces/*.trace ../shared/traces/*.trace; do
     [ -f "$f" ] && is_legacy "$f" && traces+=("$f")
+done
+for f in tests/traces/v2/*.trace; do
+    [ -f "$f" ] && is_legacy "$f" && kernel_runnable "$f" && traces+=("$f")
 done
 [ ${#traces[@]} -gt 0 ] || { say "FAILED: no legacy trace found"; exit 1; }
 # Each file goes in as /data/BASENAME: base names must be distinct.
