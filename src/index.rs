@@ -14,14 +14,60 @@
 //! `mm/commit.rs` moves it into an epoch-managed box), so imbl's internal reference
 //! counts need no ordering beyond the publishing swap's Release/Acquire.
 
+use std::cmp::Ordering;
+
 use crate::sync::Arc;
 use crate::vma::Vma;
+
+/// A VMA's range as the index's key, ordered by start (VMAs never overlap, so this is the
+/// order of their ends too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Key {
+    start: u64,
+    end: u64,
+}
+
+impl Key {
+    /// The smallest key at `addr`: a bound for ranges over starts.
+    fn at(addr: u64) -> Key {
+        Key {
+            start: addr,
+            end: 0,
+        }
+    }
+}
+
+/// The query "the VMA containing this address": equal to the key whose range contains
+/// it, less than every key above, greater than every key below. Consistent with the keys
+/// of the map (the VMAs are disjoint), so the B-tree's own search (`OrdMap::get`) finds
+/// the VMA in O(log V) without the cursor (and its allocation) that a predecessor search
+/// builds: the fault path's lookup. Not always consistent with the separator keys of the
+/// B-tree's branches, which may be left over from removed VMAs: see [`VmaIndex::lookup`].
+struct Containing(u64);
+
+impl equivalent::Equivalent<Key> for Containing {
+    fn equivalent(&self, k: &Key) -> bool {
+        k.start <= self.0 && self.0 < k.end
+    }
+}
+
+impl equivalent::Comparable<Key> for Containing {
+    fn compare(&self, k: &Key) -> Ordering {
+        if self.0 < k.start {
+            Ordering::Less
+        } else if self.0 >= k.end {
+            Ordering::Greater
+        } else {
+            Ordering::Equal
+        }
+    }
+}
 
 /// An immutable snapshot of the VMAs of one address space, ordered by address.
 #[derive(Clone, Debug, Default)]
 pub struct VmaIndex {
-    /// start address → VMA; the VMAs are non-overlapping
-    map: imbl::OrdMap<u64, Arc<Vma>>,
+    /// the VMA's range → VMA; the VMAs are non-overlapping
+    map: imbl::OrdMap<Key, Arc<Vma>>,
 }
 
 impl VmaIndex {
@@ -29,7 +75,18 @@ impl VmaIndex {
     pub fn new(vmas: Vec<Arc<Vma>>) -> VmaIndex {
         debug_assert!(vmas.windows(2).all(|w| w[0].end <= w[1].start));
         VmaIndex {
-            map: vmas.into_iter().map(|v| (v.start, v)).collect(),
+            map: vmas
+                .into_iter()
+                .map(|v| {
+                    (
+                        Key {
+                            start: v.start,
+                            end: v.end,
+                        },
+                        v,
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -40,10 +97,18 @@ impl VmaIndex {
 
     /// The VMA containing `addr`.
     pub fn lookup(&self, addr: u64) -> Option<&Arc<Vma>> {
+        // Fast path: the B-tree's own descent. A VMA it returns contains `addr` (a leaf
+        // key compared equal), so it is the answer. It may miss: a separator key left in
+        // a branch by a removed VMA can contain `addr` and send the descent to the wrong
+        // child. Then the predecessor search decides (slower: it builds a cursor).
+        if let Some(v) = self.map.get(&Containing(addr)) {
+            return Some(v);
+        }
         self.map
-            .get_prev(&addr)
+            .range(..=Key::at(addr.saturating_add(1)))
+            .next_back()
             .map(|(_, v)| v)
-            .filter(|v| addr < v.end)
+            .filter(|v| v.start <= addr && addr < v.end)
     }
 
     /// VMAs intersecting `[start, end)`, in order.
@@ -51,7 +116,7 @@ impl VmaIndex {
         // The VMA containing `start` begins below it; every other one begins in the range.
         let from = self.lookup(start).map_or(start, |v| v.start);
         let to = end.max(from);
-        self.map.range(from..to).map(|(_, v)| v)
+        self.map.range(Key::at(from)..Key::at(to)).map(|(_, v)| v)
     }
 
     /// The VMAs starting below `addr`, in order.
@@ -59,22 +124,22 @@ impl VmaIndex {
         &self,
         addr: u64,
     ) -> impl DoubleEndedIterator<Item = &Arc<Vma>> + '_ {
-        self.map.range(..addr).map(|(_, v)| v)
+        self.map.range(..Key::at(addr)).map(|(_, v)| v)
     }
 
     /// The VMA ending at or before `addr` that is closest to it (the previous VMA of a
     /// range starting at `addr`).
     pub fn prev(&self, addr: u64) -> Option<&Arc<Vma>> {
-        let below = addr.checked_sub(1)?;
         self.map
-            .get_prev(&below)
+            .range(..Key::at(addr))
+            .next_back()
             .map(|(_, v)| v)
             .filter(|v| v.end <= addr)
     }
 
     /// The first VMA starting at or after `addr`.
     pub fn next(&self, addr: u64) -> Option<&Arc<Vma>> {
-        self.map.get_next(&addr).map(|(_, v)| v)
+        self.map.get_next(&Key::at(addr)).map(|(_, v)| v)
     }
 
     /// Number of VMAs.
@@ -87,30 +152,38 @@ impl VmaIndex {
         self.map.is_empty()
     }
 
-    /// This index with the VMAs starting at `removed` taken out and `added` put in: the
-    /// successor a structural commit publishes. Shares every node it does not touch with
-    /// `self`; costs O((removed + added) log V).
+    /// This index with the VMAs `removed` (their ranges) taken out and `added` put in:
+    /// the successor a structural commit publishes. Shares every node it does not touch
+    /// with `self`; costs O((removed + added) log V).
     pub(crate) fn edited(
         &self,
-        removed: impl IntoIterator<Item = u64>,
+        removed: impl IntoIterator<Item = (u64, u64)>,
         added: impl IntoIterator<Item = Arc<Vma>>,
     ) -> VmaIndex {
         let mut map = self.map.clone();
-        for s in removed {
-            let gone = map.remove(&s);
-            debug_assert!(gone.is_some(), "removed VMA {s:#x} was not in the index");
+        for (start, end) in removed {
+            let gone = map.remove(&Key { start, end });
+            debug_assert!(
+                gone.is_some(),
+                "removed VMA {start:#x} was not in the index"
+            );
         }
         for v in added {
-            let start = v.start;
-            let end = v.end;
-            let clash = map.insert(start, v);
-            debug_assert!(clash.is_none(), "two VMAs start at {start:#x}");
-            // The neighbours of every inserted VMA do not overlap it.
+            let key = Key {
+                start: v.start,
+                end: v.end,
+            };
+            let clash = map.insert(key, v);
+            debug_assert!(clash.is_none(), "two VMAs start at {:#x}", key.start);
+            // No VMA overlaps the inserted one.
             debug_assert!(map
-                .get_prev(&start.wrapping_sub(1))
-                .is_none_or(|(_, p)| start == 0 || p.end <= start));
-            debug_assert!(map.get_next(&end).is_none_or(|(_, n)| n.start >= end));
-            debug_assert!(map.range(start + 1..end).next().is_none());
+                .range(..key)
+                .next_back()
+                .is_none_or(|(p, _)| p.end <= key.start));
+            debug_assert!(map
+                .range(Key::at(key.start + 1)..)
+                .next()
+                .is_none_or(|(n, _)| n.start >= key.end));
         }
         VmaIndex { map }
     }

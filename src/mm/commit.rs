@@ -279,7 +279,9 @@ impl Layout {
                 heirs: heirs.remove(&key).unwrap_or_default(),
             });
         }
-        let index = self.base.edited(origin.iter().map(|v| v.start), out);
+        let index = self
+            .base
+            .edited(origin.iter().map(|v| (v.start, v.end)), out);
         Built {
             index,
             retired,
