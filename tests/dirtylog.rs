@@ -294,10 +294,19 @@ fn concurrent_writers_and_harvester_lose_nothing_and_invent_nothing() {
     // harvest started must be covered by this harvest or a later one, or stay dirty).
     let started: Arc<Vec<AtomicU64>> = Arc::new((0..PAGES).map(|_| AtomicU64::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));
+    // The writers start once the harvester has run one harvest, so that at least two
+    // harvests run, the later ones racing the writers (on a loaded machine the writers
+    // could otherwise finish before the harvester's first one).
+    let primed = Arc::new(AtomicBool::new(false));
     let reports: Arc<Mutex<Vec<(u64, u64)>>> = Arc::new(Mutex::new(Vec::new()));
     let harvester = {
-        let (mm, stop, started, reports) =
-            (mm.clone(), stop.clone(), started.clone(), reports.clone());
+        let (mm, stop, started, reports, primed) = (
+            mm.clone(),
+            stop.clone(),
+            started.clone(),
+            reports.clone(),
+            primed.clone(),
+        );
         std::thread::spawn(move || {
             let mut harvests = 0u64;
             // `covered[p]`: writes of p that began before a harvest that reported p ended.
@@ -307,6 +316,7 @@ fn concurrent_writers_and_harvester_lose_nothing_and_invent_nothing() {
                 let done = stop.load(Ordering::Acquire);
                 let log = mm.scan_and_clear(a, PAGES * P).unwrap();
                 harvests += 1;
+                primed.store(true, Ordering::Release);
                 for p in log.pages() {
                     reported[p as usize] = true;
                     // SeqCst: a write whose bit this harvest took began (its counter
@@ -328,8 +338,11 @@ fn concurrent_writers_and_harvester_lose_nothing_and_invent_nothing() {
     };
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let (mm, started) = (mm.clone(), started.clone());
+            let (mm, started, primed) = (mm.clone(), started.clone(), primed.clone());
             std::thread::spawn(move || {
+                while !primed.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
                 let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (w + 1);
                 for _ in 0..WRITES {
                     x ^= x << 13;

@@ -550,6 +550,15 @@ fn writer(sh: &Shared, w: usize) {
     }
 }
 
+/// Harvests per region per round at most: a page is reported at most once per harvest,
+/// and the ledger's sets of possible report counts are 64-bit masks (0 to 63 reports).
+/// Before the O(log V) index the harvests and the churn were slow enough never to reach
+/// this; at today's speed, on a loaded machine, they did (a page "reported 64 times").
+const MAX_HARVESTS: usize = 48;
+
+/// Churn steps per round at most, for the same reason (and the order search's budget).
+const MAX_CHURN_STEPS: u64 = 48;
+
 fn harvester(sh: &Shared) {
     let mut seen = 0;
     loop {
@@ -565,6 +574,11 @@ fn harvester(sh: &Shared) {
         seen = sh.round.load(Acquire);
         let mut hs: [Vec<(u64, u64)>; 4] = Default::default();
         'round: loop {
+            if hs[0].len() >= MAX_HARVESTS {
+                // Enough for this round: the ledger's count sets hold up to 63 reports.
+                wait_until(|| !sh.running.load(Acquire) || FAILED.load(Acquire));
+                break 'round;
+            }
             for (reg, h) in hs.iter_mut().enumerate() {
                 if !sh.running.load(Acquire) {
                     break 'round;
@@ -749,6 +763,12 @@ fn churn(sh: &Shared) {
         };
         let mut step = 0u64;
         while sh.running.load(Acquire) {
+            if step >= MAX_CHURN_STEPS {
+                // Enough structural events for this round (each moves pages twice): the
+                // order search stays within its budget however fast they are.
+                wait_until(|| !sh.running.load(Acquire) || FAILED.load(Acquire));
+                break;
+            }
             let mprotect = |rng: &mut Rng| {
                 let s = rng.below(A_PAGES - 64);
                 let len = 1 + rng.below(64);
