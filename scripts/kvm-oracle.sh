@@ -136,15 +136,18 @@ is_legacy() {
          END { exit !found }' "$1"
 }
 # Trace v2: only what the kernel backend runs (no spaces or fork: one real process; no
-# brk: the backend has no break of its own; no growsdown: its stores cannot grow a stack).
+# brk: the backend has no break of its own; no growsdown: its stores cannot grow a stack;
+# a growsdown file mapping is refused with EINVAL before anything, so it may run).
 kernel_runnable() {
-    ! grep -qE '^[[:space:]]*(space|fork|brk|brk_start)[[:space:]]|[[:space:]]growsdown([[:space:]]|$)' "$1"
+    ! grep -qE '^[[:space:]]*(space|fork|brk|brk_start)[[:space:]]' "$1" &&
+        ! grep -vE '^[[:space:]]*#' "$1" | grep -E '[[:space:]]growsdown([[:space:]]|$)' |
+            grep -qvE '[[:space:]]file[[:space:]]'
 }
 traces=()
 for f in tests/traces/*.trace ../shared/traces/*.trace; do
     [ -f "$f" ] && is_legacy "$f" && traces+=("$f")
 done
-for f in tests/traces/v2/*.trace; do
+for f in tests/traces/v2/*.trace ../shared/traces/v2/*.trace; do
     [ -f "$f" ] && is_legacy "$f" && kernel_runnable "$f" && traces+=("$f")
 done
 [ ${#traces[@]} -gt 0 ] || { say "FAILED: no legacy trace found"; exit 1; }

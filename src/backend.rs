@@ -13,6 +13,7 @@
 use std::ops::Range;
 
 use crate::errno::Errno;
+use crate::file::{FileKind, FileRef};
 use crate::linux::PAGE_SIZE;
 use crate::mm::{self, AddressSpace, Placement};
 use crate::mode::Mode;
@@ -165,6 +166,50 @@ pub enum Command {
     BrkStart(u64),
     /// `brk ADDR` (trace v2): brk(2).
     Brk(u64),
+    /// `file NAME SIZE` / `memfd NAME SIZE` (trace v2): create the file if it does not
+    /// exist, then set its size.
+    File {
+        /// the trace's name of the file
+        name: String,
+        /// a memfd (shmem) rather than a regular file
+        memfd: bool,
+        /// the size in bytes
+        size: u64,
+    },
+    /// `fwrite NAME OFFSET LEN` (trace v2): write(2) to the file, through no mapping.
+    Fwrite {
+        /// the file
+        name: String,
+        /// byte offset
+        offset: u64,
+        /// bytes
+        len: u64,
+    },
+    /// `mmap ... file NAME OFFSET` (trace v2): a file mapping.
+    MmapFile(FileMapping),
+}
+
+/// The arguments of a file mapping ([`Command::MmapFile`]): those of [`Op::Mmap`] plus the
+/// file, by its trace name, and the byte offset in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMapping {
+    /// address (a hint unless `placement` says otherwise)
+    pub addr: u64,
+    /// length in bytes
+    pub len: u64,
+    /// protection
+    pub prot: Prot,
+    /// MAP_SHARED
+    pub shared: bool,
+    /// placement
+    pub placement: Placement,
+    /// MAP_NORESERVE, MAP_POPULATE, MAP_GROWSDOWN (its `file` is `None`: the file is
+    /// named by `name`)
+    pub opts: mm::MapOpts,
+    /// the file's trace name
+    pub name: String,
+    /// byte offset in the file
+    pub offset: u64,
 }
 
 impl From<Op> for Command {
@@ -389,6 +434,34 @@ pub trait Backend {
         )))
     }
 
+    /// `file NAME SIZE` / `memfd NAME SIZE` (trace v2). By default the backend cannot
+    /// run it.
+    fn file(&mut self, name: &str, memfd: bool, size: u64) -> OpResult<()> {
+        let _ = (name, size);
+        Err(format!(
+            "{}: {} is not supported on this backend",
+            self.name(),
+            if memfd { "memfd" } else { "file" }
+        ))
+    }
+    /// `fwrite NAME OFFSET LEN` (trace v2). By default the backend cannot run it.
+    fn fwrite(&mut self, name: &str, offset: u64, len: u64) -> OpResult<()> {
+        let _ = (name, offset, len);
+        Err(format!(
+            "{}: fwrite is not supported on this backend",
+            self.name()
+        ))
+    }
+    /// `mmap ... file NAME OFFSET` (trace v2); the address of the mapping. By default the
+    /// backend cannot run it.
+    fn mmap_file(&mut self, m: &FileMapping) -> OpResult<u64> {
+        let _ = m;
+        Err(format!(
+            "{}: file mappings are not supported on this backend",
+            self.name()
+        ))
+    }
+
     /// Performs one [`Command`] through the methods above: the one entry every generator
     /// of operations uses. `Err(msg)`: the backend cannot perform it.
     fn perform(&mut self, cmd: &Command) -> OpResult<Outcome> {
@@ -415,6 +488,9 @@ pub trait Backend {
             Command::Smaps(addr) => Ok(Outcome::Smaps(self.smaps_vmflags(*addr)?)),
             Command::BrkStart(addr) => done(self.brk_start(*addr)?),
             Command::Brk(addr) => done(self.brk(*addr)?.map(|_| ())),
+            Command::File { name, memfd, size } => done(self.file(name, *memfd, *size)?),
+            Command::Fwrite { name, offset, len } => done(self.fwrite(name, *offset, *len)?),
+            Command::MmapFile(m) => self.mmap_file(m)?.map(Outcome::Addr),
         })
     }
 
@@ -466,6 +542,15 @@ impl ModelBackend {
     /// The current space.
     pub fn current(&self) -> Arc<AddressSpace> {
         self.tracker.space(&self.current)
+    }
+
+    /// The file the trace calls `name` (the parser refuses a name used before its
+    /// `file`/`memfd` line, so a miss is the caller's bug, reported as a message).
+    fn named_file(&self, name: &str) -> Result<FileRef, String> {
+        self.tracker
+            .files()
+            .lookup(name)
+            .ok_or_else(|| format!("no file {name:?} was created"))
     }
 
     /// The tracker.
@@ -585,6 +670,33 @@ impl Backend for ModelBackend {
     }
     fn current_brk(&mut self) -> Result<u64, Unobservable> {
         Ok(self.current().current_brk())
+    }
+    fn file(&mut self, name: &str, memfd: bool, size: u64) -> OpResult<()> {
+        let kind = if memfd {
+            FileKind::Memfd
+        } else {
+            FileKind::Regular
+        };
+        Ok(self.tracker.file(name, kind, size).map(|_| ()))
+    }
+    fn fwrite(&mut self, name: &str, offset: u64, len: u64) -> OpResult<()> {
+        let f = self.named_file(name)?;
+        Ok(self.tracker.fwrite(f, offset, len).map(|_| ()))
+    }
+    fn mmap_file(&mut self, m: &FileMapping) -> OpResult<u64> {
+        let f = self.named_file(&m.name)?;
+        let opts = mm::MapOpts {
+            file: Some((f, m.offset)),
+            ..m.opts
+        };
+        Ok(self.current().mmap_with(
+            m.addr,
+            m.len,
+            m.prot,
+            mm::Sharing::from_flag(m.shared),
+            m.placement,
+            opts,
+        ))
     }
     fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable> {
         Ok(self.current().softdirty_runs(addr, len))

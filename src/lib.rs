@@ -99,6 +99,7 @@ pub mod bitmap;
 pub mod dirtylog;
 pub mod epoch;
 pub mod errno;
+pub mod file;
 pub mod index;
 #[cfg(all(
     target_os = "linux",

@@ -22,7 +22,8 @@ pub struct PageInfo {
     pub present: bool,
     /// the present page is the shared zero page (PAGE_IS_PFNZERO)
     pub zero: bool,
-    /// shared anonymous memory (bit 61 / PAGE_IS_FILE when present)
+    /// a file's page: shared memory, or the unwritten page of a private file mapping
+    /// (bit 61 / PAGE_IS_FILE when present)
     pub shared: bool,
 }
 
@@ -104,6 +105,9 @@ impl AddressSpace {
                 let mut p = v.page_of(s);
                 let pe = v.page_of(e - 1) + 1;
                 let shared = v.meta.flags.shared;
+                // A private file mapping's unwritten present page is the file's page
+                // (bit 61), a written one a private anonymous copy.
+                let private_file = v.private_file();
                 let bm = &v.bitmap;
                 while p < pe && !stopped.get() {
                     if let Some((clean, ue)) = bm.uniform_run_end(p, pe) {
@@ -138,11 +142,12 @@ impl AddressSpace {
                             }
                             r += 1;
                         }
+                        let unbacked = here[1] == 1 && here[2] == 0;
                         let info = PageInfo {
                             softdirty: flag || here[0] == 0,
                             present: here[1] == 1,
-                            zero: here[1] == 1 && here[2] == 0,
-                            shared,
+                            zero: unbacked && !private_file,
+                            shared: shared || (unbacked && private_file),
                         };
                         emit(
                             v.start + (q << PAGE_SHIFT),

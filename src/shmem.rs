@@ -1,35 +1,38 @@
-//! Shared memory seen from several spaces: in `precise` mode a store through one mapping
-//! of a shared memory object's page changes the content every other mapping of that page
-//! shows, so each of them must report the page soft-dirty (trace format v2, "What
-//! soft-dirty means for the new memory"; shared anonymous memory is a shmem object, mapped
-//! again by every fork child).
+//! Shared memory seen from several mappings: in `precise` mode a store through one mapping
+//! of a file's page (a memfd, a regular file, the shmem object of shared anonymous memory),
+//! or a `write(2)` to the file, changes the content every other mapping of that page shows,
+//! so each of them must report the page soft-dirty (trace format v2, "What soft-dirty
+//! means for the new memory"): a shared mapping's page, populated or not, and a private
+//! mapping's page that still shows the file's page (no private copy yet).
 //!
 //! The kernel's page tables see only the store's own mapping, so `legacy`, `sticky`,
 //! `nomerge` and `regions` do nothing here. Propagation is done by whoever holds the
-//! spaces ([`crate::tracker::Tracker::propagate_shared_store`]) after a store: each other
-//! mapping of the object's pages gets a dirtying mark (no population), with the mark's
-//! ordering (a harvest that misses it runs before it, and the page stays dirty for the
-//! next one).
+//! spaces ([`crate::tracker::Tracker::propagate_shared_store`],
+//! [`crate::tracker::Tracker::fwrite`]) after the store: each other mapping of the file's
+//! pages gets a dirtying mark (no population), with the mark's ordering (a harvest that
+//! misses it runs before it, and the page stays dirty for the next one).
 
+use crate::file::{FileRef, Files};
 use crate::linux::{PAGE_SHIFT, PAGE_SIZE};
 use crate::mm::AddressSpace;
 
-/// A run of pages of one shared memory object a store changed.
+/// A run of pages of one file that a store changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SharedRun {
-    /// the object (`VmaMeta::file`)
-    pub file: u64,
+    /// the file (`VmaMeta::file`)
+    pub file: FileRef,
     /// its first page
     pub pgoff: u64,
     /// pages
     pub count: u64,
-    /// the address the store reached it at, in the storing space
-    pub addr: u64,
+    /// where the store reached it in the storing space (`None`: a `write(2)`, through no
+    /// mapping)
+    pub addr: Option<u64>,
 }
 
 impl AddressSpace {
-    /// The shared-memory pages a store to `[addr, addr + len)` changes: those of shared
-    /// writable VMAs, up to the first page a store would fault on (as `write` stops).
+    /// The file pages a store to `[addr, addr + len)` changes: those of shared writable
+    /// VMAs, up to the first page a store would fault on (as `write` stops).
     pub fn shared_runs_of_store(&self, addr: u64, len: u64) -> Vec<SharedRun> {
         let mut out = Vec::new();
         if len == 0 {
@@ -45,14 +48,31 @@ impl AddressSpace {
                 if v.start > cursor || !v.meta.flags.prot.write {
                     return;
                 }
-                let e = v.end.min(end);
-                if let (true, Some(file)) = (v.meta.flags.shared, v.meta.file) {
+                let mut e = v.end.min(end);
+                let Some(file) = v.meta.file else {
+                    cursor = e;
+                    continue;
+                };
+                // A store stops at the end of a sized file (SIGBUS).
+                let mut stop = false;
+                if let Some(size) = self.files().size(file) {
+                    let pages = Files::pages_of(size).saturating_sub(v.meta.pgoff);
+                    let eof = v.start.saturating_add(pages.saturating_mul(PAGE_SIZE));
+                    if eof < e {
+                        e = eof;
+                        stop = true;
+                    }
+                }
+                if v.meta.flags.shared && cursor < e {
                     out.push(SharedRun {
                         file,
                         pgoff: v.meta.pgoff + ((cursor - v.start) >> PAGE_SHIFT),
                         count: (e - cursor) >> PAGE_SHIFT,
-                        addr: cursor,
+                        addr: Some(cursor),
                     });
+                }
+                if stop {
+                    return;
                 }
                 cursor = e;
             }
@@ -60,13 +80,14 @@ impl AddressSpace {
         out
     }
 
-    /// Marks soft-dirty (without populating) every page of this space's shared mappings
-    /// that shows a page of `run`, except the pages at `run.addr` when `skip_own` (the
-    /// storing mapping, already marked by the store).
+    /// Marks soft-dirty (without populating) every page of this space's mappings that
+    /// shows a page of `run`: all of a shared mapping's, and a private mapping's pages
+    /// without a private copy. Skips the pages at `run.addr` when `skip_own` (the storing
+    /// mapping, already marked by the store).
     pub fn mark_shared_run(&self, run: &SharedRun, skip_own: bool) {
         self.with_index(|idx| {
             for v in idx.iter() {
-                if !v.meta.flags.shared || v.meta.file != Some(run.file) {
+                if v.meta.file != Some(run.file) {
                     continue;
                 }
                 let (a, b) = (v.meta.pgoff, v.meta.pgoff + v.pages());
@@ -75,11 +96,17 @@ impl AddressSpace {
                     continue;
                 }
                 let at = v.start + ((s - a) << PAGE_SHIFT);
-                let own_end = run.addr + (run.count << PAGE_SHIFT);
-                if skip_own && at < own_end && run.addr < at + ((e - s) << PAGE_SHIFT) {
-                    continue;
+                if let (true, Some(own)) = (skip_own, run.addr) {
+                    let own_end = own + (run.count << PAGE_SHIFT);
+                    if at < own_end && own < at + ((e - s) << PAGE_SHIFT) {
+                        continue;
+                    }
                 }
-                let _ = v.bitmap.mark_dirty(v.page_of(at), e - s);
+                if v.meta.flags.shared {
+                    let _ = v.bitmap.mark_dirty(v.page_of(at), e - s);
+                } else {
+                    let _ = v.bitmap.mark_dirty_unbacked(v.page_of(at), e - s);
+                }
             }
         });
     }

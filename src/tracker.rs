@@ -7,8 +7,10 @@
 
 use crate::accounting::Accounting;
 use crate::errno::{Errno, Result};
+use crate::file::{page_span, FileKind, FileRef, Files, MAX_FILE_SIZE, MAX_RW_COUNT};
 use crate::mm::AddressSpace;
 use crate::mode::Mode;
+use crate::shmem::SharedRun;
 use crate::sync::Arc;
 use dashmap::DashMap;
 
@@ -19,6 +21,8 @@ pub struct Tracker {
     spaces: DashMap<String, Arc<AddressSpace>>,
     /// shared by every space (and fork child): one machine's memory
     accounting: std::sync::Arc<Accounting>,
+    /// shared by every space (and fork child): one machine's files
+    files: std::sync::Arc<Files>,
 }
 
 impl Tracker {
@@ -34,6 +38,7 @@ impl Tracker {
             mode,
             spaces: DashMap::new(),
             accounting,
+            files: std::sync::Arc::default(),
         }
     }
 
@@ -55,9 +60,10 @@ impl Tracker {
         self.spaces
             .entry(name.to_string())
             .or_insert_with(|| {
-                Arc::new(AddressSpace::with_accounting(
+                Arc::new(AddressSpace::with_shared(
                     self.mode,
                     self.accounting.clone(),
+                    self.files.clone(),
                 ))
             })
             .value()
@@ -102,6 +108,88 @@ impl Tracker {
                 e.value().mark_shared_run(r, same);
             }
         }
+    }
+
+    /// The files every space of this tracker can map.
+    pub fn files(&self) -> &std::sync::Arc<Files> {
+        &self.files
+    }
+
+    /// `file NAME SIZE` / `memfd NAME SIZE` (trace v2): creates the file `name` of `kind`
+    /// (a regular file or a memfd) if it does not exist, then sets its size as
+    /// `ftruncate` does ([`Self::set_file_size`]). EINVAL if `name` is a file of the
+    /// other kind, or for a size `ftruncate` refuses (the file is created all the same,
+    /// as `open(O_CREAT)` before a failing `ftruncate` leaves it).
+    pub fn file(&self, name: &str, kind: FileKind, size: u64) -> Result<FileRef> {
+        let f = self
+            .files
+            .create(name, kind, || self.accounting.next_id())?;
+        self.set_file_size(f, size)?;
+        Ok(f)
+    }
+
+    /// `ftruncate(f, size)`: a shrink removes the pages past the new end from every
+    /// mapping of the file in every space (private copies included, as truncation does);
+    /// in `precise` the pages whose content the change may alter report soft-dirty
+    /// ([`AddressSpace::file_changed`]). EINVAL for a size above
+    /// [`MAX_FILE_SIZE`], EBADF for a file of another tracker.
+    pub fn set_file_size(&self, f: FileRef, size: u64) -> Result<()> {
+        let old = self.files.set_size(f, size)?;
+        if old != size {
+            for sp in self.all_spaces() {
+                sp.file_changed(f, old, size);
+            }
+        }
+        Ok(())
+    }
+
+    /// `pwrite(f, LEN bytes, offset)`: changes the content of the file's pages in that
+    /// range through no mapping (so no page table entry sees it: nothing changes in any
+    /// mode but `precise`, where every mapping that shows those pages reports them
+    /// soft-dirty), extending the file where it ends before `offset + len`. Returns the
+    /// bytes written: at most [`MAX_RW_COUNT`], as one
+    /// `write(2)`. Errors as `vfs_write`: EINVAL for an offset or an end beyond
+    /// `i64::MAX`; EFBIG for a non-empty write at or past the file size limit.
+    pub fn fwrite(&self, f: FileRef, offset: u64, len: u64) -> Result<u64> {
+        let size = self.files.size(f).filter(|_| self.files.contains(f));
+        let Some(size) = size else {
+            return Err(Errno::EBADF);
+        };
+        // rw_verify_area: the position and its end as a signed loff_t.
+        if offset > MAX_FILE_SIZE || offset.checked_add(len).is_none_or(|e| e > MAX_FILE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        let len = len.min(MAX_RW_COUNT);
+        if len == 0 {
+            return Ok(0);
+        }
+        // generic_write_checks with s_maxbytes = MAX_LFS_FILESIZE.
+        if offset >= MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let len = len.min(MAX_FILE_SIZE - offset);
+        let end = offset + len;
+        if end > size {
+            self.set_file_size(f, end)?;
+        }
+        if self.mode.is_precise() {
+            let (first, last) = page_span(offset, len);
+            let run = SharedRun {
+                file: f,
+                pgoff: first,
+                count: last - first,
+                addr: None,
+            };
+            for sp in self.all_spaces() {
+                sp.mark_shared_run(&run, false);
+            }
+        }
+        Ok(len)
+    }
+
+    /// Every space, cloned out of the registry (no map guard is held while they are used).
+    fn all_spaces(&self) -> Vec<Arc<AddressSpace>> {
+        self.spaces.iter().map(|e| e.value().clone()).collect()
     }
 
     /// Names of all spaces, sorted.

@@ -5,6 +5,7 @@
 //! the `anon_vma` identity a first write fault assigns ([`Vma::anon`]).
 
 use crate::bitmap::PageBitmap;
+use crate::file::FileRef;
 use crate::linux::PAGE_SHIFT;
 use crate::prot::Prot;
 use crate::regions::NonSdRegions;
@@ -61,8 +62,9 @@ pub struct VmaMeta {
     pub flags: VmaFlags,
     /// `vm_pgoff` of the first page
     pub pgoff: u64,
-    /// The shmem file of a shared anonymous mapping (`None` for private memory).
-    pub file: Option<u64>,
+    /// The file mapped (`None` for anonymous private memory): a regular file or memfd
+    /// (trace v2), or the shmem object of a shared anonymous mapping.
+    pub file: Option<FileRef>,
     /// This VMA has an `anon_vma` whose chain links a parent's (`vma_had_uncowed_parents`:
     /// a fork child's faulted VMA).
     pub forked: bool,
@@ -208,6 +210,12 @@ impl Vma {
     /// Is the cell frozen by a structural operation (or by a retirement)?
     pub fn anon_frozen(&self) -> bool {
         self.anon.load(Ordering::Acquire) == ANON_FROZEN
+    }
+
+    /// A private mapping of a file (`vma->vm_file` without `VM_SHARED`): a page it
+    /// populated without a write shows the file's page, a written one is a private copy.
+    pub fn private_file(&self) -> bool {
+        self.meta.file.is_some() && !self.meta.flags.shared
     }
 
     /// `vma_had_uncowed_parents()`.

@@ -140,6 +140,54 @@ impl PageBitmap {
         self.fault_impl(first, count, true, false, false, false)
     }
 
+    /// Marks soft-dirty, as [`Self::mark_dirty`], the pages of `[first, first + count)`
+    /// that hold no private copy (`backed` clear): in a private file mapping, the pages
+    /// that show the file's page, whose content a store to the file changes. A page that
+    /// becomes a private copy concurrently is dirty by its own write fault, so reading
+    /// `backed` before marking loses nothing. Untouched stretches are marked whole.
+    pub fn mark_dirty_unbacked(&self, first: u64, count: u64) -> Mark {
+        if !self.in_range(first, count) {
+            return Mark::OutOfRange;
+        }
+        let end = first + count;
+        let mut p = first;
+        let mut run: Option<u64> = None; // start of the pending run of unbacked pages
+        let mut faults = 0;
+        let mut flush = |s: u64, e: u64| match self.mark_dirty(s, e - s) {
+            Mark::Done { faults: f } => {
+                faults += f;
+                None
+            }
+            m => Some(m),
+        };
+        while p < end {
+            if let Some((_, ue)) = self.uniform_run_end(p, end) {
+                run.get_or_insert(p);
+                p = ue;
+                continue;
+            }
+            let w = p - p % 64;
+            let lim = (w + 64).min(end);
+            let backed = self.window(w).backed;
+            for q in p..lim {
+                if (backed >> (q - w)) & 1 == 0 {
+                    run.get_or_insert(q);
+                } else if let Some(s) = run.take() {
+                    if let Some(m) = flush(s, q) {
+                        return m;
+                    }
+                }
+            }
+            p = lim;
+        }
+        if let Some(s) = run {
+            if let Some(m) = flush(s, end) {
+                return m;
+            }
+        }
+        Mark::Done { faults }
+    }
+
     /// A read fault on `[first, first + count)`: populate without dirtying. `zero_page`:
     /// map the shared zero page (private anonymous memory) rather than a real page.
     /// [`Mark::OutOfRange`] (nothing done) if the range overflows or leaves the bitmap.

@@ -5,6 +5,7 @@
 use super::chunk::Slot;
 use super::directory::{Entry, LEAF_SLOTS};
 use super::words::{for_each_bit, for_each_run, for_each_word};
+use super::zap::Untouched;
 use super::{PageBitmap, Run, ABSENT_CLEAN, ABSENT_DIRTY, CHUNK_PAGES, CHUNK_WORDS};
 use crate::sync::{fence, lock, AtomicU64, MutexGuard, Ordering};
 use crate::twins;
@@ -364,7 +365,7 @@ impl PageBitmap {
                     c.summary.fetch_or(1 << wi, Ordering::AcqRel);
                 }
             },
-            Some(clean),
+            Untouched::Tag(clean),
         );
     }
 
@@ -380,7 +381,7 @@ impl PageBitmap {
                     c.summary.fetch_or(1 << wi, Ordering::AcqRel);
                 }
             },
-            Some(clean),
+            Untouched::Tag(clean),
         );
     }
 }

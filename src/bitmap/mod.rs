@@ -83,6 +83,7 @@ pub use chunk::Chunk;
 pub use copy::CopyRule;
 pub use drain::{DrainRule, Target};
 pub use words::{for_each_bit, for_each_run};
+pub use zap::ZapRule;
 
 use crate::accounting::Accounting;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};

@@ -7,6 +7,33 @@ use super::words::for_each_word;
 use super::{PageBitmap, ABSENT_CLEAN, ABSENT_DIRTY, CHUNK_PAGES, ZAP_RING};
 use crate::sync::{fence, Ordering};
 
+/// What a zap does to the page-level soft-dirty state of the pages it unpopulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZapRule {
+    /// clean: the page table entry and its soft-dirty bit are gone (every mode but
+    /// `precise`)
+    Clean,
+    /// soft-dirty: the content is now zero (`precise`, private anonymous memory, and
+    /// every page a truncation cuts)
+    Dirty,
+    /// unchanged: the page comes back with the same content (`precise`, a shared file
+    /// page)
+    Keep,
+    /// soft-dirty where a private copy is discarded (a written page of a private file
+    /// mapping), unchanged elsewhere (`precise`)
+    DirtyCopies,
+}
+
+/// What [`PageBitmap::update_range`] does with a chunk that is still an untouched tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Untouched {
+    /// a whole one becomes the tag for this cleanliness without being materialized (only
+    /// valid when the update leaves it unpopulated)
+    Tag(bool),
+    /// leave it as it is (only valid when the update changes nothing on untouched pages)
+    Skip,
+}
+
 impl PageBitmap {
     /// `MADV_DONTNEED` / a zap: unpopulate `[first, first+count)`; the page-level state
     /// becomes dirty (`dirty`, precise mode: the content is now zero) or clean (legacy:
@@ -26,6 +53,21 @@ impl PageBitmap {
     /// would leave it and linearizes at its loads. Broken twin `zap_no_seq` (loom-tests:
     /// `dontneed_vs_write`).
     pub fn zap(&self, first: u64, count: u64, dirty: bool) {
+        self.zap_with(
+            first,
+            count,
+            if dirty {
+                ZapRule::Dirty
+            } else {
+                ZapRule::Clean
+            },
+        );
+    }
+
+    /// [`Self::zap`] with the page-level soft-dirty outcome `rule` (trace v2's memory:
+    /// a shared file page comes back unchanged, a private file mapping's private copies
+    /// are discarded).
+    pub fn zap_with(&self, first: u64, count: u64, rule: ZapRule) {
         let (first, count) = self.clip(first, count);
         let _clear = self.clear_lock();
         // AcqRel RMW: sequenced before every zap RMW below (see above).
@@ -39,20 +81,33 @@ impl PageBitmap {
         let slot = &self.zap_ring[(n % ZAP_RING as u64) as usize];
         slot[0].store(first, Ordering::Relaxed);
         slot[1].store(first + count, Ordering::Relaxed);
+        let untouched = match rule {
+            ZapRule::Clean => Untouched::Tag(true),
+            ZapRule::Dirty => Untouched::Tag(false),
+            // An untouched chunk has no page to unpopulate and no copy to discard.
+            ZapRule::Keep | ZapRule::DirtyCopies => Untouched::Skip,
+        };
         self.update_range(
             first,
             count,
             |c, wi, m, _| {
                 c.populated[wi].fetch_and(!m, Ordering::AcqRel);
-                c.backed[wi].fetch_and(!m, Ordering::AcqRel);
-                if dirty {
-                    c.clean[wi].fetch_and(!m, Ordering::AcqRel);
+                let was_backed = c.backed[wi].fetch_and(!m, Ordering::AcqRel);
+                let dirty = match rule {
+                    ZapRule::Clean => {
+                        c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                        0
+                    }
+                    ZapRule::Dirty => m,
+                    ZapRule::Keep => 0,
+                    ZapRule::DirtyCopies => was_backed & m,
+                };
+                if dirty != 0 {
+                    c.clean[wi].fetch_and(!dirty, Ordering::AcqRel);
                     c.summary.fetch_or(1 << wi, Ordering::AcqRel);
-                } else {
-                    c.clean[wi].fetch_or(m, Ordering::AcqRel);
                 }
             },
-            Some(!dirty),
+            untouched,
         );
         // Release: pairs with `wait_zap`'s Acquire load; a fault that reads this value
         // before its first RMW sees every zap RMW.
@@ -90,14 +145,13 @@ impl PageBitmap {
     }
 
     /// Applies `f(chunk, word, mask, whole_word)` to every word of the range on the control
-    /// plane. `uniform_result`: if set, a whole untouched chunk ends in the tag for this
-    /// cleanliness without being materialized (only valid when `f` leaves it unpopulated).
+    /// plane; `untouched` says what becomes of a chunk that is still a tag.
     pub(super) fn update_range(
         &self,
         first: u64,
         count: u64,
         f: impl Fn(&Chunk, usize, u64, bool),
-        uniform_result: Option<bool>,
+        untouched: Untouched,
     ) {
         let end = first + count;
         let mut k = (first / CHUNK_PAGES) as usize;
@@ -111,7 +165,13 @@ impl PageBitmap {
             }
             let whole = lo == base && (hi == base + CHUNK_PAGES || hi == self.pages);
             let kk = k - 1;
-            if let Some(clean) = uniform_result {
+            if untouched == Untouched::Skip {
+                let cur = self.slots.load(kk, Ordering::Acquire);
+                if cur == ABSENT_CLEAN || cur == ABSENT_DIRTY {
+                    continue;
+                }
+            }
+            if let Untouched::Tag(clean) = untouched {
                 let want = if clean { ABSENT_CLEAN } else { ABSENT_DIRTY };
                 let cur = self.slots.load(kk, Ordering::Acquire);
                 if cur == want {

@@ -274,6 +274,15 @@ pub struct KernelBackend {
     tainted: Option<String>,
     /// Why the last scan did not clear as asked ([`Backend::take_scan_skip`]).
     scan_skip: Option<String>,
+    /// The trace's files (trace v2): memfds, and regular files in `file_dir`.
+    files: std::collections::HashMap<String, OwnedFd>,
+    /// The private directory of the regular files, made on first use, removed on drop.
+    file_dir: Option<std::path::PathBuf>,
+    /// uffd flavour: address ranges whose `precise` answer no registration can observe
+    /// until the next `clear_refs 4` (a file page changed through another mapping, by a
+    /// `write(2)` or a truncation; a private copy discarded): the spec's "Kernel backend,
+    /// v2" has expectations over them reported as skipped.
+    precise_only: Vec<(u64, u64)>,
 }
 
 impl KernelBackend {
@@ -316,6 +325,9 @@ impl KernelBackend {
             owned: BTreeMap::new(),
             tainted: None,
             scan_skip: None,
+            files: std::collections::HashMap::new(),
+            file_dir: None,
+            precise_only: Vec::new(),
         })
     }
 
@@ -823,9 +835,144 @@ impl KernelBackend {
     }
 }
 
+impl KernelBackend {
+    /// Creates the trace's file `name` (a memfd, or a regular file in the private
+    /// directory); `Ok(Err)` with the errno of the call that failed.
+    fn create_file(&mut self, name: &str, memfd: bool) -> Result<Result<OwnedFd, Errno>, String> {
+        let fd = if memfd {
+            let cname = std::ffi::CString::new(name).map_err(|e| format!("memfd {name}: {e}"))?;
+            // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd or -1.
+            let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Ok(Err(to_errno(last_errno(), "memfd_create")?));
+            }
+            // SAFETY: `fd` is a new descriptor that nothing else owns.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        } else {
+            let dir = match &self.file_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let d = std::env::temp_dir().join(format!(
+                        "softdirty-files-{}-{:x}",
+                        std::process::id(),
+                        self as *const Self as usize
+                    ));
+                    std::fs::create_dir(&d)
+                        .map_err(|e| format!("file {name}: creating {}: {e}", d.display()))?;
+                    self.file_dir = Some(d.clone());
+                    d
+                }
+            };
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join(name));
+            match f {
+                Ok(f) => OwnedFd::from(f),
+                Err(e) => match e.raw_os_error() {
+                    Some(n) => return Ok(Err(to_errno(n, "open")?)),
+                    None => return Err(format!("file {name}: {e}")),
+                },
+            }
+        };
+        Ok(Ok(fd))
+    }
+
+    /// The identity of the trace's file `name` as /proc/self/maps prints it.
+    fn file_identity(&self, name: &str) -> Result<(u32, u32, u64), String> {
+        let fd = self.file_fd(name)?;
+        // SAFETY: fstat fills the zeroed `st` for a descriptor this backend owns.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Err(format!("fstat of file {name}: errno {}", last_errno()));
+        }
+        Ok((libc::major(st.st_dev), libc::minor(st.st_dev), st.st_ino))
+    }
+
+    /// uffd flavour: the pages `[first, end)` of the file `id` changed through no page
+    /// table entry of the mappings that show them (except `[skip)`, the storing one):
+    /// their `precise` answer is unobservable until the next `clear_refs 4`.
+    fn file_changed_behind(
+        &mut self,
+        id: (u32, u32, u64),
+        first: u64,
+        end: u64,
+        skip: Option<(u64, u64)>,
+    ) -> Result<(), String> {
+        if self.flavour != KernelFlavour::Uffd || first >= end {
+            return Ok(());
+        }
+        let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+        for m in maps.iter().filter(|m| m.file == id) {
+            let pg = m.offset >> 12;
+            let pages = (m.end - m.start) >> 12;
+            let (s, e) = (pg.max(first), (pg + pages).min(end));
+            if s >= e {
+                continue;
+            }
+            let (a, b) = (m.start + ((s - pg) << 12), m.start + ((e - pg) << 12));
+            if skip.is_some_and(|(ks, ke)| a < ke && ks < b) {
+                continue;
+            }
+            self.precise_only.push((a, b));
+        }
+        Ok(())
+    }
+
+    /// uffd flavour: a store to `[addr, addr + len)` reached the trace's files through
+    /// the shared file mappings there; every other mapping of those pages changed.
+    fn store_reached_files(&mut self, addr: u64, len: u64) -> Result<(), String> {
+        if self.flavour != KernelFlavour::Uffd || self.files.is_empty() || len == 0 {
+            return Ok(());
+        }
+        let end = page_up(addr.saturating_add(len));
+        let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+        for m in maps {
+            if !m.shared || m.file.2 == 0 || m.end <= addr || m.start >= end {
+                continue;
+            }
+            let (s, e) = (m.start.max(page_down(addr)), m.end.min(end));
+            let first = (m.offset >> 12) + ((s - m.start) >> 12);
+            self.file_changed_behind(m.file, first, first + ((e - s) >> 12), Some((s, e)))?;
+        }
+        Ok(())
+    }
+
+    /// Why the soft-dirty state of `[addr, addr + len)` cannot be compared with
+    /// `precise`'s, if a part of it cannot.
+    fn precise_only_in(&self, addr: u64, len: u64) -> Option<String> {
+        let end = addr.saturating_add(len);
+        self.precise_only
+            .iter()
+            .any(|&(s, e)| s < end && addr < e)
+            .then(|| {
+                "a file page changed behind this mapping's page table entries (through \
+                 another mapping, write(2), a truncation or a discarded private copy): \
+                 precise reports it, no registration sees it"
+                    .to_string()
+            })
+    }
+
+    /// The descriptor of the trace's file `name`.
+    fn file_fd(&self, name: &str) -> Result<i32, String> {
+        self.files
+            .get(name)
+            .map(|f| f.as_raw_fd())
+            .ok_or_else(|| format!("no file {name:?} was created"))
+    }
+}
+
 impl Drop for KernelBackend {
     fn drop(&mut self) {
         self.unmap_all();
+        self.files.clear();
+        if let Some(d) = self.file_dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -931,6 +1078,136 @@ impl Backend for KernelBackend {
         Ok(Ok(a))
     }
 
+    fn file(&mut self, name: &str, memfd: bool, size: u64) -> OpResult<()> {
+        if !self.files.contains_key(name) {
+            match self.create_file(name, memfd)? {
+                Ok(fd) => {
+                    self.files.insert(name.to_string(), fd);
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        let fd = self.file_fd(name)?;
+        // SAFETY: fstat fills the zeroed `st` for a descriptor this backend owns.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let old = if unsafe { libc::fstat(fd, &mut st) } == 0 {
+            st.st_size as u64
+        } else {
+            0
+        };
+        // SAFETY: ftruncate on a descriptor this backend owns; a size above i64::MAX is
+        // passed as the negative off_t it becomes, which the kernel refuses (EINVAL).
+        if unsafe { libc::ftruncate(fd, size as libc::off_t) } != 0 {
+            return Ok(Err(to_errno(last_errno(), "ftruncate")?));
+        }
+        if old != size {
+            let id = self.file_identity(name)?;
+            let (lo, hi) = (old.min(size) >> 12, old.max(size).div_ceil(PAGE_SIZE));
+            self.file_changed_behind(id, lo, hi, None)?;
+        }
+        Ok(Ok(()))
+    }
+
+    fn fwrite(&mut self, name: &str, offset: u64, len: u64) -> OpResult<()> {
+        let fd = self.file_fd(name)?;
+        // The source: a read-only private anonymous mapping, all zero pages, of as many
+        // bytes as one write(2) transfers at most (MAX_RW_COUNT).
+        let n = len.clamp(1, crate::file::MAX_RW_COUNT) as usize;
+        // SAFETY: a fresh anonymous mapping the kernel places; nothing else uses it.
+        let buf = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                n,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if buf == libc::MAP_FAILED {
+            return Err(format!(
+                "fwrite {name}: no source buffer (errno {})",
+                last_errno()
+            ));
+        }
+        // SAFETY: pwrite reads at most `len` bytes from `buf`, of which the kernel reads
+        // at most MAX_RW_COUNT = `n` (a longer write is short); an offset above i64::MAX
+        // is the negative off_t the kernel refuses (EINVAL).
+        let r = unsafe { libc::pwrite(fd, buf, len as usize, offset as libc::off_t) };
+        let e = last_errno();
+        // SAFETY: `buf` is the mapping made above, of `n` bytes.
+        unsafe { libc::munmap(buf, n) };
+        if r < 0 {
+            return Ok(Err(to_errno(e, "pwrite")?));
+        }
+        let id = self.file_identity(name)?;
+        let (first, end) = crate::file::page_span(offset, r as u64);
+        self.file_changed_behind(id, first, end, None)?;
+        Ok(Ok(()))
+    }
+
+    fn mmap_file(&mut self, m: &crate::backend::FileMapping) -> OpResult<u64> {
+        let fd = self.file_fd(&m.name)?;
+        let fixed = match m.placement {
+            Placement::Hint => 0,
+            Placement::Fixed => libc::MAP_FIXED,
+            Placement::NoReplace => libc::MAP_FIXED_NOREPLACE,
+        };
+        if m.placement != Placement::Hint {
+            Self::refuse_low(m.addr, "mmap")?;
+        }
+        if m.placement == Placement::Fixed {
+            self.check_owned(m.addr, m.len, "mmap fixed")?;
+        }
+        let flags = if m.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        } | fixed
+            | if m.opts.noreserve {
+                libc::MAP_NORESERVE
+            } else {
+                0
+            }
+            | if m.opts.populate {
+                libc::MAP_POPULATE
+            } else {
+                0
+            }
+            | if m.opts.growsdown {
+                libc::MAP_GROWSDOWN
+            } else {
+                0
+            };
+        // SAFETY: a mapping of a file this backend owns. With MAP_FIXED it replaces only
+        // memory the trace mapped (checked above, never below MIN_FIXED_ADDR); with
+        // MAP_FIXED_NOREPLACE or a hint it replaces nothing. An offset above i64::MAX is
+        // the negative off_t the kernel refuses.
+        let p = unsafe {
+            libc::mmap(
+                m.addr as *mut libc::c_void,
+                m.len as usize,
+                m.prot.bits(),
+                flags,
+                fd,
+                m.offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = last_errno();
+            if m.placement == Placement::Fixed {
+                self.sync_owned();
+            }
+            return Ok(Err(to_errno(e, "mmap")?));
+        }
+        let a = p as u64;
+        let end = page_up(a.saturating_add(m.len));
+        self.own(a, end);
+        self.register(a, end - a)?;
+        Ok(Ok(a))
+    }
+
     fn munmap(&mut self, addr: u64, len: u64) -> OpResult<()> {
         self.check_owned(addr, len, "munmap")?;
         // SAFETY: the range holds only memory the trace mapped (checked above).
@@ -1021,8 +1298,20 @@ impl Backend for KernelBackend {
         // loses no data this program uses.
         let r =
             unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+        let e = last_errno();
+        if self.flavour == KernelFlavour::Uffd && !self.files.is_empty() {
+            // A private file mapping's discarded copies: the kernel keeps the zapped
+            // entries' write-protect markers, precise reports the pages changed.
+            let end = page_up(addr.saturating_add(len));
+            let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+            for m in maps {
+                if !m.shared && m.file.2 != 0 && m.start < end && addr < m.end {
+                    self.precise_only.push((m.start.max(addr), m.end.min(end)));
+                }
+            }
+        }
         if r != 0 {
-            return Ok(Err(to_errno(last_errno(), "madvise")?));
+            return Ok(Err(to_errno(e, "madvise")?));
         }
         Ok(Ok(()))
     }
@@ -1060,7 +1349,9 @@ impl Backend for KernelBackend {
     }
 
     fn write(&mut self, addr: u64, len: u64) -> OpResult<()> {
-        self.touch(addr, len, true)
+        let r = self.touch(addr, len, true)?;
+        self.store_reached_files(addr, len)?;
+        Ok(r)
     }
 
     fn read(&mut self, addr: u64, len: u64) -> OpResult<()> {
@@ -1084,6 +1375,7 @@ impl Backend for KernelBackend {
             }
             // Every soft-dirty bit of the process is clear, as in the model.
             self.tainted = None;
+            self.precise_only.clear();
         }
         Ok(Ok(()))
     }
@@ -1190,6 +1482,12 @@ impl Backend for KernelBackend {
                 return Some(format!("soft-dirty since a `scan ... clear` {why}"));
             }
         }
+        if cats & PAGE_IS_SOFT_DIRTY != 0 {
+            if let Some(why) = self.precise_only_in(args.start, args.end.saturating_sub(args.start))
+            {
+                return Some(why);
+            }
+        }
         if self.flavour == KernelFlavour::Uffd && cats & odd != 0 {
             return Some(
                 "the scan uses `written`, `wpallowed` or `swapped`, which uffd registration \
@@ -1209,6 +1507,9 @@ impl Backend for KernelBackend {
     }
 
     fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable> {
+        if let Some(why) = self.precise_only_in(addr, len) {
+            return Err(Unobservable::Skip(why));
+        }
         if let Some(why) = &self.tainted {
             return Err(Unobservable::Skip(format!(
                 "soft-dirty since a `scan ... clear` {why}"

@@ -11,6 +11,12 @@ pub struct MapsEntry {
     pub end: u64,
     /// mapped with `PROT_WRITE` (`w` in the permissions)
     pub writable: bool,
+    /// `MAP_SHARED` (`s` in the permissions)
+    pub shared: bool,
+    /// the byte offset in the mapped file
+    pub offset: u64,
+    /// the mapped file: (device major, device minor, inode); inode 0 for anonymous memory
+    pub file: (u32, u32, u64),
 }
 
 /// Parses `START-END` at the beginning of a maps/smaps header line.
@@ -29,11 +35,26 @@ pub fn maps() -> io::Result<Vec<MapsEntry>> {
         .lines()
         .filter_map(|l| {
             let (start, end) = parse_range(l)?;
-            let perms = l.split_ascii_whitespace().nth(1).unwrap_or("");
+            let mut f = l.split_ascii_whitespace().skip(1);
+            let perms = f.next().unwrap_or("");
+            let offset = u64::from_str_radix(f.next().unwrap_or("0"), 16).unwrap_or(0);
+            let (maj, min) = f
+                .next()
+                .unwrap_or("0:0")
+                .split_once(':')
+                .unwrap_or(("0", "0"));
+            let inode = f.next().unwrap_or("0").parse().unwrap_or(0);
             Some(MapsEntry {
                 start,
                 end,
                 writable: perms.as_bytes().get(1) == Some(&b'w'),
+                shared: perms.as_bytes().get(3) == Some(&b's'),
+                offset,
+                file: (
+                    u32::from_str_radix(maj, 16).unwrap_or(0),
+                    u32::from_str_radix(min, 16).unwrap_or(0),
+                    inode,
+                ),
             })
         })
         .collect())

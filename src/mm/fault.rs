@@ -6,6 +6,7 @@ use super::AddressSpace;
 use crate::bitmap::Mark;
 use crate::epoch;
 use crate::errno::{Errno, Result};
+use crate::file::{FileRef, Files};
 use crate::index::VmaIndex;
 use crate::linux::{PAGE_SHIFT, PAGE_SIZE};
 use crate::mode::Mode;
@@ -85,7 +86,14 @@ impl AddressSpace {
             if (write && !prot.write) || !prot.accessible() {
                 return Err(Errno::EFAULT);
             }
-            let stop = (v.end - PAGE_SIZE).min(last);
+            let mut stop = (v.end - PAGE_SIZE).min(last);
+            if let Some(f) = v.meta.file {
+                // A page wholly past the end of a sized file: SIGBUS. (`sized` is false
+                // for shared anonymous memory, which has no end.)
+                if f.sized() {
+                    stop = self.clip_to_eof(v, f, page, stop)?;
+                }
+            }
             let first = v.page_of(page);
             let n = ((stop - page) >> PAGE_SHIFT) + 1;
             let shared = v.meta.flags.shared;
@@ -133,6 +141,18 @@ impl AddressSpace {
             }
             page = stop + PAGE_SIZE;
         }
+    }
+
+    /// The last page of `[page, stop]` (in `v`, which maps the sized file `f`) that is
+    /// not wholly past the end of the file; EFAULT if `page` is.
+    fn clip_to_eof(&self, v: &Vma, f: FileRef, page: u64, stop: u64) -> Result<u64> {
+        let size = self.files().size(f).unwrap_or(0);
+        // Pages of the VMA, from its start, that the file covers.
+        let covered = Files::pages_of(size).saturating_sub(v.meta.pgoff);
+        if v.page_of(page) >= covered {
+            return Err(Errno::EFAULT);
+        }
+        Ok(stop.min(v.start + ((covered - 1) << PAGE_SHIFT).min(v.end - PAGE_SIZE - v.start)))
     }
 
     /// Regions mode: writes `[s, e)` of `v` one region segment at a time, and counts as

@@ -80,6 +80,7 @@ impl AddressSpace {
             brk: Mutex::new(*brk),
             faults: FaultCounter::new(),
             accounting: self.accounting.clone(),
+            files: self.files.clone(),
         }
     }
 }

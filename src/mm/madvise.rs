@@ -4,11 +4,12 @@
 //! VMAs like mprotect and which `fork` honours.
 
 use super::{page_align, AddressSpace};
+use crate::bitmap::ZapRule;
 use crate::epoch;
 use crate::errno::{Errno, Result};
 use crate::linux::{PAGE_SHIFT, PAGE_SIZE};
 use crate::sync::lock;
-use crate::vma::VmaMeta;
+use crate::vma::{Vma, VmaMeta};
 
 impl AddressSpace {
     /// `madvise(addr, len, MADV_DONTNEED)`: zaps the pages (no VMA changes). Over a hole
@@ -22,20 +23,38 @@ impl AddressSpace {
         let idx = self.index(&guard);
         let mut cursor = addr;
         let mut hole = false;
-        let dirty = self.mode.is_precise();
         for v in idx.range(addr, end) {
             if v.start > cursor {
                 hole = true;
             }
             let s = v.start.max(addr);
             let e = v.end.min(end);
-            v.bitmap.zap(v.page_of(s), (e - s) >> PAGE_SHIFT, dirty);
+            v.bitmap
+                .zap_with(v.page_of(s), (e - s) >> PAGE_SHIFT, self.dontneed_rule(v));
             cursor = e;
         }
         if hole || cursor < end {
             return Err(Errno::ENOMEM);
         }
         Ok(())
+    }
+}
+
+impl AddressSpace {
+    /// What `MADV_DONTNEED` does to `v`'s page-level soft-dirty state. Every mode but
+    /// `precise` loses it with the page table entries. `precise` reports what changed the
+    /// content: private anonymous pages (and, as trace v1 defines it, shared anonymous
+    /// ones) read zero afterwards; a regular file's or memfd's shared page comes back
+    /// unchanged; a private file mapping loses its private copies only.
+    pub(crate) fn dontneed_rule(&self, v: &Vma) -> ZapRule {
+        if !self.mode.is_precise() {
+            return ZapRule::Clean;
+        }
+        match v.meta.file {
+            Some(f) if f.sized() && v.meta.flags.shared => ZapRule::Keep,
+            Some(f) if f.sized() => ZapRule::DirtyCopies,
+            _ => ZapRule::Dirty,
+        }
     }
 }
 
@@ -146,7 +165,7 @@ impl AddressSpace {
                 let write = advice == Advice::PopulateWrite;
                 // faultin_page_range: VMA by VMA, stopping at the first hole (ENOMEM) or
                 // the first VMA without the access (EINVAL).
-                let segments: Vec<(u64, u64, bool)> = self.with_index(|idx| {
+                let segments: Vec<(u64, u64, bool, bool)> = self.with_index(|idx| {
                     idx.range(addr, end)
                         .map(|v| {
                             let ok = if write {
@@ -154,12 +173,13 @@ impl AddressSpace {
                             } else {
                                 v.meta.flags.prot.accessible()
                             };
-                            (v.start.max(addr), v.end.min(end), ok)
+                            let sized = v.meta.file.is_some_and(|f| f.sized());
+                            (v.start.max(addr), v.end.min(end), ok, sized)
                         })
                         .collect()
                 });
                 let mut cursor = addr;
-                for (s, e, ok) in segments {
+                for (s, e, ok, sized) in segments {
                     if s > cursor {
                         return Err(Errno::ENOMEM);
                     }
@@ -171,9 +191,17 @@ impl AddressSpace {
                     } else {
                         self.read(s, e - s)
                     };
-                    // A VMA changed under us (a racing munmap): as the kernel's next
-                    // lookup would find, nothing is mapped there.
-                    r.map_err(|_| Errno::ENOMEM)?;
+                    // A page past the end of a file: SIGBUS, which madvise_populate
+                    // returns as EFAULT. Otherwise a VMA changed under us (a racing
+                    // munmap): as the kernel's next lookup would find, nothing is mapped
+                    // there.
+                    r.map_err(|e| {
+                        if sized && e == Errno::EFAULT {
+                            e
+                        } else {
+                            Errno::ENOMEM
+                        }
+                    })?;
                     cursor = e;
                 }
                 if cursor < end {

@@ -3,6 +3,7 @@
 use super::layout::{Layout, NewRange, Piece, Src};
 use super::{page_align, AddressSpace, MapOpts, Placement, Sharing, DAC_MMAP_MIN_ADDR, MMAP_BASE};
 use crate::errno::{Errno, Result};
+use crate::file::{FileKind, FileRef, MAX_FILE_SIZE};
 use crate::linux::{MAX_MAP_COUNT, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
 use crate::mode::Mode;
 use crate::prot::Prot;
@@ -23,7 +24,16 @@ impl AddressSpace {
         self.mmap_with(addr, len, prot, sharing, placement, MapOpts::default())
     }
 
-    /// [`Self::mmap`] with the v2 flags `opts` (`MAP_NORESERVE`, `MAP_POPULATE`).
+    /// [`Self::mmap`] with the v2 flags `opts` (`MAP_NORESERVE`, `MAP_POPULATE`,
+    /// `MAP_GROWSDOWN`, a file and its offset).
+    ///
+    /// A file mapping follows `do_mmap` for a file opened read-write: EBADF for a file
+    /// that is not one of [`Self::files`]; EINVAL for an offset that is not page-aligned
+    /// (before anything else, as x86-64's `sys_mmap` checks it); EOVERFLOW where
+    /// `file_mmap_ok` refuses the offset and length (after the placement); EINVAL with
+    /// `MAP_GROWSDOWN`. The VMA's `vm_pgoff` is the offset in pages, and it merges only
+    /// with VMAs of the same file at contiguous offsets. Mapping past the end of the file
+    /// is allowed; an access there fails with EFAULT (SIGBUS).
     pub fn mmap_with(
         &self,
         addr: u64,
@@ -56,6 +66,14 @@ impl AddressSpace {
         opts: MapOpts,
     ) -> Result<u64> {
         let shared = sharing.is_shared();
+        if let Some((f, offset)) = opts.file {
+            if offset % PAGE_SIZE != 0 {
+                return Err(Errno::EINVAL);
+            }
+            if !self.files().contains(f) {
+                return Err(Errno::EBADF);
+            }
+        }
         if len == 0 {
             return Err(Errno::EINVAL);
         }
@@ -107,8 +125,17 @@ impl AddressSpace {
             if placement == Placement::NoReplace && l.intersects(addr, end) {
                 return (Err(Errno::EEXIST), false);
             }
-            if shared && opts.growsdown {
-                // do_mmap, MAP_SHARED anonymous: no VM_GROWSDOWN (after the placement).
+            if let Some((_, offset)) = opts.file {
+                // file_mmap_ok, with s_maxbytes = MAX_LFS_FILESIZE (tmpfs, and the limit
+                // of the files the model stands for).
+                let max = MAX_FILE_SIZE;
+                if len > max || (offset >> PAGE_SHIFT) > (max - len) >> PAGE_SHIFT {
+                    return (Err(Errno::EOVERFLOW), false);
+                }
+            }
+            if (shared || opts.file.is_some()) && opts.growsdown {
+                // do_mmap: MAP_SHARED anonymous memory and every file mapping refuse
+                // VM_GROWSDOWN (after the placement).
                 return (Err(Errno::EINVAL), false);
             }
             if let Err(e) = l.unmap(addr, end) {
@@ -127,8 +154,18 @@ impl AddressSpace {
                         self.mode.flag_blocks_merge(),
                     )
                 },
-                pgoff: if shared { 0 } else { addr >> PAGE_SHIFT },
-                file: shared.then(|| self.accounting.next_id()),
+                pgoff: match opts.file {
+                    Some((_, offset)) => offset >> PAGE_SHIFT,
+                    None if shared => 0,
+                    None => addr >> PAGE_SHIFT,
+                },
+                file: match opts.file {
+                    Some((f, _)) => Some(f),
+                    None => shared.then(|| FileRef {
+                        id: self.accounting.next_id(),
+                        kind: FileKind::Anonymous,
+                    }),
+                },
                 forked: false,
             };
             let pieces = vec![Piece {

@@ -17,7 +17,7 @@
 //! | `fault.rs` | the data plane: a simulated write or read fault, the first fault's anon_vma |
 //! | `layout.rs` | the VMA layout editor (split, unmap, merge as Linux 6.18 does) |
 //! | `commit.rs` | the structural commit: build the new VMAs, swap the index, seal and drain |
-//! | `mmap.rs`, `mprotect.rs`, `mremap.rs`, `madvise.rs`, `fork.rs`, `clear_refs.rs`, `brk.rs` | one system call each (`brk.rs`: the program break, trace v2) |
+//! | `mmap.rs`, `mprotect.rs`, `mremap.rs`, `madvise.rs`, `fork.rs`, `clear_refs.rs`, `brk.rs`, `truncate.rs` | one system call each (`brk.rs`: the program break, `truncate.rs`: a mapped file's size change, trace v2) |
 //! | `query.rs` | the VMA list, smaps flags, tracking memory |
 //!
 //! Errors are Linux's, checked in the kernel's order (`docs/kernel-rules.md` records the
@@ -37,6 +37,7 @@ mod mprotect;
 mod mremap;
 mod query;
 mod stack;
+mod truncate;
 
 pub use brk::STACK_GUARD_GAP;
 pub use clear_refs::parse_kstrtoint;
@@ -46,6 +47,7 @@ pub use stack::STACK_LIMIT;
 
 use crate::accounting::Accounting;
 use crate::epoch::{self, Atomic, Guard};
+use crate::file::{FileRef, Files};
 use crate::index::VmaIndex;
 use crate::linux::PAGE_SIZE;
 use crate::mode::Mode;
@@ -93,8 +95,12 @@ pub struct MapOpts {
     /// `MAP_POPULATE`: every page faulted in at mmap time (a write fault where the
     /// mapping is private and writable, else a read fault; none for `PROT_NONE`)
     pub populate: bool,
-    /// `MAP_GROWSDOWN`: a stack VMA (`VM_GROWSDOWN`); EINVAL with `MAP_SHARED`
+    /// `MAP_GROWSDOWN`: a stack VMA (`VM_GROWSDOWN`); EINVAL with `MAP_SHARED` or a file
     pub growsdown: bool,
+    /// A file mapping instead of anonymous memory: the file (one of
+    /// [`AddressSpace::files`]) and the byte offset in it (a multiple of the page size,
+    /// else EINVAL)
+    pub file: Option<(FileRef, u64)>,
 }
 
 /// Where `mmap` may put a mapping.
@@ -136,6 +142,9 @@ pub struct AddressSpace {
     faults: FaultCounter,
     /// the model's memory: shared with the tracker's other spaces and with fork children
     accounting: std::sync::Arc<Accounting>,
+    /// the files this space can map: shared with the tracker's other spaces and with
+    /// fork children (`crate::file`)
+    files: std::sync::Arc<Files>,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -162,6 +171,16 @@ impl AddressSpace {
     /// An empty address space following `mode` that counts its VMAs, bitmaps and chunks
     /// in `accounting` and obeys its chunk limit (shared with whoever else holds it).
     pub fn with_accounting(mode: Mode, accounting: std::sync::Arc<Accounting>) -> AddressSpace {
+        AddressSpace::with_shared(mode, accounting, std::sync::Arc::default())
+    }
+
+    /// An empty address space following `mode` that counts in `accounting` and maps the
+    /// files of `files` (both shared with the other spaces of a tracker).
+    pub fn with_shared(
+        mode: Mode,
+        accounting: std::sync::Arc<Accounting>,
+        files: std::sync::Arc<Files>,
+    ) -> AddressSpace {
         AddressSpace {
             mode,
             index: Atomic::new(VmaIndex::default()),
@@ -169,7 +188,13 @@ impl AddressSpace {
             brk: Mutex::new(brk::Brk::default()),
             faults: FaultCounter::new(),
             accounting,
+            files,
         }
+    }
+
+    /// The files this space can map (shared with the tracker's other spaces).
+    pub fn files(&self) -> &std::sync::Arc<Files> {
+        &self.files
     }
 
     /// The accounts this space counts in (its memory limit and live objects).

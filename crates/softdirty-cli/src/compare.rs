@@ -523,6 +523,15 @@ pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
                 g.steps.push(Step::Do(cmd));
             }
             Command::Pagemap { .. } | Command::Scan(_) => harvest(&mut g),
+            // Files are shared between spaces (a tracker's), and the comparison drives
+            // one address space per design.
+            Command::File { .. } | Command::Fwrite { .. } | Command::MmapFile(_) => {
+                return Err(format!(
+                    "{name}:{}: the comparison does not run files (trace v2's file, memfd, \
+                     fwrite and file mappings): replay the trace instead",
+                    c.line
+                ))
+            }
         }
     }
     Ok(g.done(
@@ -684,7 +693,10 @@ fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadRepo
                     Command::Space(_)
                     | Command::Fork(_)
                     | Command::Pagemap { .. }
-                    | Command::Smaps(_),
+                    | Command::Smaps(_)
+                    | Command::File { .. }
+                    | Command::Fwrite { .. }
+                    | Command::MmapFile(_),
                 ) => Ok(0),
                 Step::Harvest => {
                     let got = softdirty_ranges(&s.mm);

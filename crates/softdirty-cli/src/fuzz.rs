@@ -235,6 +235,7 @@ fn v2_op(rng: &mut SmallRng, a: u64, l: u64, prot: Prot) -> Command {
                 Placement::NoReplace
             },
             opts: MapOpts {
+                file: None,
                 noreserve: rng.gen_bool(0.5),
                 populate: rng.gen_bool(0.5),
                 growsdown: false,

@@ -1273,8 +1273,9 @@ impl RefSpace {
             if na > TASK_SIZE - new_len || na % P != 0 || !maymove {
                 return Err(Errno::EINVAL);
             }
-            // vrm_overlaps
-            if addr < na + new_len && na < addr + old_len {
+            // vrm_overlaps (the old range's end saturates: a range that wraps overlaps
+            // nothing below the top, and then no VMA is found at ADDR)
+            if addr < na + new_len && na < addr.saturating_add(old_len) {
                 return Err(Errno::EINVAL);
             }
             if old_len == new_len {
@@ -1366,7 +1367,7 @@ impl RefSpace {
     /// `remap_move` (6.17+): same-size MREMAP_FIXED of every VMA piece in the range,
     /// gaps preserved, each piece moved on its own.
     fn remap_move(&mut self, addr: u64, len: u64, na: u64) -> R<u64> {
-        let end = addr + len;
+        let end = addr.saturating_add(len);
         if self.find(addr).is_none() {
             return Err(Errno::EFAULT);
         }

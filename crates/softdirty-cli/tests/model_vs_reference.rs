@@ -332,7 +332,9 @@ fn prot_s() -> impl Strategy<Value = Prot> {
     ]
 }
 
-fn op_s() -> impl Strategy<Value = Sym> {
+// Boxed: the unions' value trees are large, and a chain of them inline overflowed
+// the test thread's 2 MiB stack in debug builds.
+fn op_s() -> BoxedStrategy<Sym> {
     prop_oneof![
         8 => (addr_s(), len_s(), prot_s(), prop::bool::weighted(0.25), prop_oneof![
                 6 => Just(Placement::Fixed),
@@ -351,11 +353,14 @@ fn op_s() -> impl Strategy<Value = Sym> {
         2 => prop::sample::select(vec![4, 4, 4, 1, 5, 0, 6, -1]).prop_map(Sym::ClearRefs),
         1 => Just(Sym::Fork),
     ]
+    .boxed()
 }
 
 /// A fixed mmap that fills part of the arena (cases start with a few, so that most
 /// operations meet mappings).
-fn fill_s() -> impl Strategy<Value = OnSpace> {
+// Boxed: the unions' value trees are large, and a chain of them inline overflowed
+// the test thread's 2 MiB stack in debug builds.
+fn fill_s() -> BoxedStrategy<OnSpace> {
     (
         0..ARENA_UNITS,
         2u64..=16,
@@ -372,6 +377,7 @@ fn fill_s() -> impl Strategy<Value = OnSpace> {
                 place: Placement::Fixed,
             },
         })
+        .boxed()
 }
 
 fn case_s() -> impl Strategy<Value = (u64, Vec<OnSpace>)> {
@@ -634,7 +640,9 @@ fn chain_s() -> impl Strategy<Value = Vec<Sym>> {
 }
 
 /// One item of a dense case's body: a random operation, or a scenario (on one space).
-fn item_s() -> impl Strategy<Value = Vec<OnSpace>> {
+// Boxed: the unions' value trees are large, and a chain of them inline overflowed
+// the test thread's 2 MiB stack in debug builds.
+fn item_s() -> BoxedStrategy<Vec<OnSpace>> {
     let sp = || prop_oneof![6 => Just(0u8), 1 => 1u8..3];
     prop_oneof![
         10 => (sp(), op_s()).prop_map(|(sp, op)| vec![OnSpace { sp, op }]),
@@ -643,6 +651,7 @@ fn item_s() -> impl Strategy<Value = Vec<OnSpace>> {
         2 => (sp(), mremap_merge_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
         1 => (sp(), chain_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
     ]
+    .boxed()
 }
 
 fn on_all(sp: u8, ops: Vec<Sym>) -> Vec<OnSpace> {
@@ -994,7 +1003,9 @@ fn fork_s() -> impl Strategy<Value = Vec<OnSpace>> {
 }
 
 /// One item of a `regions` case's body: a random operation or a scenario.
-fn regions_item_s() -> impl Strategy<Value = Vec<OnSpace>> {
+// Boxed: the unions' value trees are large, and a chain of them inline overflowed
+// the test thread's 2 MiB stack in debug builds.
+fn regions_item_s() -> BoxedStrategy<Vec<OnSpace>> {
     let sp = || prop_oneof![6 => Just(0u8), 1 => 1u8..3];
     prop_oneof![
         8 => (sp(), op_s()).prop_map(|(sp, op)| vec![OnSpace { sp, op }]),
@@ -1007,6 +1018,7 @@ fn regions_item_s() -> impl Strategy<Value = Vec<OnSpace>> {
         1 => (sp(), chain_s()).prop_map(|(sp, ops)| on_all(sp, ops)),
         1 => fork_s(),
     ]
+    .boxed()
 }
 
 /// `dense_case_s`'s shape with `regions_item_s` items.

@@ -180,8 +180,10 @@ pub enum Statement {
         shared: bool,
         /// hint, fixed or noreplace
         placement: Placement,
-        /// `noreserve`, `populate` (v2)
+        /// `noreserve`, `populate`, `growsdown` (v2; its `file` is always `None`)
         opts: MapOpts,
+        /// `file NAME OFFSET` (v2): the file's name and the byte offset
+        file: Option<(String, u64)>,
     },
     /// `munmap ADDR LEN`
     Munmap {
@@ -256,6 +258,24 @@ pub enum Statement {
     BrkStart(Addr),
     /// `brk ADDR` (v2)
     Brk(Addr),
+    /// `file NAME SIZE` or `memfd NAME SIZE` (v2)
+    File {
+        /// NAME
+        name: String,
+        /// `memfd` rather than `file`
+        memfd: bool,
+        /// SIZE in bytes
+        size: u64,
+    },
+    /// `fwrite NAME OFFSET LEN` (v2)
+    Fwrite {
+        /// NAME
+        name: String,
+        /// OFFSET in bytes
+        offset: u64,
+        /// LEN in bytes
+        len: u64,
+    },
     /// `expect ...`
     Expect(Expect),
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use crate::ast::{Expect, MmapTarget, ScanCmd, Statement};
-use softdirty::backend::{Command, Op};
+use softdirty::backend::{Command, FileMapping, Op};
 use softdirty::linux::{PAGE_SIZE, TASK_SIZE};
 use softdirty::scan::ScanArgs;
 
@@ -69,6 +69,7 @@ pub fn lower<'a>(c: &'a Statement, names: &Bindings) -> Result<Action<'a>, Strin
             shared,
             placement,
             opts,
+            file,
         } => {
             let addr = match target {
                 MmapTarget::At(a) => r(a)?,
@@ -78,6 +79,21 @@ pub fn lower<'a>(c: &'a Statement, names: &Bindings) -> Result<Action<'a>, Strin
                     0
                 }
             };
+            if let Some((name, offset)) = file {
+                return Ok(Action::Perform {
+                    cmd: Command::MmapFile(FileMapping {
+                        addr,
+                        len: *len,
+                        prot: *prot,
+                        shared: *shared,
+                        placement: *placement,
+                        opts: *opts,
+                        name: name.clone(),
+                        offset: *offset,
+                    }),
+                    bind,
+                });
+            }
             Command::Op(Op::Mmap {
                 addr,
                 len: *len,
@@ -147,6 +163,16 @@ pub fn lower<'a>(c: &'a Statement, names: &Bindings) -> Result<Action<'a>, Strin
         Statement::Smaps(a) => Command::Smaps(r(a)?),
         Statement::BrkStart(a) => Command::BrkStart(r(a)?),
         Statement::Brk(a) => Command::Brk(r(a)?),
+        Statement::File { name, memfd, size } => Command::File {
+            name: name.clone(),
+            memfd: *memfd,
+            size: *size,
+        },
+        Statement::Fwrite { name, offset, len } => Command::Fwrite {
+            name: name.clone(),
+            offset: *offset,
+            len: *len,
+        },
     };
     Ok(Action::Perform { cmd, bind })
 }

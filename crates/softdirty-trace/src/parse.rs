@@ -23,7 +23,7 @@
 //!   `\n`, is UTF-8, and holds no control byte but tab and `\r`; [`StatementReader`]
 //!   parses as it reads, one line at a time, and stops at the first malformed line.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{BufRead, Read, Seek};
 
@@ -514,6 +514,9 @@ const COMMANDS: &[&str] = &[
     "fork",
     "brk_start",
     "brk",
+    "file",
+    "memfd",
+    "fwrite",
     "expect",
 ];
 
@@ -554,6 +557,25 @@ const SCAN_OPTIONS: &[&str] = &[
 // ---------------------------------------------------------------------------------------
 // The parser
 
+/// A file NAME: `[a-z0-9_]+`.
+fn file_name(c: &Cursor<'_>, t: Tok<'_>) -> Result<String, ParseError> {
+    if let Some(ch) = t
+        .text
+        .chars()
+        .find(|ch| !(ch.is_ascii_lowercase() || ch.is_ascii_digit() || *ch == '_'))
+    {
+        return Err(c.err(
+            t,
+            format!(
+                "expected NAME of a file (lowercase letters, digits, \"_\"), found {:?} \
+                 ({ch:?} is not allowed)",
+                t.text
+            ),
+        ));
+    }
+    Ok(t.text.to_string())
+}
+
 #[derive(Default)]
 struct Parser {
     mode: Option<Mode>,
@@ -561,6 +583,8 @@ struct Parser {
     seen_command: bool,
     /// Names bound on earlier lines.
     bound: HashSet<String>,
+    /// Files created on earlier lines: name → is a memfd.
+    files: HashMap<String, bool>,
 }
 
 impl Parser {
@@ -668,6 +692,34 @@ impl Parser {
             "smaps" => Statement::Smaps(self.addr(&mut c, "ADDR")?),
             "brk_start" => Statement::BrkStart(self.addr(&mut c, "ADDR")?),
             "brk" => Statement::Brk(self.addr(&mut c, "ADDR")?),
+            "file" | "memfd" => {
+                let memfd = first.text == "memfd";
+                let t = c.next("NAME")?;
+                let name = file_name(&c, t)?;
+                if let Some(&was) = self.files.get(&name) {
+                    if was != memfd {
+                        let (is, other) = if was {
+                            ("memfd", "file")
+                        } else {
+                            ("file", "memfd")
+                        };
+                        return Err(c.err(
+                            t,
+                            format!("{name:?} is a {is}, created earlier; a {other} line cannot name it"),
+                        ));
+                    }
+                }
+                let size = self.size(&mut c, "SIZE")?;
+                c.end()?;
+                self.files.insert(name.clone(), memfd);
+                Statement::File { name, memfd, size }
+            }
+            "fwrite" => {
+                let name = self.existing_file(&mut c)?;
+                let offset = self.size(&mut c, "OFFSET")?;
+                let len = self.size(&mut c, "LEN")?;
+                Statement::Fwrite { name, offset, len }
+            }
             "expect" => Statement::Expect(self.expect(&mut c)?),
             other => {
                 return Err(c.err(
@@ -688,6 +740,22 @@ impl Parser {
             col: first.col,
             node: cmd,
         }))
+    }
+
+    /// NAME of a file created on an earlier line (`fwrite`, `mmap ... file`).
+    fn existing_file(&self, c: &mut Cursor<'_>) -> Result<String, ParseError> {
+        let t = c.next("NAME")?;
+        let name = file_name(c, t)?;
+        if !self.files.contains_key(&name) {
+            return Err(c.err(
+                t,
+                format!(
+                    "no file {name:?}: create it on an earlier line with \"file {name} SIZE\" \
+                     or \"memfd {name} SIZE\""
+                ),
+            ));
+        }
+        Ok(name)
     }
 
     fn space_name(&self, c: &mut Cursor<'_>, what: &str) -> Result<String, ParseError> {
@@ -849,6 +917,7 @@ impl Parser {
         let mut noreserve: Option<&str> = None;
         let mut populate: Option<&str> = None;
         let mut growsdown: Option<&str> = None;
+        let mut file: Option<(String, u64)> = None;
         const FLAGS: &[&str] = &[
             "private",
             "shared",
@@ -857,6 +926,7 @@ impl Parser {
             "noreserve",
             "populate",
             "growsdown",
+            "file",
         ];
         while let Some(t) = c.next_opt() {
             let slot = match t.text {
@@ -866,22 +936,21 @@ impl Parser {
                 "populate" => &mut populate,
                 "growsdown" => &mut growsdown,
                 "file" => {
-                    return Err(c.err(
-                        t,
-                        format!(
-                            "{:?} (trace v2) is not implemented yet: this build replays the \
-                             program break, stacks, noreserve, populate and the madvise advices \
-                             of v2, not files",
-                            t.text
-                        ),
-                    ))
+                    if file.is_some() {
+                        return Err(c.err(t, "duplicate flag \"file\"".into()));
+                    }
+                    let name = self.existing_file(c)?;
+                    let offset = self.size(c, "OFFSET")?;
+                    file = Some((name, offset));
+                    continue;
                 }
                 other => {
                     return Err(c.err(
                         t,
                         format!(
-                            "expected a flag (private, shared, fixed, noreplace, noreserve, \
-                             populate, growsdown) or end of line, found {other:?}{}",
+                            "expected a flag (private, shared, fixed, noreplace, file NAME \
+                             OFFSET, noreserve, populate, growsdown) or end of line, found \
+                             {other:?}{}",
                             case_hint(other, FLAGS)
                         ),
                     ))
@@ -909,10 +978,12 @@ impl Parser {
             shared: sharing == Some("shared"),
             placement,
             opts: MapOpts {
+                file: None,
                 noreserve: noreserve.is_some(),
                 populate: populate.is_some(),
                 growsdown: growsdown.is_some(),
             },
+            file,
         })
     }
 
@@ -1260,6 +1331,61 @@ mod tests {
         }
     }
 
+    #[test]
+    fn v2_files_parse_and_their_malformed_classes() {
+        assert_eq!(
+            one("memfd ring 4p"),
+            Statement::File {
+                name: "ring".into(),
+                memfd: true,
+                size: 4 * P
+            }
+        );
+        let t = parse(
+            "file data_1 8p\nmmap $m 2p rw shared file data_1 4p populate\nfwrite data_1 1p 10\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t.commands[1].node,
+            Statement::Mmap {
+                target: MmapTarget::Bind("m".into()),
+                len: 2 * P,
+                prot: Prot::RW,
+                shared: true,
+                placement: Placement::Hint,
+                opts: MapOpts {
+                    populate: true,
+                    ..MapOpts::default()
+                },
+                file: Some(("data_1".into(), 4 * P)),
+            }
+        );
+        assert_eq!(
+            t.commands[2].node,
+            Statement::Fwrite {
+                name: "data_1".into(),
+                offset: P,
+                len: 10
+            }
+        );
+        // A file of the other kind, a name used before its file exists, a bad name.
+        bad("file a 1p\nmemfd a 1p\n", 2, 7, "is a file");
+        bad("memfd a 1p\nfile a 2p\n", 2, 6, "is a memfd");
+        bad("mmap 0x1000 1p r file a 0\n", 1, 23, "no file \"a\"");
+        bad("fwrite a 0 1\n", 1, 8, "no file \"a\"");
+        bad("file A 1p\n", 1, 6, "lowercase letters");
+        bad("file a\n", 1, 7, "SIZE");
+        bad("file a 1p\nmmap 0x1000 1p r file a\n", 2, 24, "OFFSET");
+        bad(
+            "file a 1p\nmmap 0x1000 1p r file a 0 file a 0\n",
+            2,
+            27,
+            "duplicate flag",
+        );
+        // The name is created by the line that names it, not before.
+        bad("mmap 0x1000 1p r file a 0\nfile a 1p\n", 1, 23, "no file");
+    }
+
     fn num(n: u64) -> Addr {
         Addr {
             base: AddrBase::Number(n),
@@ -1302,6 +1428,7 @@ mod tests {
                 shared: false,
                 placement: Placement::Hint,
                 opts: MapOpts::default(),
+                file: None,
             }
         );
         assert_eq!(
@@ -1441,6 +1568,7 @@ mod tests {
                 shared: false,
                 placement: Placement::Hint,
                 opts: MapOpts::default(),
+                file: None,
             }
         );
         assert_eq!(
@@ -1452,6 +1580,7 @@ mod tests {
                 shared: false,
                 placement: Placement::Fixed,
                 opts: MapOpts::default(),
+                file: None,
             }
         );
         assert_eq!(
@@ -1463,6 +1592,7 @@ mod tests {
                 shared: true,
                 placement: Placement::NoReplace,
                 opts: MapOpts::default(),
+                file: None,
             }
         );
         // A bare name with an explicit +0 offset is a use, not a binding.
@@ -1475,6 +1605,7 @@ mod tests {
                 shared: false,
                 placement: Placement::Hint,
                 opts: MapOpts::default(),
+                file: None,
             }
         );
         assert_eq!(
@@ -1486,6 +1617,7 @@ mod tests {
                 shared: false,
                 placement: Placement::Hint,
                 opts: MapOpts::default(),
+                file: None,
             }
         );
         assert_eq!(
@@ -1501,6 +1633,7 @@ mod tests {
                 shared: true,
                 placement: Placement::Fixed,
                 opts: MapOpts::default(),
+                file: None,
             }
         );
         for (s, p) in [

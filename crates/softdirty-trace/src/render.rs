@@ -95,8 +95,13 @@ pub fn op(o: &Op) -> String {
             let noreserve = if opts.noreserve { " noreserve" } else { "" };
             let populate = if opts.populate { " populate" } else { "" };
             let growsdown = if opts.growsdown { " growsdown" } else { "" };
+            // A library-level file mapping names its file by identity (a trace names it).
+            let file = match opts.file {
+                Some((f, off)) => format!(" file f{} {}", f.id, size(off)),
+                None => String::new(),
+            };
             format!(
-                "mmap {} {} {prot} {share}{place}{noreserve}{populate}{growsdown}",
+                "mmap {} {} {prot} {share}{place}{file}{noreserve}{populate}{growsdown}",
                 addr(a),
                 size(len)
             )
@@ -185,6 +190,40 @@ pub fn command(c: &Command) -> String {
         Command::Smaps(a) => format!("smaps {}", addr(*a)),
         Command::BrkStart(a) => format!("brk_start {}", addr(*a)),
         Command::Brk(a) => format!("brk {}", addr(*a)),
+        Command::File {
+            name,
+            memfd,
+            size: sz,
+        } => {
+            let what = if *memfd { "memfd" } else { "file" };
+            format!("{what} {name} {}", size(*sz))
+        }
+        Command::Fwrite { name, offset, len } => {
+            format!("fwrite {name} {} {}", size(*offset), size(*len))
+        }
+        Command::MmapFile(m) => {
+            let line = op(&Op::Mmap {
+                addr: m.addr,
+                len: m.len,
+                prot: m.prot,
+                shared: m.shared,
+                placement: m.placement,
+                opts: m.opts,
+            });
+            // The file words go after the placement, as the format lists them.
+            let flags_at = line
+                .find(" noreserve")
+                .or_else(|| line.find(" populate"))
+                .or_else(|| line.find(" growsdown"))
+                .unwrap_or(line.len());
+            format!(
+                "{} file {} {}{}",
+                &line[..flags_at],
+                m.name,
+                size(m.offset),
+                &line[flags_at..]
+            )
+        }
     }
 }
 
@@ -303,6 +342,7 @@ mod tests {
                             shared,
                             placement,
                             opts: softdirty::mm::MapOpts {
+                                file: None,
                                 noreserve,
                                 populate,
                                 growsdown,
@@ -387,6 +427,40 @@ mod tests {
             u64_s().prop_map(Command::Smaps),
             u64_s().prop_map(Command::BrkStart),
             u64_s().prop_map(Command::Brk),
+            // Files: "fa" is a regular file, "fm" a memfd (created by the prelude of
+            // `rendered_commands_parse_back`, as a trace must before it names them).
+            (any::<bool>(), u64_s()).prop_map(|(memfd, size)| Command::File {
+                name: if memfd { "fm" } else { "fa" }.into(),
+                memfd,
+                size
+            }),
+            (any::<bool>(), u64_s(), u64_s()).prop_map(|(m, offset, len)| Command::Fwrite {
+                name: if m { "fm" } else { "fa" }.into(),
+                offset,
+                len
+            }),
+            (op_s(), any::<bool>(), u64_s()).prop_filter_map("an mmap", |(o, m, offset)| {
+                match o {
+                    Op::Mmap {
+                        addr,
+                        len,
+                        prot,
+                        shared,
+                        placement,
+                        opts,
+                    } => Some(Command::MmapFile(softdirty::backend::FileMapping {
+                        addr,
+                        len,
+                        prot,
+                        shared,
+                        placement,
+                        opts,
+                        name: if m { "fm" } else { "fa" }.into(),
+                        offset,
+                    })),
+                    _ => None,
+                }
+            }),
         ]
     }
 
@@ -394,6 +468,11 @@ mod tests {
         /// Render then parse (and lower) gives the same commands.
         #[test]
         fn rendered_commands_parse_back(cmds in prop::collection::vec(command_s(), 1..20)) {
+            let prelude = [
+                Command::File { name: "fa".into(), memfd: false, size: 0 },
+                Command::File { name: "fm".into(), memfd: true, size: 0 },
+            ];
+            let cmds: Vec<Command> = prelude.into_iter().chain(cmds).collect();
             let text: String = cmds.iter().map(|c| command(c) + "\n").collect();
             prop_assert_eq!(read_back(&text), cmds);
         }

@@ -403,6 +403,9 @@ fn describe(c: &Statement) -> &'static str {
         Statement::Smaps(_) => "smaps",
         Statement::BrkStart(_) => "brk_start",
         Statement::Brk(_) => "brk",
+        Statement::File { memfd: false, .. } => "file",
+        Statement::File { memfd: true, .. } => "memfd",
+        Statement::Fwrite { .. } => "fwrite",
         Statement::Expect(_) => "expect",
     }
 }
