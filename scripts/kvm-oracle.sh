@@ -137,9 +137,10 @@ is_legacy() {
 }
 # Trace v2: only what the kernel backend runs (no spaces or fork: one real process; no
 # brk: the backend has no break of its own; no growsdown: its stores cannot grow a stack;
-# a growsdown file mapping is refused with EINVAL before anything, so it may run).
+# a growsdown file mapping is refused with EINVAL before anything, so it may run; no guard
+# regions: 6.12 predates them).
 kernel_runnable() {
-    ! grep -qE '^[[:space:]]*(space|fork|brk|brk_start)[[:space:]]' "$1" &&
+    ! grep -qE '^[[:space:]]*(space|fork|brk|brk_start)[[:space:]]|[[:space:]]guard_(install|remove)([[:space:]]|$)' "$1" &&
         ! grep -vE '^[[:space:]]*#' "$1" | grep -E '[[:space:]]growsdown([[:space:]]|$)' |
             grep -qvE '[[:space:]]file[[:space:]]'
 }

@@ -28,6 +28,8 @@ pub const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
 pub const PM_UFFD_WP: u64 = 1 << 57;
 /// pagemap bit 61: file page or shared anonymous memory.
 pub const PM_FILE: u64 = 1 << 61;
+/// pagemap bit 58: the entry is a guard marker (`MADV_GUARD_INSTALL`, 6.15+).
+pub const PM_GUARD_REGION: u64 = 1 << 58;
 /// pagemap bit 62: swapped (also set on uffd-wp markers).
 pub const PM_SWAP: u64 = 1 << 62;
 /// pagemap bit 63: present.

@@ -10,7 +10,9 @@ use std::ops::Range;
 use crate::bitmap::CHUNK_PAGES;
 use crate::index::VmaIndex;
 use crate::linux::{PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
-pub use crate::linux::{PM_FILE, PM_MMAP_EXCLUSIVE, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP};
+pub use crate::linux::{
+    PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP,
+};
 use crate::mm::AddressSpace;
 
 /// What the kernel reports about one mapped page.
@@ -25,6 +27,9 @@ pub struct PageInfo {
     /// a file's page: shared memory, or the unwritten page of a private file mapping
     /// (bit 61 / PAGE_IS_FILE when present)
     pub shared: bool,
+    /// a guard marker (`MADV_GUARD_INSTALL`): not present; bits 62 and 58, scan categories
+    /// SWAPPED and GUARD, as Linux 6.18 reports a marker entry
+    pub guard: bool,
 }
 
 impl PageInfo {
@@ -33,6 +38,9 @@ impl PageInfo {
         let mut e = 0;
         if self.softdirty {
             e |= PM_SOFT_DIRTY;
+        }
+        if self.guard {
+            e |= PM_SWAP | PM_GUARD_REGION;
         }
         if self.present {
             e |= PM_PRESENT;
@@ -116,6 +124,7 @@ impl AddressSpace {
                             present: false,
                             zero: false,
                             shared,
+                            guard: false,
                         };
                         emit(
                             v.start + (p << PAGE_SHIFT),
@@ -148,6 +157,7 @@ impl AddressSpace {
                             present: here[1] == 1,
                             zero: unbacked && !private_file,
                             shared: shared || (unbacked && private_file),
+                            guard: here[1] == 0 && here[2] == 1,
                         };
                         emit(
                             v.start + (q << PAGE_SHIFT),

@@ -82,7 +82,8 @@ pub struct ScanResult {
 }
 
 /// The model's categories of a mapped page: unregistered memory, so WRITTEN on every
-/// mapped page and WPALLOWED on none; no swap, no huge pages, no guard markers.
+/// mapped page and WPALLOWED on none; no swap and no huge pages, but a guard marker is a
+/// swap-type entry (SWAPPED and GUARD), as Linux 6.18 reports it.
 pub fn categories(i: &PageInfo) -> u64 {
     let mut c = PAGE_IS_WRITTEN;
     if i.present {
@@ -93,6 +94,9 @@ pub fn categories(i: &PageInfo) -> u64 {
         if i.shared {
             c |= PAGE_IS_FILE;
         }
+    }
+    if i.guard {
+        c |= PAGE_IS_SWAPPED | PAGE_IS_GUARD;
     }
     if i.softdirty {
         c |= PAGE_IS_SOFT_DIRTY;

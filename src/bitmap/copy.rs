@@ -14,7 +14,8 @@ pub enum CopyRule {
     Plain,
     /// Every page soft-dirty (precise mremap destination).
     AllDirty,
-    /// Every populated page soft-dirty (legacy mremap: moved PTEs are marked).
+    /// Every populated page and guard marker soft-dirty (legacy mremap: moved PTEs and
+    /// markers are marked).
     DirtyPopulated,
 }
 
@@ -35,6 +36,10 @@ impl PageBitmap {
             .clip(dst_first, count)
             .1
             .min(src.clip(src_first, count).1);
+        if src.may_have_guards() {
+            // Guard markers are page state: they come along (`guard.rs`).
+            self.note_guards();
+        }
         let mut done = 0u64;
         while done < count {
             let d = dst_first + done;
@@ -89,7 +94,9 @@ impl PageBitmap {
             match xform {
                 CopyRule::Plain => {}
                 CopyRule::AllDirty => clean = 0,
-                CopyRule::DirtyPopulated => clean &= !b.populated,
+                // Present PTEs and swap-type entries (a guard marker: `backed` without
+                // `populated`) alike: move_soft_dirty_pte marks both.
+                CopyRule::DirtyPopulated => clean &= !(b.populated | b.backed),
             }
             self.build_bits(
                 d,

@@ -45,46 +45,54 @@ struct FaultState {
     faults: u64,
     /// any RMW issued (then the seal and the zap generation must be re-checked)
     did_rmw: bool,
-    /// the zap generation read before the first RMW
+    /// the zap generation read at the start of the attempt
     zap0: u64,
     /// summary bits owed to the current chunk (words whose clean bits it cleared)
     owed: u64,
 }
 
 impl FaultState {
-    /// Called before each RMW: the first one reads the zap generation first.
+    /// The state at the start of an attempt: the zap generation read before the
+    /// attempt's first test load. Read there, not before the first RMW: a test that
+    /// skips an RMW (the bit looked set) decides on a load that may be older than a zap
+    /// the fault's later RMW reads from, and only a generation read before every such
+    /// load tells the fault that a zap ran in between (loom: `dontneed_vs_write_precise`
+    /// found a write that set `backed` after a zap but skipped `populated` on a stale
+    /// load, and so stood, unpopulated, when the generation was read late).
     #[inline(always)]
-    fn before_rmw(&mut self, zap_seq: &AtomicU64) {
-        if !self.did_rmw {
-            // Acquire: sequenced before the RMWs (which are AcqRel, so they cannot move
-            // above it). Pairs with nothing by itself; `finish_fault` compares it with a
-            // later read (see `PageBitmap::zap`).
-            if !twins::ZAP_NO_SEQ {
-                self.zap0 = zap_seq.load(Ordering::Acquire);
-            }
-            self.did_rmw = true;
+    fn start(zap_seq: &AtomicU64) -> FaultState {
+        FaultState {
+            // Acquire: sequenced before the attempt's loads and RMWs (the RMWs are
+            // AcqRel, so they cannot move above it). Pairs with nothing by itself;
+            // `finish_fault` compares it with a later read (see `PageBitmap::zap`).
+            // Broken twin `zap_no_seq`: not read.
+            zap0: if twins::ZAP_NO_SEQ {
+                0
+            } else {
+                zap_seq.load(Ordering::Acquire)
+            },
+            ..FaultState::default()
         }
+    }
+
+    /// Called before each RMW.
+    #[inline(always)]
+    fn before_rmw(&mut self) {
+        self.did_rmw = true;
     }
 }
 
 /// The fault path on one word `wi` of `chunk`, pages `m`: test-before-set of `clean`
 /// (if `dirty`), then `populated` and `backed` (`what` = (dirty, backed, populate)).
 #[inline(always)]
-fn fault_word(
-    chunk: &Chunk,
-    zap_seq: &AtomicU64,
-    wi: usize,
-    m: u64,
-    what: (bool, bool, bool),
-    st: &mut FaultState,
-) {
+fn fault_word(chunk: &Chunk, wi: usize, m: u64, what: (bool, bool, bool), st: &mut FaultState) {
     let (dirty, backed, populate) = what;
     // Order: clean first, then populated and backed. A copy reads populated before clean
     // (see `copy_from`), so a snapshot never shows a page written (backed) but clean.
     if dirty {
         let c = chunk.clean[wi].load(Ordering::Relaxed);
         if c & m != 0 {
-            st.before_rmw(zap_seq);
+            st.before_rmw();
             // AcqRel: Acquire pairs with the drain RMW of a sealing structural operation
             // (then `sealed` is visible in `finish_fault`), with a zap's RMW (then its
             // generation bump is), and with a harvest's RMW or `take_word`'s Release
@@ -101,12 +109,12 @@ fn fault_word(
         }
     }
     if populate && chunk.populated[wi].load(Ordering::Relaxed) & m != m {
-        st.before_rmw(zap_seq);
+        st.before_rmw();
         // AcqRel: pairs with the drain and zap RMWs (see above).
         chunk.populated[wi].fetch_or(m, FAULT_RMW);
     }
     if backed && chunk.backed[wi].load(Ordering::Relaxed) & m != m {
-        st.before_rmw(zap_seq);
+        st.before_rmw();
         // AcqRel: pairs with the drain and zap RMWs (see above).
         chunk.backed[wi].fetch_or(m, FAULT_RMW);
     }
@@ -289,10 +297,9 @@ impl PageBitmap {
             let k = (first / CHUNK_PAGES) as usize;
             if let Slot::Chunk(c) = self.slot(k) {
                 let wi = ((first % CHUNK_PAGES) / 64) as usize;
-                let mut st = FaultState::default();
+                let mut st = FaultState::start(&self.zap_seq);
                 fault_word(
                     c,
-                    &self.zap_seq,
                     wi,
                     word_mask(off, off + count),
                     (dirty, backed, populate),
@@ -319,7 +326,7 @@ impl PageBitmap {
         populate: bool,
         limited: bool,
     ) -> Attempt {
-        let mut st = FaultState::default();
+        let mut st = FaultState::start(&self.zap_seq);
         let mut sealed = false;
         let mut nomem = false;
         let end = first + count;
@@ -356,14 +363,7 @@ impl PageBitmap {
                 } else {
                     word_mask(p.max(wbase) - wbase, hi.min(wbase + 64) - wbase)
                 };
-                fault_word(
-                    chunk,
-                    &self.zap_seq,
-                    wi,
-                    m,
-                    (dirty, backed, populate),
-                    &mut st,
-                );
+                fault_word(chunk, wi, m, (dirty, backed, populate), &mut st);
             }
             settle_summary(chunk, st.owed);
             p = hi;

@@ -348,6 +348,28 @@ impl PageBitmap {
         }
     }
 
+    /// Makes the pages of `[first, first+count)` (clipped) that hold no private copy
+    /// (`backed` clear) soft-dirty, on the control plane: whole untouched chunks become the
+    /// dirty tag without being materialized, so dirtying a terabyte of a file's pages costs
+    /// what their directory costs (a file's size change, `mm/truncate.rs`). The data-plane
+    /// twin, for a store's propagation, is [`Self::mark_dirty_unbacked`].
+    pub fn set_dirty_unbacked(&self, first: u64, count: u64) {
+        let (first, count) = self.clip(first, count);
+        let _clear = self.clear_lock();
+        self.update_range(
+            first,
+            count,
+            |c, wi, m, _whole| {
+                let m = m & !c.backed[wi].load(Ordering::Acquire);
+                if m != 0 {
+                    c.clean[wi].fetch_and(!m, Ordering::AcqRel);
+                    c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                }
+            },
+            Untouched::Tag(false),
+        );
+    }
+
     /// Broken twin `grow_store` only (`Layout::build`'s in-place growth): `set_clean`
     /// with a load and a plain store per word instead of an RMW, which overwrites the bit
     /// of a fault racing on another page of the same word.

@@ -8,6 +8,9 @@
 //! | `populated` | a page is mapped (pagemap bit 63) | a read or write fault | a zap (`MADV_DONTNEED`) |
 //! | `backed` | the present page is a real page, not the shared zero page | a write fault, a read of shared memory | a zap |
 //!
+//! `backed` without `populated` is a **guard marker** (`MADV_GUARD_INSTALL`, trace v2;
+//! `guard.rs`): no page, and an access fails.
+//!
 //! ## Sparse layout: O(1) until touched
 //!
 //! The bitmap is a directory of *slots*, one per chunk of [`CHUNK_PAGES`] pages. A slot is
@@ -61,6 +64,7 @@
 //! - `harvest.rs`: clean-making operations: `clear_all`, harvest (get-and-clear),
 //!   `set_clean`, `clean_runs`, the clear lock and the clear fence.
 //! - `zap.rs`: `zap` (`MADV_DONTNEED`), `unpopulate` and the control-plane range walk.
+//! - `guard.rs`: guard markers (`MADV_GUARD_INSTALL`/`_REMOVE`) and the fault's look for them.
 //! - `copy.rs`: building a new bitmap from an old one (`copy_from`, [`CopyRule`]).
 //! - `drain.rs`: sealing a retired bitmap and draining late faults into its successors
 //!   ([`Target`], [`DrainRule`]).
@@ -71,6 +75,7 @@ mod copy;
 mod directory;
 mod drain;
 mod fault;
+mod guard;
 mod harvest;
 mod query;
 mod words;
@@ -182,6 +187,9 @@ pub struct PageBitmap {
     /// The accounts this bitmap, its chunks and its VMAs count in, and whose chunk limit
     /// its faults obey; `None` for a bitmap made outside an address space.
     accounting: Option<std::sync::Arc<Accounting>>,
+    /// Set once a guard marker was installed in this bitmap or copied into it
+    /// (`guard.rs`); never cleared. Faults look for guard markers only where it is set.
+    guards: std::sync::atomic::AtomicBool,
 }
 
 // `PageBitmap` is `Send + Sync` by its fields: chunk pointers are stored as `usize` in
@@ -270,6 +278,7 @@ impl PageBitmap {
             clear: Mutex::new(()),
             forward: Mutex::new(None),
             accounting: accounting.cloned(),
+            guards: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -27,6 +27,8 @@ pub enum ZapRule {
 /// What [`PageBitmap::update_range`] does with a chunk that is still an untouched tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Untouched {
+    /// materialize it and apply the update
+    Materialize,
     /// a whole one becomes the tag for this cleanliness without being materialized (only
     /// valid when the update leaves it unpopulated)
     Tag(bool),
@@ -91,11 +93,18 @@ impl PageBitmap {
             first,
             count,
             |c, wi, m, _| {
-                c.populated[wi].fetch_and(!m, Ordering::AcqRel);
-                let was_backed = c.backed[wi].fetch_and(!m, Ordering::AcqRel);
+                // Guard markers (`backed` without `populated`) stay (`guard.rs`): only
+                // the pages that were populated lose `backed`.
+                let was_populated = c.populated[wi].fetch_and(!m, Ordering::AcqRel);
+                let prev_backed = c.backed[wi].fetch_and(!(m & was_populated), Ordering::AcqRel);
+                // The soft-dirty state of a marker is the marker's, untouched by a zap.
+                let m = m & !(prev_backed & !was_populated);
+                let was_backed = prev_backed & was_populated;
                 let dirty = match rule {
                     ZapRule::Clean => {
-                        c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                        if m != 0 {
+                            c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                        }
                         0
                     }
                     ZapRule::Dirty => m,
@@ -136,8 +145,9 @@ impl PageBitmap {
                 let hi = end.min(base + CHUNK_PAGES);
                 for_each_word(lo - base, hi - lo, |w, m| {
                     let wi = w as usize;
-                    c.populated[wi].fetch_and(!m, Ordering::AcqRel);
-                    c.backed[wi].fetch_and(!m, Ordering::AcqRel);
+                    // Guard markers stay, as fork copies them (`guard.rs`).
+                    let was_populated = c.populated[wi].fetch_and(!m, Ordering::AcqRel);
+                    c.backed[wi].fetch_and(!(m & was_populated), Ordering::AcqRel);
                 });
             }
             k += 1;

@@ -1327,6 +1327,8 @@ impl Backend for KernelBackend {
             Advice::DoFork => libc::MADV_DOFORK,
             Advice::WipeOnFork => libc::MADV_WIPEONFORK,
             Advice::KeepOnFork => libc::MADV_KEEPONFORK,
+            Advice::GuardInstall => 102, // MADV_GUARD_INSTALL (6.13+)
+            Advice::GuardRemove => 103,  // MADV_GUARD_REMOVE
         };
         // A range that wraps the address space is refused by the kernel before it looks at
         // any VMA (EINVAL), so it may be passed on; any other must be the trace's memory.
@@ -1340,7 +1342,8 @@ impl Backend for KernelBackend {
         // SAFETY: the range holds only memory the trace mapped (checked above), or wraps
         // and is refused with EINVAL before anything is done; none of
         // these advices frees memory this program uses (MADV_FREE only lets the kernel
-        // reclaim the trace's clean pages under pressure).
+        // reclaim the trace's clean pages under pressure; MADV_GUARD_INSTALL discards
+        // pages of the trace's own memory, as MADV_DONTNEED does).
         let r = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, adv) };
         if r != 0 {
             return Ok(Err(to_errno(last_errno(), "madvise")?));

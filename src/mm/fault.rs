@@ -95,7 +95,16 @@ impl AddressSpace {
                 }
             }
             let first = v.page_of(page);
-            let n = ((stop - page) >> PAGE_SHIFT) + 1;
+            let mut n = ((stop - page) >> PAGE_SHIFT) + 1;
+            if let Some(g) = v.bitmap.first_guard(first, n) {
+                // A guard marker: the access faults there (SIGSEGV), after the pages
+                // before it.
+                if g == first {
+                    return Err(Errno::EFAULT);
+                }
+                n = g - first;
+                stop = page + ((n - 1) << PAGE_SHIFT);
+            }
             let shared = v.meta.flags.shared;
             if write && !shared && v.anon() == 0 {
                 if v.assign_anon(self.anon_for_first_fault(idx, v)).is_none() {
@@ -183,7 +192,7 @@ impl AddressSpace {
 
     /// `__anon_vma_prepare` → `find_mergeable_anon_vma`: reuse an adjacent, compatible
     /// neighbour's anon_vma if its chain is singular, else a new one.
-    fn anon_for_first_fault(&self, idx: &VmaIndex, v: &Vma) -> u64 {
+    pub(super) fn anon_for_first_fault(&self, idx: &VmaIndex, v: &Vma) -> u64 {
         let compatible = |a: &Vma, b: &Vma| {
             a.end == b.start
                 && a.meta.file == b.meta.file

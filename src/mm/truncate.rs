@@ -40,11 +40,13 @@ impl AddressSpace {
                 }
                 let (s, e) = (a.max(lo), b.min(hi));
                 if precise && s < e {
-                    let _ = if v.meta.flags.shared {
-                        v.bitmap.mark_dirty(s - a, e - s)
+                    // On the control plane: whole untouched chunks become the dirty tag,
+                    // so a terabyte of new file pages allocates nothing.
+                    if v.meta.flags.shared {
+                        v.bitmap.set_clean(s - a, e - s, false);
                     } else {
-                        v.bitmap.mark_dirty_unbacked(s - a, e - s)
-                    };
+                        v.bitmap.set_dirty_unbacked(s - a, e - s);
+                    }
                 }
             }
         });

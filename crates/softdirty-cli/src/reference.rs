@@ -114,6 +114,8 @@ pub struct RefPage {
     pub present: bool,
     /// The present PTE maps the shared zero page.
     pub zero: bool,
+    /// A guard marker (MADV_GUARD_INSTALL): no page, an access fails.
+    pub guard: bool,
 }
 
 /// The VMA flags of trace v2 that take part in merges (besides prot, sharing, account).
@@ -660,6 +662,7 @@ impl RefSpace {
                     dirty: self.precise(),
                     present: false,
                     zero: false,
+                    guard: false,
                 };
                 ((end - start) / P) as usize
             ],
@@ -865,10 +868,15 @@ impl RefSpace {
             let e = v.end.min(end);
             let (a, b) = (v.idx(s), v.idx(s) + ((e - s) / P) as usize);
             for p in &mut v.pages[a..b] {
+                // A guard marker stays (6.18.44).
+                if p.guard {
+                    continue;
+                }
                 *p = RefPage {
                     dirty: precise,
                     present: false,
                     zero: false,
+                    guard: false,
                 };
             }
             cursor = e;
@@ -902,6 +910,10 @@ impl RefSpace {
             if !(prot.read || prot.write || prot.exec) || (write && !prot.write) {
                 return Err(Errno::EFAULT);
             }
+            // A guard marker faults before anything (handle_pte_marker: no anon_vma).
+            if v.pages[v.idx(page)].guard {
+                return Err(Errno::EFAULT);
+            }
             if write && !v.shared && v.anon == 0 {
                 let a = self.anon_for_fault(i);
                 self.vmas[i].anon = a;
@@ -917,6 +929,7 @@ impl RefSpace {
                     dirty: true,
                     present: true,
                     zero: false,
+                    guard: false,
                 };
                 if !before {
                     self.faults += 1;
@@ -1085,6 +1098,38 @@ impl RefSpace {
                     }
                     self.fault(cursor, seg_end - cursor, write)?;
                 }
+                Advice::GuardInstall | Advice::GuardRemove => {
+                    let precise = self.precise();
+                    let install = advice == Advice::GuardInstall;
+                    // madvise_guard_install: anon_vma_prepare (measured on 6.18.44: a
+                    // guarded private VMA keeps VM_ACCOUNT through mprotect r).
+                    if install && !v.shared && v.anon == 0 {
+                        let a = self.anon_for_fault(i);
+                        self.vmas[i].anon = a;
+                        self.vmas[i].forked = false;
+                    }
+                    let (a, b) = (
+                        v.idx(cursor),
+                        v.idx(cursor) + ((seg_end - cursor) / P) as usize,
+                    );
+                    for p in &mut self.vmas[i].pages[a..b] {
+                        if install {
+                            *p = RefPage {
+                                dirty: precise,
+                                present: false,
+                                zero: false,
+                                guard: true,
+                            };
+                        } else if p.guard {
+                            *p = RefPage {
+                                dirty: precise,
+                                present: false,
+                                zero: false,
+                                guard: false,
+                            };
+                        }
+                    }
+                }
                 Advice::DontFork | Advice::DoFork | Advice::WipeOnFork | Advice::KeepOnFork => {
                     let mut x = v.extra;
                     match advice {
@@ -1203,6 +1248,7 @@ impl RefSpace {
                             dirty: precise,
                             present: false,
                             zero: false,
+                            guard: false,
                         };
                     }
                 } else if !v.shared && v.anon != 0 {
@@ -1219,6 +1265,8 @@ impl RefSpace {
                             dirty: precise && p.dirty,
                             present: false,
                             zero: false,
+                            // fork copies guard markers (6.18.44)
+                            guard: p.guard,
                         };
                     }
                 }
@@ -1338,6 +1386,7 @@ impl RefSpace {
                     dirty: precise,
                     present: false,
                     zero: false,
+                    guard: false,
                 };
                 (delta / P) as usize
             ];
@@ -1398,10 +1447,12 @@ impl RefSpace {
             .iter()
             .map(|p| RefPage {
                 // precise: the destination of a move is soft-dirty; legacy:
-                // move_soft_dirty_pte on every moved present PTE.
-                dirty: precise || p.dirty || p.present,
+                // move_soft_dirty_pte on every moved present PTE and swap-type entry
+                // (a guard marker).
+                dirty: precise || p.dirty || p.present || p.guard,
                 present: p.present,
                 zero: p.zero,
+                guard: p.guard,
             })
             .collect();
         pages.extend(vec![
@@ -1409,6 +1460,7 @@ impl RefSpace {
                 dirty: precise,
                 present: false,
                 zero: false,
+                guard: false,
             };
             ((new_len - old_len) / P) as usize
         ]);
@@ -1462,6 +1514,14 @@ impl RefSpace {
         ))
     }
 
+    /// Is the page at `a` a guard marker?
+    pub fn guard_at(&self, a: u64) -> bool {
+        self.find(a).is_some_and(|i| {
+            let v = &self.vmas[i];
+            v.pages[v.idx(a)].guard
+        })
+    }
+
     /// The pagemap entry (bits 55, 56, 61, 63).
     pub fn pagemap_entry(&self, a: u64) -> u64 {
         let Some((sd, present, zero, shared)) = self.page_info(a & !(P - 1)) else {
@@ -1470,6 +1530,10 @@ impl RefSpace {
         let mut e = 0u64;
         if sd {
             e |= 1 << 55;
+        }
+        if self.guard_at(a & !(P - 1)) {
+            // a swap-type entry (bit 62) that is a guard marker (bit 58)
+            e |= 1 << 62 | 1 << 58;
         }
         if present {
             e |= 1 << 63;

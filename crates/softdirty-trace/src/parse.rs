@@ -660,12 +660,7 @@ impl Parser {
                 let what = format!("ADVICE ({})", names.join(", "));
                 let t = c.next(&what)?;
                 let Some(advice) = Advice::from_name(t.text) else {
-                    let v2_later = ["guard_install", "guard_remove"];
-                    let why = if v2_later.contains(&t.text) {
-                        " (trace v2's guard regions are not implemented yet)".to_string()
-                    } else {
-                        case_hint(t.text, &names)
-                    };
+                    let why = case_hint(t.text, &names);
                     return Err(c.err(t, format!("expected {what}, found {:?}{why}", t.text)));
                 };
                 Statement::Madvise { addr, len, advice }

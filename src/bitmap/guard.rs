@@ -1,0 +1,139 @@
+//! Guard markers (`MADV_GUARD_INSTALL` / `MADV_GUARD_REMOVE`, trace v2): a page whose
+//! entry is a marker instead of a page. The state is `backed` without `populated` (a
+//! combination no fault makes: a fault sets both), so it moves with the page state through
+//! every copy (split, merge, mremap, fork) with no new bit per page.
+//!
+//! Installing zaps the page as `MADV_DONTNEED` does and leaves the marker; removing turns a
+//! marker back into an unpopulated page; `MADV_DONTNEED`, truncation and fork keep markers
+//! (measured on 6.18.44: `zap.rs` keeps them too). An access to a marker fails: the fault
+//! path looks for markers ([`PageBitmap::first_guard`]) in bitmaps that ever had one
+//! ([`PageBitmap::may_have_guards`]), so a bitmap without guards pays one plain load.
+//!
+//! Install and remove are control-plane operations (under the bitmap's clear lock, with the
+//! zap generation bumped as a zap does, so a fault racing them redoes itself). A store
+//! racing an install of its own page linearizes before the install only if it completes
+//! first; one that completes after the marker is written overwrites it (the page is then
+//! populated and written: no write is lost, but the marker is). Linux excludes that race
+//! with the page-table lock; the model documents it: trace commands are sequential.
+
+use super::chunk::Slot;
+use super::words::for_each_word;
+use super::zap::Untouched;
+use super::{PageBitmap, CHUNK_PAGES};
+use crate::sync::Ordering;
+
+impl PageBitmap {
+    /// Has a guard marker ever been installed in (or copied into) this bitmap?
+    #[inline]
+    pub fn may_have_guards(&self) -> bool {
+        // Relaxed, and not a loom atomic: a hint for the fault path, not a
+        // synchronization point (see the module doc for the race it leaves).
+        self.guards.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Marks the bitmap as possibly holding guard markers.
+    pub(super) fn note_guards(&self) {
+        self.guards
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `MADV_GUARD_INSTALL` on `[first, first + count)` (clipped): every page becomes a
+    /// guard marker, its page gone; soft-dirty at the page level where `dirty` (precise:
+    /// the page's content changed), else clean (the marker has no soft-dirty bit).
+    pub fn install_guard(&self, first: u64, count: u64, dirty: bool) {
+        let (first, count) = self.clip(first, count);
+        if count == 0 {
+            return;
+        }
+        self.note_guards();
+        let _clear = self.clear_lock();
+        // The zap generation, as `zap_with` bumps it: a fault overlapping the install
+        // redoes itself after it.
+        self.zap_seq.fetch_add(1, Ordering::AcqRel);
+        self.update_range(
+            first,
+            count,
+            |c, wi, m, _| {
+                c.populated[wi].fetch_and(!m, Ordering::AcqRel);
+                c.backed[wi].fetch_or(m, Ordering::AcqRel);
+                if dirty {
+                    c.clean[wi].fetch_and(!m, Ordering::AcqRel);
+                    c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                } else {
+                    c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                }
+            },
+            // A marker is state: every chunk of the range is materialized.
+            Untouched::Materialize,
+        );
+        self.zap_seq.fetch_add(1, Ordering::Release);
+    }
+
+    /// `MADV_GUARD_REMOVE` on `[first, first + count)` (clipped): every guard marker
+    /// becomes an unpopulated page, soft-dirty where `dirty` (precise: the page reads zero
+    /// now), else clean; other pages are left alone.
+    pub fn remove_guard(&self, first: u64, count: u64, dirty: bool) {
+        let (first, count) = self.clip(first, count);
+        if count == 0 || !self.may_have_guards() {
+            return;
+        }
+        let _clear = self.clear_lock();
+        self.zap_seq.fetch_add(1, Ordering::AcqRel);
+        self.update_range(
+            first,
+            count,
+            |c, wi, m, _| {
+                let pop = c.populated[wi].load(Ordering::Acquire);
+                let g = c.backed[wi].load(Ordering::Acquire) & !pop & m;
+                if g == 0 {
+                    return;
+                }
+                c.backed[wi].fetch_and(!g, Ordering::AcqRel);
+                if dirty {
+                    c.clean[wi].fetch_and(!g, Ordering::AcqRel);
+                    c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                } else {
+                    c.clean[wi].fetch_or(g, Ordering::AcqRel);
+                }
+            },
+            // An untouched chunk holds no marker.
+            Untouched::Skip,
+        );
+        self.zap_seq.fetch_add(1, Ordering::Release);
+    }
+
+    /// The first guard marker in `[first, first + count)` (clipped), if any.
+    pub fn first_guard(&self, first: u64, count: u64) -> Option<u64> {
+        if !self.may_have_guards() {
+            return None;
+        }
+        let (first, count) = self.clip(first, count);
+        let end = first + count;
+        let mut p = first;
+        while p < end {
+            let k = (p / CHUNK_PAGES) as usize;
+            let base = k as u64 * CHUNK_PAGES;
+            let hi = end.min(base + CHUNK_PAGES);
+            if let Slot::Chunk(c) = self.slot(k) {
+                let mut found = None;
+                for_each_word(p - base, hi - p, |w, m| {
+                    if found.is_some() {
+                        return;
+                    }
+                    let wi = w as usize;
+                    let g = c.backed[wi].load(Ordering::Acquire)
+                        & !c.populated[wi].load(Ordering::Acquire)
+                        & m;
+                    if g != 0 {
+                        found = Some(base + w * 64 + u64::from(g.trailing_zeros()));
+                    }
+                });
+                if found.is_some() {
+                    return found;
+                }
+            }
+            p = hi;
+        }
+        None
+    }
+}
