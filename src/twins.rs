@@ -48,9 +48,13 @@ twins! {
     CLEAR_SUMMARY_LAST = "clear_summary_last" => "bitmap_protocol:clear_refs_vs_write";
     /// bitmap/query.rs `window`: a copy reads `clean` before `populated`/`backed`.
     COPY_CLEAN_FIRST = "copy_clean_first" => "bitmap_protocol:fork_vs_write";
-    /// bitmap/fault.rs `FaultState::before_rmw`, `finish_fault`: faults neither read nor
+    /// bitmap/fault.rs `FaultState::start`, `finish_fault`: faults neither read nor
     /// re-check the zap generation.
     ZAP_NO_SEQ = "zap_no_seq" => "address_space:dontneed_vs_write_legacy";
+    /// bitmap/fault.rs `FaultState::before_rmw`: the code before the fix, which read the
+    /// zap generation before the first RMW instead of before the first test load, so a
+    /// test that skipped an RMW on a pre-zap load went unchecked.
+    ZAP_GEN_LATE = "zap_gen_late" => "address_space:dontneed_vs_write_to_dirty_page_legacy";
     /// bitmap/fault.rs `forward`: a sealed fault retries through the index instead of
     /// forwarding.
     RETRY_VIA_INDEX = "retry_via_index" => "address_space:write_vs_mremap_move";

@@ -66,7 +66,7 @@ impl FaultState {
             // AcqRel, so they cannot move above it). Pairs with nothing by itself;
             // `finish_fault` compares it with a later read (see `PageBitmap::zap`).
             // Broken twin `zap_no_seq`: not read.
-            zap0: if twins::ZAP_NO_SEQ {
+            zap0: if twins::ZAP_NO_SEQ || twins::ZAP_GEN_LATE {
                 0
             } else {
                 zap_seq.load(Ordering::Acquire)
@@ -77,7 +77,11 @@ impl FaultState {
 
     /// Called before each RMW.
     #[inline(always)]
-    fn before_rmw(&mut self) {
+    fn before_rmw(&mut self, zap_seq: &AtomicU64) {
+        // Broken twin `zap_gen_late`: the generation read here, before the first RMW.
+        if twins::ZAP_GEN_LATE && !self.did_rmw {
+            self.zap0 = zap_seq.load(Ordering::Acquire);
+        }
         self.did_rmw = true;
     }
 }
@@ -85,14 +89,21 @@ impl FaultState {
 /// The fault path on one word `wi` of `chunk`, pages `m`: test-before-set of `clean`
 /// (if `dirty`), then `populated` and `backed` (`what` = (dirty, backed, populate)).
 #[inline(always)]
-fn fault_word(chunk: &Chunk, wi: usize, m: u64, what: (bool, bool, bool), st: &mut FaultState) {
+fn fault_word(
+    chunk: &Chunk,
+    zap_seq: &AtomicU64,
+    wi: usize,
+    m: u64,
+    what: (bool, bool, bool),
+    st: &mut FaultState,
+) {
     let (dirty, backed, populate) = what;
     // Order: clean first, then populated and backed. A copy reads populated before clean
     // (see `copy_from`), so a snapshot never shows a page written (backed) but clean.
     if dirty {
         let c = chunk.clean[wi].load(Ordering::Relaxed);
         if c & m != 0 {
-            st.before_rmw();
+            st.before_rmw(zap_seq);
             // AcqRel: Acquire pairs with the drain RMW of a sealing structural operation
             // (then `sealed` is visible in `finish_fault`), with a zap's RMW (then its
             // generation bump is), and with a harvest's RMW or `take_word`'s Release
@@ -109,12 +120,12 @@ fn fault_word(chunk: &Chunk, wi: usize, m: u64, what: (bool, bool, bool), st: &m
         }
     }
     if populate && chunk.populated[wi].load(Ordering::Relaxed) & m != m {
-        st.before_rmw();
+        st.before_rmw(zap_seq);
         // AcqRel: pairs with the drain and zap RMWs (see above).
         chunk.populated[wi].fetch_or(m, FAULT_RMW);
     }
     if backed && chunk.backed[wi].load(Ordering::Relaxed) & m != m {
-        st.before_rmw();
+        st.before_rmw(zap_seq);
         // AcqRel: pairs with the drain and zap RMWs (see above).
         chunk.backed[wi].fetch_or(m, FAULT_RMW);
     }
@@ -300,6 +311,7 @@ impl PageBitmap {
                 let mut st = FaultState::start(&self.zap_seq);
                 fault_word(
                     c,
+                    &self.zap_seq,
                     wi,
                     word_mask(off, off + count),
                     (dirty, backed, populate),
@@ -363,7 +375,14 @@ impl PageBitmap {
                 } else {
                     word_mask(p.max(wbase) - wbase, hi.min(wbase + 64) - wbase)
                 };
-                fault_word(chunk, wi, m, (dirty, backed, populate), &mut st);
+                fault_word(
+                    chunk,
+                    &self.zap_seq,
+                    wi,
+                    m,
+                    (dirty, backed, populate),
+                    &mut st,
+                );
             }
             settle_summary(chunk, st.owed);
             p = hi;
