@@ -6,7 +6,7 @@ use super::AddressSpace;
 use crate::bitmap::Mark;
 use crate::epoch;
 use crate::errno::{Errno, Result};
-use crate::file::{FileRef, Files};
+use crate::file::Files;
 use crate::index::VmaIndex;
 use crate::linux::{PAGE_SHIFT, PAGE_SIZE};
 use crate::mode::Mode;
@@ -87,24 +87,13 @@ impl AddressSpace {
                 return Err(Errno::EFAULT);
             }
             let mut stop = (v.end - PAGE_SIZE).min(last);
-            if let Some(f) = v.meta.file {
-                // A page wholly past the end of a sized file: SIGBUS. (`sized` is false
-                // for shared anonymous memory, which has no end.)
-                if f.sized() {
-                    stop = self.clip_to_eof(v, f, page, stop)?;
-                }
+            // Where an access can fault inside a VMA (past the end of a file, on a guard
+            // marker): one test on the common path, the rest out of line.
+            if v.meta.file.is_some() || v.bitmap.may_have_guards() {
+                stop = self.clip_to_reachable(v, page, stop)?;
             }
             let first = v.page_of(page);
-            let mut n = ((stop - page) >> PAGE_SHIFT) + 1;
-            if let Some(g) = v.bitmap.first_guard(first, n) {
-                // A guard marker: the access faults there (SIGSEGV), after the pages
-                // before it.
-                if g == first {
-                    return Err(Errno::EFAULT);
-                }
-                n = g - first;
-                stop = page + ((n - 1) << PAGE_SHIFT);
-            }
+            let n = ((stop - page) >> PAGE_SHIFT) + 1;
             let shared = v.meta.flags.shared;
             if write && !shared && v.anon() == 0 {
                 if v.assign_anon(self.anon_for_first_fault(idx, v)).is_none() {
@@ -152,16 +141,33 @@ impl AddressSpace {
         }
     }
 
-    /// The last page of `[page, stop]` (in `v`, which maps the sized file `f`) that is
-    /// not wholly past the end of the file; EFAULT if `page` is.
-    fn clip_to_eof(&self, v: &Vma, f: FileRef, page: u64, stop: u64) -> Result<u64> {
-        let size = self.files().size(f).unwrap_or(0);
-        // Pages of the VMA, from its start, that the file covers.
-        let covered = Files::pages_of(size).saturating_sub(v.meta.pgoff);
-        if v.page_of(page) >= covered {
-            return Err(Errno::EFAULT);
+    /// The last page of `[page, stop]` (pages of `v`) that an access reaches before it
+    /// faults: before the first page wholly past the end of a sized file (SIGBUS), and
+    /// before the first guard marker (SIGSEGV); EFAULT if `page` is one.
+    #[cold]
+    #[inline(never)]
+    fn clip_to_reachable(&self, v: &Vma, page: u64, mut stop: u64) -> Result<u64> {
+        if let Some(f) = v.meta.file.filter(|f| f.sized()) {
+            let size = self.files().size(f).unwrap_or(0);
+            // Pages of the VMA, from its start, that the file covers.
+            let covered = Files::pages_of(size).saturating_sub(v.meta.pgoff);
+            if v.page_of(page) >= covered {
+                return Err(Errno::EFAULT);
+            }
+            stop =
+                stop.min(v.start + ((covered - 1) << PAGE_SHIFT).min(v.end - PAGE_SIZE - v.start));
         }
-        Ok(stop.min(v.start + ((covered - 1) << PAGE_SHIFT).min(v.end - PAGE_SIZE - v.start)))
+        let first = v.page_of(page);
+        if let Some(g) = v
+            .bitmap
+            .first_guard(first, ((stop - page) >> PAGE_SHIFT) + 1)
+        {
+            if g == first {
+                return Err(Errno::EFAULT);
+            }
+            stop = page + ((g - first - 1) << PAGE_SHIFT);
+        }
+        Ok(stop)
     }
 
     /// Regions mode: writes `[s, e)` of `v` one region segment at a time, and counts as
