@@ -1111,6 +1111,14 @@ impl Backend for KernelBackend {
 
     fn fwrite(&mut self, name: &str, offset: u64, len: u64) -> OpResult<()> {
         let fd = self.file_fd(name)?;
+        // SAFETY: fstat fills the zeroed `st` for a descriptor this backend owns.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let old_size = if unsafe { libc::fstat(fd, &mut st) } == 0 {
+            st.st_size as u64
+        } else {
+            u64::MAX
+        };
         // The source: a read-only private anonymous mapping, all zero pages, of as many
         // bytes as one write(2) transfers at most (MAX_RW_COUNT).
         let n = len.clamp(1, crate::file::MAX_RW_COUNT) as usize;
@@ -1143,6 +1151,9 @@ impl Backend for KernelBackend {
         }
         let id = self.file_identity(name)?;
         let (first, end) = crate::file::page_span(offset, r as u64);
+        // A write past the end also brings the hole between the old end and the write
+        // into the file.
+        let first = first.min(old_size >> 12);
         self.file_changed_behind(id, first, end, None)?;
         Ok(Ok(()))
     }

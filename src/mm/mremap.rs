@@ -202,7 +202,9 @@ impl AddressSpace {
             });
         }
         let mut meta = v.meta;
-        meta.pgoff = if !v.meta.flags.shared && v.anon == 0 {
+        // copy_vma: only an anonymous VMA (no file: shared anonymous memory has its
+        // shmem file) without an anon_vma takes the destination's address as pgoff.
+        meta.pgoff = if v.meta.file.is_none() && v.anon == 0 {
             na >> PAGE_SHIFT
         } else {
             v.meta.pgoff + ((addr - v.start) >> PAGE_SHIFT)

@@ -29,14 +29,16 @@ impl AddressSpace {
                     continue;
                 }
                 let (a, b) = (v.meta.pgoff, v.meta.pgoff + v.pages());
-                if new < old && cut < b {
-                    let s = a.max(cut);
+                // The pages that were in the file and are no longer (past the old end
+                // there was nothing to map, and nothing changed).
+                let (zs, ze) = (a.max(cut), b.min(hi));
+                if new < old && zs < ze {
                     let rule = if precise {
                         ZapRule::Dirty
                     } else {
                         ZapRule::Clean
                     };
-                    v.bitmap.zap_with(s - a, b - s, rule);
+                    v.bitmap.zap_with(zs - a, ze - zs, rule);
                 }
                 let (s, e) = (a.max(lo), b.min(hi));
                 if precise && s < e {
