@@ -13,6 +13,15 @@ use crate::mode::Mode;
 use crate::sync::{AtomicU64, Ordering};
 use crate::vma::Vma;
 
+/// Why an access faults at a page inside a VMA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unreachable {
+    /// the page is a guard marker (SIGSEGV)
+    Guard,
+    /// the page is wholly past the end of the mapped file (SIGBUS)
+    PastEof,
+}
+
 /// The simulated-fault counter, striped over cache lines so that writer threads on
 /// different cores do not bounce one line on every first write (a single shared counter
 /// made two writers' first writes 5× slower on the 2-core development machine).
@@ -89,12 +98,20 @@ impl AddressSpace {
             let mut stop = (v.end - PAGE_SIZE).min(last);
             // Where an access can fault inside a VMA (past the end of a file, on a guard
             // marker): one test on the common path, the rest out of line.
+            let shared = v.meta.flags.shared;
+            let mut past_eof = false;
             if v.meta.file.is_some() || v.bitmap.may_have_guards() {
-                stop = self.clip_to_reachable(v, page, stop)?;
+                match self.clip_to_reachable(v, page, stop) {
+                    Ok(s) => stop = s,
+                    // do_cow_fault prepares the anon_vma before it finds the page past
+                    // the end of the file (measured on 6.12: the VMA is faulted after
+                    // a failed write); any other access fails at once.
+                    Err(Unreachable::PastEof) if write && !shared => past_eof = true,
+                    Err(_) => return Err(Errno::EFAULT),
+                }
             }
             let first = v.page_of(page);
             let n = ((stop - page) >> PAGE_SHIFT) + 1;
-            let shared = v.meta.flags.shared;
             if write && !shared && v.anon() == 0 {
                 if v.assign_anon(self.anon_for_first_fault(idx, v)).is_none() {
                     // A structural operation is deciding with this VMA's anon_vma: wait
@@ -109,6 +126,9 @@ impl AddressSpace {
                     }
                     continue;
                 }
+            }
+            if past_eof {
+                return Err(Errno::EFAULT);
             }
             let mark = if write && self.mode == Mode::Regions {
                 Self::write_by_region(v, page, stop + PAGE_SIZE)
@@ -143,28 +163,35 @@ impl AddressSpace {
 
     /// The last page of `[page, stop]` (pages of `v`) that an access reaches before it
     /// faults: before the first page wholly past the end of a sized file (SIGBUS), and
-    /// before the first guard marker (SIGSEGV); EFAULT if `page` is one.
+    /// before the first guard marker (SIGSEGV); why, if `page` is one.
     #[cold]
     #[inline(never)]
-    fn clip_to_reachable(&self, v: &Vma, page: u64, mut stop: u64) -> Result<u64> {
+    fn clip_to_reachable(
+        &self,
+        v: &Vma,
+        page: u64,
+        mut stop: u64,
+    ) -> std::result::Result<u64, Unreachable> {
+        let first = v.page_of(page);
+        // A marker is found before the file is asked (handle_pte_marker).
+        if v.bitmap.first_guard(first, 1) == Some(first) {
+            return Err(Unreachable::Guard);
+        }
         if let Some(f) = v.meta.file.filter(|f| f.sized()) {
             let size = self.files().size(f).unwrap_or(0);
             // Pages of the VMA, from its start, that the file covers.
             let covered = Files::pages_of(size).saturating_sub(v.meta.pgoff);
-            if v.page_of(page) >= covered {
-                return Err(Errno::EFAULT);
+            if first >= covered {
+                return Err(Unreachable::PastEof);
             }
             stop =
                 stop.min(v.start + ((covered - 1) << PAGE_SHIFT).min(v.end - PAGE_SIZE - v.start));
         }
-        let first = v.page_of(page);
         if let Some(g) = v
             .bitmap
             .first_guard(first, ((stop - page) >> PAGE_SHIFT) + 1)
         {
-            if g == first {
-                return Err(Errno::EFAULT);
-            }
+            // Not `first`: checked above.
             stop = page + ((g - first - 1) << PAGE_SHIFT);
         }
         Ok(stop)

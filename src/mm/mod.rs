@@ -130,6 +130,8 @@ pub struct VmaInfo {
     pub vm_softdirty: bool,
     /// has an anon_vma (was write-faulted)
     pub faulted: bool,
+    /// maps a regular file or a memfd (trace v2)
+    pub file: bool,
 }
 
 /// One process address space.

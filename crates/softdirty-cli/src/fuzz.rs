@@ -162,8 +162,9 @@ pub struct Profile {
     /// the same (against the reference model).
     pub v2: bool,
     /// Also trace v2's files: a regular file and a memfd, mapped shared and private,
-    /// resized and written with `fwrite`, from a third generator (against the kernel's
-    /// uffd flavour, which registers file mappings and so maps no fault-around pages).
+    /// resized and written with `fwrite`, from a third generator (against the kernel; on
+    /// the soft-dirty flavour, which registers nothing, reads of file mappings are
+    /// skipped: Linux's fault-around may map their cached neighbours).
     pub files: bool,
 }
 
@@ -578,10 +579,25 @@ pub fn uffd_divergence(v: &[VmaInfo], op: &Command) -> Option<&'static str> {
     }
 }
 
+/// A read of a file mapping on a kernel side without userfaultfd registration (the
+/// soft-dirty flavour): Linux may map cached neighbours of the faulted page too
+/// (fault-around), which the model does not (trace v2, "mmap, extended").
+pub fn fault_around_divergence(v: &[VmaInfo], op: &Command) -> Option<&'static str> {
+    let Command::Read { addr, len } = *op else {
+        return None;
+    };
+    let end = addr.saturating_add(len);
+    v.iter()
+        .any(|w| w.file && w.start < end && addr < w.end)
+        .then_some("file-fault-around")
+}
+
 /// Why `profile` skips `op` on both sides, judged on the model's VMAs `v` before it.
 pub fn skip_reason(profile: Profile, v: &[VmaInfo], op: &Command) -> Option<&'static str> {
     let r = if profile.uffd {
         uffd_divergence(v, op)
+    } else if profile.files {
+        fault_around_divergence(v, op)
     } else {
         None
     };
@@ -634,7 +650,7 @@ pub fn run_case(
     let mut skipped = 0;
     let mut unobserved = 0;
     for (i, op) in ops.iter().enumerate() {
-        if (profile.linux_6_12 || profile.uffd)
+        if (profile.linux_6_12 || profile.uffd || profile.files)
             && skip_reason(profile, &model.current().vmas(), op).is_some()
         {
             skipped += 1;
@@ -824,7 +840,7 @@ pub fn kernel_profile(
         linux_6_12: version.is_some_and(|v| v < (6, 17)),
         uffd: mode == Mode::Precise,
         v2: false,
-        files: mode == Mode::Precise,
+        files: true,
     }
 }
 
@@ -1188,6 +1204,7 @@ mod tests {
             shared: false,
             vm_softdirty: true,
             faulted,
+            file: false,
         }
     }
 

@@ -1498,6 +1498,7 @@ impl RefSpace {
                     v.softdirty_flag
                 },
                 faulted: v.anon != 0,
+                file: false,
             })
             .collect()
     }
