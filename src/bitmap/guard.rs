@@ -9,8 +9,9 @@
 //! path looks for markers ([`PageBitmap::first_guard`]) in bitmaps that ever had one
 //! ([`PageBitmap::may_have_guards`]), so a bitmap without guards pays one plain load.
 //!
-//! Install and remove are control-plane operations (under the bitmap's clear lock, with the
-//! zap generation bumped as a zap does, so a fault racing them redoes itself). A store
+//! Install and remove are control-plane operations and zaps in the fault's sense
+//! ([`PageBitmap::as_zap`]: the clear lock, the zap generation and the zap ring), so a fault
+//! racing them on their pages redoes itself. A store
 //! racing an install of its own page linearizes before the install only if it completes
 //! first; one that completes after the marker is written overwrites it (the page is then
 //! populated and written: no write is lost, but the marker is). Linux excludes that race
@@ -46,27 +47,25 @@ impl PageBitmap {
             return;
         }
         self.note_guards();
-        let _clear = self.clear_lock();
-        // The zap generation, as `zap_with` bumps it: a fault overlapping the install
-        // redoes itself after it.
-        self.zap_seq.fetch_add(1, Ordering::AcqRel);
-        self.update_range(
-            first,
-            count,
-            |c, wi, m, _| {
-                c.populated[wi].fetch_and(!m, Ordering::AcqRel);
-                c.backed[wi].fetch_or(m, Ordering::AcqRel);
-                if dirty {
-                    c.clean[wi].fetch_and(!m, Ordering::AcqRel);
-                    c.summary.fetch_or(1 << wi, Ordering::AcqRel);
-                } else {
-                    c.clean[wi].fetch_or(m, Ordering::AcqRel);
-                }
-            },
-            // A marker is state: every chunk of the range is materialized.
-            Untouched::Materialize,
-        );
-        self.zap_seq.fetch_add(1, Ordering::Release);
+        // A zap: a fault overlapping the install redoes itself after it.
+        self.as_zap(first, count, || {
+            self.update_range(
+                first,
+                count,
+                |c, wi, m, _| {
+                    c.populated[wi].fetch_and(!m, Ordering::AcqRel);
+                    c.backed[wi].fetch_or(m, Ordering::AcqRel);
+                    if dirty {
+                        c.clean[wi].fetch_and(!m, Ordering::AcqRel);
+                        c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                    } else {
+                        c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                    }
+                },
+                // A marker is state: every chunk of the range is materialized.
+                Untouched::Materialize,
+            )
+        });
     }
 
     /// `MADV_GUARD_REMOVE` on `[first, first + count)` (clipped): every guard marker
@@ -77,29 +76,28 @@ impl PageBitmap {
         if count == 0 || !self.may_have_guards() {
             return;
         }
-        let _clear = self.clear_lock();
-        self.zap_seq.fetch_add(1, Ordering::AcqRel);
-        self.update_range(
-            first,
-            count,
-            |c, wi, m, _| {
-                let pop = c.populated[wi].load(Ordering::Acquire);
-                let g = c.backed[wi].load(Ordering::Acquire) & !pop & m;
-                if g == 0 {
-                    return;
-                }
-                c.backed[wi].fetch_and(!g, Ordering::AcqRel);
-                if dirty {
-                    c.clean[wi].fetch_and(!g, Ordering::AcqRel);
-                    c.summary.fetch_or(1 << wi, Ordering::AcqRel);
-                } else {
-                    c.clean[wi].fetch_or(g, Ordering::AcqRel);
-                }
-            },
-            // An untouched chunk holds no marker.
-            Untouched::Skip,
-        );
-        self.zap_seq.fetch_add(1, Ordering::Release);
+        self.as_zap(first, count, || {
+            self.update_range(
+                first,
+                count,
+                |c, wi, m, _| {
+                    let pop = c.populated[wi].load(Ordering::Acquire);
+                    let g = c.backed[wi].load(Ordering::Acquire) & !pop & m;
+                    if g == 0 {
+                        return;
+                    }
+                    c.backed[wi].fetch_and(!g, Ordering::AcqRel);
+                    if dirty {
+                        c.clean[wi].fetch_and(!g, Ordering::AcqRel);
+                        c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                    } else {
+                        c.clean[wi].fetch_or(g, Ordering::AcqRel);
+                    }
+                },
+                // An untouched chunk holds no marker.
+                Untouched::Skip,
+            )
+        });
     }
 
     /// The first guard marker in `[first, first + count)` (clipped), if any.

@@ -71,8 +71,54 @@ impl PageBitmap {
     /// are discarded).
     pub fn zap_with(&self, first: u64, count: u64, rule: ZapRule) {
         let (first, count) = self.clip(first, count);
+        let untouched = match rule {
+            ZapRule::Clean => Untouched::Tag(true),
+            ZapRule::Dirty => Untouched::Tag(false),
+            // An untouched chunk has no page to unpopulate and no copy to discard.
+            ZapRule::Keep | ZapRule::DirtyCopies => Untouched::Skip,
+        };
+        self.as_zap(first, count, || {
+            self.update_range(
+                first,
+                count,
+                |c, wi, m, _| {
+                    // Guard markers (`backed` without `populated`) stay (`guard.rs`): only
+                    // the pages that were populated lose `backed`.
+                    let was_populated = c.populated[wi].fetch_and(!m, Ordering::AcqRel);
+                    let prev_backed =
+                        c.backed[wi].fetch_and(!(m & was_populated), Ordering::AcqRel);
+                    // The soft-dirty state of a marker is the marker's, untouched by a zap.
+                    let m = m & !(prev_backed & !was_populated);
+                    let was_backed = prev_backed & was_populated;
+                    let dirty = match rule {
+                        ZapRule::Clean => {
+                            if m != 0 {
+                                c.clean[wi].fetch_or(m, Ordering::AcqRel);
+                            }
+                            0
+                        }
+                        ZapRule::Dirty => m,
+                        ZapRule::Keep => 0,
+                        ZapRule::DirtyCopies => was_backed & m,
+                    };
+                    if dirty != 0 {
+                        c.clean[wi].fetch_and(!dirty, Ordering::AcqRel);
+                        c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                    }
+                },
+                untouched,
+            )
+        });
+    }
+
+    /// Runs `rewrite` (which rewrites the page state of `[first, first + count)`, already
+    /// clipped) as a zap: under the clear lock, between the two bumps of the zap
+    /// generation, with the range in the zap ring, so that a fault overlapping it redoes
+    /// itself after it and one on other pages need not ([`Self::zap`]). Guard install and
+    /// remove (`guard.rs`) are zaps in this sense.
+    pub(super) fn as_zap(&self, first: u64, count: u64, rewrite: impl FnOnce()) {
         let _clear = self.clear_lock();
-        // AcqRel RMW: sequenced before every zap RMW below (see above).
+        // AcqRel RMW: sequenced before every RMW of `rewrite` (see `zap`).
         self.zap_seq.fetch_add(1, Ordering::AcqRel);
         // The range, written as a seqlock writer does (odd bump, Release fence, data):
         // `only_other_pages_zapped` reads it between two reads of the generation, and
@@ -83,41 +129,7 @@ impl PageBitmap {
         let slot = &self.zap_ring[(n % ZAP_RING as u64) as usize];
         slot[0].store(first, Ordering::Relaxed);
         slot[1].store(first + count, Ordering::Relaxed);
-        let untouched = match rule {
-            ZapRule::Clean => Untouched::Tag(true),
-            ZapRule::Dirty => Untouched::Tag(false),
-            // An untouched chunk has no page to unpopulate and no copy to discard.
-            ZapRule::Keep | ZapRule::DirtyCopies => Untouched::Skip,
-        };
-        self.update_range(
-            first,
-            count,
-            |c, wi, m, _| {
-                // Guard markers (`backed` without `populated`) stay (`guard.rs`): only
-                // the pages that were populated lose `backed`.
-                let was_populated = c.populated[wi].fetch_and(!m, Ordering::AcqRel);
-                let prev_backed = c.backed[wi].fetch_and(!(m & was_populated), Ordering::AcqRel);
-                // The soft-dirty state of a marker is the marker's, untouched by a zap.
-                let m = m & !(prev_backed & !was_populated);
-                let was_backed = prev_backed & was_populated;
-                let dirty = match rule {
-                    ZapRule::Clean => {
-                        if m != 0 {
-                            c.clean[wi].fetch_or(m, Ordering::AcqRel);
-                        }
-                        0
-                    }
-                    ZapRule::Dirty => m,
-                    ZapRule::Keep => 0,
-                    ZapRule::DirtyCopies => was_backed & m,
-                };
-                if dirty != 0 {
-                    c.clean[wi].fetch_and(!dirty, Ordering::AcqRel);
-                    c.summary.fetch_or(1 << wi, Ordering::AcqRel);
-                }
-            },
-            untouched,
-        );
+        rewrite();
         // Release: pairs with `wait_zap`'s Acquire load; a fault that reads this value
         // before its first RMW sees every zap RMW.
         self.zap_seq.fetch_add(1, Ordering::Release);
