@@ -404,6 +404,17 @@ pub trait Backend {
     fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String>;
     /// Soft-dirty pages of the range as runs of page indices relative to its first page.
     fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable>;
+    /// [`Self::softdirty_runs`] where only parts of the range are unobservable: the runs
+    /// as the backend sees them, and the page runs (relative, as the runs) where they do
+    /// not mean what `expect softdirty` asks. By default all or nothing:
+    /// `softdirty_runs`, with nothing masked.
+    fn softdirty_runs_masked(
+        &mut self,
+        addr: u64,
+        len: u64,
+    ) -> Result<(Vec<Range<u64>>, Vec<Range<u64>>), Unobservable> {
+        Ok((self.softdirty_runs(addr, len)?, Vec::new()))
+    }
     /// Present pages, as [`Self::softdirty_runs`].
     fn present_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable>;
     /// Number of VMAs intersecting the range.

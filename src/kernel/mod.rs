@@ -1520,6 +1520,25 @@ impl Backend for KernelBackend {
         procfs::smaps_vmflags(addr).map_err(|e| format!("reading /proc/self/smaps: {e}"))
     }
 
+    fn softdirty_runs_masked(
+        &mut self,
+        addr: u64,
+        len: u64,
+    ) -> Result<(Vec<Range<u64>>, Vec<Range<u64>>), Unobservable> {
+        let base = page_down(addr);
+        let end = page_up(addr.saturating_add(len));
+        let mask: Vec<Range<u64>> = self
+            .precise_only
+            .iter()
+            .filter(|&&(s, e)| s < end && base < e)
+            .map(|&(s, e)| ((s.max(base) - base) / PAGE_SIZE)..((e.min(end) - base) / PAGE_SIZE))
+            .collect();
+        let saved = std::mem::take(&mut self.precise_only);
+        let runs = self.softdirty_runs(addr, len);
+        self.precise_only = saved;
+        Ok((runs?, mask))
+    }
+
     fn softdirty_runs(&mut self, addr: u64, len: u64) -> Result<Vec<Range<u64>>, Unobservable> {
         if let Some(why) = self.precise_only_in(addr, len) {
             return Err(Unobservable::Skip(why));
