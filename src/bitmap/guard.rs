@@ -21,6 +21,7 @@ use super::chunk::Slot;
 use super::words::for_each_word;
 use super::zap::Untouched;
 use super::{PageBitmap, CHUNK_PAGES};
+use crate::errno::Errno;
 use crate::sync::Ordering;
 
 impl PageBitmap {
@@ -41,10 +42,32 @@ impl PageBitmap {
     /// `MADV_GUARD_INSTALL` on `[first, first + count)` (clipped): every page becomes a
     /// guard marker, its page gone; soft-dirty at the page level where `dirty` (precise:
     /// the page's content changed), else clean (the marker has no soft-dirty bit).
-    pub fn install_guard(&self, first: u64, count: u64, dirty: bool) {
+    ///
+    /// A marker is state, so every chunk of the range is materialized (as the kernel
+    /// allocates a page table for every marker). ENOMEM, with nothing done, where that
+    /// would pass the chunk limit of the bitmap's accounts: installing markers over a
+    /// terabyte fails as the kernel's page-table allocation would, instead of taking the
+    /// machine's memory.
+    pub fn install_guard(&self, first: u64, count: u64, dirty: bool) -> Result<(), Errno> {
         let (first, count) = self.clip(first, count);
         if count == 0 {
-            return;
+            return Ok(());
+        }
+        if let Some(a) = &self.accounting {
+            let (k0, k1) = (first / CHUNK_PAGES, (first + count - 1) / CHUNK_PAGES);
+            let room = a.chunk_limit().saturating_sub(a.live_chunks()) as u64;
+            // Untouched chunks of the range, counted up to the room left.
+            let mut need = 0u64;
+            let mut k = k0;
+            while k <= k1 && need <= room {
+                if !matches!(self.slot(k as usize), Slot::Chunk(_)) {
+                    need += 1;
+                }
+                k += 1;
+            }
+            if need > room {
+                return Err(Errno::ENOMEM);
+            }
         }
         self.note_guards();
         // A zap: a fault overlapping the install redoes itself after it.
@@ -66,6 +89,7 @@ impl PageBitmap {
                 Untouched::Materialize,
             )
         });
+        Ok(())
     }
 
     /// `MADV_GUARD_REMOVE` on `[first, first + count)` (clipped): every guard marker

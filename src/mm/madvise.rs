@@ -241,6 +241,7 @@ impl AddressSpace {
         let dirty = self.mode.is_precise();
         let mut cursor = addr;
         let mut hole = false;
+        let mut err = None;
         self.with_index(|idx| {
             for v in idx.range(addr, end) {
                 hole |= v.start > cursor;
@@ -255,13 +256,21 @@ impl AddressSpace {
                     if !v.meta.flags.shared && v.anon() == 0 {
                         let _ = v.assign_anon(self.anon_for_first_fault(idx, v));
                     }
-                    v.bitmap.install_guard(first, n, dirty);
+                    if let Err(e) = v.bitmap.install_guard(first, n, dirty) {
+                        // The model's memory limit, as the kernel's page tables would
+                        // run out: what came before stays done.
+                        err = Some(e);
+                        return;
+                    }
                 } else {
                     v.bitmap.remove_guard(first, n, dirty);
                 }
                 cursor = e;
             }
         });
+        if let Some(e) = err {
+            return Err(e);
+        }
         if hole || cursor < end {
             return Err(Errno::ENOMEM);
         }
