@@ -151,10 +151,8 @@ impl Tracker {
     /// `write(2)`. Errors as `vfs_write`: EINVAL for an offset or an end beyond
     /// `i64::MAX`; EFBIG for a non-empty write at or past the file size limit.
     pub fn fwrite(&self, f: FileRef, offset: u64, len: u64) -> Result<u64> {
-        let size = self.files.size(f).filter(|_| self.files.contains(f));
-        let Some(size) = size else {
-            return Err(Errno::EBADF);
-        };
+        // No size: not a file of this tracker (or shared anonymous memory's object).
+        let size = self.files.size(f).ok_or(Errno::EBADF)?;
         // rw_verify_area: the position and its end as a signed loff_t.
         if offset > MAX_FILE_SIZE || offset.checked_add(len).is_none_or(|e| e > MAX_FILE_SIZE) {
             return Err(Errno::EINVAL);

@@ -836,6 +836,67 @@ impl KernelBackend {
 }
 
 impl KernelBackend {
+    /// mmap(2) of anonymous memory, or of `file` = (descriptor, offset), with the trace's
+    /// flags; the mapping is owned and, on uffd, registered.
+    #[allow(clippy::too_many_arguments)] // mmap's arguments
+    fn map(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: Placement,
+        opts: crate::mm::MapOpts,
+        file: Option<(i32, u64)>,
+    ) -> OpResult<u64> {
+        let fixed = match placement {
+            Placement::Hint => 0,
+            Placement::Fixed => libc::MAP_FIXED,
+            Placement::NoReplace => libc::MAP_FIXED_NOREPLACE,
+        };
+        if placement != Placement::Hint {
+            Self::refuse_low(addr, "mmap")?;
+        }
+        if placement == Placement::Fixed {
+            self.check_owned(addr, len, "mmap fixed")?;
+        }
+        let bit = |on: bool, f: i32| if on { f } else { 0 };
+        let flags = bit(file.is_none(), libc::MAP_ANONYMOUS)
+            | bit(shared, libc::MAP_SHARED)
+            | bit(!shared, libc::MAP_PRIVATE)
+            | fixed
+            | bit(opts.noreserve, libc::MAP_NORESERVE)
+            | bit(opts.populate, libc::MAP_POPULATE)
+            | bit(opts.growsdown, libc::MAP_GROWSDOWN);
+        let (fd, offset) = file.unwrap_or((-1, 0));
+        // SAFETY: anonymous memory or a file this backend owns. With MAP_FIXED it
+        // replaces only memory the trace mapped (checked above, and never below
+        // MIN_FIXED_ADDR); with MAP_FIXED_NOREPLACE or a hint it replaces nothing. An
+        // offset above i64::MAX is the negative off_t the kernel refuses.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len as usize,
+                prot.bits(),
+                flags,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = last_errno();
+            if placement == Placement::Fixed {
+                self.sync_owned();
+            }
+            return Ok(Err(to_errno(e, "mmap")?));
+        }
+        let a = p as u64;
+        let end = page_up(a.saturating_add(len));
+        self.own(a, end);
+        self.register(a, end - a)?;
+        Ok(Ok(a))
+    }
+
     /// Creates the trace's file `name` (a memfd, or a regular file in the private
     /// directory); `Ok(Err)` with the errno of the call that failed.
     fn create_file(&mut self, name: &str, memfd: bool) -> Result<Result<OwnedFd, Errno>, String> {
@@ -881,8 +942,8 @@ impl KernelBackend {
         Ok(Ok(fd))
     }
 
-    /// The identity of the trace's file `name` as /proc/self/maps prints it.
-    fn file_identity(&self, name: &str) -> Result<(u32, u32, u64), String> {
+    /// fstat(2) of the trace's file `name`.
+    fn file_stat(&self, name: &str) -> Result<libc::stat, String> {
         let fd = self.file_fd(name)?;
         // SAFETY: fstat fills the zeroed `st` for a descriptor this backend owns.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -890,6 +951,12 @@ impl KernelBackend {
         if unsafe { libc::fstat(fd, &mut st) } != 0 {
             return Err(format!("fstat of file {name}: errno {}", last_errno()));
         }
+        Ok(st)
+    }
+
+    /// The identity of the trace's file `name` as /proc/self/maps prints it.
+    fn file_identity(&self, name: &str) -> Result<(u32, u32, u64), String> {
+        let st = self.file_stat(name)?;
         Ok((libc::major(st.st_dev), libc::minor(st.st_dev), st.st_ino))
     }
 
@@ -1022,60 +1089,7 @@ impl Backend for KernelBackend {
         placement: Placement,
         opts: crate::mm::MapOpts,
     ) -> OpResult<u64> {
-        let fixed = match placement {
-            Placement::Hint => 0,
-            Placement::Fixed => libc::MAP_FIXED,
-            Placement::NoReplace => libc::MAP_FIXED_NOREPLACE,
-        };
-        if placement != Placement::Hint {
-            Self::refuse_low(addr, "mmap")?;
-        }
-        if placement == Placement::Fixed {
-            self.check_owned(addr, len, "mmap fixed")?;
-        }
-        let flags = libc::MAP_ANONYMOUS
-            | if shared {
-                libc::MAP_SHARED
-            } else {
-                libc::MAP_PRIVATE
-            }
-            | fixed
-            | if opts.noreserve {
-                libc::MAP_NORESERVE
-            } else {
-                0
-            }
-            | if opts.populate { libc::MAP_POPULATE } else { 0 }
-            | if opts.growsdown {
-                libc::MAP_GROWSDOWN
-            } else {
-                0
-            };
-        // SAFETY: an anonymous mapping. With MAP_FIXED it replaces only memory the trace
-        // mapped (checked above, and never below MIN_FIXED_ADDR); with
-        // MAP_FIXED_NOREPLACE or a hint it replaces nothing.
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
-                len as usize,
-                prot.bits(),
-                flags,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            let e = last_errno();
-            if placement == Placement::Fixed {
-                self.sync_owned();
-            }
-            return Ok(Err(to_errno(e, "mmap")?));
-        }
-        let a = p as u64;
-        let end = page_up(a.saturating_add(len));
-        self.own(a, end);
-        self.register(a, end - a)?;
-        Ok(Ok(a))
+        self.map(addr, len, prot, shared, placement, opts, None)
     }
 
     fn file(&mut self, name: &str, memfd: bool, size: u64) -> OpResult<()> {
@@ -1088,14 +1102,7 @@ impl Backend for KernelBackend {
             }
         }
         let fd = self.file_fd(name)?;
-        // SAFETY: fstat fills the zeroed `st` for a descriptor this backend owns.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let old = if unsafe { libc::fstat(fd, &mut st) } == 0 {
-            st.st_size as u64
-        } else {
-            0
-        };
+        let old = self.file_stat(name)?.st_size as u64;
         // SAFETY: ftruncate on a descriptor this backend owns; a size above i64::MAX is
         // passed as the negative off_t it becomes, which the kernel refuses (EINVAL).
         if unsafe { libc::ftruncate(fd, size as libc::off_t) } != 0 {
@@ -1111,14 +1118,7 @@ impl Backend for KernelBackend {
 
     fn fwrite(&mut self, name: &str, offset: u64, len: u64) -> OpResult<()> {
         let fd = self.file_fd(name)?;
-        // SAFETY: fstat fills the zeroed `st` for a descriptor this backend owns.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let old_size = if unsafe { libc::fstat(fd, &mut st) } == 0 {
-            st.st_size as u64
-        } else {
-            u64::MAX
-        };
+        let old_size = self.file_stat(name)?.st_size as u64;
         // The source: a read-only private anonymous mapping, all zero pages, of as many
         // bytes as one write(2) transfers at most (MAX_RW_COUNT).
         let n = len.clamp(1, crate::file::MAX_RW_COUNT) as usize;
@@ -1160,63 +1160,15 @@ impl Backend for KernelBackend {
 
     fn mmap_file(&mut self, m: &crate::backend::FileMapping) -> OpResult<u64> {
         let fd = self.file_fd(&m.name)?;
-        let fixed = match m.placement {
-            Placement::Hint => 0,
-            Placement::Fixed => libc::MAP_FIXED,
-            Placement::NoReplace => libc::MAP_FIXED_NOREPLACE,
-        };
-        if m.placement != Placement::Hint {
-            Self::refuse_low(m.addr, "mmap")?;
-        }
-        if m.placement == Placement::Fixed {
-            self.check_owned(m.addr, m.len, "mmap fixed")?;
-        }
-        let flags = if m.shared {
-            libc::MAP_SHARED
-        } else {
-            libc::MAP_PRIVATE
-        } | fixed
-            | if m.opts.noreserve {
-                libc::MAP_NORESERVE
-            } else {
-                0
-            }
-            | if m.opts.populate {
-                libc::MAP_POPULATE
-            } else {
-                0
-            }
-            | if m.opts.growsdown {
-                libc::MAP_GROWSDOWN
-            } else {
-                0
-            };
-        // SAFETY: a mapping of a file this backend owns. With MAP_FIXED it replaces only
-        // memory the trace mapped (checked above, never below MIN_FIXED_ADDR); with
-        // MAP_FIXED_NOREPLACE or a hint it replaces nothing. An offset above i64::MAX is
-        // the negative off_t the kernel refuses.
-        let p = unsafe {
-            libc::mmap(
-                m.addr as *mut libc::c_void,
-                m.len as usize,
-                m.prot.bits(),
-                flags,
-                fd,
-                m.offset as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            let e = last_errno();
-            if m.placement == Placement::Fixed {
-                self.sync_owned();
-            }
-            return Ok(Err(to_errno(e, "mmap")?));
-        }
-        let a = p as u64;
-        let end = page_up(a.saturating_add(m.len));
-        self.own(a, end);
-        self.register(a, end - a)?;
-        Ok(Ok(a))
+        self.map(
+            m.addr,
+            m.len,
+            m.prot,
+            m.shared,
+            m.placement,
+            m.opts,
+            Some((fd, m.offset)),
+        )
     }
 
     fn munmap(&mut self, addr: u64, len: u64) -> OpResult<()> {
