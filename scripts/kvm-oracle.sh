@@ -135,14 +135,9 @@ is_legacy() {
          { exit }
          END { exit !found }' "$1"
 }
-# Trace v2: only what the kernel backend runs (no spaces or fork: one real process; no
-# brk: the backend has no break of its own; no growsdown: its stores cannot grow a stack;
-# a growsdown file mapping is refused with EINVAL before anything, so it may run; no guard
-# regions: 6.12 predates them).
+# Trace v2: everything but guard regions (6.12 predates them).
 kernel_runnable() {
-    ! grep -qE '^[[:space:]]*(space|fork|brk|brk_start)[[:space:]]|[[:space:]]guard_(install|remove)([[:space:]]|$)' "$1" &&
-        ! grep -vE '^[[:space:]]*#' "$1" | grep -E '[[:space:]]growsdown([[:space:]]|$)' |
-            grep -qvE '[[:space:]]file[[:space:]]'
+    ! grep -qE '[[:space:]]guard_(install|remove)([[:space:]]|$)' "$1"
 }
 traces=()
 for f in tests/traces/*.trace ../shared/traces/*.trace; do

@@ -37,6 +37,8 @@ pub enum KernelError {
     },
     /// The kernel backend exists only on Linux.
     Unsupported,
+    /// The puppet process that holds a trace space could not be made or did not answer.
+    Puppet(String),
 }
 
 fn errname(e: i32) -> String {
@@ -83,6 +85,7 @@ impl fmt::Display for KernelError {
                 errname(*errno)
             ),
             KernelError::Unsupported => write!(f, "the kernel backend exists only on Linux"),
+            KernelError::Puppet(why) => write!(f, "the puppet process: {why}"),
         }
     }
 }

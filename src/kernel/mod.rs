@@ -1,41 +1,51 @@
-//! Real memory: the trace operations on anonymous memory of the running process, with
-//! dirtiness from the kernel itself (Linux only).
+//! Real memory: the trace operations on real processes, with dirtiness from the kernel
+//! itself (Linux only).
+//!
+//! Each trace space is a [`puppet`] process, forked from the replaying process when the
+//! space is made; the backend makes every system call of the trace in it (mmap, munmap,
+//! mprotect, mremap, madvise, brk, prctl) and observes it from outside through
+//! `/proc/PID/{pagemap,maps,smaps,clear_refs}` and PAGEMAP_SCAN on its pagemap. `fork`
+//! is a real fork(2) of the puppet; `brk_start` sets the puppet's heap with
+//! `prctl(PR_SET_MM, PR_SET_MM_MAP)`, which needs no privilege, on a break nothing else
+//! uses (the puppet never allocates); `write`/`read` are the puppet's own stores and loads,
+//! one byte per page, so the faults are real (a `growsdown` stack grows, a guard or a
+//! file's end is a signal the puppet turns into EFAULT). Files and memfds are made here
+//! and passed to each puppet that maps them.
 //!
 //! Two flavours (`../shared/spec/trace-format.md`, "Kernel backend"):
-//! - [`KernelFlavour::Uffd`]: a userfaultfd with `UFFD_FEATURE_WP_ASYNC |
-//!   WP_UNPOPULATED`; every mapping the trace makes is registered for write-protect when
-//!   made and again after an `mremap` (which drops the registration); `clear_refs 4`
-//!   write-protects all of them with `PAGEMAP_SCAN(PM_SCAN_WP_MATCHING)`; soft-dirty is
-//!   `PAGE_IS_WRITTEN`; `scan ... clear` is `PM_SCAN_WP_MATCHING`. What `precise` mode
-//!   must reproduce.
+//! - [`KernelFlavour::Uffd`]: each puppet has a userfaultfd with `UFFD_FEATURE_WP_ASYNC |
+//!   WP_UNPOPULATED` (made in the puppet, used from here); every mapping the trace makes
+//!   is registered for write-protect when made and again after an `mremap` (which drops
+//!   the registration); `clear_refs 4` write-protects all of them with
+//!   `PAGEMAP_SCAN(PM_SCAN_WP_MATCHING)`; soft-dirty is `PAGE_IS_WRITTEN`; `scan ... clear`
+//!   is `PM_SCAN_WP_MATCHING`. What `precise` mode must reproduce. A fork child's
+//!   registration does not survive the fork: its soft-dirty answers are skipped until its
+//!   first `clear_refs 4`.
 //! - [`KernelFlavour::SoftDirty`]: CONFIG_MEM_SOFT_DIRTY: `clear_refs` writes
-//!   `/proc/self/clear_refs`, soft-dirty is pagemap bit 55 / `PAGE_IS_SOFT_DIRTY`;
+//!   `/proc/PID/clear_refs`, soft-dirty is pagemap bit 55 / `PAGE_IS_SOFT_DIRTY`;
 //!   `scan ... clear` is emulated with `clear_refs 4` and stores where that is exact, and
 //!   reported as skipped where it is not ([`clear`]). What `legacy` mode must reproduce.
 //!
-//! Stores and loads go through `process_vm_writev`/`process_vm_readv` on our own pid, one
-//! byte per page: a bad address is EFAULT instead of SIGSEGV, and the kernel counts them
-//! as real accesses for soft-dirty and uffd-wp (`../shared/reference/kernel-oracle.md`
-//! §4 (i)).
-//!
-//! Safety of the process: the backend only touches memory the trace mapped. It refuses
-//! `fixed`/`noreplace` mappings below [`MIN_FIXED_ADDR`], and refuses any operation whose
-//! range covers mapped memory the trace did not map (the replaying process's heap,
-//! stacks, libraries). Everything the trace mapped is unmapped when the backend drops.
+//! Safety of the puppets: a puppet is a copy of the replaying process, so its memory holds
+//! that process's code, stack and heap. The backend refuses `fixed`/`noreplace` mappings
+//! below [`MIN_FIXED_ADDR`], and any operation whose range covers mapped memory the trace
+//! did not map; a puppet dies with its space when the backend drops.
 
 pub mod clear;
 pub mod error;
 pub mod procfs;
+pub mod puppet;
 pub mod uapi;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write as _;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 pub use self::error::KernelError;
+use self::puppet::Puppet;
 use self::uapi::*;
 pub use crate::backend::KernelFlavour;
 use crate::backend::{Backend, OpResult, Unobservable};
@@ -48,6 +58,18 @@ use crate::scan::{Region, ScanArgs, ScanResult};
 /// The lowest address the kernel backend maps at with `fixed`/`noreplace`: below it lie
 /// the replaying process's own executable and heap (the spec asks traces to stay above).
 pub const MIN_FIXED_ADDR: u64 = 0x10_0000_0000;
+
+/// Why a page's `precise` answer is not observable on the uffd flavour: it changed
+/// behind the mapping's page table entries.
+const BEHIND: &str = "a file page changed behind this mapping's page table entries (through \
+                      another mapping, write(2), a truncation or a discarded private copy): \
+                      precise reports it, no registration sees it";
+
+/// Why a forked space's `precise` answers are not observable on the uffd flavour until
+/// its first `clear_refs 4`.
+const FORKED: &str = "the space was made by fork, which does not carry the parent's \
+                      write-protect registration into the child (no UFFD_FEATURE_EVENT_FORK): \
+                      the child's written pages are unknown until its first clear_refs 4";
 
 fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -66,18 +88,6 @@ fn page_up(a: u64) -> u64 {
         .map_or(!(PAGE_SIZE - 1), page_down)
 }
 
-/// Calls `userfaultfd(2)` with `flags`.
-fn userfaultfd(flags: i32) -> Result<OwnedFd, i32> {
-    // SAFETY: userfaultfd takes one integer argument and returns a new fd or -1; it
-    // touches no memory of ours.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-    if fd < 0 {
-        return Err(last_errno());
-    }
-    // SAFETY: the syscall just returned this fd, which nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// `UFFDIO_API` with `features`; returns the features the kernel reports.
 fn uffd_api(fd: &OwnedFd, features: u64) -> Result<u64, i32> {
     let mut api = UffdioApi {
@@ -94,16 +104,20 @@ fn uffd_api(fd: &OwnedFd, features: u64) -> Result<u64, i32> {
     Ok(api.features)
 }
 
-/// Opens a userfaultfd (falling back to `UFFD_USER_MODE_ONLY` when refused).
-fn open_uffd_raw() -> Result<OwnedFd, KernelError> {
-    let base = libc::O_CLOEXEC | libc::O_NONBLOCK;
-    match userfaultfd(base) {
+/// Opens a userfaultfd of the puppet's address space (a userfaultfd tracks the mm of
+/// the process that created it), falling back to `UFFD_USER_MODE_ONLY` when refused.
+fn open_uffd_raw(p: &Puppet) -> Result<OwnedFd, KernelError> {
+    let base = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+    let make = |flags: u64| -> Result<Result<OwnedFd, i32>, KernelError> {
+        p.syscall_fd(libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])
+            .map_err(KernelError::Puppet)
+    };
+    match make(base)? {
         Ok(fd) => Ok(fd),
         Err(libc::ENOSYS) => Err(KernelError::UffdMissing),
-        Err(e @ (libc::EPERM | libc::EACCES)) => match userfaultfd(base | UFFD_USER_MODE_ONLY) {
+        Err(e @ (libc::EPERM | libc::EACCES)) => match make(base | UFFD_USER_MODE_ONLY as u64)? {
             Ok(fd) => Ok(fd),
-            Err(libc::EINVAL) => Err(KernelError::UffdPermission { errno: e }),
-            Err(e) => Err(KernelError::UffdPermission { errno: e }),
+            Err(_) => Err(KernelError::UffdPermission { errno: e }),
         },
         Err(e) => Err(KernelError::Syscall {
             what: "userfaultfd(2)",
@@ -112,9 +126,10 @@ fn open_uffd_raw() -> Result<OwnedFd, KernelError> {
     }
 }
 
-/// A userfaultfd with async write-protect on unpopulated memory (and shmem if possible).
-fn open_uffd() -> Result<OwnedFd, KernelError> {
-    let probe = open_uffd_raw()?;
+/// A userfaultfd of the puppet's memory with async write-protect on unpopulated memory
+/// (and shmem if possible).
+fn open_uffd(p: &Puppet) -> Result<OwnedFd, KernelError> {
+    let probe = open_uffd_raw(p)?;
     let supported = uffd_api(&probe, 0).map_err(|e| KernelError::Syscall {
         what: "UFFDIO_API",
         errno: e,
@@ -127,7 +142,7 @@ fn open_uffd() -> Result<OwnedFd, KernelError> {
             missing: need & !supported,
         });
     }
-    let fd = open_uffd_raw()?;
+    let fd = open_uffd_raw(p)?;
     uffd_api(&fd, need | (supported & UFFD_FEATURE_WP_HUGETLBFS_SHMEM)).map_err(|e| {
         KernelError::Syscall {
             what: "UFFDIO_API with WP_ASYNC | WP_UNPOPULATED",
@@ -178,7 +193,7 @@ fn kernel_has_soft_dirty() -> Result<bool, KernelError> {
             errno: last_errno(),
         });
     }
-    let flags = procfs::smaps_vmflags(p as u64);
+    let flags = procfs::smaps_vmflags(None, p as u64);
     // SAFETY: `p` is the page mapped above, unused by anything else.
     unsafe { libc::munmap(p, PAGE_SIZE as usize) };
     let flags = flags.map_err(|e| KernelError::Syscall {
@@ -261,33 +276,85 @@ impl Drop for RegionBuf {
     }
 }
 
-/// Anonymous memory of this process, tracked by the kernel (see the module doc).
+/// One trace space: a puppet process and what the backend knows of its memory.
 #[derive(Debug)]
-pub struct KernelBackend {
-    flavour: KernelFlavour,
-    uffd: Option<OwnedFd>,
+struct Space {
+    puppet: Puppet,
+    /// its `/proc/PID/pagemap`
     pagemap: File,
+    /// uffd flavour: the puppet's userfaultfd
+    uffd: Option<OwnedFd>,
     /// The ranges the trace mapped and still maps: disjoint, coalesced, start → end.
     owned: BTreeMap<u64, u64>,
     /// Soft-dirty flavour: why its soft-dirty bits are not the trace's since a
     /// `scan ... clear` it could not emulate (until the next `clear_refs 4`).
     tainted: Option<String>,
-    /// Why the last scan did not clear as asked ([`Backend::take_scan_skip`]).
-    scan_skip: Option<String>,
-    /// The trace's files (trace v2): memfds, and regular files in `file_dir`.
-    files: std::collections::HashMap<String, OwnedFd>,
-    /// The private directory of the regular files, made on first use, removed on drop.
-    file_dir: Option<std::path::PathBuf>,
     /// uffd flavour: address ranges whose `precise` answer no registration can observe
     /// until the next `clear_refs 4` (a file page changed through another mapping, by a
-    /// `write(2)` or a truncation; a private copy discarded): the spec's "Kernel backend,
-    /// v2" has expectations over them reported as skipped.
-    precise_only: Vec<(u64, u64)>,
+    /// `write(2)` or a truncation; a private copy discarded), with the reason: the spec's
+    /// "Kernel backend, v2" has expectations over them reported as skipped.
+    precise_only: Vec<(u64, u64, &'static str)>,
+    /// `brk_start` was given (successfully or not) or a `brk` was made: the trace's
+    /// rule allows no `brk_start` after that.
+    brk_used: bool,
+    /// `brk_start` succeeded: the puppet's break is the trace's.
+    brk_set: bool,
+    /// The trace's files as descriptors of the puppet.
+    fds: HashMap<String, i32>,
+    /// A `growsdown` mapping was made: an access may grow it, and the grown part is the
+    /// trace's too ([`KernelBackend::own_grown`]).
+    growsdown: bool,
+}
+
+impl Space {
+    fn new(puppet: Puppet, flavour: KernelFlavour) -> Result<Space, KernelError> {
+        let path = procfs::path(Some(puppet.pid()), "pagemap");
+        let pagemap = File::open(&path).map_err(|e| KernelError::Syscall {
+            what: "open /proc/PID/pagemap of the puppet",
+            errno: e.raw_os_error().unwrap_or(0),
+        })?;
+        let uffd = match flavour {
+            KernelFlavour::Uffd => Some(open_uffd(&puppet)?),
+            KernelFlavour::SoftDirty => None,
+        };
+        Ok(Space {
+            puppet,
+            pagemap,
+            uffd,
+            owned: BTreeMap::new(),
+            tainted: None,
+            precise_only: Vec::new(),
+            brk_used: false,
+            brk_set: false,
+            fds: HashMap::new(),
+            growsdown: false,
+        })
+    }
+}
+
+/// The trace's memory in puppet processes, tracked by the kernel (see the module doc).
+#[derive(Debug)]
+pub struct KernelBackend {
+    flavour: KernelFlavour,
+    /// The current space.
+    cur: Space,
+    cur_name: String,
+    /// The other spaces, by name.
+    parked: HashMap<String, Space>,
+    /// Why the last scan did not clear as asked ([`Backend::take_scan_skip`]).
+    scan_skip: Option<String>,
+    /// A shared mapping was made (in some space): stores may reach other mappings.
+    shared_mapped: bool,
+    /// The trace's files (trace v2): memfds, and regular files in `file_dir`.
+    files: HashMap<String, OwnedFd>,
+    /// The private directory of the regular files, made on first use, removed on drop.
+    file_dir: Option<std::path::PathBuf>,
 }
 
 impl KernelBackend {
     /// Opens the backend: `flavour`, or detection (soft-dirty if the kernel has
-    /// CONFIG_MEM_SOFT_DIRTY, else uffd). Fails with what is missing and how to get it.
+    /// CONFIG_MEM_SOFT_DIRTY, else uffd), with space `main`, a new puppet process. Fails
+    /// with what is missing and how to get it.
     pub fn new(flavour: Option<KernelFlavour>) -> Result<KernelBackend, KernelError> {
         let pagemap = File::open("/proc/self/pagemap").map_err(|e| KernelError::Syscall {
             what: "open /proc/self/pagemap",
@@ -314,21 +381,34 @@ impl KernelBackend {
             None if has_sd => KernelFlavour::SoftDirty,
             None => KernelFlavour::Uffd,
         };
-        let uffd = match flavour {
-            KernelFlavour::Uffd => Some(open_uffd()?),
-            KernelFlavour::SoftDirty => None,
-        };
+        let puppet = Puppet::spawn().map_err(KernelError::Puppet)?;
         Ok(KernelBackend {
             flavour,
-            uffd,
-            pagemap,
-            owned: BTreeMap::new(),
-            tainted: None,
+            cur: Space::new(puppet, flavour)?,
+            cur_name: "main".to_string(),
+            parked: HashMap::new(),
             scan_skip: None,
-            files: std::collections::HashMap::new(),
+            shared_mapped: false,
+            files: HashMap::new(),
             file_dir: None,
-            precise_only: Vec::new(),
         })
+    }
+
+    /// The current space's puppet process id.
+    fn pid(&self) -> i32 {
+        self.cur.puppet.pid()
+    }
+
+    /// The current space's VMAs.
+    fn maps(&self) -> Result<Vec<procfs::MapsEntry>, String> {
+        procfs::maps(Some(self.pid()))
+            .map_err(|e| format!("reading /proc/{}/maps: {e}", self.pid()))
+    }
+
+    /// The `VmFlags:` line of the current space's VMA at `addr`.
+    fn vmflags(&self, addr: u64) -> Result<Option<String>, String> {
+        procfs::smaps_vmflags(Some(self.pid()), addr)
+            .map_err(|e| format!("reading /proc/{}/smaps: {e}", self.pid()))
     }
 
     /// The flavour in use.
@@ -338,17 +418,26 @@ impl KernelBackend {
 
     /// The ranges the trace mapped and still maps, in address order.
     pub fn owned(&self) -> Vec<(u64, u64)> {
-        self.owned.iter().map(|(&s, &e)| (s, e)).collect()
+        self.cur.owned.iter().map(|(&s, &e)| (s, e)).collect()
     }
 
-    /// Unmaps everything the trace mapped (also done on drop).
-    pub fn unmap_all(&mut self) {
+    /// Unmaps everything the trace mapped in the current space.
+    pub fn unmap_all(&mut self) -> Result<(), String> {
         self.sync_owned();
-        for (s, e) in std::mem::take(&mut self.owned) {
-            // SAFETY: [s, e) was mapped by this backend (and is still mapped: synced just
-            // above); nothing outside the trace uses it.
-            unsafe { libc::munmap(s as *mut libc::c_void, (e - s) as usize) };
+        for (s, e) in std::mem::take(&mut self.cur.owned) {
+            self.sys(libc::SYS_munmap, [s, e - s, 0, 0, 0, 0], "munmap")?
+                .map_err(|e| format!("munmap {s:#x}: {}", e.name()))?;
         }
+        Ok(())
+    }
+
+    /// System call `nr` in the current space's puppet: its value, or the errno.
+    fn sys(&self, nr: i64, args: [u64; 6], what: &str) -> OpResult<u64> {
+        let r = self.cur.puppet.syscall(nr, args)?;
+        if r < 0 {
+            return Ok(Err(to_errno(-r as i32, what)?));
+        }
+        Ok(Ok(r as u64))
     }
 
     fn own(&mut self, start: u64, end: u64) {
@@ -357,17 +446,17 @@ impl KernelBackend {
         }
         self.disown(start, end);
         let (mut s, mut e) = (start, end);
-        if let Some((&ps, &pe)) = self.owned.range(..=s).next_back() {
+        if let Some((&ps, &pe)) = self.cur.owned.range(..=s).next_back() {
             if pe == s {
-                self.owned.remove(&ps);
+                self.cur.owned.remove(&ps);
                 s = ps;
             }
         }
-        if let Some(&ne) = self.owned.get(&e) {
-            self.owned.remove(&e);
+        if let Some(&ne) = self.cur.owned.get(&e) {
+            self.cur.owned.remove(&e);
             e = ne;
         }
-        self.owned.insert(s, e);
+        self.cur.owned.insert(s, e);
     }
 
     fn disown(&mut self, start: u64, end: u64) {
@@ -375,24 +464,25 @@ impl KernelBackend {
             return;
         }
         let hit: Vec<(u64, u64)> = self
+            .cur
             .owned
             .range(..end)
             .filter(|(_, &e)| e > start)
             .map(|(&s, &e)| (s, e))
             .collect();
         for (s, e) in hit {
-            self.owned.remove(&s);
+            self.cur.owned.remove(&s);
             if s < start {
-                self.owned.insert(s, start);
+                self.cur.owned.insert(s, start);
             }
             if e > end {
-                self.owned.insert(end, e);
+                self.cur.owned.insert(end, e);
             }
         }
     }
 
     fn covered(&self, start: u64, end: u64) -> bool {
-        match self.owned.range(..=start).next_back() {
+        match self.cur.owned.range(..=start).next_back() {
             Some((_, &e)) => e >= end,
             None => false,
         }
@@ -401,9 +491,9 @@ impl KernelBackend {
     /// Drops from the owned set whatever is no longer mapped (a failed MAP_FIXED may have
     /// unmapped the old range).
     fn sync_owned(&mut self) {
-        let Ok(maps) = procfs::maps() else { return };
+        let Ok(maps) = self.maps() else { return };
         let mut keep = BTreeMap::new();
-        for (&s, &e) in &self.owned {
+        for (&s, &e) in &self.cur.owned {
             for m in &maps {
                 let (a, b) = (m.start.max(s), m.end.min(e));
                 if a < b {
@@ -411,7 +501,7 @@ impl KernelBackend {
                 }
             }
         }
-        self.owned = BTreeMap::new();
+        self.cur.owned = BTreeMap::new();
         for (a, b) in keep {
             self.own(a, b);
         }
@@ -421,7 +511,7 @@ impl KernelBackend {
     fn check_owned(&self, addr: u64, len: u64, what: &str) -> Result<(), String> {
         let start = page_down(addr);
         let end = page_up(addr.saturating_add(len.max(1)));
-        let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+        let maps = self.maps()?;
         for m in maps {
             let (a, b) = (m.start.max(start), m.end.min(end));
             if a < b && !self.covered(a, b) {
@@ -461,7 +551,7 @@ impl KernelBackend {
         if self.flavour != KernelFlavour::Uffd || fixed.is_none() || old_len != new_len {
             return Ok(None);
         }
-        let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+        let maps = self.maps()?;
         let end = page_up(addr.saturating_add(old_len));
         Ok(maps
             .iter()
@@ -480,7 +570,7 @@ impl KernelBackend {
 
     /// Registers `[start, start + len)` for async write-protect (uffd flavour).
     fn register(&self, start: u64, len: u64) -> Result<(), String> {
-        let Some(fd) = &self.uffd else {
+        let Some(fd) = &self.cur.uffd else {
             return Ok(());
         };
         if len == 0 {
@@ -535,7 +625,7 @@ impl KernelBackend {
                 return_mask: mask,
                 ..PmScanArg::default()
             };
-            let n = pm_scan(&self.pagemap, &mut arg)
+            let n = pm_scan(&self.cur.pagemap, &mut arg)
                 .map_err(|e| format!("PAGEMAP_SCAN over {cur:#x}-{end:#x} failed (errno {e})"))?
                 as usize;
             for r in buf.regions(n) {
@@ -577,7 +667,8 @@ impl KernelBackend {
     /// Reads pagemap entries for `n` pages from the page-aligned `start`.
     fn read_pagemap(&self, start: u64, n: usize) -> Result<Vec<u64>, String> {
         let mut buf = vec![0u8; n * 8];
-        self.pagemap
+        self.cur
+            .pagemap
             .read_exact_at(&mut buf, (start / PAGE_SIZE) * 8)
             .map_err(|e| format!("reading /proc/self/pagemap at {start:#x}: {e}"))?;
         Ok(buf
@@ -588,7 +679,7 @@ impl KernelBackend {
 
     /// Write-protects everything the trace mapped (uffd `clear_refs 4`).
     fn protect_all(&self) -> Result<(), String> {
-        for (&s, &e) in &self.owned {
+        for (&s, &e) in &self.cur.owned {
             let mut cur = s;
             for _ in 0..4 {
                 let mut arg = PmScanArg {
@@ -600,7 +691,7 @@ impl KernelBackend {
                     return_mask: PAGE_IS_WRITTEN,
                     ..PmScanArg::default()
                 };
-                pm_scan(&self.pagemap, &mut arg).map_err(|er| {
+                pm_scan(&self.cur.pagemap, &mut arg).map_err(|er| {
                     format!("PAGEMAP_SCAN(WP_MATCHING) over {s:#x}-{e:#x} failed (errno {er})")
                 })?;
                 if arg.walk_end >= e || arg.walk_end <= cur {
@@ -625,15 +716,14 @@ impl KernelBackend {
     /// The trace's mappings as the clear emulation sees them ([`clear::Before`]).
     fn clear_before(&mut self) -> Result<clear::Before, String> {
         self.sync_owned();
-        let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+        let maps = self.maps()?;
         let owned = self.owned();
         let mut b = clear::Before::default();
         for m in &maps {
             for &(s, e) in &owned {
                 let (a, z) = (m.start.max(s), m.end.min(e));
                 if a < z {
-                    let flags = procfs::smaps_vmflags(m.start)
-                        .map_err(|e| format!("reading /proc/self/smaps: {e}"))?;
+                    let flags = self.vmflags(m.start)?;
                     b.vmas.push(clear::TrackedVma {
                         start: a,
                         end: z,
@@ -690,8 +780,7 @@ impl KernelBackend {
     /// Loads the byte at `addr` and stores it back (through the kernel, as [`Self::touch`]
     /// does): the page is dirty again, its contents unchanged.
     fn restore_byte(&self, addr: u64) -> Result<(), String> {
-        // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() };
+        let pid = self.pid();
         let mut byte = [0u8];
         let local = libc::iovec {
             iov_base: byte.as_mut_ptr().cast(),
@@ -701,9 +790,10 @@ impl KernelBackend {
             iov_base: addr as *mut libc::c_void,
             iov_len: 1,
         };
-        // SAFETY: as in `touch`: one byte between the live local `byte` and `addr`, a page
-        // of the trace's mappings (the caller's plan keeps to them), through the kernel; the
-        // store writes back the value just loaded, so no contents change.
+        // SAFETY: one byte between the live local `byte` and `addr` in the puppet, through
+        // the kernel (a bad address is EFAULT); `addr` is a page of the trace's mappings
+        // (the caller's plan keeps to them), and the store writes back the value just
+        // loaded, so no contents change.
         let r = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
         if r != 1 {
             return Err(format!(
@@ -775,63 +865,60 @@ impl KernelBackend {
                     let why = "whose emulation failed: clear_refs 4 and stores did not leave \
                                exactly the soft-dirty pages the scan did not report"
                         .to_string();
-                    self.tainted = Some(why.clone());
+                    self.cur.tainted = Some(why.clone());
                     self.scan_skip = Some(why);
                 }
             }
             Err(why) => {
                 let why = format!("that the soft-dirty flavour cannot emulate: {why}");
-                self.tainted = Some(why.clone());
+                self.cur.tainted = Some(why.clone());
                 self.scan_skip = Some(why);
             }
         }
         Ok(Ok(res))
     }
 
+    /// A load or a store of one byte in every page of the range, by the puppet's own
+    /// instructions: real faults, which grow a stack and see guards and file ends.
     fn touch(&mut self, addr: u64, len: u64, write: bool) -> OpResult<()> {
         if len == 0 {
             return Ok(Ok(()));
         }
+        // The puppet's own stack and code are not the trace's to change.
         if write {
             self.check_owned(addr, len, "write")?;
         }
-        let last = addr
-            .checked_add(len - 1)
-            .map_or(!(PAGE_SIZE - 1), page_down);
-        let mut page = page_down(addr);
-        // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() };
-        loop {
-            let target = page.max(addr);
-            let mut byte = [0x5au8];
-            let local = libc::iovec {
-                iov_base: byte.as_mut_ptr().cast(),
-                iov_len: 1,
-            };
-            let remote = libc::iovec {
-                iov_base: target as *mut libc::c_void,
-                iov_len: 1,
-            };
-            // SAFETY: process_vm_{read,write}v copy one byte between `byte` (a live local
-            // buffer) and `target` in our own address space through the kernel: a bad
-            // `target` is EFAULT, never a signal. A write targets only memory the trace
-            // mapped (checked above), so it changes nothing this program uses.
-            let r = unsafe {
-                if write {
-                    libc::process_vm_writev(pid, &local, 1, &remote, 1, 0)
-                } else {
-                    libc::process_vm_readv(pid, &local, 1, &remote, 1, 0)
-                }
-            };
-            if r != 1 {
-                let e = if r < 0 { last_errno() } else { libc::EFAULT };
-                return Ok(Err(to_errno(e, "process_vm_writev")?));
-            }
-            if page == last {
-                return Ok(Ok(()));
-            }
-            page += PAGE_SIZE;
+        let r = self.cur.puppet.touch(addr, len, write)?;
+        if self.cur.growsdown {
+            self.own_grown()?;
         }
+        match r {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => Ok(Err(to_errno(e, "an access")?)),
+        }
+    }
+
+    /// Owns what a stack growth added: the part of a VMA below an owned range that
+    /// starts inside it (only an access to a `growsdown` VMA extends one downwards).
+    fn own_grown(&mut self) -> Result<(), String> {
+        let maps = self.maps()?;
+        for m in maps {
+            let below = self
+                .cur
+                .owned
+                .range(m.start + 1..m.end)
+                .next()
+                .map(|(&s, _)| s);
+            if let Some(s) = below {
+                let grows = self
+                    .vmflags(m.start)?
+                    .is_some_and(|l| l.split_ascii_whitespace().any(|t| t == "gd"));
+                if grows && !self.covered(m.start, s) {
+                    self.own(m.start, s);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -869,28 +956,29 @@ impl KernelBackend {
             | bit(opts.populate, libc::MAP_POPULATE)
             | bit(opts.growsdown, libc::MAP_GROWSDOWN);
         let (fd, offset) = file.unwrap_or((-1, 0));
-        // SAFETY: anonymous memory or a file this backend owns. With MAP_FIXED it
-        // replaces only memory the trace mapped (checked above, and never below
-        // MIN_FIXED_ADDR); with MAP_FIXED_NOREPLACE or a hint it replaces nothing. An
-        // offset above i64::MAX is the negative off_t the kernel refuses.
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
-                len as usize,
-                prot.bits(),
-                flags,
-                fd,
-                offset as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            let e = last_errno();
-            if placement == Placement::Fixed {
-                self.sync_owned();
+        self.shared_mapped |= shared;
+        self.cur.growsdown |= opts.growsdown;
+        // With MAP_FIXED it replaces only memory the trace mapped (checked above, and
+        // never below MIN_FIXED_ADDR); with MAP_FIXED_NOREPLACE or a hint it replaces
+        // nothing. An offset above i64::MAX is the negative off_t the kernel refuses.
+        let args = [
+            addr,
+            len,
+            prot.bits() as u64,
+            flags as u64,
+            fd as i64 as u64,
+            offset,
+        ];
+        let p = match self.sys(libc::SYS_mmap, args, "mmap")? {
+            Ok(p) => p,
+            Err(e) => {
+                if placement == Placement::Fixed {
+                    self.sync_owned();
+                }
+                return Ok(Err(e));
             }
-            return Ok(Err(to_errno(e, "mmap")?));
-        }
-        let a = p as u64;
+        };
+        let a = p;
         let end = page_up(a.saturating_add(len));
         self.own(a, end);
         self.register(a, end - a)?;
@@ -973,31 +1061,37 @@ impl KernelBackend {
         if self.flavour != KernelFlavour::Uffd || first >= end {
             return Ok(());
         }
-        let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
-        for m in maps.iter().filter(|m| m.file == id) {
-            let pg = m.offset >> 12;
-            let pages = (m.end - m.start) >> 12;
-            let (s, e) = (pg.max(first), (pg + pages).min(end));
-            if s >= e {
-                continue;
+        let cur = self.pid();
+        for sp in std::iter::once(&mut self.cur).chain(self.parked.values_mut()) {
+            let pid = sp.puppet.pid();
+            let maps =
+                procfs::maps(Some(pid)).map_err(|e| format!("reading /proc/{pid}/maps: {e}"))?;
+            for m in maps.iter().filter(|m| m.file == id) {
+                let pg = m.offset >> 12;
+                let pages = (m.end - m.start) >> 12;
+                let (s, e) = (pg.max(first), (pg + pages).min(end));
+                if s >= e {
+                    continue;
+                }
+                let (a, b) = (m.start + ((s - pg) << 12), m.start + ((e - pg) << 12));
+                if pid == cur && skip.is_some_and(|(ks, ke)| a < ke && ks < b) {
+                    continue;
+                }
+                sp.precise_only.push((a, b, BEHIND));
             }
-            let (a, b) = (m.start + ((s - pg) << 12), m.start + ((e - pg) << 12));
-            if skip.is_some_and(|(ks, ke)| a < ke && ks < b) {
-                continue;
-            }
-            self.precise_only.push((a, b));
         }
         Ok(())
     }
 
-    /// uffd flavour: a store to `[addr, addr + len)` reached the trace's files through
-    /// the shared file mappings there; every other mapping of those pages changed.
+    /// uffd flavour: a store to `[addr, addr + len)` reached the trace's files (or the
+    /// shmem object of a shared anonymous mapping, which a fork shares) through the
+    /// shared mappings there; every other mapping of those pages, in every space, changed.
     fn store_reached_files(&mut self, addr: u64, len: u64) -> Result<(), String> {
-        if self.flavour != KernelFlavour::Uffd || self.files.is_empty() || len == 0 {
+        if self.flavour != KernelFlavour::Uffd || !self.shared_mapped || len == 0 {
             return Ok(());
         }
         let end = page_up(addr.saturating_add(len));
-        let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+        let maps = self.maps()?;
         for m in maps {
             if !m.shared || m.file.2 == 0 || m.end <= addr || m.start >= end {
                 continue;
@@ -1013,15 +1107,88 @@ impl KernelBackend {
     /// `precise`'s, if a part of it cannot.
     fn precise_only_in(&self, addr: u64, len: u64) -> Option<String> {
         let end = addr.saturating_add(len);
-        self.precise_only
+        self.cur
+            .precise_only
             .iter()
-            .any(|&(s, e)| s < end && addr < e)
-            .then(|| {
-                "a file page changed behind this mapping's page table entries (through \
-                 another mapping, write(2), a truncation or a discarded private copy): \
-                 precise reports it, no registration sees it"
-                    .to_string()
-            })
+            .find(|&&(s, e, _)| s < end && addr < e)
+            .map(|&(_, _, why)| why.to_string())
+    }
+
+    /// The descriptor of the trace's file `name` in the current space's puppet (passed
+    /// to it on first use).
+    fn remote_fd(&mut self, name: &str) -> Result<i32, String> {
+        if let Some(&n) = self.cur.fds.get(name) {
+            return Ok(n);
+        }
+        let f = self
+            .files
+            .get(name)
+            .ok_or_else(|| format!("no file {name:?} was created"))?;
+        let n = self.cur.puppet.give_fd(f.as_fd())?;
+        self.cur.fds.insert(name.to_string(), n);
+        Ok(n)
+    }
+
+    /// Makes `sp` the current space, named `name`, and parks the current one.
+    fn park(&mut self, name: &str, sp: Space) {
+        let prev = std::mem::replace(&mut self.cur, sp);
+        let prev_name = std::mem::replace(&mut self.cur_name, name.to_string());
+        self.parked.insert(prev_name, prev);
+    }
+
+    /// Sets the current space's start of the heap and break to `addr`, as exec does:
+    /// `prctl(PR_SET_MM, PR_SET_MM_MAP)` with the other fields as they are (read from
+    /// `/proc/PID/stat`), which needs no privilege (PR_SET_MM_START_BRK needs
+    /// CAP_SYS_RESOURCE).
+    fn set_mm_brk(&mut self, addr: u64) -> OpResult<()> {
+        let path = procfs::path(Some(self.pid()), "stat");
+        let stat = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+        // Fields after the command name, which ends at the last ')': field k (1-based,
+        // proc(5)) is at index k - 3.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_ascii_whitespace()
+            .map(|t| t.parse().unwrap_or(0))
+            .collect();
+        let field = |k: usize| f.get(k - 3).copied().unwrap_or(0);
+        // struct prctl_mm_map: start_code, end_code, start_data, end_data, start_brk,
+        // brk, start_stack, arg_start, arg_end, env_start, env_end, auxv, auxv_size,
+        // exe_fd (-1: unchanged).
+        let words = [
+            field(26),
+            field(27),
+            field(45),
+            field(46),
+            addr,
+            addr,
+            field(28),
+            field(48),
+            field(49),
+            field(50),
+            field(51),
+            0,
+        ];
+        let mut buf = [0u8; 104];
+        for (i, w) in words.iter().enumerate() {
+            buf[i * 8..i * 8 + 8].copy_from_slice(&w.to_ne_bytes());
+        }
+        buf[100..104].copy_from_slice(&u32::MAX.to_ne_bytes());
+        let args = [
+            libc::PR_SET_MM as u64,
+            libc::PR_SET_MM_MAP as u64,
+            0,
+            104,
+            0,
+            0,
+        ];
+        let r = self
+            .cur
+            .puppet
+            .syscall_buf(libc::SYS_prctl, args, 2, &mut buf)?;
+        if r < 0 {
+            return Ok(Err(to_errno(-r as i32, "prctl(PR_SET_MM_MAP)")?));
+        }
+        Ok(Ok(()))
     }
 
     /// The descriptor of the trace's file `name`.
@@ -1035,7 +1202,7 @@ impl KernelBackend {
 
 impl Drop for KernelBackend {
     fn drop(&mut self) {
-        self.unmap_all();
+        // The puppets die with their spaces (killed by `Puppet`'s drop).
         self.files.clear();
         if let Some(d) = self.file_dir.take() {
             let _ = std::fs::remove_dir_all(d);
@@ -1049,17 +1216,104 @@ impl Backend for KernelBackend {
     }
 
     fn space(&mut self, name: &str) -> Result<(), String> {
-        Err(format!(
-            "space {name}: the kernel backend has one address space (the replaying \
-             process's); multi-space traces run on the model only"
-        ))
+        if name == self.cur_name {
+            return Ok(());
+        }
+        let next = match self.parked.remove(name) {
+            Some(sp) => sp,
+            None => Space::new(Puppet::spawn()?, self.flavour).map_err(|e| e.to_string())?,
+        };
+        self.park(name, next);
+        Ok(())
     }
 
     fn fork(&mut self, child: &str) -> OpResult<()> {
-        Err(format!(
-            "fork {child}: the kernel backend cannot fork the replaying process; \
-             fork traces run on the model only"
-        ))
+        if child == self.cur_name || self.parked.contains_key(child) {
+            return Ok(Err(Errno::EEXIST));
+        }
+        let p = match self.cur.puppet.fork()? {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(to_errno(e, "fork")?)),
+        };
+        let mut sp = Space::new(p, self.flavour).map_err(|e| e.to_string())?;
+        // The child's soft-dirty bits and break are the parent's; its descriptors keep
+        // their numbers.
+        sp.owned = self.cur.owned.clone();
+        sp.tainted = self.cur.tainted.clone();
+        sp.precise_only = self.cur.precise_only.clone();
+        sp.brk_used = self.cur.brk_used;
+        sp.brk_set = self.cur.brk_set;
+        sp.fds = self.cur.fds.clone();
+        sp.growsdown = self.cur.growsdown;
+        let parent = self.cur_name.clone();
+        self.park(child, sp);
+        // In the child: `dontfork` VMAs are gone; on uffd, register what is left.
+        self.sync_owned();
+        if self.flavour == KernelFlavour::Uffd {
+            for (s, e) in self.owned() {
+                self.register(s, e - s)?;
+            }
+            self.cur.precise_only.push((0, TASK_SIZE, FORKED));
+        }
+        self.space(&parent)?;
+        Ok(Ok(()))
+    }
+
+    fn brk_start(&mut self, addr: u64) -> OpResult<()> {
+        // The trace format's rules (what exec guarantees a real process).
+        if addr % PAGE_SIZE != 0 || addr >= TASK_SIZE || self.cur.brk_used || self.cur.brk_set {
+            return Ok(Err(Errno::EINVAL));
+        }
+        if let Err(e) = self.set_mm_brk(addr)? {
+            return Ok(Err(e));
+        }
+        self.cur.brk_set = true;
+        Ok(Ok(()))
+    }
+
+    fn brk(&mut self, addr: u64) -> OpResult<u64> {
+        self.cur.brk_used = true;
+        if !self.cur.brk_set {
+            // The trace format's rule: a space without `brk_start` has no heap.
+            return Ok(Err(Errno::ENOMEM));
+        }
+        let old = self
+            .sys(libc::SYS_brk, [0; 6], "brk")?
+            .map_err(|e| e.name())?;
+        let (lo, hi) = (page_up(addr.min(old)), page_up(addr.max(old)));
+        if addr < old && lo < hi {
+            // A shrink unmaps whatever lies in [lo, hi): it must be the trace's.
+            self.check_owned(lo, hi - lo, "brk")?;
+        }
+        let new = self
+            .sys(libc::SYS_brk, [addr, 0, 0, 0, 0, 0], "brk")?
+            .map_err(|e| e.name())?;
+        let (a, b) = (page_up(old), page_up(new));
+        if b > a {
+            self.own(a, b);
+            // The new VMA does not merge with a registered heap until it is registered
+            // too (the uffd context is part of the merge test).
+            self.register(a, b - a)?;
+        } else if b < a {
+            self.disown(b, a);
+        }
+        // brk(2) returns the break, unchanged where it refused.
+        Ok(if new == addr {
+            Ok(addr)
+        } else {
+            Err(Errno::ENOMEM)
+        })
+    }
+
+    fn current_brk(&mut self) -> Result<u64, Unobservable> {
+        if !self.cur.brk_set {
+            return Ok(0);
+        }
+        match self.sys(libc::SYS_brk, [0; 6], "brk") {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => Err(Unobservable::Broken(format!("brk(0) failed: {}", e.name()))),
+            Err(e) => Err(Unobservable::Broken(e)),
+        }
     }
 
     fn mmap(
@@ -1159,7 +1413,7 @@ impl Backend for KernelBackend {
     }
 
     fn mmap_file(&mut self, m: &crate::backend::FileMapping) -> OpResult<u64> {
-        let fd = self.file_fd(&m.name)?;
+        let fd = self.remote_fd(&m.name)?;
         self.map(
             m.addr,
             m.len,
@@ -1173,10 +1427,8 @@ impl Backend for KernelBackend {
 
     fn munmap(&mut self, addr: u64, len: u64) -> OpResult<()> {
         self.check_owned(addr, len, "munmap")?;
-        // SAFETY: the range holds only memory the trace mapped (checked above).
-        let r = unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
-        if r != 0 {
-            return Ok(Err(to_errno(last_errno(), "munmap")?));
+        if let Err(e) = self.sys(libc::SYS_munmap, [addr, len, 0, 0, 0, 0], "munmap")? {
+            return Ok(Err(e));
         }
         self.disown(page_down(addr), page_up(addr.saturating_add(len)));
         Ok(Ok(()))
@@ -1184,12 +1436,8 @@ impl Backend for KernelBackend {
 
     fn mprotect(&mut self, addr: u64, len: u64, prot: Prot) -> OpResult<()> {
         self.check_owned(addr, len, "mprotect")?;
-        // SAFETY: the range holds only memory the trace mapped (checked above).
-        let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len as usize, prot.bits()) };
-        if r != 0 {
-            return Ok(Err(to_errno(last_errno(), "mprotect")?));
-        }
-        Ok(Ok(()))
+        let args = [addr, len, prot.bits() as u64, 0, 0, 0];
+        Ok(self.sys(libc::SYS_mprotect, args, "mprotect")?.map(|_| ()))
     }
 
     fn mremap(
@@ -1215,23 +1463,16 @@ impl Backend for KernelBackend {
         if fixed.is_some() {
             flags |= libc::MREMAP_FIXED;
         }
-        // SAFETY: the source and the destination hold only memory the trace mapped
-        // (checked above); without MREMAP_FIXED the kernel picks a free destination.
-        let p = unsafe {
-            libc::mremap(
-                addr as *mut libc::c_void,
-                old_len as usize,
-                new_len as usize,
-                flags,
-                fixed.unwrap_or(0) as *mut libc::c_void,
-            )
+        // The source and the destination hold only memory the trace mapped (checked
+        // above); without MREMAP_FIXED the kernel picks a free destination.
+        let args = [addr, old_len, new_len, flags as u64, fixed.unwrap_or(0), 0];
+        let a = match self.sys(libc::SYS_mremap, args, "mremap")? {
+            Ok(a) => a,
+            Err(e) => {
+                self.sync_owned();
+                return Ok(Err(e));
+            }
         };
-        if p == libc::MAP_FAILED {
-            let e = last_errno();
-            self.sync_owned();
-            return Ok(Err(to_errno(e, "mremap")?));
-        }
-        let a = p as u64;
         let old_end = page_up(addr.saturating_add(old_len));
         let new_end = page_up(a.saturating_add(new_len));
         if a == addr {
@@ -1257,26 +1498,22 @@ impl Backend for KernelBackend {
 
     fn madvise_dontneed(&mut self, addr: u64, len: u64) -> OpResult<()> {
         self.check_owned(addr, len, "madvise")?;
-        // SAFETY: the range holds only memory the trace mapped (checked above): zapping it
-        // loses no data this program uses.
-        let r =
-            unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
-        let e = last_errno();
+        let args = [addr, len, libc::MADV_DONTNEED as u64, 0, 0, 0];
+        let r = self.sys(libc::SYS_madvise, args, "madvise")?;
         if self.flavour == KernelFlavour::Uffd && !self.files.is_empty() {
             // A private file mapping's discarded copies: the kernel keeps the zapped
             // entries' write-protect markers, precise reports the pages changed.
             let end = page_up(addr.saturating_add(len));
-            let maps = procfs::maps().map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+            let maps = self.maps()?;
             for m in maps {
                 if !m.shared && m.file.2 != 0 && m.start < end && addr < m.end {
-                    self.precise_only.push((m.start.max(addr), m.end.min(end)));
+                    self.cur
+                        .precise_only
+                        .push((m.start.max(addr), m.end.min(end), BEHIND));
                 }
             }
         }
-        if r != 0 {
-            return Ok(Err(to_errno(e, "madvise")?));
-        }
-        Ok(Ok(()))
+        Ok(r.map(|_| ()))
     }
 
     fn madvise(&mut self, addr: u64, len: u64, advice: crate::mm::Advice) -> OpResult<()> {
@@ -1302,16 +1539,10 @@ impl Backend for KernelBackend {
         if !wraps {
             self.check_owned(addr, len, "madvise")?;
         }
-        // SAFETY: the range holds only memory the trace mapped (checked above), or wraps
-        // and is refused with EINVAL before anything is done; none of
-        // these advices frees memory this program uses (MADV_FREE only lets the kernel
-        // reclaim the trace's clean pages under pressure; MADV_GUARD_INSTALL discards
-        // pages of the trace's own memory, as MADV_DONTNEED does).
-        let r = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, adv) };
-        if r != 0 {
-            return Ok(Err(to_errno(last_errno(), "madvise")?));
-        }
-        Ok(Ok(()))
+        // The range holds only memory the trace mapped (checked above), or wraps and is
+        // refused with EINVAL before anything is done.
+        let args = [addr, len, adv as u64, 0, 0, 0];
+        Ok(self.sys(libc::SYS_madvise, args, "madvise")?.map(|_| ()))
     }
 
     fn write(&mut self, addr: u64, len: u64) -> OpResult<()> {
@@ -1325,14 +1556,15 @@ impl Backend for KernelBackend {
     }
 
     fn clear_refs(&mut self, value: &str) -> OpResult<()> {
+        let path = procfs::path(Some(self.pid()), "clear_refs");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .open("/proc/self/clear_refs")
-            .map_err(|e| format!("open /proc/self/clear_refs: {e}"))?;
+            .open(&path)
+            .map_err(|e| format!("open {path}: {e}"))?;
         if let Err(e) = f.write(value.as_bytes()) {
             return match e.raw_os_error() {
                 Some(c) => Ok(Err(to_errno(c, "clear_refs")?)),
-                None => Err(format!("writing /proc/self/clear_refs: {e}")),
+                None => Err(format!("writing {path}: {e}")),
             };
         }
         if crate::mm::parse_kstrtoint(value.trim()) == Ok(4) {
@@ -1340,8 +1572,8 @@ impl Backend for KernelBackend {
                 self.protect_all()?;
             }
             // Every soft-dirty bit of the process is clear, as in the model.
-            self.tainted = None;
-            self.precise_only.clear();
+            self.cur.tainted = None;
+            self.cur.precise_only.clear();
         }
         Ok(Ok(()))
     }
@@ -1403,7 +1635,7 @@ impl Backend for KernelBackend {
             category_anyof_mask: self.cats_in(args.anyof),
             return_mask: self.cats_in(args.ret),
         };
-        let count = match pm_scan(&self.pagemap, &mut arg) {
+        let count = match pm_scan(&self.cur.pagemap, &mut arg) {
             Ok(c) => c as usize,
             Err(e) => return Ok(Err(to_errno(e, "PAGEMAP_SCAN")?)),
         };
@@ -1443,7 +1675,7 @@ impl Backend for KernelBackend {
     fn scan_unobservable(&self, args: &ScanArgs) -> Option<String> {
         let cats = args.mask | args.anyof | args.inverted | args.ret;
         let odd = PAGE_IS_WRITTEN | PAGE_IS_WPALLOWED | PAGE_IS_SWAPPED;
-        if let Some(why) = &self.tainted {
+        if let Some(why) = &self.cur.tainted {
             if cats & PAGE_IS_SOFT_DIRTY != 0 {
                 return Some(format!("soft-dirty since a `scan ... clear` {why}"));
             }
@@ -1469,7 +1701,7 @@ impl Backend for KernelBackend {
     }
 
     fn smaps_vmflags(&mut self, addr: u64) -> Result<Option<String>, String> {
-        procfs::smaps_vmflags(addr).map_err(|e| format!("reading /proc/self/smaps: {e}"))
+        self.vmflags(addr)
     }
 
     fn softdirty_runs_masked(
@@ -1480,14 +1712,15 @@ impl Backend for KernelBackend {
         let base = page_down(addr);
         let end = page_up(addr.saturating_add(len));
         let mask: Vec<Range<u64>> = self
+            .cur
             .precise_only
             .iter()
-            .filter(|&&(s, e)| s < end && base < e)
-            .map(|&(s, e)| ((s.max(base) - base) / PAGE_SIZE)..((e.min(end) - base) / PAGE_SIZE))
+            .filter(|&&(s, e, _)| s < end && base < e)
+            .map(|&(s, e, _)| ((s.max(base) - base) / PAGE_SIZE)..((e.min(end) - base) / PAGE_SIZE))
             .collect();
-        let saved = std::mem::take(&mut self.precise_only);
+        let saved = std::mem::take(&mut self.cur.precise_only);
         let runs = self.softdirty_runs(addr, len);
-        self.precise_only = saved;
+        self.cur.precise_only = saved;
         Ok((runs?, mask))
     }
 
@@ -1495,7 +1728,7 @@ impl Backend for KernelBackend {
         if let Some(why) = self.precise_only_in(addr, len) {
             return Err(Unobservable::Skip(why));
         }
-        if let Some(why) = &self.tainted {
+        if let Some(why) = &self.cur.tainted {
             return Err(Unobservable::Skip(format!(
                 "soft-dirty since a `scan ... clear` {why}"
             )));
@@ -1520,8 +1753,7 @@ impl Backend for KernelBackend {
 
     fn vma_count(&mut self, addr: u64, len: u64) -> Result<u64, Unobservable> {
         let end = addr.saturating_add(len);
-        let maps = procfs::maps()
-            .map_err(|e| Unobservable::Broken(format!("reading /proc/self/maps: {e}")))?;
+        let maps = self.maps().map_err(Unobservable::Broken)?;
         Ok(maps
             .iter()
             .filter(|m| m.start < end && m.end > addr)
@@ -1557,6 +1789,6 @@ mod tests {
         assert_eq!(b.owned(), vec![(0x1000, 0x2000), (0x3000, 0x5000)]);
         assert!(b.covered(0x3000, 0x5000));
         assert!(!b.covered(0x1000, 0x3000));
-        b.owned.clear();
+        b.cur.owned.clear();
     }
 }

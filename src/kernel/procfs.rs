@@ -1,8 +1,8 @@
-//! Reading `/proc/self/maps` and `/proc/self/smaps`.
+//! Reading `/proc/PID/maps` and `/proc/PID/smaps` (of this process, or of a puppet).
 
 use std::io;
 
-/// One VMA of `/proc/self/maps`: `[start, end)`.
+/// One VMA of `/proc/PID/maps`: `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapsEntry {
     /// first address
@@ -28,9 +28,17 @@ fn parse_range(line: &str) -> Option<(u64, u64)> {
     Some((a, b))
 }
 
-/// Every VMA of the calling process, in address order.
-pub fn maps() -> io::Result<Vec<MapsEntry>> {
-    let text = std::fs::read_to_string("/proc/self/maps")?;
+/// `/proc/PID/NAME`, or `/proc/self/NAME` without a pid.
+pub fn path(pid: Option<i32>, name: &str) -> String {
+    match pid {
+        Some(p) => format!("/proc/{p}/{name}"),
+        None => format!("/proc/self/{name}"),
+    }
+}
+
+/// Every VMA of process `pid` (this process if `None`), in address order.
+pub fn maps(pid: Option<i32>) -> io::Result<Vec<MapsEntry>> {
+    let text = std::fs::read_to_string(path(pid, "maps"))?;
     Ok(text
         .lines()
         .filter_map(|l| {
@@ -61,9 +69,9 @@ pub fn maps() -> io::Result<Vec<MapsEntry>> {
 }
 
 /// The `VmFlags:` line (as printed, without the newline) of the VMA containing `addr`;
-/// `None` if no VMA contains it.
-pub fn smaps_vmflags(addr: u64) -> io::Result<Option<String>> {
-    let text = std::fs::read_to_string("/proc/self/smaps")?;
+/// `None` if no VMA contains it. Of process `pid` (this process if `None`).
+pub fn smaps_vmflags(pid: Option<i32>, addr: u64) -> io::Result<Option<String>> {
+    let text = std::fs::read_to_string(path(pid, "smaps"))?;
     let mut inside = false;
     for line in text.lines() {
         if line.starts_with("VmFlags:") {
@@ -98,6 +106,6 @@ mod tests {
             Some((0x7f00_0000_0000, 0x7f00_0000_1000))
         );
         assert_eq!(parse_range("Rss:                   4 kB"), None);
-        assert!(!maps().unwrap().is_empty());
+        assert!(!maps(None).unwrap().is_empty());
     }
 }

@@ -1,13 +1,13 @@
 //! The kernel backend against the real kernel (Linux): every precise-mode trace of the
 //! project replays with `--backend kernel=uffd` and exits 0, where the trace's
-//! observations are defined for the kernel. Skips, with the backend's own message, where
+//! observations are defined for the kernel (fork, spaces, brk and stack growth included:
+//! each space is a puppet process). Skips, with the backend's own message, where
 //! userfaultfd async write-protect or PAGEMAP_SCAN is missing.
 #![cfg(target_os = "linux")]
 #![allow(clippy::single_range_in_vec_init)] // page lists: `vec![3..4]` is a list of one run
 
 use std::path::{Path, PathBuf};
 use std::process::Command as Proc;
-use std::sync::Mutex;
 
 use softdirty::kernel::{uapi, KernelBackend, KernelFlavour, MIN_FIXED_ADDR};
 use softdirty::mm::Placement;
@@ -17,9 +17,6 @@ use softdirty::prot::Prot;
 use softdirty_trace::ast::{AddrBase, Expect, MmapTarget, Statement, Trace};
 use softdirty_trace::parse;
 use softdirty_trace::replay::{self, Backend};
-
-/// In-process tests map at fixed addresses: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The backend, or `None` after printing why the kernel cannot run these tests.
 fn available() -> bool {
@@ -52,17 +49,10 @@ fn traces() -> Vec<PathBuf> {
 }
 
 /// Traces the uffd flavour cannot replay by design, and why.
-const UFFD_CANNOT: &[(&str, &str)] = &[
-    (
-        "mremap-multi-vma-move.precise.trace",
-        "multi-VMA mremap moves, which Linux refuses on uffd-armed VMAs",
-    ),
-    (
-        "stack-growth.precise.trace",
-        "stack growth: the backend stores through process_vm_writev, and GUP does not \
-         grow a stack (since 6.5); the model's rules were measured with real stores",
-    ),
-];
+const UFFD_CANNOT: &[(&str, &str)] = &[(
+    "mremap-multi-vma-move.precise.trace",
+    "multi-VMA mremap moves, which Linux refuses on uffd-armed VMAs",
+)];
 
 /// Why a trace cannot run on the kernel backend, if it cannot.
 fn unsuitable(t: &Trace) -> Option<String> {
@@ -75,18 +65,6 @@ fn unsuitable(t: &Trace) -> Option<String> {
     for c in &t.commands {
         let low = |a: &softdirty_trace::ast::Addr| matches!(a.base, AddrBase::Number(n) if (n as i128 + a.offset) < MIN_FIXED_ADDR as i128);
         match &c.node {
-            Statement::Fork(_) | Statement::Space(_) => {
-                return Some(format!(
-                    "line {}: fork/space (one real address space only)",
-                    c.line
-                ))
-            }
-            Statement::Brk(_) | Statement::BrkStart(_) => {
-                return Some(format!(
-                    "line {}: brk (the kernel backend has no break of its own yet)",
-                    c.line
-                ))
-            }
             Statement::Mmap { target, len, .. } => {
                 if let MmapTarget::At(a) = target {
                     if low(a) {
@@ -188,28 +166,49 @@ fn run_text(text: &str) -> (replay::Summary, String, String) {
 }
 
 #[test]
-fn fork_and_space_fail_clearly() {
+fn fork_and_space_are_real_processes() {
     if !available() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (s, _, diag) = run_text("fork child\nspace child\n");
-    assert_eq!(s.unexpected_errors, 2, "{diag}");
-    assert!(diag.contains("cannot fork"), "{diag}");
-    assert!(diag.contains("one address space"), "{diag}");
+    // A fork child sees the parent's page but its own stores; a new space is empty;
+    // the forked child's soft-dirty state is skipped on uffd until its first clear.
+    let (s, out, diag) = run_text(
+        "mmap 0x31_0000_0000 4p rw private\n\
+         write 0x31_0000_0000 1p\n\
+         fork child\n\
+         fork child\n\
+         expect err EEXIST\n\
+         space child\n\
+         expect present 0x31_0000_0000 4p 0\n\
+         expect softdirty 0x31_0000_0000 4p 0\n\
+         clear_refs 4\n\
+         write 0x31_0000_0000+2p 1\n\
+         expect softdirty 0x31_0000_0000 4p 2\n\
+         space main\n\
+         expect softdirty 0x31_0000_0000 4p all\n\
+         space other\n\
+         expect vmas 0x31_0000_0000 4p 0\n\
+         brk 0x20_0000_0000\n\
+         expect err ENOMEM\n\
+         brk_start 0x20_0000_0000\n\
+         expect err EINVAL\n",
+    );
+    assert_eq!((s.failed, s.unexpected_errors), (0, 0), "{out}{diag}");
+    assert_eq!(s.skipped.len(), 1, "{out}{diag}");
+    assert!(diag.contains("made by fork"), "{diag}");
 }
 
 #[test]
-fn refuses_the_processs_own_memory_and_unmaps_at_the_end() {
+fn refuses_the_puppets_inherited_memory_and_never_maps_here() {
     if !available() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut b = KernelBackend::new(Some(KernelFlavour::Uffd)).unwrap();
     // Low fixed addresses are refused.
     let r = b.mmap(0x40_0000, 4096, Prot::RW, false, Placement::Fixed);
     assert!(r.as_ref().is_err_and(|m| m.contains("refuses")), "{r:?}");
-    // So is MAP_FIXED over memory the trace did not map (this test's own stack).
+    // So is MAP_FIXED over memory the trace did not map (the puppet's copy of this
+    // test's stack).
     let local = 0u64;
     let stack = &local as *const u64 as u64 & !4095;
     let r = b.mmap(stack, 4096, Prot::RW, false, Placement::Fixed);
@@ -232,7 +231,7 @@ fn refuses_the_processs_own_memory_and_unmaps_at_the_end() {
     assert_eq!(b.softdirty_runs(a, 8 * 4096), Ok(vec![3..4]));
     assert_eq!(b.present_runs(a, 8 * 4096), Ok(vec![1..4]));
     assert_eq!(b.owned(), vec![(a, a + 8 * 4096)]);
-    drop(b);
+    // The mapping is the puppet's, never this process's.
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     assert!(!maps.contains("3100000000-"), "{maps}");
 }
@@ -242,7 +241,6 @@ fn pagemap_and_scan_speak_the_models_language() {
     if !available() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (s, out, diag) = run_text(
         "mmap 0x32_0000_0000 4p rw noreplace\nclear_refs 4\nwrite 0x32_0000_1000\n\
          pagemap 0x32_0000_0000 2p\nscan 0x32_0000_0000 4p mask=softdirty return=softdirty\n\
@@ -261,7 +259,6 @@ fn a_multi_vma_move_is_refused_clearly() {
     if !available() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (s, _, diag) = run_text(
         "mmap 0x34_0000_0000 2p rw noreplace\nmmap 0x34_0000_2000 2p r noreplace\n\
          mremap 0x34_0000_1000 2p 2p maymove fixed 0x34_0001_0000\n\
@@ -281,7 +278,6 @@ fn a_same_size_mremap_over_a_gap_owns_nothing_new() {
     if !available() {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (s, _, diag) = run_text(
         "mmap 0x33_0000_0000 8p rw noreplace\nmunmap 0x33_0000_5000 4p\n\
          mremap 0x33_0000_4000 7p 7p\nexpect ok\nexpect vmas 0x33_0000_0000 16p 1\n\
