@@ -61,9 +61,10 @@ pub const MIN_FIXED_ADDR: u64 = 0x10_0000_0000;
 
 /// Why a page's `precise` answer is not observable on the uffd flavour: it changed
 /// behind the mapping's page table entries.
-const BEHIND: &str = "a file page changed behind this mapping's page table entries (through \
-                      another mapping, write(2), a truncation or a discarded private copy): \
-                      precise reports it, no registration sees it";
+const BEHIND: &str = "a file or shared page changed behind this mapping's page table entries \
+                      (through another mapping or space, write(2), a truncation, a discarded \
+                      private copy or a dontneed of shared memory): precise reports it, no \
+                      registration sees it";
 
 /// Why a forked space's `precise` answers are not observable on the uffd flavour until
 /// its first `clear_refs 4`.
@@ -568,6 +569,41 @@ impl KernelBackend {
             }))
     }
 
+    /// Why the uffd flavour cannot install guards over `[addr, addr + len)`, if it cannot:
+    /// the range meets a write-protected entry (pagemap bit 57: a page not written since
+    /// a clear) of a VMA that is not private anonymous memory (a file mapping, or shared
+    /// memory). Zapping such an entry leaves a uffd-wp marker
+    /// (`pte_install_uffd_wp_if_needed`), which `madvise_guard_install` takes for a
+    /// populated entry and zaps again, forever: measured on Linux 6.18.44, where the call
+    /// spins in the kernel until the process is killed (`softdirty fuzz`, seed 5).
+    fn guard_livelock(&self, addr: u64, len: u64) -> Result<Option<String>, String> {
+        if self.flavour != KernelFlavour::Uffd {
+            return Ok(None);
+        }
+        let end = page_up(addr.saturating_add(len));
+        let maps = self.maps()?;
+        for m in maps
+            .iter()
+            .filter(|m| m.start < end && addr < m.end && (m.shared || m.file.2 != 0))
+        {
+            let (s, e) = (m.start.max(page_down(addr)), m.end.min(end));
+            let pages = (e - s) / PAGE_SIZE;
+            let marked = pages > 1 << 20
+                || self
+                    .pagemap_runs(s, e - s, PM_UFFD_WP)
+                    .map(|r| !r.is_empty())?;
+            if marked {
+                return Ok(Some(format!(
+                    "madvise {addr:#x}+{len:#x} guard_install: the kernel backend's uffd flavour \
+                     cannot install guards over write-protected pages of a file or shared \
+                     mapping ({s:#x}-{e:#x}): Linux 6.18 loops forever zapping their \
+                     write-protect markers (madvise_guard_install); replay this trace on the model"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     /// Registers `[start, start + len)` for async write-protect (uffd flavour).
     fn register(&self, start: u64, len: u64) -> Result<(), String> {
         let Some(fd) = &self.cur.uffd else {
@@ -948,12 +984,14 @@ impl KernelBackend {
             self.check_owned(addr, len, "mmap fixed")?;
         }
         let bit = |on: bool, f: i32| if on { f } else { 0 };
+        // On uffd, MAP_POPULATE is done after the registration (see below).
+        let uffd = self.flavour == KernelFlavour::Uffd;
         let flags = bit(file.is_none(), libc::MAP_ANONYMOUS)
             | bit(shared, libc::MAP_SHARED)
             | bit(!shared, libc::MAP_PRIVATE)
             | fixed
             | bit(opts.noreserve, libc::MAP_NORESERVE)
-            | bit(opts.populate, libc::MAP_POPULATE)
+            | bit(opts.populate && !uffd, libc::MAP_POPULATE)
             | bit(opts.growsdown, libc::MAP_GROWSDOWN);
         let (fd, offset) = file.unwrap_or((-1, 0));
         self.shared_mapped |= shared;
@@ -982,6 +1020,16 @@ impl KernelBackend {
         let end = page_up(a.saturating_add(len));
         self.own(a, end);
         self.register(a, end - a)?;
+        if opts.populate && uffd {
+            // MAP_POPULATE after the registration: populated first, the new VMA would get
+            // its own anon_vma before the registration merges it with its registered
+            // neighbours, which then cannot merge; without userfaultfd it merges at
+            // creation, then populates. mm_populate write-faults a private writable
+            // mapping and read-faults the rest, and ignores failures, as this does.
+            let write = !shared && prot.bits() & libc::PROT_WRITE != 0;
+            let adv = if write { 23 } else { 22 }; // MADV_POPULATE_WRITE / _READ
+            let _ = self.sys(libc::SYS_madvise, [a, end - a, adv, 0, 0, 0], "madvise")?;
+        }
         Ok(Ok(a))
     }
 
@@ -1500,13 +1548,22 @@ impl Backend for KernelBackend {
         self.check_owned(addr, len, "madvise")?;
         let args = [addr, len, libc::MADV_DONTNEED as u64, 0, 0, 0];
         let r = self.sys(libc::SYS_madvise, args, "madvise")?;
-        if self.flavour == KernelFlavour::Uffd && !self.files.is_empty() {
-            // A private file mapping's discarded copies: the kernel keeps the zapped
-            // entries' write-protect markers, precise reports the pages changed.
+        if self.flavour == KernelFlavour::Uffd && (self.shared_mapped || !self.files.is_empty()) {
+            // A private file mapping's discarded copies, and shared anonymous memory
+            // (shmem: the trace format counts its pages as anonymous, whose content
+            // dontneed zeroes): the kernel keeps the zapped entries' write-protect
+            // markers, precise reports the pages changed.
+            let ours = self
+                .files
+                .keys()
+                .map(|n| self.file_identity(n))
+                .collect::<Result<Vec<_>, _>>()?;
             let end = page_up(addr.saturating_add(len));
             let maps = self.maps()?;
             for m in maps {
-                if !m.shared && m.file.2 != 0 && m.start < end && addr < m.end {
+                let private_file = !m.shared && m.file.2 != 0;
+                let shared_anon = m.shared && !ours.contains(&m.file);
+                if (private_file || shared_anon) && m.start < end && addr < m.end {
                     self.cur
                         .precise_only
                         .push((m.start.max(addr), m.end.min(end), BEHIND));
@@ -1539,10 +1596,21 @@ impl Backend for KernelBackend {
         if !wraps {
             self.check_owned(addr, len, "madvise")?;
         }
+        if advice == Advice::GuardInstall {
+            if let Some(why) = self.guard_livelock(addr, len)? {
+                return Err(why);
+            }
+        }
         // The range holds only memory the trace mapped (checked above), or wraps and is
         // refused with EINVAL before anything is done.
         let args = [addr, len, adv as u64, 0, 0, 0];
-        Ok(self.sys(libc::SYS_madvise, args, "madvise")?.map(|_| ()))
+        let r = self.sys(libc::SYS_madvise, args, "madvise")?;
+        if advice == Advice::PopulateWrite && !wraps {
+            // A write fault through a shared mapping counts as a store there (trace v2);
+            // even one that failed part way may have faulted some pages.
+            self.store_reached_files(addr, len)?;
+        }
+        Ok(r.map(|_| ()))
     }
 
     fn write(&mut self, addr: u64, len: u64) -> OpResult<()> {

@@ -405,7 +405,7 @@ fn serve(chan: RawFd) -> ! {
                 }
             }
             OP_TOUCH => rep.ret = touch(req.args[0], req.args[1], req.args[2] != 0),
-            OP_FORK => match fork_child() {
+            OP_FORK => match fork_child(chan) {
                 Forked::Child(c) => {
                     chan = c;
                     continue;
@@ -464,8 +464,9 @@ enum Forked {
 
 /// fork(2) by the raw system call (glibc's fork runs atfork handlers, which a fork of a
 /// threaded process must not): the child keeps one end of a new socket, the parent the
-/// other.
-fn fork_child() -> Forked {
+/// other; the child closes its copy of the parent's socket `chan` and keeps every other
+/// descriptor (the trace's files, at the same numbers), as fork does.
+fn fork_child(chan: RawFd) -> Forked {
     let mut sv = [0i32; 2];
     // SAFETY: socketpair writes two descriptors into `sv`.
     if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, sv.as_mut_ptr()) } != 0 {
@@ -484,10 +485,12 @@ fn fork_child() -> Forked {
         return Forked::Failed(e);
     }
     if pid == 0 {
-        // SAFETY: the child keeps sv[1] and closes everything else (its parent's socket
-        // and sv[0] included).
-        unsafe { libc::close(sv[0]) };
-        setup(sv[1]);
+        // SAFETY: the child keeps sv[1] and closes the parent's two sockets; its signal
+        // dispositions and limits are the parent's (`setup` ran there).
+        unsafe {
+            libc::close(sv[0]);
+            libc::close(chan);
+        }
         return Forked::Child(sv[1]);
     }
     // SAFETY: the parent keeps sv[0] to send to the backend, and closes the child's end.

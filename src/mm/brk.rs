@@ -49,6 +49,12 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// The start of the heap and the current break, once `brk_start` set them.
+    pub fn brk_bounds(&self) -> Option<(u64, u64)> {
+        let b = lock(&self.brk);
+        b.start.map(|s| (s, b.cur))
+    }
+
     /// The current break (`expect brk`): 0 before `brk_start`.
     pub fn current_brk(&self) -> u64 {
         lock(&self.brk).cur

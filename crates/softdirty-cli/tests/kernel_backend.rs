@@ -199,6 +199,33 @@ fn fork_and_space_are_real_processes() {
 }
 
 #[test]
+fn a_guard_install_that_would_livelock_linux_is_refused() {
+    if !available() {
+        return;
+    }
+    // On 6.18 this guard_install spins in the kernel forever (the page's write-protect
+    // marker survives each zap); the backend refuses it instead of hanging.
+    let (s, _, diag) = run_text(
+        "memfd fm 4p\n\
+         mmap 0x31_0000_0000 4p rw shared fixed file fm 0\n\
+         write 0x31_0000_0000 4p\n\
+         clear_refs 4\n\
+         madvise 0x31_0000_0000 1p guard_install\n",
+    );
+    assert_eq!(s.unexpected_errors, 1, "{diag}");
+    assert!(diag.contains("loops forever"), "{diag}");
+    // Without a write-protected page in the range it runs (the trace would hang otherwise).
+    let (s, _, diag) = run_text(
+        "memfd fm 4p\n\
+         mmap 0x31_0000_0000 4p rw shared fixed file fm 0\n\
+         write 0x31_0000_0000 4p\n\
+         madvise 0x31_0000_0000 1p guard_install\n\
+         expect ok\n",
+    );
+    assert_eq!((s.failed, s.unexpected_errors), (0, 0), "{diag}");
+}
+
+#[test]
 fn refuses_the_puppets_inherited_memory_and_never_maps_here() {
     if !available() {
         return;
