@@ -32,7 +32,8 @@ pub const MAX_RW_COUNT: u64 = (i32::MAX as u64) & !(PAGE_SIZE - 1);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FileKind {
     /// The shmem object of one shared anonymous mapping (`shmem_zero_setup`): unnamed,
-    /// without a size limit, never in the [`Files`] table.
+    /// never in the [`Files`] table, of the mapping's length (fixed: an mremap growth
+    /// maps pages past its end, whose access is SIGBUS).
     Anonymous,
     /// A regular file (trace `file NAME SIZE`).
     Regular,
@@ -48,12 +49,15 @@ pub struct FileRef {
     pub id: u64,
     /// kind
     pub kind: FileKind,
+    /// The size in bytes of an [`FileKind::Anonymous`] object, which never changes; 0 for
+    /// a named file (whose size is in the [`Files`] table).
+    pub anon_size: u64,
 }
 
 impl FileRef {
-    /// Does the file have a size that accesses are checked against (a regular file or a
-    /// memfd, not the object of shared anonymous memory)?
-    pub fn sized(self) -> bool {
+    /// Is it a file of the trace (a regular file or a memfd, not the object of shared
+    /// anonymous memory, whose pages the trace format counts as anonymous)?
+    pub fn named(self) -> bool {
         self.kind != FileKind::Anonymous
     }
 }
@@ -100,7 +104,11 @@ impl Files {
                 Err(Errno::EINVAL)
             };
         }
-        let f = FileRef { id: new_id(), kind };
+        let f = FileRef {
+            id: new_id(),
+            kind,
+            anon_size: 0,
+        };
         self.inodes.insert(
             f.id,
             Arc::new(Inode {
@@ -117,11 +125,11 @@ impl Files {
         self.inodes.get(&f.id).is_some_and(|i| i.kind == f.kind)
     }
 
-    /// The size of `f` in bytes (`None` for a file not in this table: the object of shared
-    /// anonymous memory, which has no size limit).
+    /// The size of `f` in bytes: the object of shared anonymous memory carries its own;
+    /// `None` for a named file not in this table.
     pub fn size(&self, f: FileRef) -> Option<u64> {
-        if !f.sized() {
-            return None;
+        if !f.named() {
+            return Some(f.anon_size);
         }
         // Acquire: pairs with the Release store of `set_size`; a fault that sees a new
         // size sees the table state that came with it (nothing else is published with
@@ -187,8 +195,9 @@ mod tests {
         let anon = FileRef {
             id: 99,
             kind: FileKind::Anonymous,
+            anon_size: 8192,
         };
-        assert_eq!(files.size(anon), None);
+        assert_eq!(files.size(anon), Some(8192));
         assert!(!files.contains(anon));
         assert_eq!(Files::pages_of(4097), 2);
         assert_eq!(page_span(4095, 2), (0, 2));

@@ -41,7 +41,9 @@ impl PageBitmap {
 
     /// `MADV_GUARD_INSTALL` on `[first, first + count)` (clipped): every page becomes a
     /// guard marker, its page gone; soft-dirty at the page level where `dirty` (precise:
-    /// the page's content changed), else clean (the marker has no soft-dirty bit).
+    /// the page's content changed), else clean (the marker has no soft-dirty bit). A page
+    /// that is a marker already keeps its state where `dirty` (nothing changed: Linux
+    /// 6.18 leaves the marker, and uffd-wp sees no write; `softdirty fuzz`, seed 1587).
     ///
     /// A marker is state, so every chunk of the range is materialized (as the kernel
     /// allocates a page table for every marker). ENOMEM, with nothing done, where that
@@ -76,11 +78,16 @@ impl PageBitmap {
                 first,
                 count,
                 |c, wi, m, _| {
-                    c.populated[wi].fetch_and(!m, Ordering::AcqRel);
-                    c.backed[wi].fetch_or(m, Ordering::AcqRel);
+                    // A marker already there stays as it is (its content did not change):
+                    // no fault makes or unmakes a marker, so this load cannot race with one.
+                    let pop = c.populated[wi].fetch_and(!m, Ordering::AcqRel);
+                    let was = c.backed[wi].fetch_or(m, Ordering::AcqRel) & !pop & m;
+                    let new = m & !was;
                     if dirty {
-                        c.clean[wi].fetch_and(!m, Ordering::AcqRel);
-                        c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                        if new != 0 {
+                            c.clean[wi].fetch_and(!new, Ordering::AcqRel);
+                            c.summary.fetch_or(1 << wi, Ordering::AcqRel);
+                        }
                     } else {
                         c.clean[wi].fetch_or(m, Ordering::AcqRel);
                     }

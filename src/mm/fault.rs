@@ -177,7 +177,7 @@ impl AddressSpace {
         if v.bitmap.first_guard(first, 1) == Some(first) {
             return Err(Unreachable::Guard);
         }
-        if let Some(f) = v.meta.file.filter(|f| f.sized()) {
+        if let Some(f) = v.meta.file {
             let size = self.files().size(f).unwrap_or(0);
             // Pages of the VMA, from its start, that the file covers.
             let covered = Files::pages_of(size).saturating_sub(v.meta.pgoff);

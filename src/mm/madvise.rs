@@ -51,8 +51,8 @@ impl AddressSpace {
             return ZapRule::Clean;
         }
         match v.meta.file {
-            Some(f) if f.sized() && v.meta.flags.shared => ZapRule::Keep,
-            Some(f) if f.sized() => ZapRule::DirtyCopies,
+            Some(f) if f.named() && v.meta.flags.shared => ZapRule::Keep,
+            Some(f) if f.named() => ZapRule::DirtyCopies,
             _ => ZapRule::Dirty,
         }
     }
@@ -183,8 +183,7 @@ impl AddressSpace {
                             };
                             // Where an access can fault inside the VMA: past the end of a
                             // file, or on a guard marker.
-                            let sized = v.meta.file.is_some_and(|f| f.sized())
-                                || v.bitmap.may_have_guards();
+                            let sized = v.meta.file.is_some() || v.bitmap.may_have_guards();
                             (v.start.max(addr), v.end.min(end), ok, sized)
                         })
                         .collect()

@@ -164,6 +164,7 @@ impl AddressSpace {
                     None => shared.then(|| FileRef {
                         id: self.accounting.next_id(),
                         kind: FileKind::Anonymous,
+                        anon_size: end - addr,
                     }),
                 },
                 forked: false,

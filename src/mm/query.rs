@@ -19,7 +19,7 @@ impl AddressSpace {
                         v.meta.flags.softdirty
                     },
                     faulted: v.anon() != 0,
-                    file: v.meta.file.is_some_and(|f| f.sized()),
+                    file: v.meta.file.is_some_and(|f| f.named()),
                 })
                 .collect()
         })

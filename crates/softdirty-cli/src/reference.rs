@@ -141,8 +141,9 @@ pub struct RefVma {
     /// VM_SOFTDIRTY
     pub softdirty_flag: bool,
     pub pgoff: u64,
-    /// shmem file identity of shared anonymous memory
-    pub file: Option<u64>,
+    /// shmem file of shared anonymous memory: its identity and its size in pages (the
+    /// length of the mapping that made it; past it an access is SIGBUS)
+    pub file: Option<(u64, u64)>,
     /// anon_vma identity, 0 = none
     pub anon: u64,
     /// the anon_vma chain links a parent's anon_vma (fork child)
@@ -215,7 +216,7 @@ fn same_flags(
     prot: Prot,
     shared: bool,
     account: bool,
-    file: Option<u64>,
+    file: Option<(u64, u64)>,
     sd: Option<bool>,
     extra: Extra,
 ) -> bool {
@@ -654,7 +655,7 @@ impl RefSpace {
             account: !shared && prot.write && !extra.noreserve,
             softdirty_flag: true,
             pgoff: if shared { 0 } else { start / P },
-            file: shared.then(new_id),
+            file: shared.then(|| (new_id(), (end - start) / P)),
             anon: 0,
             forked: false,
             pages: vec![
@@ -914,6 +915,12 @@ impl RefSpace {
             if v.pages[v.idx(page)].guard {
                 return Err(Errno::EFAULT);
             }
+            // Past the end of the shmem object (an mremap growth): SIGBUS.
+            if v.file
+                .is_some_and(|(_, n)| v.pgoff + (page - v.start) / P >= n)
+            {
+                return Err(Errno::EFAULT);
+            }
             if write && !v.shared && v.anon == 0 {
                 let a = self.anon_for_fault(i);
                 self.vmas[i].anon = a;
@@ -1115,7 +1122,8 @@ impl RefSpace {
                     for p in &mut self.vmas[i].pages[a..b] {
                         if install {
                             *p = RefPage {
-                                dirty: precise,
+                                // precise: a marker already there keeps its state.
+                                dirty: precise && (!p.guard || p.dirty),
                                 present: false,
                                 zero: false,
                                 guard: true,
@@ -1666,7 +1674,7 @@ impl RefBackend {
         if self.mode != Mode::Precise || len == 0 {
             return;
         }
-        let mut hit: Vec<(u64, u64)> = Vec::new(); // (file, page of the file)
+        let mut hit: Vec<((u64, u64), u64)> = Vec::new(); // (file, page of the file)
         let mut own: Vec<u64> = Vec::new(); // addresses of the storing mapping
         let last = addr.checked_add(len - 1).unwrap_or(u64::MAX) & !(P - 1);
         let mut a = addr & !(P - 1);
@@ -1679,7 +1687,12 @@ impl RefBackend {
                 break;
             }
             if let (true, Some(f)) = (v.shared, v.file) {
-                hit.push((f, v.pgoff + (a - v.start) / P));
+                let pg = v.pgoff + (a - v.start) / P;
+                if pg >= f.1 {
+                    // The store faults there (SIGBUS).
+                    break;
+                }
+                hit.push((f, pg));
                 own.push(a);
             }
             if a == last {
