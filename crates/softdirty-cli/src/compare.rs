@@ -29,7 +29,9 @@ use std::time::Instant;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use softdirty::backend::{Command, Op};
+use std::sync::Arc;
+
+use softdirty::backend::{Backend, Command, ModelBackend, Op};
 use softdirty::linux::{PAGE_SIZE, TASK_SIZE};
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
@@ -55,7 +57,9 @@ pub struct CompareArgs {
     /// Workload: `seed` (new mappings next to cleared ones), `hildenbrand` (alternating
     /// soft-dirty/clean chains), `arena` (allocator arenas: mmap/munmap, guard pages,
     /// mremap growth), `jit` (mprotect rw/rx toggling), `heap` (a malloc heap grown with
-    /// brk after each harvest), `trace:FILE`, or `all` (the five built-in ones).
+    /// brk after each harvest), `cprogram` (a C program's memory: brk heap, noreserve
+    /// arena, thread stack with its guard, growing main stack, a shared memfd ring
+    /// written by a fork child), `trace:FILE`, or `all` (the six built-in ones).
     #[arg(long, default_value = "all")]
     pub workload: String,
     /// Seed of the workload generators.
@@ -115,6 +119,49 @@ pub struct Costs {
     pub harvest_ns: Option<u64>,
 }
 
+/// Why a page's answer differs from precise's (summed over harvests, in pages).
+///
+/// A page is blamed on the last structural step that set (for a false positive) or
+/// dropped (for a false negative) the `VM_SOFTDIRTY` flag of its VMA in that mode
+/// (merge, brk, mremap move); a false negative in a shared mapping that no such step explains is a
+/// change through another mapping of the page (`shared`); the rest is `other` (for
+/// example `dontneed`, which zeroes pages the kernel then reports clean).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Causes {
+    /// a merge spread or dropped the flag (mmap, mprotect, mremap in place, madvise)
+    pub merge: u64,
+    /// a `brk` growth (`do_brk_flags` sets the flag on the whole heap VMA)
+    pub brk: u64,
+    /// an `mremap` that moved the range
+    pub mremap_move: u64,
+    /// a store through another mapping of a shared page (another space, another VMA)
+    pub shared: u64,
+    /// anything else
+    pub other: u64,
+}
+
+impl Causes {
+    fn add(&mut self, c: Cause, pages: u64) {
+        match c {
+            Cause::Merge => self.merge += pages,
+            Cause::Brk => self.brk += pages,
+            Cause::MremapMove => self.mremap_move += pages,
+            Cause::Shared => self.shared += pages,
+            Cause::Other => self.other += pages,
+        }
+    }
+}
+
+/// One bucket of [`Causes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    Merge,
+    Brk,
+    MremapMove,
+    Shared,
+    Other,
+}
+
 /// One mode's results on one workload.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ModeRow {
@@ -124,6 +171,10 @@ pub struct ModeRow {
     pub false_positives: u64,
     /// Pages precise reports that the mode does not, summed over harvests.
     pub false_negatives: u64,
+    /// The false positives by cause.
+    pub false_positive_causes: Causes,
+    /// The false negatives by cause.
+    pub false_negative_causes: Causes,
     /// Pages reported soft-dirty, summed over harvests.
     pub reported: u64,
     /// Most VMAs at any point.
@@ -170,24 +221,44 @@ pub struct ComparisonReport {
 
 // ==================================================================== generators
 
-/// Records steps, resolving results on a scratch precise space.
+/// Records steps, resolving results on a scratch precise tracker.
 struct Gen {
-    mm: AddressSpace,
+    b: ModelBackend,
     steps: Vec<Step>,
 }
 
 impl Gen {
     fn new() -> Gen {
         Gen {
-            mm: AddressSpace::new(Mode::Precise),
+            b: ModelBackend::new(Mode::Precise),
             steps: Vec::new(),
         }
     }
 
-    fn op(&mut self, op: Op) -> Option<u64> {
-        let r = op.apply(&self.mm).ok();
-        self.steps.push(Step::Do(Command::Op(op)));
+    /// Performs `cmd` on the scratch tracker and records it: the address it returned
+    /// (mmap, mremap), 0 for other successes, `None` if it failed.
+    fn cmd(&mut self, cmd: Command) -> Option<u64> {
+        let r = match &cmd {
+            // The dirty log's get-and-clear, as the runner does it.
+            Command::Scan(args) if args.clear => self
+                .b
+                .current()
+                .scan_and_clear(args.start, args.end.wrapping_sub(args.start))
+                .ok()
+                .map(|_| 0),
+            _ => self
+                .b
+                .perform(&cmd)
+                .ok()
+                .and_then(|r| r.ok())
+                .map(|o| o.addr()),
+        };
+        self.steps.push(Step::Do(cmd));
         r
+    }
+
+    fn op(&mut self, op: Op) -> Option<u64> {
+        self.cmd(Command::Op(op))
     }
 
     fn mmap(&mut self, addr: u64, pages: u64, prot: Prot, placement: Placement) -> Option<u64> {
@@ -202,18 +273,42 @@ impl Gen {
     }
 
     fn write(&mut self, addr: u64, pages: u64) {
-        let _ = self.mm.write(addr, pages * P);
-        self.steps.push(Step::Do(Command::Write {
+        self.cmd(Command::Write {
             addr,
             len: pages * P,
-        }));
+        });
     }
 
-    /// The end of a pre-copy / checkpoint round: harvest, then clear.
+    /// The end of a pre-copy / checkpoint round: harvest, then clear (every space).
     fn round(&mut self) {
         self.steps.push(Step::Harvest);
-        let _ = self.mm.clear_refs(4);
-        self.steps.push(Step::Do(Command::ClearRefs("4".into())));
+        let cur = self.b.tracker().names();
+        if cur.len() == 1 {
+            self.cmd(Command::ClearRefs("4".into()));
+            return;
+        }
+        let back = self.space_name();
+        for name in cur {
+            self.cmd(Command::Space(name));
+            self.cmd(Command::ClearRefs("4".into()));
+        }
+        self.cmd(Command::Space(back));
+    }
+
+    /// The current space's name.
+    fn space_name(&self) -> String {
+        let cur = self.b.current();
+        self.b
+            .tracker()
+            .names()
+            .into_iter()
+            .find(|n| {
+                self.b
+                    .tracker()
+                    .get(n)
+                    .is_some_and(|s| Arc::ptr_eq(&s, &cur))
+            })
+            .unwrap_or_else(|| "main".to_string())
     }
 
     fn done(mut self, name: &str, about: &str) -> Generated {
@@ -264,16 +359,13 @@ pub fn heap_pattern(seed: u64, scale: u32) -> Generated {
     let mut g = Gen::new();
     let start = BASE;
     let mut brk = start + 16 * P;
-    let _ = g.mm.brk_start(start);
-    g.steps.push(Step::Do(Command::BrkStart(start)));
-    let _ = g.mm.brk(brk);
-    g.steps.push(Step::Do(Command::Brk(brk)));
+    g.cmd(Command::BrkStart(start));
+    g.cmd(Command::Brk(brk));
     g.write(start, 16);
     for _ in 0..64 * scale {
         g.round();
         brk += rng.gen_range(1..=8) * P;
-        let _ = g.mm.brk(brk);
-        g.steps.push(Step::Do(Command::Brk(brk)));
+        g.cmd(Command::Brk(brk));
         for _ in 0..4 {
             let pages = (brk - start) / P;
             g.write(start + rng.gen_range(0..pages) * P, 1);
@@ -282,6 +374,154 @@ pub fn heap_pattern(seed: u64, scale: u32) -> Generated {
     g.done(
         "heap",
         "64 rounds: harvest, clear_refs, brk grows the heap by 1-8 pages, 4 one-page writes",
+    )
+}
+
+/// A C program's memory (trace v2), the way glibc lays it out, in two processes:
+/// - a malloc heap: brk grows it by 1-8 pages most rounds and trims 1-4 pages from the
+///   top in others (never below 32 pages);
+/// - a malloc arena: 1024 pages reserved `PROT_NONE` with `noreserve`, whose front is made
+///   read-write by `mprotect` as the arena grows (glibc's `new_heap`/`grow_heap`);
+/// - a thread stack of 256 pages with a `PROT_NONE` guard page at its low end, written near
+///   its top;
+/// - the main stack, a `growsdown` mapping that accesses below it grow;
+/// - a ring of 16 pages in a memfd, mapped shared, and a `fork`ed worker that writes ring
+///   slots the parent only reads (a change `legacy` cannot see in the parent).
+///
+/// Each round: harvest and clear both processes, then the steps above, with 4 heap, 3
+/// arena, 2 stack and 2 ring writes.
+pub fn cprogram_pattern(seed: u64, scale: u32) -> Generated {
+    use softdirty::backend::FileMapping;
+    use softdirty::mm::{Advice, MapOpts};
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0xc9c);
+    let mut g = Gen::new();
+    let gib = 1u64 << 30;
+    // The heap.
+    let heap = BASE;
+    let mut brk = heap + 32 * P;
+    g.cmd(Command::BrkStart(heap));
+    g.cmd(Command::Brk(brk));
+    g.write(heap, 32);
+    // The arena: a reservation made usable from its front.
+    let arena = BASE + gib;
+    let arena_pages = 1024;
+    g.op(Op::Mmap {
+        addr: arena,
+        len: arena_pages * P,
+        prot: Prot::NONE,
+        shared: false,
+        placement: Placement::NoReplace,
+        opts: MapOpts {
+            noreserve: true,
+            ..MapOpts::default()
+        },
+    });
+    let mut arena_rw = 16;
+    g.op(Op::Mprotect {
+        addr: arena,
+        len: arena_rw * P,
+        prot: Prot::RW,
+    });
+    // A thread stack with its guard page.
+    let tstack = BASE + 2 * gib;
+    let tpages = 256;
+    g.mmap(tstack, tpages, Prot::RW, Placement::NoReplace);
+    g.op(Op::Mprotect {
+        addr: tstack,
+        len: P,
+        prot: Prot::NONE,
+    });
+    // The main stack: grows down from its top.
+    let mstack_top = BASE + 4 * gib;
+    let mut mstack = mstack_top - 16 * P;
+    g.op(Op::Mmap {
+        addr: mstack,
+        len: 16 * P,
+        prot: Prot::RW,
+        shared: false,
+        placement: Placement::NoReplace,
+        opts: MapOpts {
+            growsdown: true,
+            ..MapOpts::default()
+        },
+    });
+    g.write(mstack, 16);
+    // The ring, and the worker that shares it.
+    let ring = BASE + 3 * gib;
+    let ring_pages = 16;
+    g.cmd(Command::File {
+        name: "ring".to_string(),
+        memfd: true,
+        size: ring_pages * P,
+    });
+    g.cmd(Command::MmapFile(FileMapping {
+        addr: ring,
+        len: ring_pages * P,
+        prot: Prot::RW,
+        shared: true,
+        placement: Placement::NoReplace,
+        opts: MapOpts::default(),
+        name: "ring".to_string(),
+        offset: 0,
+    }));
+    g.write(ring, ring_pages);
+    g.cmd(Command::Fork("worker".to_string()));
+    let main = "main".to_string();
+    let worker = "worker".to_string();
+    for _ in 0..32 * u64::from(scale) {
+        g.round();
+        // malloc and free at the top of the heap.
+        if rng.gen_bool(0.75) {
+            brk += rng.gen_range(1..=8) * P;
+        } else {
+            brk = (brk - rng.gen_range(1..=4) * P).max(heap + 32 * P);
+        }
+        g.cmd(Command::Brk(brk));
+        for _ in 0..4 {
+            g.write(heap + rng.gen_range(0..(brk - heap) / P) * P, 1);
+        }
+        // The arena grows.
+        if arena_rw < arena_pages && rng.gen_bool(0.5) {
+            let more = rng.gen_range(1..=4).min(arena_pages - arena_rw);
+            g.op(Op::Mprotect {
+                addr: arena + arena_rw * P,
+                len: more * P,
+                prot: Prot::RW,
+            });
+            arena_rw += more;
+        }
+        for _ in 0..3 {
+            g.write(arena + rng.gen_range(0..arena_rw) * P, 1);
+        }
+        // The thread's stack frames near its top; the main stack grows now and then.
+        for _ in 0..2 {
+            g.write(tstack + (tpages - 1 - rng.gen_range(0..8)) * P, 1);
+        }
+        if rng.gen_bool(0.25) && mstack > mstack_top - 512 * P {
+            mstack -= rng.gen_range(1..=4) * P;
+            g.write(mstack, 1);
+        }
+        // The worker fills ring slots; the parent reads them.
+        g.cmd(Command::Space(worker.clone()));
+        let slot = rng.gen_range(0..ring_pages - 1);
+        g.write(ring + slot * P, 2);
+        g.cmd(Command::Space(main.clone()));
+        g.cmd(Command::Read {
+            addr: ring + slot * P,
+            len: 2 * P,
+        });
+        // A freed run of the thread's stack is returned to the kernel now and then.
+        if rng.gen_bool(0.1) {
+            g.op(Op::Madvise {
+                addr: tstack + P,
+                len: 64 * P,
+                advice: Advice::DontNeed,
+            });
+        }
+    }
+    g.done(
+        "cprogram",
+        "32 rounds over 2 processes: brk heap grown/trimmed, noreserve arena grown by mprotect, thread stack with guard, growing main stack, memfd ring written by a fork child",
     )
 }
 
@@ -456,15 +696,14 @@ pub fn jit_pattern(seed: u64, scale: u32) -> Generated {
     )
 }
 
-/// `trace:FILE`: the trace's commands on its `main` space (other spaces and `fork` are
-/// skipped). `pagemap`, `scan` without `clear` and `expect softdirty` are harvests;
+/// `trace:FILE`: the trace's commands, in every space (a fork child is harvested with
+/// its parent). `pagemap`, `scan` without `clear` and `expect softdirty` are harvests;
 /// `scan ... clear` is a get-and-clear; other expectations are ignored.
 pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
     use softdirty_trace::lower::{bind, lower, Action, Bindings};
     let name = path.display().to_string();
     let mut g = Gen::new();
     let mut names = Bindings::new();
-    let mut main = true;
     // Streamed: the file is read line by line, never held (the generated steps are kept);
     // a malformed line (an invalid byte, an over-long line) fails at once.
     let reader = softdirty_trace::parse::read_file(path).map_err(|e| e.in_file(&name))?;
@@ -477,7 +716,7 @@ pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
             }
         };
         let (cmd, b) = match action {
-            Action::Expect(softdirty_trace::ast::Expect::SoftDirty { .. }) if main => {
+            Action::Expect(softdirty_trace::ast::Expect::SoftDirty { .. }) => {
                 harvest(&mut g);
                 continue;
             }
@@ -485,58 +724,19 @@ pub fn trace_pattern(path: &Path) -> Result<Generated, String> {
             Action::Perform { cmd, bind } => (cmd, bind),
         };
         match cmd {
-            Command::Space(s) => main = s == "main",
-            _ if !main => {}
-            Command::Fork(_) | Command::Smaps(_) => {}
-            // The program break (trace v2): a structural operation every design runs.
-            Command::BrkStart(a) => {
-                let _ = g.mm.brk_start(a);
-                g.steps.push(Step::Do(cmd));
-            }
-            Command::Brk(a) => {
-                let _ = g.mm.brk(a);
-                g.steps.push(Step::Do(cmd));
-            }
-            Command::Op(op) => {
-                if let Some(a) = g.op(op) {
+            Command::Smaps(_) => {}
+            Command::Pagemap { .. } => harvest(&mut g),
+            Command::Scan(args) if !args.clear => harvest(&mut g),
+            cmd => {
+                if let Some(a) = g.cmd(cmd) {
                     bind(&mut names, b, a);
                 }
-            }
-            Command::Write { addr, len } => {
-                let _ = g.mm.write(addr, len);
-                g.steps.push(Step::Do(cmd));
-            }
-            Command::Read { addr, len } => {
-                let _ = g.mm.read(addr, len);
-                g.steps.push(Step::Do(cmd));
-            }
-            Command::ClearRefs(ref v) => {
-                if g.mm.clear_refs_str(v) == Ok(())
-                    && softdirty::mm::parse_kstrtoint(v.trim()) == Ok(4)
-                {
-                    g.steps.push(Step::Do(cmd));
-                }
-            }
-            Command::Scan(args) if args.clear => {
-                let _ =
-                    g.mm.scan_and_clear(args.start, args.end.wrapping_sub(args.start));
-                g.steps.push(Step::Do(cmd));
-            }
-            Command::Pagemap { .. } | Command::Scan(_) => harvest(&mut g),
-            // Files are shared between spaces (a tracker's), and the comparison drives
-            // one address space per design.
-            Command::File { .. } | Command::Fwrite { .. } | Command::MmapFile(_) => {
-                return Err(format!(
-                    "{name}:{}: the comparison does not run files (trace v2's file, memfd, \
-                     fwrite and file mappings): replay the trace instead",
-                    c.line
-                ))
             }
         }
     }
     Ok(g.done(
         &format!("trace:{name}"),
-        "the trace's commands on its main space",
+        "the trace's commands, in every space",
     ))
 }
 
@@ -549,10 +749,11 @@ pub fn generate(name: &str, seed: u64, scale: u32) -> Result<Generated, String> 
         "arena" => Ok(arena_pattern(seed, scale)),
         "jit" => Ok(jit_pattern(seed, scale)),
         "heap" => Ok(heap_pattern(seed, scale)),
+        "cprogram" => Ok(cprogram_pattern(seed, scale)),
         _ => match name.strip_prefix("trace:") {
             Some(f) => trace_pattern(Path::new(f)),
             None => Err(format!(
-                "unknown workload `{name}` (expected seed, hildenbrand, arena, jit, heap, trace:FILE or all)"
+                "unknown workload `{name}` (expected seed, hildenbrand, arena, jit, heap, cprogram, trace:FILE or all)"
             )),
         },
     }
@@ -576,6 +777,112 @@ fn softdirty_ranges(mm: &AddressSpace) -> Vec<(u64, u64)> {
 
 fn total(a: &[(u64, u64)]) -> u64 {
     a.iter().map(|(s, e)| (e - s) / P).sum()
+}
+
+/// `a` without `b` (both sorted and disjoint).
+fn minus(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for &(s, e) in a {
+        let mut cur = s;
+        while j < b.len() && b[j].1 <= cur {
+            j += 1;
+        }
+        let mut k = j;
+        while cur < e && k < b.len() && b[k].0 < e {
+            if b[k].0 > cur {
+                out.push((cur, b[k].0));
+            }
+            cur = cur.max(b[k].1);
+            k += 1;
+        }
+        if cur < e {
+            out.push((cur, e));
+        }
+    }
+    out
+}
+
+/// `a` within `[s, e)`.
+fn within(a: &[(u64, u64)], s: u64, e: u64) -> Vec<(u64, u64)> {
+    a.iter()
+        .filter(|r| r.0 < e && s < r.1)
+        .map(|r| (r.0.max(s), r.1.min(e)))
+        .collect()
+}
+
+/// Sorted, disjoint ranges of the VMAs of `v` with (`flag`) or without `VM_SOFTDIRTY`.
+fn flagged(v: &[softdirty::mm::VmaInfo], flag: bool) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for w in v.iter().filter(|w| w.vm_softdirty == flag) {
+        match out.last_mut() {
+            Some(l) if l.1 == w.start => l.1 = w.end,
+            _ => out.push((w.start, w.end)),
+        }
+    }
+    out
+}
+
+/// Blames on `step`'s cause the pages whose `VM_SOFTDIRTY` it set or dropped (the VMA
+/// lists before and after it), outside the range it made (whose pages are new, dirty in
+/// every mode).
+fn blame_step(
+    step: &Command,
+    result: Option<u64>,
+    before: &[softdirty::mm::VmaInfo],
+    after: &[softdirty::mm::VmaInfo],
+    blame: &mut Vec<(u64, u64, Cause)>,
+) {
+    let (cause, own) = match *step {
+        Command::Brk(_) => (Cause::Brk, None),
+        Command::Op(Op::Mremap { addr, .. }) if result.is_some_and(|r| r != addr) => {
+            (Cause::MremapMove, None)
+        }
+        Command::Op(Op::Mmap { addr, len, .. }) => (Cause::Merge, Some((addr, addr + len))),
+        Command::MmapFile(ref m) => (Cause::Merge, Some((m.addr, m.addr + m.len))),
+        _ => (Cause::Merge, None),
+    };
+    let set = minus(&flagged(after, true), &flagged(before, true));
+    let dropped = {
+        let was = flagged(before, true);
+        let now = flagged(after, false);
+        let mut v = Vec::new();
+        for &(s, e) in &now {
+            v.extend(within(&was, s, e));
+        }
+        v
+    };
+    for (s, e) in set.into_iter().chain(dropped) {
+        let parts = match own {
+            Some((os, oe)) => minus(&[(s, e)], &[(os, oe)]),
+            None => vec![(s, e)],
+        };
+        blame.extend(parts.into_iter().map(|(a, b)| (a, b, cause)));
+    }
+}
+
+/// Adds the pages of `diff` to `causes`: each run to the latest blame that covers it,
+/// the rest to `shared` (pages of `shared_ranges`) or `other`.
+fn attribute(
+    diff: &[(u64, u64)],
+    blame: &[(u64, u64, Cause)],
+    shared_ranges: &[(u64, u64)],
+    causes: &mut Causes,
+) {
+    let mut rest = diff.to_vec();
+    for &(s, e, c) in blame.iter().rev() {
+        if rest.is_empty() {
+            break;
+        }
+        causes.add(c, total(&within(&rest, s, e)));
+        rest = minus(&rest, &[(s, e)]);
+    }
+    let mut shared = 0;
+    for &(s, e) in shared_ranges {
+        shared += total(&within(&rest, s, e));
+    }
+    causes.add(Cause::Shared, shared);
+    causes.add(Cause::Other, total(&rest) - shared);
 }
 
 /// Pages in both sorted disjoint range lists.
@@ -613,26 +920,40 @@ fn median(v: &mut [u64]) -> Option<u64> {
     Some(v[v.len() / 2])
 }
 
+/// A space's name and its soft-dirty ranges.
+type SpaceRanges = (String, Vec<(u64, u64)>);
+
 /// Runs `w` under every mode of [`MODES`] in lock step.
 pub fn run_workload(w: &Generated) -> WorkloadReport {
     run_workload_with(w, &mut |_| {})
 }
 
+/// Does `cmd` change the VMA layout (so that it may set or drop `VM_SOFTDIRTY`)?
+fn structural(cmd: &Command) -> bool {
+    matches!(cmd, Command::Op(_) | Command::Brk(_) | Command::MmapFile(_))
+}
+
 /// [`run_workload`], calling `tick` with the number of steps done every 4096 steps.
 fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadReport {
     struct St {
-        mm: AddressSpace,
+        b: ModelBackend,
         row: ModeRow,
         t: Timings,
+        /// Per space: the ranges blamed on a cause since that space's last clear.
+        blame: std::collections::HashMap<String, Vec<(u64, u64, Cause)>>,
+        /// The current space's name.
+        cur: String,
     }
     let mut st: Vec<St> = MODES
         .iter()
         .map(|&mode| St {
-            mm: AddressSpace::new(mode),
+            b: ModelBackend::new(mode),
             row: ModeRow {
                 mode,
                 false_positives: 0,
                 false_negatives: 0,
+                false_positive_causes: Causes::default(),
+                false_negative_causes: Causes::default(),
                 reported: 0,
                 peak_vmas: 0,
                 final_vmas: 0,
@@ -642,6 +963,8 @@ fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadRepo
                 costs: Costs::default(),
             },
             t: Timings::default(),
+            blame: Default::default(),
+            cur: "main".to_string(),
         })
         .collect();
     let (mut harvests, mut writes) = (0, 0);
@@ -649,7 +972,8 @@ fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadRepo
         if i % 4096 == 0 {
             tick(i);
         }
-        let mut truth: Option<Vec<(u64, u64)>> = None;
+        // Precise's soft-dirty ranges, per space, at a harvest.
+        let mut truth: Option<Vec<SpaceRanges>> = None;
         let mut truth_result: Option<Result<u64, softdirty::errno::Errno>> = None;
         if matches!(step, Step::Harvest) {
             harvests += 1;
@@ -660,52 +984,89 @@ fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadRepo
         for s in &mut st {
             let t0 = Instant::now();
             let result: Result<u64, softdirty::errno::Errno> = match step {
-                Step::Do(Command::Op(op)) => {
-                    let r = op.apply(&s.mm);
+                Step::Do(Command::Scan(args)) if args.clear => {
+                    s.b.current()
+                        .scan_and_clear(args.start, args.end.wrapping_sub(args.start))
+                        .map(|_| 0)
+                }
+                Step::Do(cmd) => {
+                    // The modes with a VM_SOFTDIRTY flag (regions has none; precise is the truth).
+                    let blames = matches!(s.row.mode, Mode::Legacy | Mode::Sticky | Mode::Nomerge)
+                        && structural(cmd);
+                    let before = blames.then(|| s.b.current().vmas());
+                    let t0 = Instant::now();
+                    let r = match s.b.perform(cmd) {
+                        Ok(r) => r.map(|o| o.addr()),
+                        // A command the model refuses as a whole (not generated).
+                        Err(_) => Err(softdirty::errno::Errno::EINVAL),
+                    };
                     let ns = t0.elapsed().as_nanos() as u64;
-                    match op {
-                        Op::Mmap { .. } => s.t.mmap.push(ns),
-                        Op::Mprotect { .. } => s.t.mprotect.push(ns),
+                    match cmd {
+                        Command::Op(Op::Mmap { .. }) => s.t.mmap.push(ns),
+                        Command::Op(Op::Mprotect { .. }) => s.t.mprotect.push(ns),
+                        Command::Write { .. } => s.t.write.push(ns),
+                        Command::ClearRefs(_) => s.t.clear.push(ns),
                         _ => {}
+                    }
+                    match cmd {
+                        Command::Space(name) => s.cur = name.clone(),
+                        Command::ClearRefs(v)
+                            if r.is_ok() && softdirty::mm::parse_kstrtoint(v.trim()) == Ok(4) =>
+                        {
+                            s.blame.remove(&s.cur);
+                        }
+                        Command::Fork(child) if r.is_ok() => {
+                            let b = s.blame.get(&s.cur).cloned().unwrap_or_default();
+                            s.blame.insert(child.clone(), b);
+                        }
+                        _ => {}
+                    }
+                    if let Some(before) = before {
+                        let after = s.b.current().vmas();
+                        let blame = s.blame.entry(s.cur.clone()).or_default();
+                        blame_step(cmd, r.as_ref().ok().copied(), &before, &after, blame);
                     }
                     r
                 }
-                Step::Do(Command::Write { addr, len }) => {
-                    let r = s.mm.write(*addr, *len).map(|()| 0);
-                    s.t.write.push(t0.elapsed().as_nanos() as u64);
-                    r
-                }
-                Step::Do(Command::Read { addr, len }) => s.mm.read(*addr, *len).map(|()| 0),
-                Step::Do(Command::BrkStart(a)) => s.mm.brk_start(*a).map(|()| 0),
-                Step::Do(Command::Brk(a)) => s.mm.brk(*a),
-                Step::Do(Command::ClearRefs(v)) => {
-                    let r = s.mm.clear_refs_str(v).map(|()| 0);
-                    s.t.clear.push(t0.elapsed().as_nanos() as u64);
-                    r
-                }
-                Step::Do(Command::Scan(args)) => {
-                    s.mm.scan_and_clear(args.start, args.end.wrapping_sub(args.start))
-                        .map(|_| 0)
-                }
-                // Not generated: the comparison drives one space and only observes by
-                // harvests.
-                Step::Do(
-                    Command::Space(_)
-                    | Command::Fork(_)
-                    | Command::Pagemap { .. }
-                    | Command::Smaps(_)
-                    | Command::File { .. }
-                    | Command::Fwrite { .. }
-                    | Command::MmapFile(_),
-                ) => Ok(0),
                 Step::Harvest => {
-                    let got = softdirty_ranges(&s.mm);
+                    let names = s.b.tracker().names();
+                    let mut got_all = Vec::new();
+                    for n in &names {
+                        let sp = s.b.tracker().space(n);
+                        got_all.push((n.clone(), softdirty_ranges(&sp)));
+                    }
                     s.t.harvest.push(t0.elapsed().as_nanos() as u64);
-                    let truth = truth.get_or_insert_with(|| got.clone());
-                    let both = intersection(&got, truth);
-                    s.row.reported += total(&got);
-                    s.row.false_positives += total(&got) - both;
-                    s.row.false_negatives += total(truth) - both;
+                    let truth = truth.get_or_insert_with(|| got_all.clone());
+                    for (n, got) in &got_all {
+                        let want = truth
+                            .iter()
+                            .find(|(m, _)| m == n)
+                            .map_or(&[][..], |(_, v)| &v[..]);
+                        let both = intersection(got, want);
+                        s.row.reported += total(got);
+                        s.row.false_positives += total(got) - both;
+                        s.row.false_negatives += total(want) - both;
+                        let blame = s.blame.get(n).map_or(&[][..], |v| &v[..]);
+                        let sp = s.b.tracker().space(n);
+                        let shared: Vec<(u64, u64)> = sp
+                            .vmas()
+                            .iter()
+                            .filter(|v| v.shared)
+                            .map(|v| (v.start, v.end))
+                            .collect();
+                        attribute(
+                            &minus(got, want),
+                            blame,
+                            &[],
+                            &mut s.row.false_positive_causes,
+                        );
+                        attribute(
+                            &minus(want, got),
+                            blame,
+                            &shared,
+                            &mut s.row.false_negative_causes,
+                        );
+                    }
                     Ok(0)
                 }
             };
@@ -717,14 +1078,23 @@ fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadRepo
                 Some(t) if *t != result => s.row.divergences += 1,
                 Some(_) => {}
             }
-            s.row.peak_vmas = s.row.peak_vmas.max(s.mm.vma_total());
-            s.row.peak_tracking_bytes = s.row.peak_tracking_bytes.max(s.mm.tracking_bytes());
+            let (vmas, bytes) = s.b.tracker().names().iter().fold((0, 0), |(v, b), n| {
+                let sp = s.b.tracker().space(n);
+                (v + sp.vma_total(), b + sp.tracking_bytes())
+            });
+            s.row.peak_vmas = s.row.peak_vmas.max(vmas);
+            s.row.peak_tracking_bytes = s.row.peak_tracking_bytes.max(bytes);
         }
     }
     let modes = st
         .into_iter()
         .map(|mut s| {
-            s.row.final_vmas = s.mm.vma_total();
+            s.row.final_vmas =
+                s.b.tracker()
+                    .names()
+                    .iter()
+                    .map(|n| s.b.tracker().space(n).vma_total())
+                    .sum();
             s.row.costs = Costs {
                 mmap_ns: median(&mut s.t.mmap),
                 mprotect_ns: median(&mut s.t.mprotect),
@@ -753,7 +1123,7 @@ pub fn report(args: &CompareArgs) -> Result<ComparisonReport, String> {
 /// The workload names `args` asks for.
 fn workload_names(args: &CompareArgs) -> Vec<String> {
     if args.workload == "all" {
-        ["seed", "hildenbrand", "arena", "jit", "heap"]
+        ["seed", "hildenbrand", "arena", "jit", "heap", "cprogram"]
             .iter()
             .map(|s| s.to_string())
             .collect()
@@ -859,6 +1229,25 @@ pub fn format_table(r: &ComparisonReport) -> String {
                 ns(m.costs.write_fault_ns),
                 ns(m.costs.harvest_ns),
                 m.errors
+            );
+        }
+        let causes = |c: &Causes| {
+            format!(
+                "merge {} brk {} mremap-move {} shared {} other {}",
+                c.merge, c.brk, c.mremap_move, c.shared, c.other
+            )
+        };
+        for m in w
+            .modes
+            .iter()
+            .filter(|m| m.false_positives + m.false_negatives > 0)
+        {
+            let _ = writeln!(
+                o,
+                "  {:<8} false+ by cause: {}; false- by cause: {}",
+                m.mode.name(),
+                causes(&m.false_positive_causes),
+                causes(&m.false_negative_causes)
             );
         }
         let _ = writeln!(o);

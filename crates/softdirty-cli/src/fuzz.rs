@@ -12,8 +12,8 @@
 //!
 //! The other side is any [`Backend`], as the model is; both perform the same generated
 //! [`Command`]s and are observed through the trait:
-//! - `--against kernel`: real memory of this process ([`softdirty::kernel`]), the uffd flavour
-//!   for `--mode precise`, the soft-dirty flavour for `--mode legacy`;
+//! - `--against kernel`: real processes ([`softdirty::kernel`], a puppet per space), the
+//!   uffd flavour for `--mode precise`, the soft-dirty flavour for `--mode legacy`;
 //! - `--against reference`: the independent reference model ([`crate::reference`], the
 //!   one `tests/model_vs_reference.rs` uses), in any of the five modes. It shares no
 //!   code with the model but plain value types; it follows the same written rules (Linux
@@ -39,7 +39,18 @@
 //! - a kernel older than 6.17 (the kvm oracle's 6.12): operations whose shape 6.12
 //!   answers differently from 6.18, which the model follows, are skipped on both sides,
 //!   judged on the model's state before each operation ([`linux_6_12_divergence`]), and
-//!   counted in the summary.
+//!   counted in the summary; so are guard advices (6.13+).
+//! - uffd flavour, trace v2: `guard_install` over a file or shared VMA (Linux 6.18 loops
+//!   forever on a write-protected entry there), and a `brk` growth next to a VMA below
+//!   the heap's start, which the registration merges and brk(2) does not
+//!   ([`uffd_brk_divergence`]); a fork child's soft-dirty until its first clear, and
+//!   pages changed behind a mapping, are masked page by page (the backend says which).
+//! - soft-dirty flavour: reads and `populate_read` of file mappings and shared memory
+//!   ([`fault_around_divergence`]: Linux maps cached neighbours too).
+//!
+//! Both kernel profiles generate trace v2: files, the program break, the mmap flags
+//! (`growsdown` stacks included), every madvise advice, and `fork`/`space` over four
+//! spaces, each a process of its own on the kernel side.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -67,7 +78,7 @@ pub const WINDOW_PAGES: u64 = 24;
 /// What the model is compared against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Against {
-    /// Real memory of this process through the kernel backend.
+    /// Real processes through the kernel backend (a puppet process per space).
     Kernel,
     /// The independent reference model (`src/reference.rs`), in any mode.
     Reference,
@@ -169,8 +180,7 @@ pub struct Profile {
     /// With `v2`: also `fork` and `space` (a few spaces, each its own process on the
     /// kernel).
     pub spaces: bool,
-    /// With `v2`: also `growsdown` mappings, whose accesses below grow them (against the
-    /// kernel: the reference model has no stack growth).
+    /// With `v2`: also `growsdown` mappings, whose accesses below grow them.
     pub stacks: bool,
 }
 
@@ -643,9 +653,10 @@ pub fn uffd_divergence(v: &[VmaInfo], op: &Command) -> Option<&'static str> {
     }
 }
 
-/// A read (or `populate_read`) of a file mapping on a kernel side without userfaultfd
-/// registration (the soft-dirty flavour): Linux may map cached neighbours of the faulted page too
-/// (fault-around), which the model does not (trace v2, "mmap, extended").
+/// A read (or `populate_read`) of a file mapping or of shared memory (shmem) on a kernel
+/// side without userfaultfd registration (the soft-dirty flavour): Linux may map cached
+/// neighbours of the faulted page too (fault-around), which the model does not (trace v2,
+/// "mmap, extended"; shared anonymous memory seen on 6.12, seed 1870).
 pub fn fault_around_divergence(v: &[VmaInfo], op: &Command) -> Option<&'static str> {
     let (addr, len) = match *op {
         Command::Read { addr, len } => (addr, len),
@@ -659,7 +670,7 @@ pub fn fault_around_divergence(v: &[VmaInfo], op: &Command) -> Option<&'static s
     };
     let end = addr.saturating_add(len);
     v.iter()
-        .any(|w| w.file && w.start < end && addr < w.end)
+        .any(|w| (w.file || w.shared) && w.start < end && addr < w.end)
         .then_some("file-fault-around")
 }
 
@@ -956,6 +967,7 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
         (Against::Reference, m) => {
             profile.v2 = true;
             profile.spaces = true;
+            profile.stacks = true;
             (
                 "the reference model".to_string(),
                 Box::new(move || Ok(Box::new(RefBackend::new(m)) as Box<dyn Backend>)),
@@ -1440,10 +1452,9 @@ mod tests {
     fn the_default_kernel_profile_skips_multi_vma_moves_against_uffd() {
         // `softdirty fuzz` with no flags: precise against the uffd flavour of Linux 6.18.
         let prof = kernel_profile(Mode::Precise, Some((6, 18)), false);
-        // Against the reference here, which has no files and no stack growth.
+        // Against the reference here, which has no files.
         let prof = Profile {
             files: false,
-            stacks: false,
             ..prof
         };
         assert!(prof.uffd && !prof.linux_6_12 && !prof.scan_without_clear);

@@ -17,7 +17,11 @@
 //!
 //! No cleverness: a `Vec` of VMAs, each with one `RefPage` per page; every operation
 //! copies slices of those vectors around. Modelled: `precise`, `legacy`, `sticky`,
-//! `nomerge`, `regions`.
+//! `nomerge`, `regions`; of trace v2, the program break, the mmap words `noreserve`,
+//! `populate` and `growsdown` (stack growth on access), every madvise advice (guard
+//! regions included), the fork flags, and shared anonymous memory across spaces (its
+//! shmem object, sized at its first mapping's length). Not files and memfds: the model's
+//! are checked against the kernel only (`softdirty fuzz --against kernel`).
 //!
 //! The mode-specific rules, all in one place (`RefSpace::flag_rule` and
 //! `RefSpace::nomerge_after_clear`):
@@ -127,7 +131,15 @@ pub struct Extra {
     pub dontcopy: bool,
     /// VM_WIPEONFORK
     pub wipeonfork: bool,
+    /// VM_GROWSDOWN (MAP_GROWSDOWN): a stack, which an access just below grows
+    pub growsdown: bool,
 }
+
+/// `stack_guard_gap`: 256 pages (the default of the `stack_guard_gap=` boot parameter).
+pub const STACK_GUARD_GAP: u64 = 256 * P;
+
+/// `RLIMIT_STACK` (`ulimit -s`): 8 MiB.
+pub const STACK_RLIMIT: u64 = 8 << 20;
 
 /// One VMA.
 #[derive(Clone, Debug)]
@@ -762,6 +774,11 @@ impl RefSpace {
         if placement == Placement::NoReplace && self.intersects(addr, end) {
             return Err(Errno::EEXIST);
         }
+        // do_mmap: shared anonymous memory cannot grow down (checked once the address is
+        // known).
+        if shared && opts.growsdown {
+            return Err(Errno::EINVAL);
+        }
         self.unmap(addr, end);
         let new = self.fresh_vma(
             addr,
@@ -770,6 +787,7 @@ impl RefSpace {
             shared,
             Extra {
                 noreserve: opts.noreserve,
+                growsdown: opts.growsdown,
                 ..Extra::default()
             },
         );
@@ -903,7 +921,7 @@ impl RefSpace {
         let last = addr.checked_add(len - 1).unwrap_or(u64::MAX) & !(P - 1);
         let mut page = addr & !(P - 1);
         loop {
-            let Some(i) = self.find(page) else {
+            let Some(i) = self.find(page).or_else(|| self.grow_stack(page)) else {
                 return Err(Errno::EFAULT);
             };
             let v = &self.vmas[i];
@@ -950,6 +968,43 @@ impl RefSpace {
             }
             page += P;
         }
+    }
+
+    /// An access to the unmapped `page`: if the VMA above it grows down and the limits
+    /// allow (`expand_downwards`: the stack at most `RLIMIT_STACK` long, its new start not
+    /// within the guard gap of the VMA below unless that one grows down too or is
+    /// inaccessible), it now starts at `page` and its index is returned. The new pages
+    /// are unpopulated, new (dirty in precise); VM_SOFTDIRTY and the region list stay;
+    /// the VMA gets an anon_vma (`anon_vma_prepare`).
+    fn grow_stack(&mut self, page: u64) -> Option<usize> {
+        let i = self.vmas.iter().position(|v| v.start > page)?;
+        let v = &self.vmas[i];
+        if !v.extra.growsdown || v.end - page > STACK_RLIMIT || page < DAC_MMAP_MIN_ADDR {
+            return None;
+        }
+        if let Some(prev) = i.checked_sub(1).map(|k| &self.vmas[k]) {
+            let accessible = prev.prot.read || prev.prot.write || prev.prot.exec;
+            if !prev.extra.growsdown && accessible && page - prev.end < STACK_GUARD_GAP {
+                return None;
+            }
+        }
+        let grow = ((v.start - page) / P) as usize;
+        let fresh = RefPage {
+            dirty: self.precise(),
+            present: false,
+            zero: false,
+            guard: false,
+        };
+        if self.vmas[i].anon == 0 {
+            let a = self.anon_for_fault(i);
+            self.vmas[i].anon = a;
+            self.vmas[i].forked = false;
+        }
+        let v = &mut self.vmas[i];
+        v.pages.splice(0..0, std::iter::repeat_n(fresh, grow));
+        v.start = page;
+        v.pgoff = v.pgoff.wrapping_sub(grow as u64);
+        Some(i)
     }
 
     pub fn clear_refs(&mut self, value: i32) -> R<()> {
@@ -1206,13 +1261,19 @@ impl RefSpace {
         if newbrk > TASK_SIZE || oldbrk < DAC_MMAP_MIN_ADDR {
             return Err(Errno::ENOMEM);
         }
-        // The first VMA at or above the old break must start a page above newbrk.
+        // The first VMA at or above the old break must start a page above newbrk, or
+        // above its guard gap if it is a stack (vm_start_gap).
         if let Some(next) = self
             .vmas
             .iter()
-            .find(|v| v.end > oldbrk && v.start < newbrk + P + 256 * P)
+            .find(|v| v.end > oldbrk && v.start < newbrk + P + STACK_GUARD_GAP)
         {
-            if newbrk + P > next.start {
+            let start_gap = if next.extra.growsdown {
+                next.start.saturating_sub(STACK_GUARD_GAP)
+            } else {
+                next.start
+            };
+            if newbrk + P > start_gap {
                 return Err(Errno::ENOMEM);
             }
         }

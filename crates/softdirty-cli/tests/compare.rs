@@ -39,7 +39,7 @@ fn workload<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 fn json_has_every_workload_mode_and_column() {
     let r = compare(&["--json", "--seed", "3"]);
     assert_eq!(r["seed"], 3);
-    for name in ["seed", "hildenbrand", "arena", "jit", "heap"] {
+    for name in ["seed", "hildenbrand", "arena", "jit", "heap", "cprogram"] {
         let w = workload(&r, name);
         assert!(w["harvests"].as_u64().unwrap() > 0);
         for mode in ["precise", "legacy", "sticky", "nomerge", "regions"] {
@@ -55,6 +55,21 @@ fn json_has_every_workload_mode_and_column() {
                 "divergences",
             ] {
                 assert!(m[col].is_u64(), "{name}/{mode}: {col} missing");
+            }
+            // Every false positive and negative has one cause.
+            for (col, causes) in [
+                ("false_positives", "false_positive_causes"),
+                ("false_negatives", "false_negative_causes"),
+            ] {
+                let c = &m[causes];
+                let sum: u64 = ["merge", "brk", "mremap_move", "shared", "other"]
+                    .iter()
+                    .map(|k| {
+                        c[k].as_u64()
+                            .unwrap_or_else(|| panic!("{name}/{mode}: {causes}.{k}"))
+                    })
+                    .sum();
+                assert_eq!(m[col].as_u64(), Some(sum), "{name}/{mode}: {causes}");
             }
             // The same operations succeed and fail, at the same addresses, in every mode.
             assert_eq!(m["divergences"], 0, "{name}/{mode}");
@@ -95,6 +110,38 @@ fn legacy_reports_the_whole_heap_at_every_brk_growth() {
         assert_eq!(fp(m), 0, "{m}");
         assert_eq!(row(w, m)["false_negatives"], 0, "{m}");
     }
+}
+
+/// A C program's memory in two processes: legacy's false positives come from brk, and
+/// the ring the fork child writes is a false negative in the parent ("shared") in every
+/// design that sees only page tables; precise has neither.
+#[test]
+fn the_c_program_shows_brk_false_positives_and_shared_false_negatives() {
+    let r = compare(&["--json", "--workload", "cprogram"]);
+    let w = workload(&r, "cprogram");
+    let fpc = |m: &str, k: &str| row(w, m)["false_positive_causes"][k].as_u64().unwrap();
+    let fnc = |m: &str, k: &str| row(w, m)["false_negative_causes"][k].as_u64().unwrap();
+    assert!(fpc("legacy", "brk") > 0);
+    assert_eq!(fpc("legacy", "merge"), 0);
+    assert_eq!(fpc("nomerge", "brk"), 0);
+    for m in ["legacy", "sticky", "nomerge", "regions"] {
+        assert!(fnc(m, "shared") > 0, "{m}");
+    }
+    assert_eq!(row(w, "precise")["errors"], 0);
+    // The mprotect merges of the arena and the JIT are blamed on merges.
+    let r = compare(&["--json", "--workload", "jit,arena"]);
+    assert!(
+        row(workload(&r, "jit"), "legacy")["false_positive_causes"]["merge"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(
+        row(workload(&r, "arena"), "legacy")["false_negative_causes"]["merge"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 }
 
 #[test]

@@ -1568,14 +1568,16 @@ fn reference_stays_independent_of_the_model() {
 }
 
 /// `softdirty fuzz --against reference`: the model and the reference agree on random
-/// traces in every mode; a mode no kernel implements is refused `--against kernel` with
-/// exit status 2.
+/// traces with trace v2's operations (brk, mmap flags with growsdown stacks, every
+/// madvise advice, fork and spaces) in every mode, `PROPTEST_CASES` cases (CI: 10,000)
+/// or 1,000; a mode no kernel implements is refused `--against kernel` with exit status 2.
 #[test]
 fn fuzz_against_the_reference() {
+    let cases = std::env::var("PROPTEST_CASES").unwrap_or_else(|_| "1000".to_string());
     for mode in ["precise", "legacy", "sticky", "nomerge", "regions"] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_softdirty"))
             .args(["fuzz", "--against", "reference", "--mode", mode])
-            .args(["--seed", "1000", "--cases", "1000", "--ops", "100"])
+            .args(["--seed", "1000", "--cases", &cases, "--ops", "100"])
             .arg("--out")
             .arg(std::env::temp_dir().join(format!("softdirty-ref-{}.trace", std::process::id())))
             .output()
