@@ -813,33 +813,20 @@ impl KernelBackend {
         Ok(out)
     }
 
-    /// Loads the byte at `addr` and stores it back (through the kernel, as [`Self::touch`]
-    /// does): the page is dirty again, its contents unchanged.
+    /// Loads the byte at `addr` of the puppet and stores it back, through the kernel
+    /// (`process_vm_readv`/`writev`, which the kernel counts as a store for soft-dirty):
+    /// the page is dirty again, its contents unchanged.
     fn restore_byte(&self, addr: u64) -> Result<(), String> {
-        let pid = self.pid();
-        let mut byte = [0u8];
-        let local = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: 1,
-        };
-        // SAFETY: one byte between the live local `byte` and `addr` in the puppet, through
-        // the kernel (a bad address is EFAULT); `addr` is a page of the trace's mappings
-        // (the caller's plan keeps to them), and the store writes back the value just
-        // loaded, so no contents change.
-        let r = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-        if r != 1 {
+        // `addr` is a page of the trace's mappings (the caller's plan keeps to them), and
+        // the store writes back the value just loaded, so no contents change.
+        let mut byte = 0u8;
+        if !puppet::vm_byte(self.pid(), addr, &mut byte, false) {
             return Err(format!(
                 "loading the byte at {addr:#x} failed (errno {})",
                 last_errno()
             ));
         }
-        // SAFETY: as above.
-        let r = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
-        if r != 1 {
+        if !puppet::vm_byte(self.pid(), addr, &mut byte, true) {
             return Err(format!(
                 "storing the byte at {addr:#x} failed (errno {})",
                 last_errno()

@@ -568,7 +568,7 @@ mod fault {
     }
 
     /// Loads or stores (0x5a) the byte at `addr` with one instruction; false if it
-    /// faulted.
+    /// faulted. Either instruction resumes at label 2 on a fault.
     pub(super) fn access(addr: u64, write: bool) -> bool {
         let faulted: u64;
         // SAFETY: the puppet's memory is only the trace's to change: the backend asks
@@ -576,35 +576,25 @@ mod fault {
         // ranges are refused before). A fault resumes at label 2 with rax = 1 (see
         // `on_fault`); RECOVER holds label 2 exactly while the access can fault.
         unsafe {
-            if write {
-                core::arch::asm!(
-                    "lea {t}, [rip + 2f]",
-                    "mov qword ptr [{rec}], {t}",
-                    "xor eax, eax",
-                    "mov byte ptr [{a}], 0x5a",
-                    "2:",
-                    "mov qword ptr [{rec}], 0",
-                    a = in(reg) addr,
-                    rec = in(reg) RECOVER.as_ptr(),
-                    t = out(reg) _,
-                    out("rax") faulted,
-                    options(nostack),
-                );
-            } else {
-                core::arch::asm!(
-                    "lea {t}, [rip + 2f]",
-                    "mov qword ptr [{rec}], {t}",
-                    "xor eax, eax",
-                    "mov {t:l}, byte ptr [{a}]",
-                    "2:",
-                    "mov qword ptr [{rec}], 0",
-                    a = in(reg) addr,
-                    rec = in(reg) RECOVER.as_ptr(),
-                    t = out(reg) _,
-                    out("rax") faulted,
-                    options(nostack),
-                );
-            }
+            core::arch::asm!(
+                "lea {t}, [rip + 2f]",
+                "mov qword ptr [{rec}], {t}",
+                "xor eax, eax",
+                "test {w}, {w}",
+                "jz 3f",
+                "mov byte ptr [{a}], 0x5a",
+                "jmp 2f",
+                "3:",
+                "mov {t:l}, byte ptr [{a}]",
+                "2:",
+                "mov qword ptr [{rec}], 0",
+                a = in(reg) addr,
+                w = in(reg) write as u64,
+                rec = in(reg) RECOVER.as_ptr(),
+                t = out(reg) _,
+                out("rax") faulted,
+                options(nostack),
+            );
         }
         faulted == 0
     }
@@ -616,24 +606,32 @@ mod fault {
     pub(super) unsafe fn install() {}
 
     pub(super) fn access(addr: u64, write: bool) -> bool {
-        let mut byte = [0x5au8];
-        let local = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: 1,
-        };
-        // SAFETY: one byte between a live local buffer and `addr` of our own process,
-        // through the kernel: a bad address is EFAULT, never a signal.
-        unsafe {
-            let pid = libc::getpid();
-            if write {
-                libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) == 1
-            } else {
-                libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) == 1
-            }
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        super::vm_byte(pid, addr, &mut 0x5a, write)
+    }
+}
+
+/// Copies one byte between `byte` and `addr` in process `pid` through the kernel
+/// (`process_vm_writev` if `write`, else `process_vm_readv`): a bad address is an error
+/// (false), never a signal. The kernel counts it as an access for soft-dirty and uffd-wp,
+/// but it grows no stack.
+pub(super) fn vm_byte(pid: i32, addr: u64, byte: &mut u8, write: bool) -> bool {
+    let local = libc::iovec {
+        iov_base: (byte as *mut u8).cast(),
+        iov_len: 1,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: one byte between the live `byte` and `addr` of `pid`, through the kernel,
+    // which checks `addr`; callers pass addresses of the trace's memory only.
+    unsafe {
+        if write {
+            libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) == 1
+        } else {
+            libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) == 1
         }
     }
 }

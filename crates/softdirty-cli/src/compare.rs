@@ -31,6 +31,7 @@ use rand::{Rng, SeedableRng};
 
 use std::sync::Arc;
 
+use crate::ranges::{clip, difference, pages, within};
 use softdirty::backend::{Backend, Command, ModelBackend, Op};
 use softdirty::linux::{PAGE_SIZE, TASK_SIZE};
 use softdirty::mm::{AddressSpace, Placement};
@@ -775,42 +776,6 @@ fn softdirty_ranges(mm: &AddressSpace) -> Vec<(u64, u64)> {
     v
 }
 
-fn total(a: &[(u64, u64)]) -> u64 {
-    a.iter().map(|(s, e)| (e - s) / P).sum()
-}
-
-/// `a` without `b` (both sorted and disjoint).
-fn minus(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let mut j = 0;
-    for &(s, e) in a {
-        let mut cur = s;
-        while j < b.len() && b[j].1 <= cur {
-            j += 1;
-        }
-        let mut k = j;
-        while cur < e && k < b.len() && b[k].0 < e {
-            if b[k].0 > cur {
-                out.push((cur, b[k].0));
-            }
-            cur = cur.max(b[k].1);
-            k += 1;
-        }
-        if cur < e {
-            out.push((cur, e));
-        }
-    }
-    out
-}
-
-/// `a` within `[s, e)`.
-fn within(a: &[(u64, u64)], s: u64, e: u64) -> Vec<(u64, u64)> {
-    a.iter()
-        .filter(|r| r.0 < e && s < r.1)
-        .map(|r| (r.0.max(s), r.1.min(e)))
-        .collect()
-}
-
 /// Sorted, disjoint ranges of the VMAs of `v` with (`flag`) or without `VM_SOFTDIRTY`.
 fn flagged(v: &[softdirty::mm::VmaInfo], flag: bool) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
@@ -842,19 +807,19 @@ fn blame_step(
         Command::MmapFile(ref m) => (Cause::Merge, Some((m.addr, m.addr + m.len))),
         _ => (Cause::Merge, None),
     };
-    let set = minus(&flagged(after, true), &flagged(before, true));
+    let set = difference(&flagged(after, true), &flagged(before, true));
     let dropped = {
         let was = flagged(before, true);
         let now = flagged(after, false);
         let mut v = Vec::new();
         for &(s, e) in &now {
-            v.extend(within(&was, s, e));
+            v.extend(clip(&was, s, e));
         }
         v
     };
     for (s, e) in set.into_iter().chain(dropped) {
         let parts = match own {
-            Some((os, oe)) => minus(&[(s, e)], &[(os, oe)]),
+            Some((os, oe)) => difference(&[(s, e)], &[(os, oe)]),
             None => vec![(s, e)],
         };
         blame.extend(parts.into_iter().map(|(a, b)| (a, b, cause)));
@@ -874,33 +839,15 @@ fn attribute(
         if rest.is_empty() {
             break;
         }
-        causes.add(c, total(&within(&rest, s, e)));
-        rest = minus(&rest, &[(s, e)]);
+        causes.add(c, pages(&clip(&rest, s, e)));
+        rest = difference(&rest, &[(s, e)]);
     }
     let mut shared = 0;
     for &(s, e) in shared_ranges {
-        shared += total(&within(&rest, s, e));
+        shared += pages(&clip(&rest, s, e));
     }
     causes.add(Cause::Shared, shared);
-    causes.add(Cause::Other, total(&rest) - shared);
-}
-
-/// Pages in both sorted disjoint range lists.
-fn intersection(a: &[(u64, u64)], b: &[(u64, u64)]) -> u64 {
-    let (mut i, mut j, mut n) = (0, 0, 0);
-    while i < a.len() && j < b.len() {
-        let s = a[i].0.max(b[j].0);
-        let e = a[i].1.min(b[j].1);
-        if s < e {
-            n += (e - s) / P;
-        }
-        if a[i].1 < b[j].1 {
-            i += 1;
-        } else {
-            j += 1;
-        }
-    }
-    n
+    causes.add(Cause::Other, pages(&rest) - shared);
 }
 
 #[derive(Default)]
@@ -1042,10 +989,10 @@ fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadRepo
                             .iter()
                             .find(|(m, _)| m == n)
                             .map_or(&[][..], |(_, v)| &v[..]);
-                        let both = intersection(got, want);
-                        s.row.reported += total(got);
-                        s.row.false_positives += total(got) - both;
-                        s.row.false_negatives += total(want) - both;
+                        let both = within(got, want);
+                        s.row.reported += pages(got);
+                        s.row.false_positives += pages(got) - both;
+                        s.row.false_negatives += pages(want) - both;
                         let blame = s.blame.get(n).map_or(&[][..], |v| &v[..]);
                         let sp = s.b.tracker().space(n);
                         let shared: Vec<(u64, u64)> = sp
@@ -1055,13 +1002,13 @@ fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadRepo
                             .map(|v| (v.start, v.end))
                             .collect();
                         attribute(
-                            &minus(got, want),
+                            &difference(got, want),
                             blame,
                             &[],
                             &mut s.row.false_positive_causes,
                         );
                         attribute(
-                            &minus(want, got),
+                            &difference(want, got),
                             blame,
                             &shared,
                             &mut s.row.false_negative_causes,
@@ -1422,15 +1369,3 @@ pub fn main(args: &CompareArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn intersection_counts_pages() {
-        let a = [(0, 4 * P), (8 * P, 10 * P)];
-        let b = [(2 * P, 9 * P)];
-        assert_eq!(intersection(&a, &b), 3);
-        assert_eq!(total(&a), 6);
-    }
-}

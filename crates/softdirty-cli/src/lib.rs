@@ -14,6 +14,7 @@ pub mod bench;
 pub mod compare;
 pub mod fuzz;
 pub mod outpath;
+pub(crate) mod ranges;
 pub mod reference;
 pub mod run;
 pub mod workload;

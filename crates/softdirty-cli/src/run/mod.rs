@@ -27,9 +27,9 @@
 //! ## Files
 //! `args.rs` holds the options and their checks, `report.rs` the report's types,
 //! `simulate.rs` the migration (harvest, rounds, stop-and-copy), `guest.rs` the threads
-//! it runs against (vCPU writers, churn), `ranges.rs` the page-range arithmetic of the
-//! harvested sets, `output.rs` the tables and the SVG chart, `scaling.rs` `--scaling`;
-//! this file the entry point, [`main`].
+//! it runs against (vCPU writers, churn), `output.rs` the tables and the SVG chart,
+//! `scaling.rs` `--scaling`; this file the entry point, [`main`]. The page-range
+//! arithmetic of the harvested sets is the crate's `ranges.rs` (shared with `compare`).
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -38,7 +38,6 @@ use std::process::ExitCode;
 mod args;
 mod guest;
 mod output;
-mod ranges;
 mod report;
 mod scaling;
 mod simulate;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 
 use super::guest::{churner, writer, Shared};
-use super::ranges::{minus, pages, union, within, Ranges};
 use super::{validate, Config, ModeReport, ModeSel, Round, RunArgs, RunReport};
+use crate::ranges::{minus, pages, union, within, Ranges};
 use crate::workload::{self, Churn, GuestLayout, Workload, PAGE};
 use softdirty::mm::AddressSpace;
 use softdirty::mode::Mode;
