@@ -49,12 +49,23 @@ impl AddressSpace {
                     return;
                 }
                 let mut e = v.end.min(end);
+                // A store stops at a guard marker (SIGSEGV), in any VMA.
+                let mut stop = false;
+                if v.bitmap.may_have_guards() {
+                    let first = v.page_of(cursor);
+                    if let Some(g) = v.bitmap.first_guard(first, (e - cursor) >> PAGE_SHIFT) {
+                        e = cursor + ((g - first) << PAGE_SHIFT);
+                        stop = true;
+                    }
+                }
                 let Some(file) = v.meta.file else {
+                    if stop {
+                        return;
+                    }
                     cursor = e;
                     continue;
                 };
                 // A store stops at the end of a sized file (SIGBUS).
-                let mut stop = false;
                 if let Some(size) = self.files().size(file) {
                     let pages = Files::pages_of(size).saturating_sub(v.meta.pgoff);
                     let eof = v.start.saturating_add(pages.saturating_mul(PAGE_SIZE));

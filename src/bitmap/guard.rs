@@ -131,6 +131,29 @@ impl PageBitmap {
         });
     }
 
+    /// Makes every guard marker of the bitmap clean at the page level: a fork child's
+    /// markers in the modes that follow the kernel's page tables (`copy_nonpresent_pte`
+    /// installs a fresh marker, `make_pte_marker`, without the soft-dirty bit the parent's
+    /// may carry after an mremap). Control plane, on a bitmap nothing else uses yet.
+    pub fn clean_guards(&self) {
+        if !self.may_have_guards() {
+            return;
+        }
+        self.update_range(
+            0,
+            self.pages(),
+            |c, wi, m, _| {
+                let pop = c.populated[wi].load(Ordering::Acquire);
+                let g = c.backed[wi].load(Ordering::Acquire) & !pop & m;
+                if g != 0 {
+                    c.clean[wi].fetch_or(g, Ordering::AcqRel);
+                }
+            },
+            // An untouched chunk holds no marker.
+            Untouched::Skip,
+        );
+    }
+
     /// The first guard marker in `[first, first + count)` (clipped), if any.
     pub fn first_guard(&self, first: u64, count: u64) -> Option<u64> {
         if !self.may_have_guards() {

@@ -58,6 +58,10 @@ impl AddressSpace {
                     bm.zap(0, v.pages(), false);
                 }
             }
+            if !self.mode.is_precise() {
+                // Guard markers are copied as fresh markers, without soft-dirty.
+                bm.clean_guards();
+            }
             let mut meta = v.meta;
             meta.forked = anon != 0;
             let child_anon = if anon != 0 {

@@ -1368,4 +1368,3 @@ pub fn main(args: &CompareArgs) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
-

@@ -173,9 +173,9 @@ pub struct Profile {
     /// the same (against the reference model).
     pub v2: bool,
     /// Also trace v2's files: a regular file and a memfd, mapped shared and private,
-    /// resized and written with `fwrite`, from a third generator (against the kernel; on
-    /// the soft-dirty flavour, which registers nothing, reads of file mappings are
-    /// skipped: Linux's fault-around may map their cached neighbours).
+    /// resized and written with `fwrite`, from a third generator (on the kernel's
+    /// soft-dirty flavour, which registers nothing, reads of file mappings are skipped:
+    /// Linux's fault-around may map their cached neighbours).
     pub files: bool,
     /// With `v2`: also `fork` and `space` (a few spaces, each its own process on the
     /// kernel).
@@ -702,7 +702,8 @@ pub fn skip_reason(
 ) -> Option<&'static str> {
     let r = if profile.uffd {
         uffd_divergence(v, op).or_else(|| uffd_brk_divergence(v, brk, op))
-    } else if profile.files {
+    } else if profile.files && profile.scan_without_clear {
+        // The soft-dirty flavour (the one profile that scans without clear).
         fault_around_divergence(v, op)
     } else {
         None
@@ -968,6 +969,7 @@ pub fn main(args: &FuzzArgs) -> ExitCode {
             profile.v2 = true;
             profile.spaces = true;
             profile.stacks = true;
+            profile.files = true;
             (
                 "the reference model".to_string(),
                 Box::new(move || Ok(Box::new(RefBackend::new(m)) as Box<dyn Backend>)),
@@ -1452,11 +1454,7 @@ mod tests {
     fn the_default_kernel_profile_skips_multi_vma_moves_against_uffd() {
         // `softdirty fuzz` with no flags: precise against the uffd flavour of Linux 6.18.
         let prof = kernel_profile(Mode::Precise, Some((6, 18)), false);
-        // Against the reference here, which has no files.
-        let prof = Profile {
-            files: false,
-            ..prof
-        };
+        // Against the reference here (it models everything the kernel profile generates).
         assert!(prof.uffd && !prof.linux_6_12 && !prof.scan_without_clear);
         assert!(!kernel_profile(Mode::Legacy, Some((6, 12)), false).uffd);
         // The shape of the first failure of a default run (seed 2).

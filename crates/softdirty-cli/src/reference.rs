@@ -17,11 +17,13 @@
 //!
 //! No cleverness: a `Vec` of VMAs, each with one `RefPage` per page; every operation
 //! copies slices of those vectors around. Modelled: `precise`, `legacy`, `sticky`,
-//! `nomerge`, `regions`; of trace v2, the program break, the mmap words `noreserve`,
-//! `populate` and `growsdown` (stack growth on access), every madvise advice (guard
-//! regions included), the fork flags, and shared anonymous memory across spaces (its
-//! shmem object, sized at its first mapping's length). Not files and memfds: the model's
-//! are checked against the kernel only (`softdirty fuzz --against kernel`).
+//! `nomerge`, `regions`; and all of trace v2: the program break, the mmap words
+//! `noreserve`, `populate` and `growsdown` (stack growth on access), every madvise advice
+//! (guard regions included), the fork flags, shared anonymous memory across spaces (its
+//! shmem object, sized at its first mapping's length), and files and memfds (a size per
+//! file shared by every space; a private copy per written page of a private mapping; a
+//! store through a shared mapping or an `fwrite` reaching every other view in
+//! `precise`; truncation reaching every mapping).
 //!
 //! The mode-specific rules, all in one place (`RefSpace::flag_rule` and
 //! `RefSpace::nomerge_after_clear`):
@@ -120,7 +122,19 @@ pub struct RefPage {
     pub zero: bool,
     /// A guard marker (MADV_GUARD_INSTALL): no page, an access fails.
     pub guard: bool,
+    /// A private file mapping's page holds a private copy (written), not the file's page.
+    pub copy: bool,
 }
+
+/// The second half of [`RefVma::file`] for a file of the trace (its size is in the
+/// space's [`Files`]); shared anonymous memory's object has its size there instead.
+pub const NAMED: u64 = u64::MAX;
+
+/// The trace's files (trace v2), shared by every space: identity → size in bytes.
+pub type Files = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u64, u64>>>;
+
+/// `MAX_LFS_FILESIZE`, the size limit of every file (tmpfs's).
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
 /// The VMA flags of trace v2 that take part in merges (besides prot, sharing, account).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,6 +182,11 @@ pub struct RefVma {
 }
 
 impl RefVma {
+    /// Does it map a file of the trace (not shared anonymous memory's object)?
+    fn named(&self) -> bool {
+        self.file.is_some_and(|f| f.1 == NAMED)
+    }
+
     fn npages(&self) -> u64 {
         (self.end - self.start) / P
     }
@@ -278,6 +297,8 @@ pub struct RefSpace {
     pub brk: u64,
     /// a `brk` was called (then `brk_start` is EINVAL)
     pub brk_called: bool,
+    /// the trace's files, shared with every other space of the backend
+    pub files: Files,
 }
 
 impl RefSpace {
@@ -293,7 +314,18 @@ impl RefSpace {
             brk_start: None,
             brk: 0,
             brk_called: false,
+            files: Files::default(),
         }
+    }
+
+    /// The pages of the file (or shmem object) `v` maps, `None` for anonymous memory.
+    fn file_pages(&self, v: &RefVma) -> Option<u64> {
+        let (id, n) = v.file?;
+        if n != NAMED {
+            return Some(n);
+        }
+        let size = self.files.lock().unwrap().get(&id).copied().unwrap_or(0);
+        Some(size.div_ceil(P))
     }
 
     fn regions(&self) -> bool {
@@ -676,6 +708,7 @@ impl RefSpace {
                     present: false,
                     zero: false,
                     guard: false,
+                    copy: false,
                 };
                 ((end - start) / P) as usize
             ],
@@ -697,9 +730,10 @@ impl RefSpace {
         shared: bool,
         placement: Placement,
         opts: MapOpts,
+        file: Option<(u64, u64)>,
         choose: impl FnOnce() -> Option<u64>,
     ) -> R<u64> {
-        let a = self.mmap_region(addr, len, prot, shared, placement, opts, choose)?;
+        let a = self.mmap_region(addr, len, prot, shared, placement, opts, file, choose)?;
         // MAP_POPULATE: mm_populate, errors ignored; a write fault where private and
         // writable, a read fault elsewhere, nothing for PROT_NONE.
         if opts.populate && (prot.read || prot.write || prot.exec) {
@@ -722,8 +756,18 @@ impl RefSpace {
         shared: bool,
         placement: Placement,
         opts: MapOpts,
+        file: Option<(u64, u64)>,
         choose: impl FnOnce() -> Option<u64>,
     ) -> R<u64> {
+        // mmap(2): the offset must be page-aligned; then the descriptor (fget).
+        if let Some((id, offset)) = file {
+            if offset % P != 0 {
+                return Err(Errno::EINVAL);
+            }
+            if !self.files.lock().unwrap().contains_key(&id) {
+                return Err(Errno::EBADF);
+            }
+        }
         if len == 0 {
             return Err(Errno::EINVAL);
         }
@@ -774,13 +818,19 @@ impl RefSpace {
         if placement == Placement::NoReplace && self.intersects(addr, end) {
             return Err(Errno::EEXIST);
         }
-        // do_mmap: shared anonymous memory cannot grow down (checked once the address is
-        // known).
-        if shared && opts.growsdown {
+        if let Some((_, offset)) = file {
+            // file_mmap_ok against MAX_LFS_FILESIZE.
+            if len > MAX_FILE_SIZE || offset / P > (MAX_FILE_SIZE - len) / P {
+                return Err(Errno::EOVERFLOW);
+            }
+        }
+        // do_mmap: shared anonymous memory and files cannot grow down (checked once the
+        // address is known).
+        if (shared || file.is_some()) && opts.growsdown {
             return Err(Errno::EINVAL);
         }
         self.unmap(addr, end);
-        let new = self.fresh_vma(
+        let mut new = self.fresh_vma(
             addr,
             end,
             prot,
@@ -791,6 +841,10 @@ impl RefSpace {
                 ..Extra::default()
             },
         );
+        if let Some((id, offset)) = file {
+            new.file = Some((id, NAMED));
+            new.pgoff = offset / P;
+        }
         let i = self.merge_new(new, Via::VmaExpand);
         // "New (or expanded) vma always get soft dirty status": on the merged VMA.
         self.vmas[i].softdirty_flag = true;
@@ -844,7 +898,8 @@ impl RefSpace {
                     if !(v.account || v.prot.write || v.shared || v.extra.noreserve) {
                         account = true;
                     }
-                } else if v.account && !v.shared && v.anon == 0 {
+                } else if v.account && v.file.is_none() && v.anon == 0 {
+                    // vma_is_anonymous: a file mapping keeps VM_ACCOUNT.
                     account = false;
                 }
                 let sd = v.softdirty_flag;
@@ -886,16 +941,21 @@ impl RefSpace {
             let s = v.start.max(addr);
             let e = v.end.min(end);
             let (a, b) = (v.idx(s), v.idx(s) + ((e - s) / P) as usize);
+            let (named, shared) = (v.named(), v.shared);
             for p in &mut v.pages[a..b] {
                 // A guard marker stays (6.18.44).
                 if p.guard {
                     continue;
                 }
+                // precise: the content changes where a private copy (or anonymous
+                // memory) is discarded; a file's page comes back as it was.
+                let dirty = precise && (!named || (!shared && p.copy) || p.dirty);
                 *p = RefPage {
-                    dirty: precise,
+                    dirty,
                     present: false,
                     zero: false,
                     guard: false,
+                    copy: false,
                 };
             }
             cursor = e;
@@ -933,21 +993,25 @@ impl RefSpace {
             if v.pages[v.idx(page)].guard {
                 return Err(Errno::EFAULT);
             }
-            // Past the end of the shmem object (an mremap growth): SIGBUS.
-            if v.file
-                .is_some_and(|(_, n)| v.pgoff + (page - v.start) / P >= n)
-            {
-                return Err(Errno::EFAULT);
-            }
             if write && !v.shared && v.anon == 0 {
                 let a = self.anon_for_fault(i);
                 self.vmas[i].anon = a;
                 self.vmas[i].forked = false;
             }
+            // Past the end of the file or shmem object: SIGBUS (a private write has
+            // prepared its anon_vma first, as do_cow_fault does).
+            let v = &self.vmas[i];
+            if self
+                .file_pages(v)
+                .is_some_and(|n| v.pgoff + (page - v.start) / P >= n)
+            {
+                return Err(Errno::EFAULT);
+            }
             let v = &self.vmas[i];
             let k = v.idx(page);
             let before = self.reported_sd(v, page);
             let shared = v.shared;
+            let named = v.named();
             let pg = &mut self.vmas[i].pages[k];
             if write {
                 *pg = RefPage {
@@ -955,13 +1019,16 @@ impl RefSpace {
                     present: true,
                     zero: false,
                     guard: false,
+                    // a private mapping of a file gets a private copy
+                    copy: named && !shared,
                 };
                 if !before {
                     self.faults += 1;
                 }
             } else if !pg.present {
+                // private anonymous memory maps the zero page, a file mapping the file's
                 pg.present = true;
-                pg.zero = !shared;
+                pg.zero = !shared && !named;
             }
             if page == last {
                 return Ok(());
@@ -994,6 +1061,7 @@ impl RefSpace {
             present: false,
             zero: false,
             guard: false,
+            copy: false,
         };
         if self.vmas[i].anon == 0 {
             let a = self.anon_for_fault(i);
@@ -1005,6 +1073,67 @@ impl RefSpace {
         v.start = page;
         v.pgoff = v.pgoff.wrapping_sub(grow as u64);
         Some(i)
+    }
+
+    /// Precise: the pages `[first, end)` of the file `f` changed (a store through another
+    /// mapping, a `write(2)`): every mapping of them here shows it, a shared one on every
+    /// page, a private one where the page is not a private copy (or a guard marker);
+    /// `skip(addr)` leaves out the storing mapping's own pages.
+    fn file_pages_changed(
+        &mut self,
+        f: (u64, u64),
+        first: u64,
+        end: u64,
+        skip: &dyn Fn(u64) -> bool,
+    ) {
+        if !self.precise() {
+            return;
+        }
+        for v in &mut self.vmas {
+            if v.file != Some(f) {
+                continue;
+            }
+            let (a, b) = (v.pgoff.max(first), (v.pgoff + v.npages()).min(end));
+            for pg in a..b {
+                let at = v.start + (pg - v.pgoff) * P;
+                if skip(at) {
+                    continue;
+                }
+                let i = v.idx(at);
+                let p = &mut v.pages[i];
+                if v.shared || !(p.copy || p.guard) {
+                    p.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// The size of the file `id` went from `old` to `new` bytes (`ftruncate`): a shrink
+    /// removes the pages wholly past the new end from every mapping here, private copies
+    /// included (soft-dirty in precise, clean elsewhere; guard markers stay); in precise
+    /// the pages between the two ends (the partial one included) changed.
+    fn file_changed(&mut self, id: u64, old: u64, new: u64) {
+        let precise = self.precise();
+        let cut = new.div_ceil(P);
+        let (lo, hi) = (old.min(new) / P, old.max(new).div_ceil(P));
+        for v in &mut self.vmas {
+            if v.file != Some((id, NAMED)) {
+                continue;
+            }
+            let (a, b) = (v.pgoff, v.pgoff + v.npages());
+            if new < old {
+                for pg in a.max(cut)..b.min(hi) {
+                    let i = (pg - a) as usize;
+                    if !v.pages[i].guard {
+                        v.pages[i] = RefPage {
+                            dirty: precise,
+                            ..RefPage::default()
+                        };
+                    }
+                }
+            }
+        }
+        self.file_pages_changed((id, NAMED), lo, hi, &|_| false);
     }
 
     pub fn clear_refs(&mut self, value: i32) -> R<()> {
@@ -1144,7 +1273,7 @@ impl RefSpace {
             match advice {
                 Advice::DontNeed => unreachable!(),
                 Advice::Free => {
-                    if v.shared {
+                    if v.shared || v.named() {
                         return Err(Errno::EINVAL);
                     }
                 }
@@ -1182,6 +1311,7 @@ impl RefSpace {
                                 present: false,
                                 zero: false,
                                 guard: true,
+                                copy: false,
                             };
                         } else if p.guard {
                             *p = RefPage {
@@ -1189,6 +1319,7 @@ impl RefSpace {
                                 present: false,
                                 zero: false,
                                 guard: false,
+                                copy: false,
                             };
                         }
                     }
@@ -1199,7 +1330,7 @@ impl RefSpace {
                         Advice::DontFork => x.dontcopy = true,
                         Advice::DoFork => x.dontcopy = false,
                         Advice::WipeOnFork => {
-                            if v.shared {
+                            if v.shared || v.named() {
                                 self.check_sorted();
                                 return Err(Errno::EINVAL);
                             }
@@ -1318,12 +1449,18 @@ impl RefSpace {
                             present: false,
                             zero: false,
                             guard: false,
+                            copy: false,
                         };
                     }
                 } else if !v.shared && v.anon != 0 {
                     // PTEs copied (soft-dirty kept); a new anon_vma whose chain links ours.
                     c.anon = new_id();
                     c.forked = true;
+                    // A guard marker is copied as a fresh one (make_pte_marker): no
+                    // soft-dirty bit; precise copies the state.
+                    for p in c.pages.iter_mut().filter(|p| p.guard) {
+                        p.dirty &= precise;
+                    }
                 } else {
                     // No PTEs copied: unpopulated; legacy loses the PTE bits with them,
                     // precise copies the state.
@@ -1336,6 +1473,7 @@ impl RefSpace {
                             zero: false,
                             // fork copies guard markers (6.18.44)
                             guard: p.guard,
+                            copy: false,
                         };
                     }
                 }
@@ -1349,6 +1487,7 @@ impl RefSpace {
             brk_start: self.brk_start,
             brk: self.brk,
             brk_called: self.brk_called,
+            files: self.files.clone(),
         }
     }
 
@@ -1456,6 +1595,7 @@ impl RefSpace {
                     present: false,
                     zero: false,
                     guard: false,
+                    copy: false,
                 };
                 (delta / P) as usize
             ];
@@ -1522,6 +1662,7 @@ impl RefSpace {
                 present: p.present,
                 zero: p.zero,
                 guard: p.guard,
+                copy: p.copy,
             })
             .collect();
         pages.extend(vec![
@@ -1530,10 +1671,11 @@ impl RefSpace {
                 present: false,
                 zero: false,
                 guard: false,
+                copy: false,
             };
             ((new_len - old_len) / P) as usize
         ]);
-        let pgoff = if !v.shared && v.anon == 0 {
+        let pgoff = if v.file.is_none() && v.anon == 0 {
             na / P
         } else {
             v.pgoff + k as u64
@@ -1567,7 +1709,7 @@ impl RefSpace {
                     v.softdirty_flag
                 },
                 faulted: v.anon != 0,
-                file: false,
+                file: v.named(),
             })
             .collect()
     }
@@ -1580,7 +1722,7 @@ impl RefSpace {
             self.reported_sd(v, a),
             p.present,
             p.present && p.zero,
-            v.shared,
+            v.shared || (v.named() && !p.copy),
         ))
     }
 
@@ -1700,17 +1842,42 @@ pub struct RefBackend {
     /// The real model's result for the next mmap or mremap (`Some(None)`: it failed),
     /// used where the reference would have to choose an address; taken by that operation.
     choice: Option<Option<u64>>,
+    /// The trace's files: name → (identity, memfd), and their sizes (every space's).
+    names: std::collections::HashMap<String, (u64, bool)>,
+    files: Files,
 }
+
+/// `MAX_RW_COUNT`: the most one `write(2)` transfers.
+const MAX_RW_COUNT: u64 = (i32::MAX as u64) & !(P - 1);
 
 impl RefBackend {
     /// One empty space `main` in `mode`.
     pub fn new(mode: Mode) -> RefBackend {
+        let files = Files::default();
+        let mut main = RefSpace::new(mode);
+        main.files = files.clone();
         RefBackend {
             mode,
-            spaces: vec![("main".to_string(), RefSpace::new(mode))],
+            spaces: vec![("main".to_string(), main)],
             current: 0,
             choice: None,
+            names: Default::default(),
+            files,
         }
+    }
+
+    /// `ftruncate` of the file `id` to `size` bytes, in every space.
+    fn set_size(&mut self, id: u64, size: u64) -> R<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        let old = self.files.lock().unwrap().insert(id, size).unwrap_or(0);
+        if old != size {
+            for (_, sp) in &mut self.spaces {
+                sp.file_changed(id, old, size);
+            }
+        }
+        Ok(())
     }
 
     /// The current space.
@@ -1744,17 +1911,20 @@ impl RefBackend {
             let Some(v) = cur.vmas.iter().find(|v| v.start <= a && a < v.end) else {
                 break;
             };
-            if !v.prot.write {
+            // The store faults on a page it cannot write, or a guard marker.
+            if !v.prot.write || v.pages[v.idx(a)].guard {
                 break;
             }
-            if let (true, Some(f)) = (v.shared, v.file) {
+            if let Some(f) = v.file {
                 let pg = v.pgoff + (a - v.start) / P;
-                if pg >= f.1 {
-                    // The store faults there (SIGBUS).
+                if pg >= cur.file_pages(v).unwrap_or(0) {
+                    // The store faults there (SIGBUS), in a private mapping too.
                     break;
                 }
-                hit.push((f, pg));
-                own.push(a);
+                if v.shared {
+                    hit.push((f, pg));
+                    own.push(a);
+                }
             }
             if a == last {
                 break;
@@ -1763,21 +1933,9 @@ impl RefBackend {
         }
         let current = self.current;
         for (si, (_, sp)) in self.spaces.iter_mut().enumerate() {
-            for v in &mut sp.vmas {
-                let Some(f) = v.file.filter(|_| v.shared) else {
-                    continue;
-                };
-                for &(hf, hp) in &hit {
-                    if hf != f || hp < v.pgoff || hp >= v.pgoff + v.npages() {
-                        continue;
-                    }
-                    let at = v.start + (hp - v.pgoff) * P;
-                    if si == current && own.contains(&at) {
-                        continue;
-                    }
-                    let i = v.idx(at);
-                    v.pages[i].dirty = true;
-                }
+            let skip = |at: u64| si == current && own.contains(&at);
+            for &(hf, hp) in &hit {
+                sp.file_pages_changed(hf, hp, hp + 1, &skip);
             }
         }
     }
@@ -1818,8 +1976,9 @@ impl Backend for RefBackend {
         self.current = match self.spaces.iter().position(|s| s.0 == name) {
             Some(i) => i,
             None => {
-                self.spaces
-                    .push((name.to_string(), RefSpace::new(self.mode)));
+                let mut sp = RefSpace::new(self.mode);
+                sp.files = self.files.clone();
+                self.spaces.push((name.to_string(), sp));
                 self.spaces.len() - 1
             }
         };
@@ -1852,7 +2011,7 @@ impl Backend for RefBackend {
         placement: Placement,
         opts: MapOpts,
     ) -> OpResult<u64> {
-        self.choosing(|r, choose| r.mmap(addr, len, prot, shared, placement, opts, choose))
+        self.choosing(|r, choose| r.mmap(addr, len, prot, shared, placement, opts, None, choose))
     }
     fn madvise(&mut self, addr: u64, len: u64, advice: Advice) -> OpResult<()> {
         let r = self.cur().madvise(addr, len, advice);
@@ -1888,6 +2047,71 @@ impl Backend for RefBackend {
     }
     fn madvise_dontneed(&mut self, addr: u64, len: u64) -> OpResult<()> {
         Ok(self.cur().madvise_dontneed(addr, len))
+    }
+    fn file(&mut self, name: &str, memfd: bool, size: u64) -> OpResult<()> {
+        let id = match self.names.get(name) {
+            Some(&(id, m)) if m == memfd => id,
+            Some(_) => return Ok(Err(Errno::EINVAL)),
+            None => {
+                let id = new_id();
+                self.names.insert(name.to_string(), (id, memfd));
+                self.files.lock().unwrap().insert(id, 0);
+                id
+            }
+        };
+        Ok(self.set_size(id, size))
+    }
+    fn fwrite(&mut self, name: &str, offset: u64, len: u64) -> OpResult<()> {
+        let Some(&(id, _)) = self.names.get(name) else {
+            return Ok(Err(Errno::EBADF));
+        };
+        // rw_verify_area, then one write(2)'s worth, then the size limit.
+        if offset > MAX_FILE_SIZE || offset.checked_add(len).is_none_or(|e| e > MAX_FILE_SIZE) {
+            return Ok(Err(Errno::EINVAL));
+        }
+        let len = len.min(MAX_RW_COUNT);
+        if len == 0 {
+            return Ok(Ok(()));
+        }
+        if offset >= MAX_FILE_SIZE {
+            return Ok(Err(Errno::EFBIG));
+        }
+        let end = offset + len.min(MAX_FILE_SIZE - offset);
+        let size = self.files.lock().unwrap().get(&id).copied().unwrap_or(0);
+        if end > size {
+            if let Err(e) = self.set_size(id, end) {
+                return Ok(Err(e));
+            }
+        }
+        let (first, last) = (offset / P, end.div_ceil(P));
+        for (_, sp) in &mut self.spaces {
+            sp.file_pages_changed((id, NAMED), first, last, &|_| false);
+        }
+        Ok(Ok(()))
+    }
+    fn mmap_file(&mut self, m: &softdirty::backend::FileMapping) -> OpResult<u64> {
+        let id = self.names.get(&m.name).map_or(u64::MAX, |f| f.0);
+        let (addr, len, prot, shared, placement, opts, offset) = (
+            m.addr,
+            m.len,
+            m.prot,
+            m.shared,
+            m.placement,
+            m.opts,
+            m.offset,
+        );
+        self.choosing(|r, choose| {
+            r.mmap(
+                addr,
+                len,
+                prot,
+                shared,
+                placement,
+                opts,
+                Some((id, offset)),
+                choose,
+            )
+        })
     }
     fn write(&mut self, addr: u64, len: u64) -> OpResult<()> {
         let r = self.cur().write(addr, len);

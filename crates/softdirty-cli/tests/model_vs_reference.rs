@@ -1568,8 +1568,8 @@ fn reference_stays_independent_of_the_model() {
 }
 
 /// `softdirty fuzz --against reference`: the model and the reference agree on random
-/// traces with trace v2's operations (brk, mmap flags with growsdown stacks, every
-/// madvise advice, fork and spaces) in every mode, `PROPTEST_CASES` cases (CI: 10,000)
+/// traces with trace v2's operations (files and memfds, brk, mmap flags with growsdown
+/// stacks, every madvise advice, fork and spaces) in every mode, `PROPTEST_CASES` cases (CI: 10,000)
 /// or 1,000; a mode no kernel implements is refused `--against kernel` with exit status 2.
 #[test]
 fn fuzz_against_the_reference() {
