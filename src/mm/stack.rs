@@ -22,7 +22,6 @@ impl AddressSpace {
     /// limits allow; `Ok(false)` if the access must fault.
     pub(super) fn expand_stack(&self, page: u64) -> Result<bool> {
         let precise = self.mode.is_precise();
-        let anon = &self.accounting;
         self.structural(|l| {
             // The VMA above the page, if the page is still unmapped (a racing
             // structural operation may have mapped it: then retry the access).
@@ -46,6 +45,15 @@ impl AddressSpace {
                     return (Ok(false), false);
                 }
             }
+            // expand_downwards starts with anon_vma_prepare: an adjacent compatible
+            // VMA's anon_vma is reused, as for a first write fault (seen on 6.18.44: the
+            // grown stack then merges with its written neighbour after an mprotect; CI's
+            // reference fuzz, seed 6593).
+            let anon = if next.anon() == 0 {
+                self.anon_for_first_fault(&l.base, &next)
+            } else {
+                next.anon()
+            };
             l.load(page, next.end);
             let Some(i) = l.find(next.start) else {
                 return (Ok(false), false);
@@ -63,7 +71,7 @@ impl AddressSpace {
             w.meta.pgoff = w.meta.pgoff.wrapping_sub(grow);
             // expand_downwards prepares the VMA's anon_vma first.
             if w.anon == 0 {
-                w.anon = anon.next_id();
+                w.anon = anon;
             }
             l.edited = true;
             (Ok(true), true)
