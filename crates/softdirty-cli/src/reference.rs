@@ -80,7 +80,7 @@
 
 #![allow(dead_code, missing_docs)]
 
-use softdirty::backend::{Backend, OpResult, Unobservable};
+use softdirty::backend::{Backend, FileMapping, OpResult, Unobservable};
 use softdirty::errno::Errno;
 use softdirty::mm::{Advice, MapOpts, Placement, VmaInfo};
 use softdirty::mode::Mode;
@@ -2089,7 +2089,7 @@ impl Backend for RefBackend {
         }
         Ok(Ok(()))
     }
-    fn mmap_file(&mut self, m: &softdirty::backend::FileMapping) -> OpResult<u64> {
+    fn mmap_file(&mut self, m: &FileMapping) -> OpResult<u64> {
         let id = self.names.get(&m.name).map_or(u64::MAX, |f| f.0);
         let (addr, len, prot, shared, placement, opts, offset) = (
             m.addr,

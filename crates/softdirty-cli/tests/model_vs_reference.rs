@@ -1529,7 +1529,7 @@ fn reference_stays_independent_of_the_model() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/reference.rs");
     let src = std::fs::read_to_string(file).unwrap();
     let allowed = [
-        "softdirty::backend::{Backend, OpResult, Unobservable}",
+        "softdirty::backend::{Backend, FileMapping, OpResult, Unobservable}",
         "softdirty::errno::Errno",
         "softdirty::mm::{Advice, MapOpts, Placement, VmaInfo}",
         "softdirty::mode::Mode",
