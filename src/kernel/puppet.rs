@@ -647,13 +647,18 @@ mod tests {
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         let a = p
-            .syscall(libc::SYS_mmap, [0, 8192, prot, flags, u64::MAX, 0])
+            .syscall(libc::SYS_mmap, [0, 3 * 4096, prot, flags, u64::MAX, 0])
             .unwrap();
         assert!(a > 0, "mmap in the puppet: {a}");
         let a = a as u64;
+        // The third page inaccessible (whatever the kernel placed after the mapping, a
+        // copy of this process's memory, is not to be touched).
+        let none = [a + 8192, 4096, libc::PROT_NONE as u64, 0, 0, 0];
+        assert_eq!(p.syscall(libc::SYS_mprotect, none).unwrap(), 0);
         assert_eq!(p.touch(a, 8192, true).unwrap(), Ok(()));
-        // A store past the mapping faults and the puppet lives on.
+        // A store to the inaccessible page faults and the puppet lives on.
         assert_eq!(p.touch(a + 8192, 1, true).unwrap(), Err(libc::EFAULT));
+        assert_eq!(p.touch(a + 4096, 8192, false).unwrap(), Err(libc::EFAULT));
         assert_eq!(p.touch(a, 1, false).unwrap(), Ok(()));
         // Not mapped here: the puppet's memory is its own.
         let mine = std::fs::read_to_string("/proc/self/maps").unwrap();
@@ -662,7 +667,7 @@ mod tests {
         assert_eq!(child.touch(a, 1, true).unwrap(), Ok(()));
         assert_eq!(
             child
-                .syscall(libc::SYS_munmap, [a, 8192, 0, 0, 0, 0])
+                .syscall(libc::SYS_munmap, [a, 3 * 4096, 0, 0, 0, 0])
                 .unwrap(),
             0
         );
