@@ -31,8 +31,12 @@ cd "$(dirname "$0")/.."
 # of a few instructions), no_drain_rule (precise moves make every moved page dirty, so the
 # rule the twin drops is invisible). no_reclaim (a leak) fails only by exhausting the
 # model's chunk limit (a write gets ENOMEM after ~17 s under load), or not at all.
-# mark_no_fence is run through tests/litmus.rs (the store-buffering shape), not the stress:
-# it reports lost writes within seconds.
+# mark_no_fence is run through tests/litmus.rs (the store-buffering shape), not the stress.
+# Store buffering is a timing outcome of the hardware: here (2 cores) one run of 2,000,000
+# iterations per shape showed 1 lost write; on CI's machine (stop 23) one run showed none.
+# So the litmus is rerun until it reports a lost write or LITMUS_BUDGET seconds (120) pass,
+# and a twin it never sees is reported NOT OBSERVED without failing: the property's gate
+# is loom, whose data_ordering models reject this twin on every run (scripts/loom.sh).
 # Seen but not caught reliably (windows of a few instructions; the loom models reject
 # them): zap_no_seq (region L: a page present but not soft-dirty after a DONTNEED race;
 # caught within 10 s on the development machine, not within 60 s on CI's),
@@ -46,6 +50,7 @@ export RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/loom.sh" SOFTDIRTY_LOOM_WRAP=1
 export SOFTDIRTY_STRESS_ALLOW="${SOFTDIRTY_STRESS_ALLOW-}"
 twin_rounds="${SOFTDIRTY_TWIN_ROUNDS:-20000}"
 timeout_s="${SOFTDIRTY_TWIN_TIMEOUT:-180}"
+litmus_budget="${LITMUS_BUDGET:-120}"
 
 survey=0
 names=("$@")
@@ -96,7 +101,20 @@ failed=0
 for name in "${names[@]}"; do
     build "$name"
     case "$name" in
-        mark_no_fence | harvest_no_fence) run litmus ;;
+        mark_no_fence | harvest_no_fence)
+            t_litmus=$SECONDS runs=0
+            while :; do
+                run litmus
+                runs=$((runs + 1))
+                [[ $rc -eq 0 && $((SECONDS - t_litmus)) -lt $litmus_budget ]] || break
+            done
+            secs=$((SECONDS - t_litmus))
+            if [[ $rc -eq 0 ]]; then
+                echo "NOT OBSERVED: twin $name lost no write in $runs litmus runs (${secs} s):" \
+                    "this hardware did not show store buffering; loom rejects the twin"
+                continue
+            fi
+            ;;
         *) run stress "$twin_rounds" ;;
     esac
     first=$(grep -E -m1 '^round [0-9]+, region|^fork |helper thread failed|SIGSEGV|signal|: [1-9][0-9]* lost writes' <<<"$out" |
