@@ -32,8 +32,9 @@ cd "$(dirname "$0")/.."
 # rule the twin drops is invisible). no_reclaim (a leak) fails only by exhausting the
 # model's chunk limit (a write gets ENOMEM after ~17 s under load), or not at all.
 # mark_no_fence is run through tests/litmus.rs (the store-buffering shape), not the stress.
-# Store buffering is a timing outcome of the hardware: here (2 cores) one run of 2,000,000
-# iterations per shape showed 1 lost write; on CI's machine (stop 23) one run showed none.
+# Store buffering is a timing outcome of the hardware: here (2 cores) runs of 2,000,000
+# iterations showed 1 to 2,070 lost writes per shape; on CI's machine (stop 23) one run
+# showed none.
 # So the litmus is rerun until it reports a lost write or LITMUS_BUDGET seconds (120) pass,
 # and a twin it never sees is reported NOT OBSERVED without failing: the property's gate
 # is loom, whose data_ordering models reject this twin on every run (scripts/loom.sh).
