@@ -35,6 +35,8 @@ pub mod clear;
 pub mod error;
 pub mod procfs;
 pub mod puppet;
+#[cfg(target_arch = "x86_64")]
+pub mod record;
 pub mod uapi;
 
 use std::collections::{BTreeMap, HashMap};

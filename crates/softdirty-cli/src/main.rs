@@ -51,6 +51,10 @@ enum Cmd {
     /// (or the independent reference model) step by step; on a disagreement, shrink to a
     /// minimal trace, write it, exit 1.
     Fuzz(softdirty_cli::fuzz::FuzzArgs),
+    /// Run a real program under ptrace and write its address-space history as a trace v2:
+    /// every layout call with the kernel's result, and the pages it wrote, from the
+    /// kernel's userfaultfd write-protect (x86-64 Linux 6.7+).
+    Record(softdirty_cli::record::RecordArgs),
     /// The seed thread's scenario in every implemented mode (legacy, sticky, nomerge,
     /// precise, regions): pages reported soft-dirty that were never written since the last
     /// clear.
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => softdirty_cli::bench::main(&args),
         Cmd::Compare(args) => softdirty_cli::compare::main(&args),
         Cmd::Fuzz(args) => softdirty_cli::fuzz::main(&args),
+        Cmd::Record(args) => softdirty_cli::record::main(&args),
         Cmd::Demo => {
             softdirty_demo();
             ExitCode::SUCCESS

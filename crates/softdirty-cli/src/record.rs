@@ -1,0 +1,182 @@
+//! `softdirty record`: runs a real program and writes its address-space history as a
+//! trace v2 (the recorder is `softdirty::kernel::record`; this is its command line and its
+//! output file).
+//!
+//! The trace is written to a temporary file beside `--out` and renamed over it only when
+//! the recording is complete, with its header first: a failure leaves no file, and a
+//! program killed mid-recording leaves a valid trace whose header says it was cut.
+
+use std::ffi::OsString;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use softdirty::kernel::record::{self, Options, RecordError, Summary};
+
+/// `softdirty record` arguments.
+#[derive(clap::Args, Debug)]
+pub struct RecordArgs {
+    /// Where to write the trace (default: `PROGRAM.trace` in the current directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Milliseconds between harvest points (`scan` + `clear_refs 4` in every space).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub interval: u64,
+    /// Kill the program after this many seconds; the trace says it was cut.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub max_seconds: Option<u64>,
+    /// The program and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub program: Vec<OsString>,
+}
+
+/// The header of a recorded trace: what was recorded, how, and what could not be.
+pub fn header(args: &[OsString], interval_ms: u64, sum: &Summary) -> String {
+    let mut h = String::new();
+    let prog: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().replace(['\n', '\r'], " "))
+        .collect();
+    // SAFETY: utsname is plain data; uname fills it.
+    let kernel = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) == 0 {
+            let s = |f: &[libc::c_char]| {
+                f.iter()
+                    .take_while(|&&c| c != 0)
+                    .map(|&c| c as u8 as char)
+                    .collect::<String>()
+            };
+            format!("{} {} ({})", s(&u.sysname), s(&u.release), s(&u.machine))
+        } else {
+            "unknown".into()
+        }
+    };
+    let calls: Vec<String> = sum.calls.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    h.push_str("# softdirty record: a trace v2 of a real program's address-space history\n");
+    h.push_str(&format!("# program: {}\n", prog.join(" ")));
+    h.push_str(&format!("# kernel: {kernel}\n"));
+    h.push_str(&format!(
+        "# writes: the kernel's userfaultfd async write-protect (PAGEMAP_SCAN, PAGE_IS_WRITTEN), \
+         harvested at the entry of every layout call and every {interval_ms} ms\n"
+    ));
+    h.push_str(&format!(
+        "# harvest points: {} (`scan` of each space, then `clear_refs 4`, as CRIU's pre-dump)\n",
+        sum.harvest_points
+    ));
+    h.push_str(&format!(
+        "# spaces: {}; calls: {}; pages written: {}; wall time under the recorder: {:.3} s\n",
+        sum.spaces,
+        if calls.is_empty() {
+            "none".into()
+        } else {
+            calls.join(", ")
+        },
+        sum.pages_written,
+        sum.wall.as_secs_f64()
+    ));
+    if sum.unrecorded.is_empty() {
+        h.push_str("# not recorded: nothing\n");
+    } else {
+        h.push_str("# not recorded:\n");
+        for (what, n) in &sum.unrecorded {
+            h.push_str(&format!("#   {n} x {what}\n"));
+        }
+    }
+    if sum.cut {
+        h.push_str(&format!(
+            "# cut: {}; the trace is valid up to that point\n",
+            sum.ended
+        ));
+    } else {
+        h.push_str(&format!("# ended: {}\n", sum.ended));
+    }
+    h
+}
+
+fn default_out(program: &[OsString]) -> PathBuf {
+    let base = program
+        .first()
+        .map(|p| {
+            Path::new(p)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "program".into())
+        })
+        .unwrap_or_else(|| "program".into());
+    PathBuf::from(format!("{base}.trace"))
+}
+
+/// Runs `softdirty record`: 0 recorded (whatever the program's own status), 1 the
+/// recording failed, 2 bad use (no such program, unwritable output), 3 the kernel or the
+/// permissions do not allow recording.
+pub fn main(args: &RecordArgs) -> ExitCode {
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out(&args.program));
+    if crate::outpath::is_stdout(&out) {
+        eprintln!(
+            "softdirty record: --out must name a file (the program's own output goes to stdout)"
+        );
+        return ExitCode::from(2);
+    }
+    if let Err(e) = crate::outpath::check_creatable("--out", &out) {
+        eprintln!("softdirty record: {e}");
+        return ExitCode::from(2);
+    }
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let body = match tempfile::tempfile_in(&dir) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("softdirty record: --out {}: {e}", out.display());
+            return ExitCode::from(2);
+        }
+    };
+    let opts = Options {
+        program: args.program.clone(),
+        interval: Duration::from_millis(args.interval),
+        max_time: args.max_seconds.map(Duration::from_secs),
+    };
+    let mut w = BufWriter::new(body);
+    let sum = match record::record(&opts, &mut w) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("softdirty record: {e}");
+            return ExitCode::from(match e {
+                RecordError::Program(_) => 2,
+                RecordError::Unavailable(_) => 3,
+                RecordError::Io(_) => 1,
+            });
+        }
+    };
+    let finish = || -> std::io::Result<()> {
+        let mut body = w.into_inner().map_err(|e| e.into_error())?;
+        body.seek(SeekFrom::Start(0))?;
+        let mut file = tempfile::NamedTempFile::new_in(&dir)?;
+        file.write_all(header(&args.program, args.interval, &sum).as_bytes())?;
+        std::io::copy(&mut body, &mut file)?;
+        file.flush()?;
+        file.persist(&out).map_err(|e| e.error)?;
+        Ok(())
+    };
+    if let Err(e) = finish() {
+        eprintln!("softdirty record: writing {}: {e}", out.display());
+        return ExitCode::from(1);
+    }
+    eprintln!(
+        "softdirty record: {} ({}): {} spaces, {} pages written, {} harvest points, {:.3} s; {} kinds of event not recorded",
+        out.display(),
+        sum.ended,
+        sum.spaces,
+        sum.pages_written,
+        sum.harvest_points,
+        sum.wall.as_secs_f64(),
+        sum.unrecorded.len()
+    );
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,1671 @@
+//! Recording a real program's address-space history as a trace v2 (`softdirty record`).
+//!
+//! The recorder runs the program under ptrace and writes, as trace lines, every system
+//! call that changes its layout (mmap, munmap, mprotect, pkey_mprotect, mremap, madvise,
+//! brk, shmat, shmdt; fork and clone as new spaces, execve as a fresh one) with the
+//! kernel's result, and the pages the program wrote between them, which it takes from
+//! the kernel's own write tracking, never guessed:
+//!
+//! - **Which system calls stop.** A seccomp filter, installed in the child before the
+//!   first execve and inherited by every process and thread the program starts, returns
+//!   `SECCOMP_RET_TRACE` for exactly those calls, so the other calls never stop. At the
+//!   seccomp stop (the call's entry) the recorder harvests the space's written pages; at
+//!   the call's exit stop it writes the call with its result.
+//! - **Where the written pages come from.** Each address space gets a userfaultfd made
+//!   in it: the recorder makes the traced process call `userfaultfd(2)` (its registers
+//!   pointed at a `syscall` instruction of its vDSO, then restored), pulls the descriptor
+//!   over with `pidfd_getfd(2)`, closes the process's copy the same way, and arms it with
+//!   `UFFD_FEATURE_WP_ASYNC | WP_UNPOPULATED`. Every writable mapping is registered for
+//!   write-protect and write-protected when it appears (at exec, at a fork child's first
+//!   stop, at the exit of the call that made it, while the caller is stopped). A harvest
+//!   is `PAGEMAP_SCAN(PM_SCAN_WP_MATCHING, PAGE_IS_WRITTEN)` on `/proc/PID/pagemap`: the
+//!   pages stored to since the last harvest, each reported once, and protected again in
+//!   the same walk. Stores the kernel makes for the program (read(2) into a buffer) fault
+//!   like the program's own, so they count.
+//! - **Harvest points.** Every `interval`, each live space is harvested and the trace
+//!   gets a harvest point: `scan` of the whole space (what `softdirty compare` measures)
+//!   and `clear_refs 4`, as CRIU's pre-dump iterations do.
+//!
+//! What it cannot see is counted and stated in the trace's header ([`Summary::unrecorded`]):
+//! advices and flags that the format has no word for, and mappings that refuse
+//! registration. x86-64 Linux 6.7+ only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use super::uapi::*;
+use super::{last_errno, pm_scan, uffd_api, RegionBuf};
+use crate::linux::{PAGE_SIZE, TASK_SIZE};
+
+/// What to record and how.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The program and its arguments; the program is looked up in `PATH` when it has
+    /// no `/`.
+    pub program: Vec<OsString>,
+    /// The time between harvest points.
+    pub interval: Duration,
+    /// Kill the program after this long (the trace then says it was cut).
+    pub max_time: Option<Duration>,
+}
+
+/// Why a recording could not be made at all (nothing was written).
+#[derive(Debug)]
+pub enum RecordError {
+    /// The program does not exist or cannot be executed.
+    Program(String),
+    /// The kernel or the permissions do not allow recording (named, with the remedy).
+    Unavailable(String),
+    /// Writing the trace failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::Program(s) | RecordError::Unavailable(s) => f.write_str(s),
+            RecordError::Io(e) => write!(f, "writing the trace: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+impl From<std::io::Error> for RecordError {
+    fn from(e: std::io::Error) -> RecordError {
+        RecordError::Io(e)
+    }
+}
+
+/// What a finished recording saw (the header of its trace says the same).
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// How the program ended: `exit status N`, `killed by signal N`, or why the recording
+    /// was cut.
+    pub ended: String,
+    /// Whether the recording stopped before the program ended by itself (a signal that
+    /// killed it, `max_time`, an interrupt).
+    pub cut: bool,
+    /// Address spaces recorded (the first exec, each fork, each later exec).
+    pub spaces: u64,
+    /// Recorded system calls by name (successful and failed).
+    pub calls: BTreeMap<&'static str, u64>,
+    /// Pages reported written, summed over harvests.
+    pub pages_written: u64,
+    /// Harvest points (every `interval`).
+    pub harvest_points: u64,
+    /// What the trace could not express, with counts.
+    pub unrecorded: BTreeMap<String, u64>,
+    /// The program's wall time under the recorder.
+    pub wall: Duration,
+}
+
+// x86-64 system call numbers of the calls that stop.
+const SYS_MMAP: u64 = 9;
+const SYS_MPROTECT: u64 = 10;
+const SYS_MUNMAP: u64 = 11;
+const SYS_BRK: u64 = 12;
+const SYS_MREMAP: u64 = 25;
+const SYS_MADVISE: u64 = 28;
+const SYS_SHMAT: u64 = 30;
+const SYS_CLONE: u64 = 56;
+const SYS_FORK: u64 = 57;
+const SYS_VFORK: u64 = 58;
+const SYS_EXECVE: u64 = 59;
+const SYS_SHMDT: u64 = 67;
+const SYS_EXECVEAT: u64 = 322;
+const SYS_PKEY_MPROTECT: u64 = 329;
+const SYS_CLONE3: u64 = 435;
+const TRACED: [u64; 15] = [
+    SYS_MMAP,
+    SYS_MPROTECT,
+    SYS_MUNMAP,
+    SYS_BRK,
+    SYS_MREMAP,
+    SYS_MADVISE,
+    SYS_SHMAT,
+    SYS_CLONE,
+    SYS_FORK,
+    SYS_VFORK,
+    SYS_EXECVE,
+    SYS_SHMDT,
+    SYS_EXECVEAT,
+    SYS_PKEY_MPROTECT,
+    SYS_CLONE3,
+];
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const SYS_USERFAULTFD: u64 = 323;
+const SYS_CLOSE: u64 = 3;
+
+/// The seccomp filter: `SECCOMP_RET_TRACE` for the calls in [`TRACED`], allow the rest.
+fn filter() -> Vec<libc::sock_filter> {
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let n = TRACED.len() as u8;
+    let mut f = vec![
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4), // seccomp_data.arch
+        jump(AUDIT_ARCH_X86_64, 0, n + 1),                   // else: allow
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0), // seccomp_data.nr
+    ];
+    for (i, &nr) in TRACED.iter().enumerate() {
+        // match: jump over the remaining tests and the allow to the trace
+        f.push(jump(nr as u32, n - i as u8, 0));
+    }
+    f.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW));
+    f.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_TRACE));
+    f
+}
+
+/// A system call's entry, kept until its exit stop.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    nr: u64,
+    args: [u64; 6],
+}
+
+/// A traced thread.
+#[derive(Debug)]
+struct Task {
+    /// its address space (an index into `Recorder::spaces`); `None` before the first exec
+    space: Option<usize>,
+    /// the call between its seccomp stop and its exit stop
+    pending: Option<Pending>,
+    /// not yet seen stopped (a new task's first stop initialises it)
+    fresh: bool,
+}
+
+/// A recorded address space: one mm.
+struct Space {
+    name: String,
+    /// a live task of it (for /proc and injection)
+    pid: i32,
+    uffd: Option<OwnedFd>,
+    pagemap: Option<File>,
+    tasks: u64,
+    /// the current program break, as the trace knows it
+    brk: Option<u64>,
+    /// shmat attachments: address -> length
+    shm: HashMap<u64, u64>,
+    /// made by fork, not yet armed (its first stop does it)
+    unarmed: bool,
+}
+
+/// A file seen mapped: its trace name and last declared size.
+struct FileInfo {
+    name: String,
+    memfd: bool,
+    size: u64,
+    /// an `O_PATH` descriptor, to see its size change (at most `MAX_WATCHED`)
+    fd: Option<OwnedFd>,
+}
+
+/// At most this many files keep a descriptor for size changes.
+const MAX_WATCHED: usize = 1024;
+
+struct Recorder<'a> {
+    out: &'a mut dyn Write,
+    tasks: HashMap<i32, Task>,
+    spaces: Vec<Space>,
+    files: HashMap<(u64, u64), FileInfo>,
+    used_names: HashMap<String, u32>,
+    /// the space the trace's `space` lines last selected
+    current: Option<usize>,
+    /// tasks that stopped before their parent's clone event named them
+    early: Vec<i32>,
+    /// tasks stopped at the entry of a layout call while another task of their space was
+    /// inside one (see [`Recorder::busy`]): processed, in order, when it leaves
+    deferred: Vec<i32>,
+    root: i32,
+    execs: u64,
+    forks: u64,
+    sum: Summary,
+    regions: RegionBuf,
+}
+
+fn errno_name(e: i32) -> String {
+    match crate::errno::Errno::from_code(e) {
+        Some(x) => x.name().to_string(),
+        None => format!("errno {e}"),
+    }
+}
+
+fn page_up(a: u64) -> u64 {
+    a.checked_add(PAGE_SIZE - 1)
+        .map_or(TASK_SIZE, |x| x & !(PAGE_SIZE - 1))
+}
+
+fn prot_word(p: u64) -> &'static str {
+    match p & 7 {
+        0 => "none",
+        1 => "r",
+        2 => "w",
+        3 => "rw",
+        4 => "x",
+        5 => "rx",
+        6 => "wx",
+        _ => "rwx",
+    }
+}
+
+/// The advice word of trace v2 for a madvise advice, if it has one.
+fn advice_word(a: u64) -> Option<&'static str> {
+    Some(match a {
+        4 | 24 => "dontneed", // MADV_DONTNEED, MADV_DONTNEED_LOCKED
+        8 => "free",
+        10 => "dontfork",
+        11 => "dofork",
+        18 => "wipeonfork",
+        19 => "keeponfork",
+        22 => "populate_read",
+        23 => "populate_write",
+        102 => "guard_install",
+        103 => "guard_remove",
+        _ => return None,
+    })
+}
+
+fn advice_name(a: u64) -> String {
+    match a {
+        0 => "normal".into(),
+        1 => "random".into(),
+        2 => "sequential".into(),
+        3 => "willneed".into(),
+        9 => "remove".into(),
+        12 => "mergeable".into(),
+        13 => "unmergeable".into(),
+        14 => "hugepage".into(),
+        15 => "nohugepage".into(),
+        16 => "dontdump".into(),
+        17 => "dodump".into(),
+        20 => "cold".into(),
+        21 => "pageout".into(),
+        25 => "collapse".into(),
+        _ => format!("advice {a}"),
+    }
+}
+
+/// The kernel's errno in a system call's return value, if it failed.
+fn failed(ret: u64) -> Option<i32> {
+    let r = ret as i64;
+    (-4095..0).contains(&r).then_some(-r as i32)
+}
+
+fn ptrace(req: libc::c_uint, pid: i32, addr: u64, data: u64) -> Result<i64, i32> {
+    // SAFETY: every request made here either takes plain integers or, for GETREGS,
+    // SETREGS and GETEVENTMSG, a pointer to a live object of the type the request
+    // reads or writes (the callers pass `&mut user_regs_struct` / `&mut c_ulong`).
+    let r = unsafe {
+        libc::ptrace(
+            req,
+            pid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    if r == -1 {
+        let e = last_errno();
+        if e != 0 {
+            return Err(e);
+        }
+    }
+    Ok(r)
+}
+
+fn getregs(pid: i32) -> Result<libc::user_regs_struct, i32> {
+    // SAFETY: user_regs_struct is plain integers; all-zero is a valid value.
+    let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    ptrace(libc::PTRACE_GETREGS, pid, 0, &mut r as *mut _ as u64)?;
+    Ok(r)
+}
+
+fn setregs(pid: i32, r: &libc::user_regs_struct) -> Result<(), i32> {
+    ptrace(libc::PTRACE_SETREGS, pid, 0, r as *const _ as u64).map(drop)
+}
+
+fn resume(pid: i32, syscall: bool, sig: i32) {
+    let req = if syscall {
+        libc::PTRACE_SYSCALL
+    } else {
+        libc::PTRACE_CONT
+    };
+    // ESRCH: the task died meanwhile; its exit is reported by waitpid.
+    let _ = ptrace(req, pid, 0, sig as u64);
+}
+
+fn waitpid(pid: i32, flags: i32) -> Result<Option<(i32, i32)>, i32> {
+    let mut st = 0;
+    // SAFETY: waitpid writes one int to `st`, which lives across the call.
+    let r = unsafe { libc::waitpid(pid, &mut st, flags | libc::__WALL) };
+    match r {
+        0 => Ok(None),
+        r if r > 0 => Ok(Some((r, st))),
+        _ => Err(last_errno()),
+    }
+}
+
+/// One line of `/proc/PID/maps`, with what the recorder needs.
+#[derive(Clone, Debug)]
+struct MapLine {
+    start: u64,
+    end: u64,
+    perms: String,
+    offset: u64,
+    inode: u64,
+    path: String,
+}
+
+fn read_maps(pid: i32) -> Result<Vec<MapLine>, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_err(|e| format!("reading /proc/{pid}/maps: {e}"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(6, ' ');
+            let (a, b) = f.next()?.split_once('-')?;
+            let perms = f.next()?.to_string();
+            let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+            let _dev = f.next()?;
+            let inode = f.next()?.parse().ok()?;
+            let path = f.next().unwrap_or("").trim_start().to_string();
+            Some(MapLine {
+                start: u64::from_str_radix(a, 16).ok()?,
+                end: u64::from_str_radix(b, 16).ok()?,
+                perms,
+                offset,
+                inode,
+                path,
+            })
+        })
+        .collect())
+}
+
+/// `VmFlags` of every VMA of `pid`, by start address.
+fn read_vmflags(pid: i32) -> HashMap<u64, Vec<String>> {
+    let mut out = HashMap::new();
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return out;
+    };
+    let mut cur = None;
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("VmFlags:") {
+            if let Some(s) = cur.take() {
+                out.insert(s, rest.split_ascii_whitespace().map(String::from).collect());
+            }
+        } else if let Some((a, _)) = l.split_once('-') {
+            if let Ok(s) = u64::from_str_radix(a, 16) {
+                if l.split_ascii_whitespace().count() >= 5 {
+                    cur = Some(s);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `start_brk` (field 47 of /proc/PID/stat).
+fn start_brk(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_ascii_whitespace().nth(47 - 3)?.parse().ok()
+}
+
+impl Recorder<'_> {
+    fn line(&mut self, space: usize, text: std::fmt::Arguments) -> Result<(), RecordError> {
+        if self.current != Some(space) {
+            writeln!(self.out, "space {}", self.spaces[space].name)?;
+            self.current = Some(space);
+        }
+        self.out.write_fmt(text)?;
+        self.out.write_all(b"\n")?;
+        Ok(())
+    }
+
+    fn note(&mut self, what: impl Into<String>) {
+        *self.sum.unrecorded.entry(what.into()).or_insert(0) += 1;
+    }
+
+    fn count(&mut self, call: &'static str) {
+        *self.sum.calls.entry(call).or_insert(0) += 1;
+    }
+
+    /// A trace name for a file path: `[a-z0-9_]+`, unique.
+    fn file_name(&mut self, path: &str) -> String {
+        let base = path.rsplit('/').next().unwrap_or(path);
+        let base = base.strip_suffix(" (deleted)").unwrap_or(base);
+        let base = base.strip_prefix("memfd:").unwrap_or(base);
+        let mut s: String = base
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect();
+        if s.is_empty() {
+            s.push('f');
+        }
+        let n = self.used_names.entry(s.clone()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            s = format!("{s}_{n}");
+        }
+        s
+    }
+
+    /// The trace file behind descriptor `fd` of `pid` (declared now if new or resized):
+    /// `(name, kind)`, where kind is `None` for a regular file or memfd, or the reason it
+    /// is recorded as shared anonymous memory instead.
+    fn file_of(
+        &mut self,
+        space: usize,
+        proc_path: &str,
+        shown: Option<&str>,
+    ) -> Result<Result<String, &'static str>, RecordError> {
+        let c = CString::new(proc_path).unwrap_or_default();
+        // SAFETY: `c` is a NUL-terminated path; O_PATH opens no data access.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Ok(Err("a mapped file the recorder cannot open"));
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: both structs are plain integers (all-zero valid); fstat/fstatfs fill
+        // them from a live descriptor.
+        let (st, fs) = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            let mut fs: libc::statfs = std::mem::zeroed();
+            if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+                return Ok(Err("a mapped file the recorder cannot stat"));
+            }
+            if libc::fstatfs(fd.as_raw_fd(), &mut fs) != 0 {
+                fs.f_type = 0;
+            }
+            (st, fs)
+        };
+        let fmt = st.st_mode & libc::S_IFMT;
+        if fmt != libc::S_IFREG {
+            return Ok(Err(
+                "a mapping of a special file (device, anonymous inode), recorded as shared anonymous memory",
+            ));
+        }
+        let key = (st.st_dev, st.st_ino);
+        let size = st.st_size as u64;
+        if let Some(f) = self.files.get_mut(&key) {
+            if f.size != size {
+                f.size = size;
+                let (kw, name) = (if f.memfd { "memfd" } else { "file" }, f.name.clone());
+                self.line(space, format_args!("{kw} {name} {size:#x}"))?;
+            }
+            return Ok(Ok(self.files[&key].name.clone()));
+        }
+        let link = match shown {
+            Some(p) => p.to_string(),
+            None => std::fs::read_link(proc_path)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        let memfd = fs.f_type == libc::TMPFS_MAGIC || link.starts_with("/memfd:");
+        let name = self.file_name(&link);
+        let kw = if memfd { "memfd" } else { "file" };
+        self.line(space, format_args!("{kw} {name} {size:#x}  # {link}"))?;
+        let watched = self.files.values().filter(|f| f.fd.is_some()).count() < MAX_WATCHED;
+        self.files.insert(
+            key,
+            FileInfo {
+                name: name.clone(),
+                memfd,
+                size,
+                fd: watched.then_some(fd),
+            },
+        );
+        Ok(Ok(name))
+    }
+
+    /// Declares the new size of every watched file that changed.
+    fn resync_files(&mut self, space: usize) -> Result<(), RecordError> {
+        let mut changed = Vec::new();
+        for f in self.files.values_mut() {
+            let Some(fd) = &f.fd else { continue };
+            // SAFETY: plain integers; fstat fills it from a live descriptor.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above; `st` lives across the call.
+            if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0 && st.st_size as u64 != f.size {
+                f.size = st.st_size as u64;
+                changed.push((
+                    if f.memfd { "memfd" } else { "file" },
+                    f.name.clone(),
+                    f.size,
+                ));
+            }
+        }
+        changed.sort();
+        for (kw, name, size) in changed {
+            self.line(space, format_args!("{kw} {name} {size:#x}"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes task `tid` (stopped, its registers final) run system call `nr` with `args`
+    /// from its vDSO's `syscall` instruction; returns the raw result and restores its
+    /// registers.
+    fn inject(&mut self, tid: i32, gadget: u64, nr: u64, args: [u64; 6]) -> Result<u64, String> {
+        let saved = getregs(tid).map_err(|e| format!("PTRACE_GETREGS: {}", errno_name(e)))?;
+        let mut r = saved;
+        r.rip = gadget;
+        r.rax = nr;
+        r.orig_rax = u64::MAX;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+        setregs(tid, &r).map_err(|e| format!("PTRACE_SETREGS: {}", errno_name(e)))?;
+        // entry stop, then exit stop (a signal arriving first is delivered later: the
+        // task keeps it pending while it is stopped here)
+        for _ in 0..2 {
+            loop {
+                resume(tid, true, 0);
+                match waitpid(tid, 0) {
+                    Ok(Some((_, st))) if libc::WIFSTOPPED(st) => {
+                        if libc::WSTOPSIG(st) == libc::SIGTRAP | 0x80 {
+                            break;
+                        }
+                        // another stop (a signal): suppressed here, the task re-raises
+                        // nothing; count it
+                        self.note("a signal that arrived during the recorder's injected system call (dropped)");
+                    }
+                    Ok(_) => return Err("the task died during an injected system call".into()),
+                    Err(e) => return Err(format!("waitpid: {}", errno_name(e))),
+                }
+            }
+        }
+        let res = getregs(tid)
+            .map_err(|e| format!("PTRACE_GETREGS: {}", errno_name(e)))?
+            .rax;
+        setregs(tid, &saved).map_err(|e| format!("PTRACE_SETREGS: {}", errno_name(e)))?;
+        Ok(res)
+    }
+
+    /// Gives space `s` (its task `tid` stopped with final registers) a userfaultfd armed
+    /// for async write-protect, and registers and protects its writable mappings.
+    fn arm(&mut self, s: usize, tid: i32) -> Result<(), RecordError> {
+        let maps = read_maps(tid).map_err(RecordError::Unavailable)?;
+        let vdso = maps
+            .iter()
+            .find(|m| m.path == "[vdso]")
+            .ok_or_else(|| RecordError::Unavailable("the program has no vDSO (booted with vdso=0?): the recorder runs its system calls from it".into()))?;
+        let mem = File::open(format!("/proc/{tid}/mem"))
+            .map_err(|e| RecordError::Unavailable(format!("/proc/{tid}/mem: {e}")))?;
+        let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
+        mem.read_exact_at(&mut code, vdso.start)
+            .map_err(|e| RecordError::Unavailable(format!("reading the vDSO: {e}")))?;
+        let gadget = code
+            .windows(2)
+            .position(|w| w == [0x0f, 0x05])
+            .map(|i| vdso.start + i as u64)
+            .ok_or_else(|| RecordError::Unavailable("no syscall instruction in the vDSO".into()))?;
+        let unavailable = RecordError::Unavailable;
+        let base = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+        let mut fd = self
+            .inject(tid, gadget, SYS_USERFAULTFD, [base, 0, 0, 0, 0, 0])
+            .map_err(unavailable)?;
+        if matches!(failed(fd), Some(libc::EPERM | libc::EACCES)) {
+            fd = self
+                .inject(
+                    tid,
+                    gadget,
+                    SYS_USERFAULTFD,
+                    [base | UFFD_USER_MODE_ONLY as u64, 0, 0, 0, 0, 0],
+                )
+                .map_err(RecordError::Unavailable)?;
+        }
+        if let Some(e) = failed(fd) {
+            return Err(RecordError::Unavailable(format!(
+                "userfaultfd(2) in the program failed ({}): recording needs userfaultfd \
+                 (CONFIG_USERFAULTFD; UFFD_USER_MODE_ONLY, Linux 5.11+, or \
+                 vm.unprivileged_userfaultfd=1, or CAP_SYS_PTRACE)",
+                errno_name(e)
+            )));
+        }
+        let tgid = self.spaces[s].pid;
+        // SAFETY: pidfd_open and pidfd_getfd take integers and return a new descriptor.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid, 0) };
+        let got = if pidfd >= 0 {
+            // SAFETY: as above; `pidfd` is ours and closed just below.
+            let u = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
+            let e = last_errno();
+            // SAFETY: `pidfd` is a descriptor we own and no longer use.
+            unsafe { libc::close(pidfd as i32) };
+            if u >= 0 {
+                Ok(u as i32)
+            } else {
+                Err(e)
+            }
+        } else {
+            Err(last_errno())
+        };
+        // the program's copy goes away whatever happened
+        let _ = self.inject(tid, gadget, SYS_CLOSE, [fd, 0, 0, 0, 0, 0]);
+        let u = got.map_err(|e| {
+            RecordError::Unavailable(format!(
+                "pidfd_getfd(2) failed ({}): it needs Linux 5.6+ and ptrace access to the program",
+                errno_name(e)
+            ))
+        })?;
+        // SAFETY: pidfd_getfd returned a new descriptor that nothing else owns.
+        let u = unsafe { OwnedFd::from_raw_fd(u) };
+        let need = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+        uffd_api(&u, need).map_err(|e| {
+            RecordError::Unavailable(format!(
+                "UFFDIO_API with WP_ASYNC | WP_UNPOPULATED failed ({}): recording needs Linux 6.7+",
+                errno_name(e)
+            ))
+        })?;
+        let pagemap = File::open(format!("/proc/{tgid}/pagemap"))
+            .map_err(|e| RecordError::Unavailable(format!("/proc/{tgid}/pagemap: {e}")))?;
+        self.spaces[s].uffd = Some(u);
+        self.spaces[s].pagemap = Some(pagemap);
+        self.spaces[s].unarmed = false;
+        for m in maps
+            .iter()
+            .filter(|m| m.perms.as_bytes().get(1) == Some(&b'w'))
+        {
+            self.protect(s, m.start, m.end - m.start, &m.path)?;
+        }
+        Ok(())
+    }
+
+    /// Registers `[start, start+len)` of space `s` for write-protect and protects it.
+    fn protect(&mut self, s: usize, start: u64, len: u64, what: &str) -> Result<(), RecordError> {
+        let Some(u) = &self.spaces[s].uffd else {
+            return Ok(());
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        let mut reg = UffdioRegister {
+            range: UffdioRange { start, len },
+            mode: UFFDIO_REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER reads and writes one `struct uffdio_register` (layout
+        // checked in uapi.rs), which lives across the call; it acts on the traced
+        // program's VMA flags only.
+        let r = unsafe { libc::ioctl(u.as_raw_fd(), UFFDIO_REGISTER as _, &mut reg) };
+        if r != 0 {
+            let e = last_errno();
+            let kind = if what.is_empty() { "anonymous" } else { what };
+            self.note(format!(
+                "writes to a mapping that refused write-protect registration ({}; {kind})",
+                errno_name(e)
+            ));
+            return Ok(());
+        }
+        let mut wp = UffdioWriteprotect {
+            range: UffdioRange { start, len },
+            mode: UFFDIO_WRITEPROTECT_MODE_WP,
+        };
+        // SAFETY: UFFDIO_WRITEPROTECT reads one `struct uffdio_writeprotect` (layout
+        // checked in uapi.rs), which lives across the call.
+        let r = unsafe { libc::ioctl(u.as_raw_fd(), UFFDIO_WRITEPROTECT as _, &mut wp) };
+        if r != 0 {
+            let e = last_errno();
+            self.note(format!(
+                "writes to a mapping that refused write-protection ({})",
+                errno_name(e)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Harvests space `s`'s written pages in `[start, end)` (protecting them again);
+    /// returns them as page-aligned runs.
+    fn written(&mut self, s: usize, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let Some(pm) = &self.spaces[s].pagemap else {
+            return runs;
+        };
+        let n_max = self.regions.len;
+        let mut cur = start;
+        while cur < end {
+            let mut arg = PmScanArg {
+                size: std::mem::size_of::<PmScanArg>() as u64,
+                flags: PM_SCAN_WP_MATCHING,
+                start: cur,
+                end,
+                vec: self.regions.ptr as u64,
+                vec_len: n_max as u64,
+                category_mask: PAGE_IS_WRITTEN,
+                return_mask: PAGE_IS_WRITTEN,
+                ..PmScanArg::default()
+            };
+            let Ok(n) = pm_scan(pm, &mut arg) else {
+                // the space is exiting (ESRCH) or gone
+                break;
+            };
+            for r in self.regions.regions(n as usize) {
+                match runs.last_mut() {
+                    Some(l) if l.1 == r.start => l.1 = r.end,
+                    _ => runs.push((r.start, r.end)),
+                }
+            }
+            if (n as usize) < n_max || arg.walk_end <= cur {
+                break;
+            }
+            cur = arg.walk_end;
+        }
+        runs
+    }
+
+    fn emit_writes(&mut self, s: usize, runs: &[(u64, u64)]) -> Result<(), RecordError> {
+        for &(a, b) in runs {
+            self.sum.pages_written += (b - a) / PAGE_SIZE;
+            self.line(s, format_args!("write {a:#x} {:#x}", b - a))?;
+        }
+        Ok(())
+    }
+
+    /// Harvests the whole space `s` and writes its written pages.
+    fn harvest(&mut self, s: usize) -> Result<(), RecordError> {
+        if self.spaces[s].uffd.is_none() {
+            return Ok(());
+        }
+        let runs = self.written(s, 0, TASK_SIZE);
+        if !runs.is_empty() {
+            self.resync_files(s)?;
+        }
+        self.emit_writes(s, &runs)
+    }
+
+    /// Is a task of space `s` inside a layout call (between its entry and exit stops)?
+    /// A harvest then would see the call half done: a zap of anonymous memory drops the
+    /// write-protect markers before the exit stop protects the range again, and 6.18.44
+    /// reports the empty entries as written. So harvests of a busy space wait: an
+    /// interval harvest point skips it, and another task's entry waits in `deferred`.
+    fn busy(&self, s: usize) -> bool {
+        self.tasks.values().any(|t| {
+            t.space == Some(s)
+                && t.pending.is_some_and(|p| {
+                    !matches!(
+                        p.nr,
+                        SYS_CLONE | SYS_CLONE3 | SYS_FORK | SYS_VFORK | SYS_EXECVE | SYS_EXECVEAT
+                    )
+                })
+        })
+    }
+
+    /// Processes the deferred entries of space `s` while it is not busy.
+    fn drain_deferred(&mut self, s: usize) -> Result<(), RecordError> {
+        while !self.busy(s) {
+            let Some(i) = self
+                .deferred
+                .iter()
+                .position(|t| self.tasks.get(t).and_then(|t| t.space) == Some(s))
+            else {
+                break;
+            };
+            let tid = self.deferred.remove(i);
+            self.on_entry(tid)?;
+            resume(tid, true, 0);
+        }
+        Ok(())
+    }
+
+    /// A harvest point: every live space harvested, scanned and cleared.
+    fn harvest_point(&mut self) -> Result<(), RecordError> {
+        let live: Vec<usize> = (0..self.spaces.len())
+            .filter(|&s| self.spaces[s].tasks > 0 && self.spaces[s].uffd.is_some() && !self.busy(s))
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        self.sum.harvest_points += 1;
+        for s in live {
+            self.harvest(s)?;
+            self.line(
+                s,
+                format_args!("scan 0x0 {TASK_SIZE:#x} mask=softdirty return=softdirty"),
+            )?;
+            self.line(s, format_args!("clear_refs 4"))?;
+        }
+        Ok(())
+    }
+
+    /// The initial layout of a freshly exec'd space, then `clear_refs 4`.
+    fn layout(&mut self, s: usize, pid: i32) -> Result<(), RecordError> {
+        let maps = read_maps(pid).map_err(RecordError::Unavailable)?;
+        let flags = read_vmflags(pid);
+        let sb = start_brk(pid);
+        let mut brk_done = false;
+        if let Some(b) = sb {
+            if !maps.iter().any(|m| m.path == "[heap]") {
+                if b % PAGE_SIZE != 0 {
+                    self.note("a start_brk that is not page-aligned (rounded up)");
+                }
+                let b = page_up(b);
+                self.line(s, format_args!("brk_start {b:#x}"))?;
+                self.spaces[s].brk = Some(b);
+                brk_done = true;
+            }
+        }
+        for m in &maps {
+            let len = m.end - m.start;
+            let prot = {
+                let p = m.perms.as_bytes();
+                (u64::from(p.first() == Some(&b'r')))
+                    | (u64::from(p.get(1) == Some(&b'w')) << 1)
+                    | (u64::from(p.get(2) == Some(&b'x')) << 2)
+            };
+            let shared = m.perms.as_bytes().get(3) == Some(&b's');
+            let vf = flags.get(&m.start).cloned().unwrap_or_default();
+            let has = |f: &str| vf.iter().any(|x| x == f);
+            if m.path.starts_with('[') && m.path != "[stack]" && m.path != "[heap]" {
+                if m.start < TASK_SIZE {
+                    self.note(format!("the special mapping {} (not in the trace)", m.path));
+                }
+                continue;
+            }
+            if m.path == "[heap]" {
+                if !brk_done {
+                    let b = sb.unwrap_or(m.start).min(m.start);
+                    self.line(s, format_args!("brk_start {b:#x}"))?;
+                    if b < m.start {
+                        self.note("a heap that does not start at start_brk");
+                    }
+                    self.line(s, format_args!("brk {:#x}", m.end))?;
+                    self.spaces[s].brk = Some(m.end);
+                    brk_done = true;
+                } else {
+                    self.note("a second [heap] mapping");
+                }
+                continue;
+            }
+            let mut words = String::new();
+            if has("nr") {
+                words.push_str(" noreserve");
+            }
+            if has("gd") {
+                words.push_str(" growsdown");
+            }
+            let share = if shared { "shared" } else { "private" };
+            if m.inode != 0 && !m.path.is_empty() {
+                // map_files needs CAP_CHECKPOINT_RESTORE; the path does not (unless
+                // the file was deleted)
+                let proc_path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                let found = match self.file_of(s, &proc_path, Some(&m.path))? {
+                    Ok(n) => Ok(n),
+                    Err(_) => self.file_of(s, &m.path, Some(&m.path))?,
+                };
+                match found {
+                    Ok(name) => {
+                        self.line(
+                            s,
+                            format_args!(
+                                "mmap {:#x} {len:#x} {} {share} fixed file {name} {:#x}{words}",
+                                m.start,
+                                prot_word(prot),
+                                m.offset
+                            ),
+                        )?;
+                        continue;
+                    }
+                    Err(why) => self.note(why),
+                }
+            }
+            self.line(
+                s,
+                format_args!(
+                    "mmap {:#x} {len:#x} {} {share} fixed{words}",
+                    m.start,
+                    prot_word(prot)
+                ),
+            )?;
+        }
+        self.line(s, format_args!("clear_refs 4"))?;
+        Ok(())
+    }
+
+    fn new_space(&mut self, name: String, pid: i32) -> usize {
+        self.sum.spaces += 1;
+        self.spaces.push(Space {
+            name,
+            pid,
+            uffd: None,
+            pagemap: None,
+            tasks: 1,
+            brk: None,
+            shm: HashMap::new(),
+            unarmed: true,
+        });
+        self.spaces.len() - 1
+    }
+
+    fn leave_space(&mut self, s: usize) {
+        let sp = &mut self.spaces[s];
+        sp.tasks = sp.tasks.saturating_sub(1);
+        if sp.tasks == 0 {
+            sp.uffd = None;
+            sp.pagemap = None;
+        }
+    }
+
+    /// A traced call's entry (its seccomp stop).
+    fn on_entry(&mut self, tid: i32) -> Result<(), RecordError> {
+        let Ok(r) = getregs(tid) else { return Ok(()) };
+        let p = Pending {
+            nr: r.orig_rax,
+            args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9],
+        };
+        let space = self.tasks.get(&tid).and_then(|t| t.space);
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.pending = Some(p);
+        }
+        if let Some(s) = space {
+            self.harvest(s)?;
+        }
+        Ok(())
+    }
+
+    /// A traced call's exit: writes it with the kernel's result.
+    fn on_exit(&mut self, tid: i32) -> Result<(), RecordError> {
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return Ok(());
+        };
+        let Some(p) = t.pending.take() else {
+            return Ok(());
+        };
+        let Some(s) = t.space else { return Ok(()) };
+        let Ok(r) = getregs(tid) else { return Ok(()) };
+        let ret = r.rax;
+        let a = p.args;
+        let err = failed(ret);
+        let expect_err =
+            |me: &mut Self, e: i32| me.line(s, format_args!("expect err {}", errno_name(e)));
+        match p.nr {
+            SYS_MMAP => {
+                self.count("mmap");
+                let len = page_up(a[1]);
+                let (prot, flags) = (a[2], a[3]);
+                let fixed = flags & libc::MAP_FIXED as u64 != 0;
+                let noreplace = flags & libc::MAP_FIXED_NOREPLACE as u64 != 0;
+                let mut shared = matches!(flags & 3, 1 | 3);
+                let anon = flags & libc::MAP_ANONYMOUS as u64 != 0;
+                let unsupported = libc::MAP_HUGETLB | libc::MAP_LOCKED | libc::MAP_SYNC;
+                if flags & unsupported as u64 != 0 {
+                    self.note("mmap flags the format has no word for (MAP_HUGETLB, MAP_LOCKED, MAP_SYNC): mapped without them");
+                }
+                let mut words = String::new();
+                if flags & libc::MAP_NORESERVE as u64 != 0 {
+                    words.push_str(" noreserve");
+                }
+                if flags & libc::MAP_POPULATE as u64 != 0 {
+                    words.push_str(" populate");
+                }
+                if flags & libc::MAP_GROWSDOWN as u64 != 0 {
+                    words.push_str(" growsdown");
+                }
+                let mut file = String::new();
+                if !anon {
+                    let fdpath = format!("/proc/{tid}/fd/{}", a[4] as i32);
+                    let link = std::fs::read_link(&fdpath).unwrap_or_default();
+                    if link.as_os_str() == "/dev/zero" {
+                        // MAP_PRIVATE of /dev/zero is anonymous; MAP_SHARED is shmem
+                    } else if err.is_none() {
+                        match self.file_of(s, &fdpath, None)? {
+                            Ok(name) => file = format!(" file {name} {:#x}", a[5]),
+                            Err(why) => {
+                                self.note(why);
+                                shared = true;
+                            }
+                        }
+                    } else {
+                        self.note("a failed mmap of a file");
+                        return Ok(());
+                    }
+                }
+                let share = if shared { "shared" } else { "private" };
+                match err {
+                    None => {
+                        let place = if fixed { "fixed" } else { "noreplace" };
+                        self.line(
+                            s,
+                            format_args!(
+                                "mmap {ret:#x} {len:#x} {} {share} {place}{file}{words}",
+                                prot_word(prot)
+                            ),
+                        )?;
+                        if prot & 2 != 0 {
+                            self.protect(s, ret, len, "")?;
+                        }
+                    }
+                    Some(e) if fixed || noreplace => {
+                        let place = if fixed { "fixed" } else { "noreplace" };
+                        self.line(
+                            s,
+                            format_args!(
+                                "mmap {:#x} {:#x} {} {share} {place}{words}",
+                                a[0],
+                                a[1],
+                                prot_word(prot)
+                            ),
+                        )?;
+                        expect_err(self, e)?;
+                    }
+                    Some(_) => self.note("a failed mmap without a fixed address"),
+                }
+            }
+            SYS_MUNMAP => {
+                self.count("munmap");
+                self.line(s, format_args!("munmap {:#x} {:#x}", a[0], a[1]))?;
+                if let Some(e) = err {
+                    expect_err(self, e)?;
+                }
+            }
+            SYS_MPROTECT | SYS_PKEY_MPROTECT => {
+                self.count("mprotect");
+                if a[2] & !7 != 0 {
+                    self.note("mprotect bits other than rwx (PROT_GROWSDOWN, PROT_SEM): ignored");
+                }
+                if p.nr == SYS_PKEY_MPROTECT && a[3] as i64 != -1 {
+                    self.note("pkey_mprotect's protection key: ignored");
+                }
+                // Stores other threads made into the range during the call: before it
+                // if it took write permission away, else after.
+                let end = a[0].saturating_add(page_up(a[1])).min(TASK_SIZE);
+                let during = self.written(s, a[0] & !(PAGE_SIZE - 1), end);
+                let writable = a[2] & 2 != 0;
+                if !writable {
+                    self.emit_writes(s, &during)?;
+                }
+                self.line(
+                    s,
+                    format_args!("mprotect {:#x} {:#x} {}", a[0], a[1], prot_word(a[2])),
+                )?;
+                match err {
+                    Some(e) => expect_err(self, e)?,
+                    None if writable => {
+                        self.protect(s, a[0], page_up(a[1]), "")?;
+                    }
+                    None => {}
+                }
+                if writable {
+                    self.emit_writes(s, &during)?;
+                }
+            }
+            SYS_MREMAP => {
+                self.count("mremap");
+                let (old, oldlen, newlen, fl) = (a[0], a[1], a[2], a[3]);
+                if fl & 4 != 0 {
+                    self.note("mremap MREMAP_DONTUNMAP (not in the format): recorded as a move");
+                }
+                match err {
+                    None if ret == old => {
+                        self.line(s, format_args!("mremap {old:#x} {oldlen:#x} {newlen:#x}"))?;
+                    }
+                    None => {
+                        self.line(
+                            s,
+                            format_args!(
+                                "mremap {old:#x} {oldlen:#x} {newlen:#x} maymove fixed {ret:#x}"
+                            ),
+                        )?;
+                    }
+                    Some(e) if matches!(e, libc::EINVAL | libc::EFAULT) => {
+                        let mut w = String::new();
+                        if fl & 1 != 0 {
+                            w.push_str(" maymove");
+                        }
+                        if fl & 2 != 0 {
+                            w.push_str(&format!(" fixed {:#x}", a[4]));
+                        }
+                        self.line(
+                            s,
+                            format_args!("mremap {old:#x} {oldlen:#x} {newlen:#x}{w}"),
+                        )?;
+                        expect_err(self, e)?;
+                    }
+                    Some(_) => self.note("a failed mremap (ENOMEM, EAGAIN): not replayable"),
+                }
+                if err.is_none() {
+                    self.protect(s, ret, page_up(newlen), "")?;
+                }
+            }
+            SYS_MADVISE => {
+                let Some(word) = advice_word(a[2]) else {
+                    self.note(format!(
+                        "madvise {} (not in the format; it may split VMAs)",
+                        advice_name(a[2])
+                    ));
+                    return Ok(());
+                };
+                self.count("madvise");
+                self.line(s, format_args!("madvise {:#x} {:#x} {word}", a[0], a[1]))?;
+                match err {
+                    Some(e) => expect_err(self, e)?,
+                    // A zap of anonymous memory drops the write-protect markers, and
+                    // 6.18.44 then reports the empty entries as written (and a read
+                    // fault there as a store): protect the range again, while the caller
+                    // is stopped. Measured: tests/programs' dontneed case.
+                    None if matches!(a[2], 4 | 9 | 24) => {
+                        self.protect(s, a[0], page_up(a[1]), "")?;
+                    }
+                    None => {}
+                }
+            }
+            SYS_BRK => {
+                if a[0] == 0 {
+                    return Ok(());
+                }
+                self.count("brk");
+                let old = self.spaces[s].brk;
+                if ret == a[0] {
+                    self.line(s, format_args!("brk {ret:#x}"))?;
+                    self.line(s, format_args!("expect brk {ret:#x}"))?;
+                    if let Some(o) = old {
+                        if page_up(ret) > page_up(o) {
+                            self.protect(s, page_up(o), page_up(ret) - page_up(o), "[heap]")?;
+                        }
+                    }
+                    self.spaces[s].brk = Some(ret);
+                } else {
+                    self.line(s, format_args!("brk {:#x}", a[0]))?;
+                    expect_err(self, libc::ENOMEM)?;
+                }
+            }
+            SYS_SHMAT => {
+                self.count("shmat");
+                if err.is_some() {
+                    return Ok(());
+                }
+                let maps = read_maps(tid).unwrap_or_default();
+                let Some(m) = maps.iter().find(|m| m.start == ret) else {
+                    self.note("an shmat whose mapping vanished");
+                    return Ok(());
+                };
+                let len = m.end - m.start;
+                let name = format!("sysv_{}", a[0]);
+                if !self.used_names.contains_key(&name) {
+                    self.used_names.insert(name.clone(), 1);
+                    self.line(s, format_args!("memfd {name} {len:#x}"))?;
+                }
+                let prot = if a[2] & 0o10000 != 0 { "r" } else { "rw" };
+                self.line(
+                    s,
+                    format_args!("mmap {ret:#x} {len:#x} {prot} shared fixed file {name} 0x0"),
+                )?;
+                self.spaces[s].shm.insert(ret, len);
+                if prot == "rw" {
+                    self.protect(s, ret, len, "SysV shared memory")?;
+                }
+            }
+            SYS_SHMDT => {
+                self.count("shmdt");
+                if err.is_none() {
+                    if let Some(len) = self.spaces[s].shm.remove(&a[0]) {
+                        self.line(s, format_args!("munmap {:#x} {len:#x}", a[0]))?;
+                    }
+                }
+            }
+            SYS_EXECVE | SYS_EXECVEAT if err.is_none() => {
+                // the exec event made the new space; arm it and write its layout
+                self.arm(s, tid)?;
+                self.layout(s, tid)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A clone/fork/vfork event of `tid`: a new task, in its space or a new one.
+    fn on_clone(&mut self, tid: i32, event: i32) -> Result<(), RecordError> {
+        let mut msg: libc::c_ulong = 0;
+        if ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, &mut msg as *mut _ as u64).is_err() {
+            return Ok(());
+        }
+        let child = msg as i32;
+        let Some(parent) = self.tasks.get(&tid) else {
+            return Ok(());
+        };
+        let ps = parent.space;
+        let shares = match event {
+            libc::PTRACE_EVENT_VFORK => true,
+            libc::PTRACE_EVENT_FORK => false,
+            _ => match parent.pending {
+                Some(Pending {
+                    nr: SYS_CLONE,
+                    args,
+                }) => args[0] & libc::CLONE_VM as u64 != 0,
+                Some(Pending {
+                    nr: SYS_CLONE3,
+                    args,
+                }) => {
+                    let mut b = [0u8; 8];
+                    File::open(format!("/proc/{tid}/mem"))
+                        .and_then(|f| f.read_exact_at(&mut b, args[0]))
+                        .is_ok_and(|()| u64::from_ne_bytes(b) & libc::CLONE_VM as u64 != 0)
+                }
+                _ => true,
+            },
+        };
+        let space = match (ps, shares) {
+            (Some(s), true) => {
+                self.spaces[s].tasks += 1;
+                Some(s)
+            }
+            (Some(s), false) => {
+                self.forks += 1;
+                let name = format!("c{}", self.forks);
+                self.count("fork");
+                self.line(s, format_args!("fork {name}"))?;
+                let c = self.new_space(name, child);
+                self.spaces[c].brk = self.spaces[s].brk;
+                self.spaces[c].shm = self.spaces[s].shm.clone();
+                Some(c)
+            }
+            (None, _) => None,
+        };
+        self.tasks.insert(
+            child,
+            Task {
+                space,
+                pending: None,
+                fresh: true,
+            },
+        );
+        if let Some(i) = self.early.iter().position(|&t| t == child) {
+            self.early.swap_remove(i);
+            self.first_stop(child)?;
+        }
+        Ok(())
+    }
+
+    /// A new task's first stop: arms its space if it is a fork child's; resumes it.
+    fn first_stop(&mut self, tid: i32) -> Result<(), RecordError> {
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return Ok(());
+        };
+        t.fresh = false;
+        if let Some(s) = t.space {
+            if self.spaces[s].unarmed {
+                self.arm(s, tid)?;
+            }
+        }
+        resume(tid, false, 0);
+        Ok(())
+    }
+
+    /// An exec event: the task's space is a fresh one.
+    fn on_exec(&mut self, tid: i32) {
+        let mut msg: libc::c_ulong = 0;
+        let former = match ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, &mut msg as *mut _ as u64) {
+            Ok(_) => msg as i32,
+            Err(_) => tid,
+        };
+        let task = self
+            .tasks
+            .remove(&former)
+            .or_else(|| self.tasks.remove(&tid));
+        let pending = task.as_ref().and_then(|t| t.pending);
+        if let Some(s) = task.and_then(|t| t.space) {
+            self.leave_space(s);
+        }
+        self.execs += 1;
+        let name = if self.execs == 1 {
+            "main".to_string()
+        } else {
+            format!("e{}", self.execs - 1)
+        };
+        self.count("execve");
+        let s = self.new_space(name, tid);
+        self.tasks.insert(
+            tid,
+            Task {
+                space: Some(s),
+                pending,
+                fresh: false,
+            },
+        );
+    }
+}
+
+/// Looks `prog` up in `PATH` (as execvp would), returning a path that exists and is
+/// executable.
+fn resolve(prog: &OsString) -> Result<CString, RecordError> {
+    let bytes = prog.as_bytes();
+    let cands: Vec<std::path::PathBuf> = if bytes.contains(&b'/') {
+        vec![prog.into()]
+    } else {
+        std::env::var_os("PATH")
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into())
+            .as_bytes()
+            .split(|&b| b == b':')
+            .map(|d| {
+                let d = if d.is_empty() { b".".as_slice() } else { d };
+                std::path::Path::new(std::ffi::OsStr::from_bytes(d)).join(prog)
+            })
+            .collect()
+    };
+    for c in &cands {
+        let Ok(cs) = CString::new(c.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: `cs` is NUL-terminated and outlives the call; access only reads it.
+        if c.is_file() && unsafe { libc::access(cs.as_ptr(), libc::X_OK) } == 0 {
+            return Ok(cs);
+        }
+    }
+    Err(RecordError::Program(format!(
+        "{}: no such program{}",
+        prog.to_string_lossy(),
+        if bytes.contains(&b'/') {
+            " (or it is not an executable file)"
+        } else {
+            " in PATH"
+        }
+    )))
+}
+
+/// Records `opts.program` and writes its trace body to `out` (the caller adds the header
+/// from the returned [`Summary`]).
+pub fn record(opts: &Options, out: &mut dyn Write) -> Result<Summary, RecordError> {
+    let Some(prog) = opts.program.first() else {
+        return Err(RecordError::Program("no program to record".into()));
+    };
+    let path = resolve(prog)?;
+    let argv: Vec<CString> = opts
+        .program
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| RecordError::Program("an argument holds a NUL byte".into()))?;
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let prog_filter = filter();
+    let fprog = libc::sock_fprog {
+        len: prog_filter.len() as u16,
+        filter: prog_filter.as_ptr() as *mut _,
+    };
+    // SIGCHLD, SIGINT and SIGTERM are taken with sigtimedwait from here on.
+    // SAFETY: sigset_t is plain data; the sig* calls only read/write the local sets.
+    let (set, oldset) = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        (set, old)
+    };
+    let restore = || {
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &oldset, std::ptr::null_mut()) };
+    };
+    // SAFETY: fork in a process whose other threads (if any) hold no lock the child
+    // needs: the child calls only async-signal-safe functions (ptrace, sigprocmask,
+    // raise, prctl, execve, _exit) on data prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        restore();
+        return Err(RecordError::Io(std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: the child, as described above; every pointer was made before fork and
+        // is valid in this copy of the address space.
+        unsafe {
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &oldset, std::ptr::null_mut());
+            libc::raise(libc::SIGSTOP);
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &fprog as *const libc::sock_fprog,
+                ) != 0
+            {
+                libc::_exit(126);
+            }
+            extern "C" {
+                static environ: *const *const libc::c_char;
+            }
+            libc::execve(path.as_ptr(), argv_p.as_ptr(), environ);
+            libc::_exit(127);
+        }
+    }
+    let t0 = Instant::now();
+    let r = run(pid, opts, out, &set);
+    restore();
+    if r.is_err() {
+        // SAFETY: kill takes integers; the child is ours.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        while waitpid(-1, 0).is_ok() {}
+    }
+    let mut sum = r?;
+    sum.wall = t0.elapsed();
+    Ok(sum)
+}
+
+fn run(
+    pid: i32,
+    opts: &Options,
+    out: &mut dyn Write,
+    set: &libc::sigset_t,
+) -> Result<Summary, RecordError> {
+    // the child's SIGSTOP
+    match waitpid(pid, 0) {
+        Ok(Some((_, st))) if libc::WIFSTOPPED(st) => {}
+        _ => {
+            return Err(RecordError::Unavailable(
+                "the program's process did not stop for the recorder (ptrace refused?)".into(),
+            ))
+        }
+    }
+    let o = libc::PTRACE_O_TRACESYSGOOD
+        | libc::PTRACE_O_TRACESECCOMP
+        | libc::PTRACE_O_TRACECLONE
+        | libc::PTRACE_O_TRACEFORK
+        | libc::PTRACE_O_TRACEVFORK
+        | libc::PTRACE_O_TRACEEXEC
+        | libc::PTRACE_O_TRACEEXIT
+        | libc::PTRACE_O_EXITKILL;
+    ptrace(libc::PTRACE_SETOPTIONS, pid, 0, o as u64).map_err(|e| {
+        RecordError::Unavailable(format!(
+            "PTRACE_SETOPTIONS failed ({}): recording needs ptrace (kernel.yama.ptrace_scope, a container's seccomp policy)",
+            errno_name(e)
+        ))
+    })?;
+    let mut rec = Recorder {
+        out,
+        tasks: HashMap::new(),
+        spaces: Vec::new(),
+        files: HashMap::new(),
+        used_names: HashMap::new(),
+        // the first exec's space, `main`, is index 0: replay starts there
+        current: Some(0),
+        early: Vec::new(),
+        deferred: Vec::new(),
+        root: pid,
+        execs: 0,
+        forks: 0,
+        sum: Summary::default(),
+        regions: RegionBuf::new(4096).map_err(RecordError::Unavailable)?,
+    };
+    rec.tasks.insert(
+        pid,
+        Task {
+            space: None,
+            pending: None,
+            fresh: false,
+        },
+    );
+    resume(pid, false, 0);
+    let t0 = Instant::now();
+    let mut next_harvest = t0 + opts.interval;
+    let mut root_status: Option<String> = None;
+    let mut cut: Option<String> = None;
+    let mut killed = false;
+    while !rec.tasks.is_empty() {
+        let now = Instant::now();
+        if let Some(max) = opts.max_time {
+            if !killed && now >= t0 + max {
+                cut = Some(format!("stopped after --max-seconds {}", max.as_secs()));
+                // SAFETY: kill takes integers; the tasks are ours.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed = true;
+            }
+        }
+        if now >= next_harvest && rec.execs > 0 && !killed {
+            rec.harvest_point()?;
+            next_harvest = Instant::now() + opts.interval;
+        }
+        let ev = match waitpid(-1, libc::WNOHANG) {
+            Ok(Some(ev)) => ev,
+            Ok(None) => {
+                let wait = next_harvest.saturating_duration_since(Instant::now());
+                let ts = libc::timespec {
+                    tv_sec: wait.as_secs() as libc::time_t,
+                    tv_nsec: wait.subsec_nanos() as libc::c_long,
+                };
+                // SAFETY: `set` and `ts` live across the call; the info pointer may be null.
+                let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+                if (sig == libc::SIGINT || sig == libc::SIGTERM) && !killed {
+                    cut = Some(format!(
+                        "the recorder was interrupted (signal {sig}) and killed the program"
+                    ));
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    killed = true;
+                }
+                continue;
+            }
+            Err(libc::ECHILD) => break,
+            Err(e) => {
+                return Err(RecordError::Io(std::io::Error::from_raw_os_error(e)));
+            }
+        };
+        let (tid, st) = ev;
+        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+            rec.deferred.retain(|&t| t != tid);
+            if let Some(t) = rec.tasks.remove(&tid) {
+                if let Some(s) = t.space {
+                    rec.leave_space(s);
+                    rec.drain_deferred(s)?;
+                }
+            }
+            if tid == rec.root {
+                root_status = Some(if libc::WIFEXITED(st) {
+                    format!("exit status {}", libc::WEXITSTATUS(st))
+                } else {
+                    format!("killed by signal {}", libc::WTERMSIG(st))
+                });
+            }
+            continue;
+        }
+        if !libc::WIFSTOPPED(st) {
+            continue;
+        }
+        let sig = libc::WSTOPSIG(st);
+        let event = st >> 16;
+        let known = rec.tasks.contains_key(&tid);
+        if !known {
+            // a new task stopped before its parent's event named it
+            rec.early.push(tid);
+            continue;
+        }
+        let in_call = rec.tasks.get(&tid).is_some_and(|t| t.pending.is_some());
+        match event {
+            libc::PTRACE_EVENT_SECCOMP => {
+                let s = rec.tasks.get(&tid).and_then(|t| t.space);
+                if s.is_some_and(|s| rec.busy(s)) {
+                    rec.deferred.push(tid);
+                } else {
+                    rec.on_entry(tid)?;
+                    resume(tid, true, 0);
+                }
+            }
+            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
+                rec.on_clone(tid, event)?;
+                resume(tid, true, 0);
+            }
+            libc::PTRACE_EVENT_EXEC => {
+                rec.on_exec(tid);
+                resume(tid, true, 0);
+            }
+            libc::PTRACE_EVENT_EXIT => {
+                // the last task of a space: its final writes
+                if let Some(s) = rec.tasks.get(&tid).and_then(|t| t.space) {
+                    if rec.spaces[s].tasks == 1 && !killed {
+                        rec.harvest(s)?;
+                    }
+                }
+                resume(tid, false, 0);
+            }
+            _ if sig == libc::SIGTRAP | 0x80 => {
+                rec.on_exit(tid)?;
+                resume(tid, false, 0);
+                if let Some(s) = rec.tasks.get(&tid).and_then(|t| t.space) {
+                    rec.drain_deferred(s)?;
+                }
+            }
+            _ if sig == libc::SIGSTOP && rec.tasks.get(&tid).is_some_and(|t| t.fresh) => {
+                rec.first_stop(tid)?;
+            }
+            _ => {
+                // a signal for the program: deliver it; a group-stop (no siginfo) is
+                // resumed without one
+                // SAFETY: siginfo_t is plain data; PTRACE_GETSIGINFO fills it.
+                let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                let group_stop = matches!(
+                    ptrace(libc::PTRACE_GETSIGINFO, tid, 0, &mut si as *mut _ as u64),
+                    Err(libc::EINVAL)
+                );
+                let fwd = if (sig == libc::SIGTRAP && event != 0) || group_stop {
+                    0
+                } else {
+                    sig
+                };
+                resume(tid, in_call, fwd);
+            }
+        }
+    }
+    let mut sum = std::mem::take(&mut rec.sum);
+    match (cut, root_status) {
+        (Some(c), _) => {
+            sum.ended = c;
+            sum.cut = true;
+        }
+        (None, Some(s)) => {
+            sum.cut = s.starts_with("killed");
+            sum.ended = s;
+        }
+        (None, None) => sum.ended = "ended".into(),
+    }
+    if rec.execs == 0 {
+        return Err(RecordError::Program(format!(
+            "the program did not start ({})",
+            sum.ended
+        )));
+    }
+    Ok(sum)
+}
