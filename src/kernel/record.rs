@@ -1147,6 +1147,17 @@ impl Recorder<'_> {
                     }
                     Some(_) => self.note("a failed mremap (ENOMEM, EAGAIN): not replayable"),
                 }
+                if err == Some(libc::EFAULT) && fl & 1 != 0 {
+                    let end = old.saturating_add(oldlen);
+                    let n = read_maps(tid)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|m| m.start < end && m.end > old)
+                        .count();
+                    if n > 1 {
+                        self.note("an mremap move of several VMAs, which Linux refuses (EFAULT) for userfaultfd-armed memory: the recorder's registration changed the program's result");
+                    }
+                }
                 if err.is_none() {
                     self.protect(s, ret, page_up(newlen), "")?;
                 }
