@@ -10,7 +10,14 @@
 #   boot 2: `softdirty fuzz --against kernel --mode legacy --cases N --ops M` (the model's
 #           legacy mode against the kernel's real soft-dirty bits, step by step; the fuzzer
 #           sees Linux 6.12 and leaves out its by-design divergences, see src/fuzz.rs);
-#           with FUZZ_BOOTS=K the cases are split into K boots of consecutive seeds.
+#           with FUZZ_BOOTS=K the cases are split into K boots of consecutive seeds;
+#   boots 3-4: `softdirty record --source softdirty --verify legacy` of two real programs
+#           built here static from tests/programs/ (ledger.c: mprotect, mremap, a fork
+#           child, four threads, dontneed; arenas.c: glibc malloc thread arenas, a brk
+#           heap, a fork): the recorder reads the kernel's soft-dirty at every layout call
+#           and writes its answers into the trace as `expect softdirty` lines, and the
+#           trace must replay with status 0 in legacy mode (every answer of the kernel
+#           holds on the model).
 #
 # The guest has no shared libraries. By default it gets the ordinary release build
 # (KVM_ORACLE_BIN, or else `cargo build --release --bin softdirty`), stripped, with the
@@ -31,7 +38,8 @@
 # FUZZ_SECONDS (the fuzzer starts no case after this many seconds in a boot; default none),
 # FUZZ_EXTRA (more `softdirty fuzz` arguments), KVM_ORACLE_BIN, KVM_ORACLE_STATIC,
 # TIMEOUT (seconds for each boot, default 240), SETUP_TIMEOUT (seconds for setup.sh,
-# default 300), KVM_ORACLE_CACHE (the oracle's cache).
+# default 300), KVM_ORACLE_CACHE (the oracle's cache), KVM_ORACLE_ONLY=record (only
+# boots 3-4).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -155,20 +163,25 @@ for f in "${traces[@]}"; do
     fargs+=(-f "$f")
     gargs+=("/data/$(basename "$f")")
 done
-say "boot 1: replaying ${#traces[@]} legacy traces with --backend kernel=softdirty"
-b1=$(date +%s.%N)
-"$ORACLE/run-in-vm.sh" "${GUEST_FILES[@]+"${GUEST_FILES[@]}"}" "${fargs[@]}" \
-    "${RUN[@]}" replay --backend kernel=softdirty "${gargs[@]}"
-rc1=$?
-say "boot 1: exit $rc1 ($(since "$b1") s)"
-boot_result "boot 1" $rc1; r1=$?
+r1=0
+if [ "${KVM_ORACLE_ONLY:-}" != record ]; then
+    say "boot 1: replaying ${#traces[@]} legacy traces with --backend kernel=softdirty"
+    b1=$(date +%s.%N)
+    "$ORACLE/run-in-vm.sh" "${GUEST_FILES[@]+"${GUEST_FILES[@]}"}" "${fargs[@]}" \
+        "${RUN[@]}" replay --backend kernel=softdirty "${gargs[@]}"
+    rc1=$?
+    say "boot 1: exit $rc1 ($(since "$b1") s)"
+    boot_result "boot 1" $rc1; r1=$?
+fi
 
 # ---- 4. the legacy fuzz, FUZZ_BOOTS batches of consecutive seeds ---------------------------
 r2=0
+[ "${KVM_ORACLE_ONLY:-}" != record ] || FUZZ_CASES=0
 per=$(( (FUZZ_CASES + FUZZ_BOOTS - 1) / FUZZ_BOOTS ))
 seed=$FUZZ_SEED left=$FUZZ_CASES boot=2
 budget=()
 [ -z "$FUZZ_SECONDS" ] || budget=(--max-seconds "$FUZZ_SECONDS")
+[ "${KVM_ORACLE_ONLY:-}" != record ] || left=0
 while [ "$left" -gt 0 ]; do
     n=$(( left < per ? left : per ))
     say "boot $boot: fuzz --against kernel --mode legacy --cases $n --ops $FUZZ_OPS --seed $seed ${budget[*]+${budget[*]}} $FUZZ_EXTRA"
@@ -184,6 +197,31 @@ while [ "$left" -gt 0 ]; do
     seed=$((seed + n)) left=$((left - n)) boot=$((boot + 1))
 done
 
+# ---- 5. recordings of real programs, checked against the kernel's own answers -------------
+r3=0 recorded=0
+for prog in "ledger /tmp/ledger.txt" "arenas 2 20"; do
+    set -- $prog
+    name=$1
+    shift
+    if ! cc -O1 -static -pthread -o "$WORK/$name" "tests/programs/$name.c" 2>"$WORK/$name.cc.log"; then
+        say "FAILED: cc -static tests/programs/$name.c: $(tail -1 "$WORK/$name.cc.log")"
+        r3=1
+        break
+    fi
+    say "boot $boot: record --source softdirty --verify legacy -- $name $*"
+    b3=$(date +%s.%N)
+    "$ORACLE/run-in-vm.sh" "${GUEST_FILES[@]+"${GUEST_FILES[@]}"}" -f "$WORK/$name" "${RUN[@]}" \
+        record --source softdirty --verify "${RECORD_VERIFY:-legacy}" --interval 20 --out "/tmp/$name.trace" \
+        -- "/data/$name" "$@"
+    rc=$?
+    say "boot $boot: exit $rc ($(since "$b3") s)"
+    boot_result "boot $boot" $rc; r=$?
+    boot=$((boot + 1))
+    [ $r -eq 0 ] || { r3=$r; break; }
+    recorded=$((recorded + 1))
+done
+[ "$r2" -ne 0 ] || r2=$r3
+
 if [ $r1 -eq 1 ] || [ $r2 -eq 1 ]; then
     say "FAILED: a boot failed (above) ($(elapsed) s)"
     exit 1
@@ -191,5 +229,6 @@ fi
 if [ $r1 -eq 2 ] || [ $r2 -eq 2 ]; then
     skip "a boot did not run (above); nothing disagreed ($(elapsed) s)"
 fi
-say "PASSED: ${#traces[@]} legacy traces and the fuzz cases of $FUZZ_OPS operations from seed $FUZZ_SEED (counts above) agree with Linux 6.12's soft-dirty ($(elapsed) s)"
+[ "${KVM_ORACLE_ONLY:-}" != record ] || { say "PASSED: $recorded recorded programs agree with Linux 6.12's soft-dirty ($(elapsed) s)"; exit 0; }
+say "PASSED: ${#traces[@]} legacy traces, the fuzz cases of $FUZZ_OPS operations from seed $FUZZ_SEED (counts above) and $recorded recorded programs agree with Linux 6.12's soft-dirty ($(elapsed) s)"
 exit 0

@@ -53,6 +53,21 @@ pub struct Options {
     pub interval: Duration,
     /// Kill the program after this long (the trace then says it was cut).
     pub max_time: Option<Duration>,
+    /// Where the written pages come from; `None`: soft-dirty where the kernel has it
+    /// (no registration changes the program's VMAs, and the trace checks itself), else
+    /// userfaultfd.
+    pub source: Option<Source>,
+}
+
+/// The kernel's page-level write tracking the recorder reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// userfaultfd async write-protect (Linux 6.7+), in every space.
+    Uffd,
+    /// PTE soft-dirty (CONFIG_MEM_SOFT_DIRTY): every harvest reads `/proc/PID/pagemap`,
+    /// writes the kernel's answers as `expect softdirty` lines, and clears with
+    /// `clear_refs 4` (in the trace and in the kernel).
+    SoftDirty,
 }
 
 /// Why a recording could not be made at all (nothing was written).
@@ -104,6 +119,10 @@ pub struct Summary {
     pub unrecorded: BTreeMap<String, u64>,
     /// The program's wall time under the recorder.
     pub wall: Duration,
+    /// The write tracking used.
+    pub source: Option<Source>,
+    /// `expect softdirty` lines written (soft-dirty source).
+    pub expectations: u64,
 }
 
 // x86-64 system call numbers of the calls that stop.
@@ -197,6 +216,8 @@ struct Space {
     pid: i32,
     uffd: Option<OwnedFd>,
     pagemap: Option<File>,
+    /// `/proc/PID/clear_refs` (soft-dirty source)
+    clear_refs: Option<File>,
     tasks: u64,
     /// the current program break, as the trace knows it
     brk: Option<u64>,
@@ -220,6 +241,7 @@ const MAX_WATCHED: usize = 1024;
 
 struct Recorder<'a> {
     out: &'a mut dyn Write,
+    source: Source,
     tasks: HashMap<i32, Task>,
     spaces: Vec<Space>,
     files: HashMap<(u64, u64), FileInfo>,
@@ -610,6 +632,20 @@ impl Recorder<'_> {
     /// Gives space `s` (its task `tid` stopped with final registers) a userfaultfd armed
     /// for async write-protect, and registers and protects its writable mappings.
     fn arm(&mut self, s: usize, tid: i32) -> Result<(), RecordError> {
+        if self.source == Source::SoftDirty {
+            let tgid = self.spaces[s].pid;
+            let open = |name: &str, write: bool| {
+                std::fs::OpenOptions::new()
+                    .read(!write)
+                    .write(write)
+                    .open(format!("/proc/{tgid}/{name}"))
+                    .map_err(|e| RecordError::Unavailable(format!("/proc/{tgid}/{name}: {e}")))
+            };
+            self.spaces[s].pagemap = Some(open("pagemap", false)?);
+            self.spaces[s].clear_refs = Some(open("clear_refs", true)?);
+            self.spaces[s].unarmed = false;
+            return Ok(());
+        }
         let maps = read_maps(tid).map_err(RecordError::Unavailable)?;
         let vdso = maps
             .iter()
@@ -786,16 +822,137 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    /// Harvests the whole space `s` and writes its written pages.
-    fn harvest(&mut self, s: usize) -> Result<(), RecordError> {
-        if self.spaces[s].uffd.is_none() {
+    /// Harvests the whole space `s`: writes its written pages; with `point`, a harvest
+    /// point (`scan`, then `clear_refs 4`). On the soft-dirty source every harvest also
+    /// writes the kernel's answers as `expect softdirty` and clears (in the kernel and in
+    /// the trace), since clearing is how the next harvest tells new stores.
+    fn harvest(&mut self, s: usize, point: bool) -> Result<(), RecordError> {
+        if self.spaces[s].pagemap.is_none() {
             return Ok(());
+        }
+        if self.source == Source::SoftDirty {
+            return self.harvest_softdirty(s, point);
         }
         let runs = self.written(s, 0, TASK_SIZE);
         if !runs.is_empty() {
             self.resync_files(s)?;
         }
-        self.emit_writes(s, &runs)
+        self.emit_writes(s, &runs)?;
+        if point {
+            self.line(
+                s,
+                format_args!("scan 0x0 {TASK_SIZE:#x} mask=softdirty return=softdirty"),
+            )?;
+            self.line(s, format_args!("clear_refs 4"))?;
+        }
+        Ok(())
+    }
+
+    /// The soft-dirty harvest of space `s`: reads pagemap over every VMA; the stores
+    /// since the last clear are the pages whose page table entry is soft-dirty (in a VMA
+    /// without `VM_SOFTDIRTY` that is bit 55 itself; in one with it, where bit 55 is set
+    /// on every page, the present pages that are not the file's own page: a private
+    /// copy, or any page of a shared mapping, which overstates shared mappings read but
+    /// not written); the kernel's answer per VMA becomes an `expect softdirty`; then
+    /// `clear_refs 4`, here and in the trace. A store another thread makes between the
+    /// read and the clear is lost to the kernel's soft-dirty as well: the trace and the
+    /// kernel agree on it, and the trace lacks that store.
+    fn harvest_softdirty(&mut self, s: usize, point: bool) -> Result<(), RecordError> {
+        let pid = self.spaces[s].pid;
+        let Ok(maps) = read_maps(pid) else {
+            return Ok(());
+        };
+        let flags = read_vmflags(pid);
+        let mut written: Vec<(u64, u64)> = Vec::new();
+        let mut expects: Vec<String> = Vec::new();
+        for m in &maps {
+            if m.start >= TASK_SIZE
+                || (m.path.starts_with('[') && m.path != "[stack]" && m.path != "[heap]")
+            {
+                continue;
+            }
+            let n = ((m.end - m.start) / PAGE_SIZE) as usize;
+            if n > 1 << 22 {
+                self.note("a VMA over 16 GiB, not read for soft-dirty");
+                continue;
+            }
+            let mut buf = vec![0u8; n * 8];
+            let Some(pm) = &self.spaces[s].pagemap else {
+                return Ok(());
+            };
+            if pm.read_exact_at(&mut buf, m.start / PAGE_SIZE * 8).is_err() {
+                return Ok(()); // the space is exiting
+            }
+            let vma_sd = flags
+                .get(&m.start)
+                .is_some_and(|f| f.iter().any(|x| x == "sd"));
+            let shared = m.perms.as_bytes().get(3) == Some(&b's');
+            let mut dirty: Vec<(u64, u64)> = Vec::new();
+            for (i, c) in buf.chunks_exact(8).enumerate() {
+                let e = u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
+                if e & PM_SOFT_DIRTY == 0 {
+                    continue;
+                }
+                let i = i as u64;
+                match dirty.last_mut() {
+                    Some(l) if l.1 == i => l.1 = i + 1,
+                    _ => dirty.push((i, i + 1)),
+                }
+                let store = !vma_sd || (e & PM_PRESENT != 0 && (shared || e & PM_FILE == 0));
+                if store {
+                    let a = m.start + i * PAGE_SIZE;
+                    match written.last_mut() {
+                        Some(l) if l.1 == a => l.1 = a + PAGE_SIZE,
+                        _ => written.push((a, a + PAGE_SIZE)),
+                    }
+                }
+            }
+            let pages = match dirty.as_slice() {
+                [] => "none".to_string(),
+                [(0, e)] if *e == n as u64 => "all".to_string(),
+                d => d
+                    .iter()
+                    .map(|&(a, b)| {
+                        if b == a + 1 {
+                            a.to_string()
+                        } else {
+                            format!("{a}..{b}")
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            };
+            expects.push(format!(
+                "expect softdirty {:#x} {:#x} {pages}",
+                m.start,
+                m.end - m.start
+            ));
+        }
+        if !written.is_empty() {
+            self.resync_files(s)?;
+        }
+        self.emit_writes(s, &written)?;
+        for e in expects {
+            self.sum.expectations += 1;
+            self.line(s, format_args!("{e}"))?;
+        }
+        if point {
+            self.line(
+                s,
+                format_args!("scan 0x0 {TASK_SIZE:#x} mask=softdirty return=softdirty"),
+            )?;
+        }
+        self.clear_softdirty(s)
+    }
+
+    /// `clear_refs 4` in the kernel and in the trace (soft-dirty source).
+    fn clear_softdirty(&mut self, s: usize) -> Result<(), RecordError> {
+        if let Some(f) = &mut self.spaces[s].clear_refs {
+            if f.write_all(b"4").is_err() {
+                return Ok(()); // the space is exiting
+            }
+        }
+        self.line(s, format_args!("clear_refs 4"))
     }
 
     /// Is a task of space `s` inside a layout call (between its entry and exit stops)?
@@ -835,19 +992,16 @@ impl Recorder<'_> {
     /// A harvest point: every live space harvested, scanned and cleared.
     fn harvest_point(&mut self) -> Result<(), RecordError> {
         let live: Vec<usize> = (0..self.spaces.len())
-            .filter(|&s| self.spaces[s].tasks > 0 && self.spaces[s].uffd.is_some() && !self.busy(s))
+            .filter(|&s| {
+                self.spaces[s].tasks > 0 && self.spaces[s].pagemap.is_some() && !self.busy(s)
+            })
             .collect();
         if live.is_empty() {
             return Ok(());
         }
         self.sum.harvest_points += 1;
         for s in live {
-            self.harvest(s)?;
-            self.line(
-                s,
-                format_args!("scan 0x0 {TASK_SIZE:#x} mask=softdirty return=softdirty"),
-            )?;
-            self.line(s, format_args!("clear_refs 4"))?;
+            self.harvest(s, true)?;
         }
         Ok(())
     }
@@ -942,8 +1096,11 @@ impl Recorder<'_> {
                 ),
             )?;
         }
-        self.line(s, format_args!("clear_refs 4"))?;
-        Ok(())
+        if self.source == Source::SoftDirty {
+            self.clear_softdirty(s)
+        } else {
+            self.line(s, format_args!("clear_refs 4"))
+        }
     }
 
     fn new_space(&mut self, name: String, pid: i32) -> usize {
@@ -953,6 +1110,7 @@ impl Recorder<'_> {
             pid,
             uffd: None,
             pagemap: None,
+            clear_refs: None,
             tasks: 1,
             brk: None,
             shm: HashMap::new(),
@@ -967,6 +1125,7 @@ impl Recorder<'_> {
         if sp.tasks == 0 {
             sp.uffd = None;
             sp.pagemap = None;
+            sp.clear_refs = None;
         }
     }
 
@@ -982,7 +1141,7 @@ impl Recorder<'_> {
             t.pending = Some(p);
         }
         if let Some(s) = space {
-            self.harvest(s)?;
+            self.harvest(s, false)?;
         }
         Ok(())
     }
@@ -1404,6 +1563,20 @@ pub fn record(opts: &Options, out: &mut dyn Write) -> Result<Summary, RecordErro
         return Err(RecordError::Program("no program to record".into()));
     };
     let path = resolve(prog)?;
+    let has_sd =
+        super::kernel_has_soft_dirty().map_err(|e| RecordError::Unavailable(e.to_string()))?;
+    let source = match opts.source {
+        Some(Source::SoftDirty) if !has_sd => {
+            return Err(RecordError::Unavailable(
+                "the kernel has no soft-dirty tracking (CONFIG_MEM_SOFT_DIRTY is not set): \
+                 record with --source uffd"
+                    .into(),
+            ))
+        }
+        Some(s) => s,
+        None if has_sd => Source::SoftDirty,
+        None => Source::Uffd,
+    };
     let argv: Vec<CString> = opts
         .program
         .iter()
@@ -1465,7 +1638,7 @@ pub fn record(opts: &Options, out: &mut dyn Write) -> Result<Summary, RecordErro
         }
     }
     let t0 = Instant::now();
-    let r = run(pid, opts, out, &set);
+    let r = run(pid, opts, source, out, &set);
     restore();
     if r.is_err() {
         // SAFETY: kill takes integers; the child is ours.
@@ -1480,6 +1653,7 @@ pub fn record(opts: &Options, out: &mut dyn Write) -> Result<Summary, RecordErro
 fn run(
     pid: i32,
     opts: &Options,
+    source: Source,
     out: &mut dyn Write,
     set: &libc::sigset_t,
 ) -> Result<Summary, RecordError> {
@@ -1508,6 +1682,7 @@ fn run(
     })?;
     let mut rec = Recorder {
         out,
+        source,
         tasks: HashMap::new(),
         spaces: Vec::new(),
         files: HashMap::new(),
@@ -1627,7 +1802,7 @@ fn run(
                 // the last task of a space: its final writes
                 if let Some(s) = rec.tasks.get(&tid).and_then(|t| t.space) {
                     if rec.spaces[s].tasks == 1 && !killed {
-                        rec.harvest(s)?;
+                        rec.harvest(s, false)?;
                     }
                 }
                 resume(tid, false, 0);
@@ -1661,6 +1836,7 @@ fn run(
         }
     }
     let mut sum = std::mem::take(&mut rec.sum);
+    sum.source = Some(source);
     match (cut, root_status) {
         (Some(c), _) => {
             sum.ended = c;

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use crate::ranges::{clip, difference, pages, within};
 use softdirty::backend::{Backend, Command, ModelBackend, Op};
 use softdirty::linux::{PAGE_SIZE, TASK_SIZE};
+use softdirty::mm::Advice;
 use softdirty::mm::{AddressSpace, Placement};
 use softdirty::mode::Mode;
 use softdirty::prot::Prot;
@@ -124,9 +125,10 @@ pub struct Costs {
 ///
 /// A page is blamed on the last structural step that set (for a false positive) or
 /// dropped (for a false negative) the `VM_SOFTDIRTY` flag of its VMA in that mode
-/// (merge, brk, mremap move); a false negative in a shared mapping that no such step explains is a
-/// change through another mapping of the page (`shared`); the rest is `other` (for
-/// example `dontneed`, which zeroes pages the kernel then reports clean).
+/// (merge, brk, mremap move), or, in every mode, on the last `madvise dontneed` (or
+/// `guard_install`) over it, which zeroes pages that only precise then reports; a false
+/// negative in a shared mapping that no such step explains is a change through another
+/// mapping of the page (`shared`); the rest is `other`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Causes {
     /// a merge spread or dropped the flag (mmap, mprotect, mremap in place, madvise)
@@ -137,6 +139,8 @@ pub struct Causes {
     pub mremap_move: u64,
     /// a store through another mapping of a shared page (another space, another VMA)
     pub shared: u64,
+    /// a `madvise dontneed` or `guard_install` zeroed the page (precise reports it)
+    pub dontneed: u64,
     /// anything else
     pub other: u64,
 }
@@ -148,6 +152,7 @@ impl Causes {
             Cause::Brk => self.brk += pages,
             Cause::MremapMove => self.mremap_move += pages,
             Cause::Shared => self.shared += pages,
+            Cause::Dontneed => self.dontneed += pages,
             Cause::Other => self.other += pages,
         }
     }
@@ -160,6 +165,7 @@ enum Cause {
     Brk,
     MremapMove,
     Shared,
+    Dontneed,
     Other,
 }
 
@@ -393,7 +399,7 @@ pub fn heap_pattern(seed: u64, scale: u32) -> Generated {
 /// arena, 2 stack and 2 ring writes.
 pub fn cprogram_pattern(seed: u64, scale: u32) -> Generated {
     use softdirty::backend::FileMapping;
-    use softdirty::mm::{Advice, MapOpts};
+    use softdirty::mm::MapOpts;
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xc9c);
     let mut g = Gen::new();
     let gib = 1u64 << 30;
@@ -973,6 +979,22 @@ fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadRepo
                         let blame = s.blame.entry(s.cur.clone()).or_default();
                         blame_step(cmd, r.as_ref().ok().copied(), &before, &after, blame);
                     }
+                    if let Command::Op(
+                        Op::DontNeed { addr, len }
+                        | Op::Madvise {
+                            addr,
+                            len,
+                            advice: Advice::GuardInstall,
+                        },
+                    ) = *cmd
+                    {
+                        if r.is_ok() {
+                            let end = addr.saturating_add(len).saturating_add(PAGE_SIZE - 1)
+                                & !(PAGE_SIZE - 1);
+                            let blame = s.blame.entry(s.cur.clone()).or_default();
+                            blame.push((addr, end, Cause::Dontneed));
+                        }
+                    }
                     r
                 }
                 Step::Harvest => {
@@ -1180,8 +1202,8 @@ pub fn format_table(r: &ComparisonReport) -> String {
         }
         let causes = |c: &Causes| {
             format!(
-                "merge {} brk {} mremap-move {} shared {} other {}",
-                c.merge, c.brk, c.mremap_move, c.shared, c.other
+                "merge {} brk {} mremap-move {} shared {} dontneed {} other {}",
+                c.merge, c.brk, c.mremap_move, c.shared, c.dontneed, c.other
             )
         };
         for m in w

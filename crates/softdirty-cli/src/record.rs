@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use softdirty::kernel::record::{self, Options, RecordError, Summary};
+use softdirty::kernel::record::{self, Options, RecordError, Source, Summary};
+use softdirty::mode::Mode;
 
 /// `softdirty record` arguments.
 #[derive(clap::Args, Debug)]
@@ -26,9 +27,28 @@ pub struct RecordArgs {
     /// Kill the program after this many seconds; the trace says it was cut.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub max_seconds: Option<u64>,
+    /// The kernel's write tracking to read: `softdirty` (CONFIG_MEM_SOFT_DIRTY; the trace
+    /// then holds the kernel's answers as `expect softdirty` lines and checks itself in
+    /// legacy mode) or `uffd` (userfaultfd async write-protect, Linux 6.7+). Default:
+    /// softdirty where the kernel has it, else uffd.
+    #[arg(long, value_parser = parse_source)]
+    pub source: Option<Source>,
+    /// After recording, replay the trace in this mode and exit 1 unless every
+    /// expectation holds (`legacy` on the soft-dirty source checks the model against the
+    /// kernel's own answers).
+    #[arg(long, value_parser = |s: &str| s.parse::<Mode>())]
+    pub verify: Option<Mode>,
     /// The program and its arguments (after `--`).
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub program: Vec<OsString>,
+}
+
+fn parse_source(s: &str) -> Result<Source, String> {
+    match s {
+        "softdirty" => Ok(Source::SoftDirty),
+        "uffd" => Ok(Source::Uffd),
+        _ => Err(format!("`{s}`: the source is `softdirty` or `uffd`")),
+    }
 }
 
 /// The header of a recorded trace: what was recorded, how, and what could not be.
@@ -57,10 +77,19 @@ pub fn header(args: &[OsString], interval_ms: u64, sum: &Summary) -> String {
     h.push_str("# softdirty record: a trace v2 of a real program's address-space history\n");
     h.push_str(&format!("# program: {}\n", prog.join(" ")));
     h.push_str(&format!("# kernel: {kernel}\n"));
-    h.push_str(&format!(
-        "# writes: the kernel's userfaultfd async write-protect (PAGEMAP_SCAN, PAGE_IS_WRITTEN), \
-         harvested at the entry of every layout call and every {interval_ms} ms\n"
-    ));
+    match sum.source {
+        Some(Source::SoftDirty) => h.push_str(&format!(
+            "# writes: the kernel's PTE soft-dirty bits (/proc/PID/pagemap), read at the entry of \
+             every layout call and every {interval_ms} ms, each read followed by `clear_refs 4`; \
+             {} `expect softdirty` lines hold the kernel's answers (replay in legacy mode \
+             checks them)\n",
+            sum.expectations
+        )),
+        _ => h.push_str(&format!(
+            "# writes: the kernel's userfaultfd async write-protect (PAGEMAP_SCAN, PAGE_IS_WRITTEN), \
+             harvested at the entry of every layout call and every {interval_ms} ms\n"
+        )),
+    }
     h.push_str(&format!(
         "# harvest points: {} (`scan` of each space, then `clear_refs 4`, as CRIU's pre-dump)\n",
         sum.harvest_points
@@ -141,6 +170,7 @@ pub fn main(args: &RecordArgs) -> ExitCode {
         program: args.program.clone(),
         interval: Duration::from_millis(args.interval),
         max_time: args.max_seconds.map(Duration::from_secs),
+        source: args.source,
     };
     let mut w = BufWriter::new(body);
     let sum = match record::record(&opts, &mut w) {
@@ -158,6 +188,18 @@ pub fn main(args: &RecordArgs) -> ExitCode {
         let mut body = w.into_inner().map_err(|e| e.into_error())?;
         body.seek(SeekFrom::Start(0))?;
         let mut file = tempfile::NamedTempFile::new_in(&dir)?;
+        // a temporary file is 0600; the trace gets what a new file gets (0666 & !umask)
+        // SAFETY: umask only sets and returns this process's file mode mask.
+        let mask = unsafe {
+            let m = libc::umask(0o022);
+            libc::umask(m);
+            m
+        };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o666 & !u32::from(mask)))?;
+        }
         file.write_all(header(&args.program, args.interval, &sum).as_bytes())?;
         std::io::copy(&mut body, &mut file)?;
         file.flush()?;
@@ -167,6 +209,45 @@ pub fn main(args: &RecordArgs) -> ExitCode {
     if let Err(e) = finish() {
         eprintln!("softdirty record: writing {}: {e}", out.display());
         return ExitCode::from(1);
+    }
+    if let Some(mode) = args.verify {
+        let opts = softdirty_trace::replay::Options {
+            mode,
+            allow_errors: false,
+            backend: softdirty_trace::replay::BackendChoice::Model,
+        };
+        let name = out.display().to_string();
+        let summary = std::fs::File::open(&out)
+            .map_err(softdirty_trace::parse::ReadError::Io)
+            .and_then(|f| {
+                softdirty_trace::replay::replay_reader(
+                    std::io::BufReader::new(f),
+                    &name,
+                    &opts,
+                    &mut std::io::sink(),
+                    &mut std::io::stderr(),
+                )
+            });
+        match summary {
+            Ok(s) if s.exit_status(false) == 0 => {
+                eprintln!(
+                    "softdirty record: --verify {}: the trace replays with status 0",
+                    mode.name()
+                );
+            }
+            Ok(s) => {
+                eprintln!(
+                    "softdirty record: --verify {}: the trace does not replay (status {})",
+                    mode.name(),
+                    s.exit_status(false)
+                );
+                return ExitCode::from(1);
+            }
+            Err(e) => {
+                eprintln!("softdirty record: --verify: {}", e.in_file(&name));
+                return ExitCode::from(1);
+            }
+        }
     }
     eprintln!(
         "softdirty record: {} ({}): {} spaces, {} pages written, {} harvest points, {:.3} s; {} kinds of event not recorded",

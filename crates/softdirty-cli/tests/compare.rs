@@ -62,7 +62,7 @@ fn json_has_every_workload_mode_and_column() {
                 ("false_negatives", "false_negative_causes"),
             ] {
                 let c = &m[causes];
-                let sum: u64 = ["merge", "brk", "mremap_move", "shared", "other"]
+                let sum: u64 = ["merge", "brk", "mremap_move", "shared", "dontneed", "other"]
                     .iter()
                     .map(|k| {
                         c[k].as_u64()
