@@ -198,7 +198,7 @@ pub fn main(args: &RecordArgs) -> ExitCode {
         {
             use std::os::unix::fs::PermissionsExt;
             file.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o666 & !u32::from(mask)))?;
+                .set_permissions(std::fs::Permissions::from_mode(0o666 & !mask))?;
         }
         file.write_all(header(&args.program, args.interval, &sum).as_bytes())?;
         std::io::copy(&mut body, &mut file)?;
