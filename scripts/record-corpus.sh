@@ -51,7 +51,7 @@ select count(*) from t;
 EOF
 PY="$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || true)"
 
-NAMES=(python node java gcc sqlite arenas)
+NAMES=(python node java gcc sqlite arenas python10)
 # cmd_for NAME: sets WHAT and CMD (the program's argument vector)
 cmd_for() {
     case $1 in
@@ -76,6 +76,15 @@ print(len(d), len(l))') ;;
     arenas)
         WHAT="a C program: 4 threads of glibc malloc (thread arenas), a brk heap, a fork"
         CMD=("$OUT/arenas" 4 200) ;;
+    python10)
+        WHAT="CPython 3 for 10 seconds: lists of 2,000 strings made and dropped (the replay-time check)"
+        CMD=("$PY" -c 'import time
+t0=time.time(); n=0; keep=[]
+while time.time()-t0 < 10:
+    keep.append([str(i) for i in range(2000)])
+    if len(keep) > 300: keep = keep[150:]
+    n += 1
+print(n)') ;;
     esac
 }
 
@@ -130,7 +139,7 @@ import json, re, sys, os
 out = sys.argv[1]
 rows = [l.rstrip("\n").split("\t") for l in open(os.path.join(out, "rows.tsv"))]
 summary = []
-print("| program | spaces | VMAs (peak) | mmap / mprotect / mremap / munmap / madvise / brk | pages written | harvests | wall time plain / recorded (median) | replay |")
+print("| program | spaces | peak VMAs: kernel / legacy / nomerge | mmap / mprotect / mremap / munmap / madvise / brk | pages written | harvests | wall time plain / recorded (median) | replay (precise) |")
 print("|---|---|---|---|---|---|---|---|")
 detail = []
 for name, what, plain, rec, replay in rows:
@@ -138,23 +147,28 @@ for name, what, plain, rec, replay in rows:
     calls = dict((k, int(v)) for k, v in re.findall(r"(\w+) (\d+)", re.search(r"calls: ([^;]*);", head).group(1)))
     spaces = int(re.search(r"# spaces: (\d+)", head).group(1))
     written = int(re.search(r"pages written: (\d+)", head).group(1))
+    kvmas = int(re.search(r"peak VMAs in the kernel at a harvest point: (\d+)", head).group(1))
     rep = json.load(open(os.path.join(out, name + ".json")))["workloads"][0]
     modes = {m["mode"]: m for m in rep["modes"]}
     c = lambda k: calls.get(k, 0)
-    print(f"| {name} | {spaces} | {modes['precise']['peak_vmas']} | {c('mmap')} / {c('mprotect')} / {c('mremap')} / {c('munmap')} / {c('madvise')} / {c('brk')} | {written} | {rep['harvests']} | {float(plain):.2f} / {float(rec):.2f} s ({float(rec)/max(float(plain),1e-9):.1f}x) | {float(replay):.1f} s |")
+    print(f"| {name} | {spaces} | {kvmas} / {modes['legacy']['peak_vmas']} / {modes['nomerge']['peak_vmas']} | {c('mmap')} / {c('mprotect')} / {c('mremap')} / {c('munmap')} / {c('madvise')} / {c('brk')} | {written} | {rep['harvests']} | {float(plain):.2f} / {float(rec):.2f} s ({float(rec)/max(float(plain),1e-9):.1f}x) | {float(replay):.1f} s |")
     summary.append({"program": name, "what": what, "spaces": spaces, "calls": calls,
                     "pages_written": written, "plain_s": float(plain), "recorded_s": float(rec),
                     "replay_s": float(replay), "compare": rep})
     detail.append((name, modes))
 print()
-print("| program | mode | false+ (merge / brk / mremap / shared / dontneed / other) | false- (merge / brk / mremap / shared / dontneed / other) | reported | peak VMAs | tracking bytes (peak) |")
+print("| program | mode | false+ (merge / brk / mremap move / shared / dontneed / mremap grow / other) | false- (merge / brk / mremap move / shared / dontneed / mremap grow / other) | reported | peak VMAs | tracking bytes (peak) |")
 print("|---|---|---|---|---|---|---|")
 for name, modes in detail:
     for m in ["legacy", "sticky", "nomerge", "regions", "precise"]:
         x = modes[m]
         fp, fn = x["false_positive_causes"], x["false_negative_causes"]
-        f = lambda d: " / ".join(str(d[k]) for k in ["merge", "brk", "mremap_move", "shared", "dontneed", "other"])
+        f = lambda d: " / ".join(str(d[k]) for k in ["merge", "brk", "mremap_move", "shared", "dontneed", "mremap_grow", "other"])
         print(f"| {name} | {m} | {x['false_positives']} ({f(fp)}) | {x['false_negatives']} ({f(fn)}) | {x['reported']} | {x['peak_vmas']} | {x['peak_tracking_bytes']} |")
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
 EOF
+# the chart of docs/real-programs.md: every recording in one compare
+ws=$(cut -f1 "$OUT/rows.tsv" | sed "s|^|trace:$OUT/|; s|\$|.trace|" | paste -sd,)
+[ -z "$ws" ] || "$SD" compare --workload "$ws" --plot "$OUT/real-programs.svg" >/dev/null 2>&1 \
+    || echo "record-corpus: compare --plot failed" >&2
 exit $failed

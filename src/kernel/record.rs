@@ -40,7 +40,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use super::uapi::*;
-use super::{last_errno, pm_scan, uffd_api, RegionBuf};
+use super::{last_errno, page_up, pm_scan, uffd_api, RegionBuf};
 use crate::linux::{PAGE_SIZE, TASK_SIZE};
 
 /// What to record and how.
@@ -123,6 +123,9 @@ pub struct Summary {
     pub source: Option<Source>,
     /// `expect softdirty` lines written (soft-dirty source).
     pub expectations: u64,
+    /// The most VMAs the kernel held at a harvest point, summed over the live spaces
+    /// (the lines of `/proc/PID/maps`, special mappings included).
+    pub peak_vmas: u64,
 }
 
 // x86-64 system call numbers of the calls that stop.
@@ -265,11 +268,6 @@ fn errno_name(e: i32) -> String {
         Some(x) => x.name().to_string(),
         None => format!("errno {e}"),
     }
-}
-
-fn page_up(a: u64) -> u64 {
-    a.checked_add(PAGE_SIZE - 1)
-        .map_or(TASK_SIZE, |x| x & !(PAGE_SIZE - 1))
 }
 
 fn prot_word(p: u64) -> &'static str {
@@ -1000,9 +998,12 @@ impl Recorder<'_> {
             return Ok(());
         }
         self.sum.harvest_points += 1;
+        let mut vmas = 0;
         for s in live {
+            vmas += read_maps(self.spaces[s].pid).map_or(0, |m| m.len() as u64);
             self.harvest(s, true)?;
         }
+        self.sum.peak_vmas = self.sum.peak_vmas.max(vmas);
         Ok(())
     }
 

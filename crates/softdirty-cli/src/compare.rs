@@ -31,7 +31,7 @@ use rand::{Rng, SeedableRng};
 
 use std::sync::Arc;
 
-use crate::ranges::{clip, difference, pages, within};
+use crate::ranges::{clip, difference, page_up, pages, within};
 use softdirty::backend::{Backend, Command, ModelBackend, Op};
 use softdirty::linux::{PAGE_SIZE, TASK_SIZE};
 use softdirty::mm::Advice;
@@ -126,7 +126,8 @@ pub struct Costs {
 /// A page is blamed on the last structural step that set (for a false positive) or
 /// dropped (for a false negative) the `VM_SOFTDIRTY` flag of its VMA in that mode
 /// (merge, brk, mremap move), or, in every mode, on the last `madvise dontneed` (or
-/// `guard_install`) over it, which zeroes pages that only precise then reports; a false
+/// `guard_install`) over it, which zeroes pages that only precise then reports, or on the
+/// `mremap` growth whose new tail it is (Linux flags no new page there); a false
 /// negative in a shared mapping that no such step explains is a change through another
 /// mapping of the page (`shared`); the rest is `other`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -141,6 +142,8 @@ pub struct Causes {
     pub shared: u64,
     /// a `madvise dontneed` or `guard_install` zeroed the page (precise reports it)
     pub dontneed: u64,
+    /// the page is in the new tail of an `mremap` growth (in place or moved)
+    pub mremap_grow: u64,
     /// anything else
     pub other: u64,
 }
@@ -153,6 +156,7 @@ impl Causes {
             Cause::MremapMove => self.mremap_move += pages,
             Cause::Shared => self.shared += pages,
             Cause::Dontneed => self.dontneed += pages,
+            Cause::MremapGrow => self.mremap_grow += pages,
             Cause::Other => self.other += pages,
         }
     }
@@ -166,6 +170,7 @@ enum Cause {
     MremapMove,
     Shared,
     Dontneed,
+    MremapGrow,
     Other,
 }
 
@@ -979,18 +984,30 @@ fn run_workload_with(w: &Generated, tick: &mut dyn FnMut(usize)) -> WorkloadRepo
                         let blame = s.blame.entry(s.cur.clone()).or_default();
                         blame_step(cmd, r.as_ref().ok().copied(), &before, &after, blame);
                     }
+                    if let (
+                        Command::Op(Op::Mremap {
+                            old_len, new_len, ..
+                        }),
+                        Ok(to),
+                    ) = (cmd, &r)
+                    {
+                        let (old, new) = (page_up(*old_len), page_up(*new_len));
+                        if new > old {
+                            let blame = s.blame.entry(s.cur.clone()).or_default();
+                            blame.push((to + old, to + new, Cause::MremapGrow));
+                        }
+                    }
                     if let Command::Op(
                         Op::DontNeed { addr, len }
                         | Op::Madvise {
                             addr,
                             len,
-                            advice: Advice::GuardInstall,
+                            advice: Advice::DontNeed | Advice::GuardInstall,
                         },
                     ) = *cmd
                     {
                         if r.is_ok() {
-                            let end = addr.saturating_add(len).saturating_add(PAGE_SIZE - 1)
-                                & !(PAGE_SIZE - 1);
+                            let end = page_up(addr.saturating_add(len));
                             let blame = s.blame.entry(s.cur.clone()).or_default();
                             blame.push((addr, end, Cause::Dontneed));
                         }
@@ -1202,8 +1219,8 @@ pub fn format_table(r: &ComparisonReport) -> String {
         }
         let causes = |c: &Causes| {
             format!(
-                "merge {} brk {} mremap-move {} shared {} dontneed {} other {}",
-                c.merge, c.brk, c.mremap_move, c.shared, c.dontneed, c.other
+                "merge {} brk {} mremap-move {} shared {} dontneed {} mremap-grow {} other {}",
+                c.merge, c.brk, c.mremap_move, c.shared, c.dontneed, c.mremap_grow, c.other
             )
         };
         for m in w

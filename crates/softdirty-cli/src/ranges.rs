@@ -86,3 +86,8 @@ mod tests {
         assert_eq!(union(&a, &b), vec![(0, 10 * P)]);
     }
 }
+
+/// `a` rounded up to a page boundary (saturating at the last page).
+pub(crate) fn page_up(a: u64) -> u64 {
+    a.saturating_add(PAGE - 1) & !(PAGE - 1)
+}

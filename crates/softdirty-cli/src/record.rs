@@ -95,7 +95,7 @@ pub fn header(args: &[OsString], interval_ms: u64, sum: &Summary) -> String {
         sum.harvest_points
     ));
     h.push_str(&format!(
-        "# spaces: {}; calls: {}; pages written: {}; wall time under the recorder: {:.3} s\n",
+        "# spaces: {}; calls: {}; pages written: {}; peak VMAs in the kernel at a harvest point: {}; wall time under the recorder: {:.3} s\n",
         sum.spaces,
         if calls.is_empty() {
             "none".into()
@@ -103,6 +103,7 @@ pub fn header(args: &[OsString], interval_ms: u64, sum: &Summary) -> String {
             calls.join(", ")
         },
         sum.pages_written,
+        sum.peak_vmas,
         sum.wall.as_secs_f64()
     ));
     if sum.unrecorded.is_empty() {

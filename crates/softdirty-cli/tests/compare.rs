@@ -62,13 +62,21 @@ fn json_has_every_workload_mode_and_column() {
                 ("false_negatives", "false_negative_causes"),
             ] {
                 let c = &m[causes];
-                let sum: u64 = ["merge", "brk", "mremap_move", "shared", "dontneed", "other"]
-                    .iter()
-                    .map(|k| {
-                        c[k].as_u64()
-                            .unwrap_or_else(|| panic!("{name}/{mode}: {causes}.{k}"))
-                    })
-                    .sum();
+                let sum: u64 = [
+                    "merge",
+                    "brk",
+                    "mremap_move",
+                    "shared",
+                    "dontneed",
+                    "mremap_grow",
+                    "other",
+                ]
+                .iter()
+                .map(|k| {
+                    c[k].as_u64()
+                        .unwrap_or_else(|| panic!("{name}/{mode}: {causes}.{k}"))
+                })
+                .sum();
                 assert_eq!(m[col].as_u64(), Some(sum), "{name}/{mode}: {causes}");
             }
             // The same operations succeed and fail, at the same addresses, in every mode.
