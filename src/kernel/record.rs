@@ -33,7 +33,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsString};
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -41,7 +40,12 @@ use std::time::{Duration, Instant};
 
 use super::uapi::*;
 use super::{last_errno, page_up, pm_scan, uffd_api, RegionBuf};
+use crate::backend::{Command, FileMapping, Op};
+use crate::errno::Errno;
 use crate::linux::{PAGE_SIZE, TASK_SIZE};
+use crate::mm::{Advice, MapOpts, Placement};
+use crate::prot::Prot;
+use crate::scan::ScanArgs;
 
 /// What to record and how.
 #[derive(Clone, Debug)]
@@ -127,6 +131,40 @@ pub struct Summary {
     /// (the lines of `/proc/PID/maps`, special mappings included).
     pub peak_vmas: u64,
 }
+
+/// One line of the recording, in order: the trace language (`softdirty_trace::render`)
+/// writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A command (`space`, `fork`, a layout call, `write`, `file`, `clear_refs`, `scan`, ...).
+    Command(Command),
+    /// An expectation about the command before it.
+    Expect(Expectation),
+    /// A comment line (a mapped file's path, a call the format cannot express).
+    Comment(String),
+}
+
+/// What the kernel answered, as the trace checks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expectation {
+    /// `expect err ERRNO`: the call failed so.
+    Err(Errno),
+    /// `expect brk ADDR`: the program break is now `ADDR`.
+    Brk(u64),
+    /// `expect softdirty ADDR LEN PAGES`: exactly these page runs (relative, half-open)
+    /// of the range report soft-dirty (the soft-dirty source).
+    SoftDirty {
+        /// the range's start
+        addr: u64,
+        /// its length in bytes
+        len: u64,
+        /// the soft-dirty runs of page indices relative to `addr`
+        runs: Vec<(u64, u64)>,
+    },
+}
+
+/// Where a recording goes: each event, in order; an error stops the recording.
+pub type Sink<'a> = dyn FnMut(Event) -> std::io::Result<()> + 'a;
 
 // x86-64 system call numbers of the calls that stop.
 const SYS_MMAP: u64 = 9;
@@ -242,8 +280,8 @@ struct FileInfo {
 /// At most this many files keep a descriptor for size changes.
 const MAX_WATCHED: usize = 1024;
 
-struct Recorder<'a> {
-    out: &'a mut dyn Write,
+struct Recorder<'a, 'b> {
+    out: &'a mut Sink<'b>,
     source: Source,
     tasks: HashMap<i32, Task>,
     spaces: Vec<Space>,
@@ -270,33 +308,48 @@ fn errno_name(e: i32) -> String {
     }
 }
 
-fn prot_word(p: u64) -> &'static str {
-    match p & 7 {
-        0 => "none",
-        1 => "r",
-        2 => "w",
-        3 => "rw",
-        4 => "x",
-        5 => "rx",
-        6 => "wx",
-        _ => "rwx",
+/// `PROT_READ | PROT_WRITE | PROT_EXEC` of a system call argument.
+fn prot(p: u64) -> Prot {
+    Prot::from_bits((p & 7) as i32)
+}
+
+/// The trace v2 advice of a madvise advice, if it has one.
+fn advice(a: u64) -> Option<Advice> {
+    Some(match a {
+        4 | 24 => Advice::DontNeed, // MADV_DONTNEED, MADV_DONTNEED_LOCKED
+        8 => Advice::Free,
+        10 => Advice::DontFork,
+        11 => Advice::DoFork,
+        18 => Advice::WipeOnFork,
+        19 => Advice::KeepOnFork,
+        22 => Advice::PopulateRead,
+        23 => Advice::PopulateWrite,
+        102 => Advice::GuardInstall,
+        103 => Advice::GuardRemove,
+        _ => return None,
+    })
+}
+
+/// A `madvise` of the trace: `dontneed` is [`Op::DontNeed`].
+fn madvise_op(addr: u64, len: u64, a: Advice) -> Op {
+    match a {
+        Advice::DontNeed => Op::DontNeed { addr, len },
+        advice => Op::Madvise { addr, len, advice },
     }
 }
 
-/// The advice word of trace v2 for a madvise advice, if it has one.
-fn advice_word(a: u64) -> Option<&'static str> {
-    Some(match a {
-        4 | 24 => "dontneed", // MADV_DONTNEED, MADV_DONTNEED_LOCKED
-        8 => "free",
-        10 => "dontfork",
-        11 => "dofork",
-        18 => "wipeonfork",
-        19 => "keeponfork",
-        22 => "populate_read",
-        23 => "populate_write",
-        102 => "guard_install",
-        103 => "guard_remove",
-        _ => return None,
+/// The harvest point's scan: soft-dirty over the whole space.
+fn harvest_scan() -> Command {
+    Command::Scan(ScanArgs {
+        start: 0,
+        end: TASK_SIZE,
+        mask: PAGE_IS_SOFT_DIRTY,
+        anyof: 0,
+        inverted: 0,
+        ret: PAGE_IS_SOFT_DIRTY,
+        clear: false,
+        max_pages: 0,
+        vec_len: 1024,
     })
 }
 
@@ -446,15 +499,34 @@ fn start_brk(pid: i32) -> Option<u64> {
     rest.split_ascii_whitespace().nth(47 - 3)?.parse().ok()
 }
 
-impl Recorder<'_> {
-    fn line(&mut self, space: usize, text: std::fmt::Arguments) -> Result<(), RecordError> {
+impl Recorder<'_, '_> {
+    /// Emits `ev` in space `space` (a `space` command first if another was current).
+    fn emit(&mut self, space: usize, ev: Event) -> Result<(), RecordError> {
         if self.current != Some(space) {
-            writeln!(self.out, "space {}", self.spaces[space].name)?;
+            (self.out)(Event::Command(Command::Space(
+                self.spaces[space].name.clone(),
+            )))?;
             self.current = Some(space);
         }
-        self.out.write_fmt(text)?;
-        self.out.write_all(b"\n")?;
+        (self.out)(ev)?;
         Ok(())
+    }
+
+    fn cmd(&mut self, space: usize, c: impl Into<Command>) -> Result<(), RecordError> {
+        self.emit(space, Event::Command(c.into()))
+    }
+
+    /// `expect err` for the kernel's errno `e` (a number the trace cannot name is noted).
+    fn expect_err(&mut self, space: usize, e: i32) -> Result<(), RecordError> {
+        match Errno::from_code(e) {
+            Some(x) => self.emit(space, Event::Expect(Expectation::Err(x))),
+            None => {
+                self.note(format!(
+                    "a failure with errno {e}, which the format cannot name"
+                ));
+                Ok(())
+            }
+        }
     }
 
     fn note(&mut self, what: impl Into<String>) {
@@ -533,8 +605,8 @@ impl Recorder<'_> {
         if let Some(f) = self.files.get_mut(&key) {
             if f.size != size {
                 f.size = size;
-                let (kw, name) = (if f.memfd { "memfd" } else { "file" }, f.name.clone());
-                self.line(space, format_args!("{kw} {name} {size:#x}"))?;
+                let (name, memfd) = (f.name.clone(), f.memfd);
+                self.cmd(space, Command::File { name, memfd, size })?;
             }
             return Ok(Ok(self.files[&key].name.clone()));
         }
@@ -546,8 +618,15 @@ impl Recorder<'_> {
         };
         let memfd = fs.f_type == libc::TMPFS_MAGIC || link.starts_with("/memfd:");
         let name = self.file_name(&link);
-        let kw = if memfd { "memfd" } else { "file" };
-        self.line(space, format_args!("{kw} {name} {size:#x}  # {link}"))?;
+        self.emit(space, Event::Comment(link.replace(['\n', '\r'], " ")))?;
+        self.cmd(
+            space,
+            Command::File {
+                name: name.clone(),
+                memfd,
+                size,
+            },
+        )?;
         let watched = self.files.values().filter(|f| f.fd.is_some()).count() < MAX_WATCHED;
         self.files.insert(
             key,
@@ -571,16 +650,12 @@ impl Recorder<'_> {
             // SAFETY: as above; `st` lives across the call.
             if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0 && st.st_size as u64 != f.size {
                 f.size = st.st_size as u64;
-                changed.push((
-                    if f.memfd { "memfd" } else { "file" },
-                    f.name.clone(),
-                    f.size,
-                ));
+                changed.push((f.name.clone(), f.memfd, f.size));
             }
         }
         changed.sort();
-        for (kw, name, size) in changed {
-            self.line(space, format_args!("{kw} {name} {size:#x}"))?;
+        for (name, memfd, size) in changed {
+            self.cmd(space, Command::File { name, memfd, size })?;
         }
         Ok(())
     }
@@ -815,7 +890,13 @@ impl Recorder<'_> {
     fn emit_writes(&mut self, s: usize, runs: &[(u64, u64)]) -> Result<(), RecordError> {
         for &(a, b) in runs {
             self.sum.pages_written += (b - a) / PAGE_SIZE;
-            self.line(s, format_args!("write {a:#x} {:#x}", b - a))?;
+            self.cmd(
+                s,
+                Command::Write {
+                    addr: a,
+                    len: b - a,
+                },
+            )?;
         }
         Ok(())
     }
@@ -837,11 +918,8 @@ impl Recorder<'_> {
         }
         self.emit_writes(s, &runs)?;
         if point {
-            self.line(
-                s,
-                format_args!("scan 0x0 {TASK_SIZE:#x} mask=softdirty return=softdirty"),
-            )?;
-            self.line(s, format_args!("clear_refs 4"))?;
+            self.cmd(s, harvest_scan())?;
+            self.cmd(s, Command::ClearRefs("4".into()))?;
         }
         Ok(())
     }
@@ -862,7 +940,7 @@ impl Recorder<'_> {
         };
         let flags = read_vmflags(pid);
         let mut written: Vec<(u64, u64)> = Vec::new();
-        let mut expects: Vec<String> = Vec::new();
+        let mut expects: Vec<Expectation> = Vec::new();
         for m in &maps {
             if m.start >= TASK_SIZE
                 || (m.path.starts_with('[') && m.path != "[stack]" && m.path != "[heap]")
@@ -905,26 +983,11 @@ impl Recorder<'_> {
                     }
                 }
             }
-            let pages = match dirty.as_slice() {
-                [] => "none".to_string(),
-                [(0, e)] if *e == n as u64 => "all".to_string(),
-                d => d
-                    .iter()
-                    .map(|&(a, b)| {
-                        if b == a + 1 {
-                            a.to_string()
-                        } else {
-                            format!("{a}..{b}")
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            };
-            expects.push(format!(
-                "expect softdirty {:#x} {:#x} {pages}",
-                m.start,
-                m.end - m.start
-            ));
+            expects.push(Expectation::SoftDirty {
+                addr: m.start,
+                len: m.end - m.start,
+                runs: dirty,
+            });
         }
         if !written.is_empty() {
             self.resync_files(s)?;
@@ -932,13 +995,10 @@ impl Recorder<'_> {
         self.emit_writes(s, &written)?;
         for e in expects {
             self.sum.expectations += 1;
-            self.line(s, format_args!("{e}"))?;
+            self.emit(s, Event::Expect(e))?;
         }
         if point {
-            self.line(
-                s,
-                format_args!("scan 0x0 {TASK_SIZE:#x} mask=softdirty return=softdirty"),
-            )?;
+            self.cmd(s, harvest_scan())?;
         }
         self.clear_softdirty(s)
     }
@@ -946,11 +1006,11 @@ impl Recorder<'_> {
     /// `clear_refs 4` in the kernel and in the trace (soft-dirty source).
     fn clear_softdirty(&mut self, s: usize) -> Result<(), RecordError> {
         if let Some(f) = &mut self.spaces[s].clear_refs {
-            if f.write_all(b"4").is_err() {
+            if std::io::Write::write_all(f, b"4").is_err() {
                 return Ok(()); // the space is exiting
             }
         }
-        self.line(s, format_args!("clear_refs 4"))
+        self.cmd(s, Command::ClearRefs("4".into()))
     }
 
     /// Is a task of space `s` inside a layout call (between its entry and exit stops)?
@@ -1019,19 +1079,19 @@ impl Recorder<'_> {
                     self.note("a start_brk that is not page-aligned (rounded up)");
                 }
                 let b = page_up(b);
-                self.line(s, format_args!("brk_start {b:#x}"))?;
+                self.cmd(s, Command::BrkStart(b))?;
                 self.spaces[s].brk = Some(b);
                 brk_done = true;
             }
         }
         for m in &maps {
             let len = m.end - m.start;
-            let prot = {
+            let prot = prot({
                 let p = m.perms.as_bytes();
                 (u64::from(p.first() == Some(&b'r')))
                     | (u64::from(p.get(1) == Some(&b'w')) << 1)
                     | (u64::from(p.get(2) == Some(&b'x')) << 2)
-            };
+            });
             let shared = m.perms.as_bytes().get(3) == Some(&b's');
             let vf = flags.get(&m.start).cloned().unwrap_or_default();
             let has = |f: &str| vf.iter().any(|x| x == f);
@@ -1044,11 +1104,11 @@ impl Recorder<'_> {
             if m.path == "[heap]" {
                 if !brk_done {
                     let b = sb.unwrap_or(m.start).min(m.start);
-                    self.line(s, format_args!("brk_start {b:#x}"))?;
+                    self.cmd(s, Command::BrkStart(b))?;
                     if b < m.start {
                         self.note("a heap that does not start at start_brk");
                     }
-                    self.line(s, format_args!("brk {:#x}", m.end))?;
+                    self.cmd(s, Command::Brk(m.end))?;
                     self.spaces[s].brk = Some(m.end);
                     brk_done = true;
                 } else {
@@ -1056,14 +1116,11 @@ impl Recorder<'_> {
                 }
                 continue;
             }
-            let mut words = String::new();
-            if has("nr") {
-                words.push_str(" noreserve");
-            }
-            if has("gd") {
-                words.push_str(" growsdown");
-            }
-            let share = if shared { "shared" } else { "private" };
+            let opts = MapOpts {
+                noreserve: has("nr"),
+                growsdown: has("gd"),
+                ..MapOpts::default()
+            };
             if m.inode != 0 && !m.path.is_empty() {
                 // map_files needs CAP_CHECKPOINT_RESTORE; the path does not (unless
                 // the file was deleted)
@@ -1074,33 +1131,36 @@ impl Recorder<'_> {
                 };
                 match found {
                     Ok(name) => {
-                        self.line(
-                            s,
-                            format_args!(
-                                "mmap {:#x} {len:#x} {} {share} fixed file {name} {:#x}{words}",
-                                m.start,
-                                prot_word(prot),
-                                m.offset
-                            ),
-                        )?;
+                        let fm = FileMapping {
+                            addr: m.start,
+                            len,
+                            prot,
+                            shared,
+                            placement: Placement::Fixed,
+                            opts,
+                            name,
+                            offset: m.offset,
+                        };
+                        self.cmd(s, Command::MmapFile(fm))?;
                         continue;
                     }
                     Err(why) => self.note(why),
                 }
             }
-            self.line(
-                s,
-                format_args!(
-                    "mmap {:#x} {len:#x} {} {share} fixed{words}",
-                    m.start,
-                    prot_word(prot)
-                ),
-            )?;
+            let op = Op::Mmap {
+                addr: m.start,
+                len,
+                prot,
+                shared,
+                placement: Placement::Fixed,
+                opts,
+            };
+            self.cmd(s, op)?;
         }
         if self.source == Source::SoftDirty {
             self.clear_softdirty(s)
         } else {
-            self.line(s, format_args!("clear_refs 4"))
+            self.cmd(s, Command::ClearRefs("4".into()))
         }
     }
 
@@ -1160,13 +1220,11 @@ impl Recorder<'_> {
         let ret = r.rax;
         let a = p.args;
         let err = failed(ret);
-        let expect_err =
-            |me: &mut Self, e: i32| me.line(s, format_args!("expect err {}", errno_name(e)));
         match p.nr {
             SYS_MMAP => {
                 self.count("mmap");
                 let len = page_up(a[1]);
-                let (prot, flags) = (a[2], a[3]);
+                let (pr, flags) = (prot(a[2]), a[3]);
                 let fixed = flags & libc::MAP_FIXED as u64 != 0;
                 let noreplace = flags & libc::MAP_FIXED_NOREPLACE as u64 != 0;
                 let mut shared = matches!(flags & 3, 1 | 3);
@@ -1175,17 +1233,13 @@ impl Recorder<'_> {
                 if flags & unsupported as u64 != 0 {
                     self.note("mmap flags the format has no word for (MAP_HUGETLB, MAP_LOCKED, MAP_SYNC): mapped without them");
                 }
-                let mut words = String::new();
-                if flags & libc::MAP_NORESERVE as u64 != 0 {
-                    words.push_str(" noreserve");
-                }
-                if flags & libc::MAP_POPULATE as u64 != 0 {
-                    words.push_str(" populate");
-                }
-                if flags & libc::MAP_GROWSDOWN as u64 != 0 {
-                    words.push_str(" growsdown");
-                }
-                let mut file = String::new();
+                let opts = MapOpts {
+                    noreserve: flags & libc::MAP_NORESERVE as u64 != 0,
+                    populate: flags & libc::MAP_POPULATE as u64 != 0,
+                    growsdown: flags & libc::MAP_GROWSDOWN as u64 != 0,
+                    file: None,
+                };
+                let mut file = None;
                 if !anon {
                     let fdpath = format!("/proc/{tid}/fd/{}", a[4] as i32);
                     let link = std::fs::read_link(&fdpath).unwrap_or_default();
@@ -1193,7 +1247,7 @@ impl Recorder<'_> {
                         // MAP_PRIVATE of /dev/zero is anonymous; MAP_SHARED is shmem
                     } else if err.is_none() {
                         match self.file_of(s, &fdpath, None)? {
-                            Ok(name) => file = format!(" file {name} {:#x}", a[5]),
+                            Ok(name) => file = Some(name),
                             Err(why) => {
                                 self.note(why);
                                 shared = true;
@@ -1204,42 +1258,66 @@ impl Recorder<'_> {
                         return Ok(());
                     }
                 }
-                let share = if shared { "shared" } else { "private" };
-                match err {
-                    None => {
-                        let place = if fixed { "fixed" } else { "noreplace" };
-                        self.line(
-                            s,
-                            format_args!(
-                                "mmap {ret:#x} {len:#x} {} {share} {place}{file}{words}",
-                                prot_word(prot)
-                            ),
-                        )?;
-                        if prot & 2 != 0 {
-                            self.protect(s, ret, len, "")?;
-                        }
+                // a kernel-chosen address is replayed there, refusing an overlap
+                let placement = if fixed {
+                    Placement::Fixed
+                } else {
+                    Placement::NoReplace
+                };
+                match (err, file) {
+                    (None, Some(name)) => {
+                        let fm = FileMapping {
+                            addr: ret,
+                            len,
+                            prot: pr,
+                            shared,
+                            placement,
+                            opts,
+                            name,
+                            offset: a[5],
+                        };
+                        self.cmd(s, Command::MmapFile(fm))?;
                     }
-                    Some(e) if fixed || noreplace => {
-                        let place = if fixed { "fixed" } else { "noreplace" };
-                        self.line(
-                            s,
-                            format_args!(
-                                "mmap {:#x} {:#x} {} {share} {place}{words}",
-                                a[0],
-                                a[1],
-                                prot_word(prot)
-                            ),
-                        )?;
-                        expect_err(self, e)?;
+                    (None, None) => {
+                        let op = Op::Mmap {
+                            addr: ret,
+                            len,
+                            prot: pr,
+                            shared,
+                            placement,
+                            opts,
+                        };
+                        self.cmd(s, op)?;
                     }
-                    Some(_) => self.note("a failed mmap without a fixed address"),
+                    (Some(e), _) if fixed || noreplace => {
+                        let op = Op::Mmap {
+                            addr: a[0],
+                            len: a[1],
+                            prot: pr,
+                            shared,
+                            placement,
+                            opts,
+                        };
+                        self.cmd(s, op)?;
+                        self.expect_err(s, e)?;
+                    }
+                    (Some(_), _) => self.note("a failed mmap without a fixed address"),
+                }
+                if err.is_none() && a[2] & 2 != 0 {
+                    self.protect(s, ret, len, "")?;
                 }
             }
             SYS_MUNMAP => {
                 self.count("munmap");
-                self.line(s, format_args!("munmap {:#x} {:#x}", a[0], a[1]))?;
+                self.cmd(
+                    s,
+                    Op::Munmap {
+                        addr: a[0],
+                        len: a[1],
+                    },
+                )?;
                 if let Some(e) = err {
-                    expect_err(self, e)?;
+                    self.expect_err(s, e)?;
                 }
             }
             SYS_MPROTECT | SYS_PKEY_MPROTECT => {
@@ -1258,12 +1336,16 @@ impl Recorder<'_> {
                 if !writable {
                     self.emit_writes(s, &during)?;
                 }
-                self.line(
+                self.cmd(
                     s,
-                    format_args!("mprotect {:#x} {:#x} {}", a[0], a[1], prot_word(a[2])),
+                    Op::Mprotect {
+                        addr: a[0],
+                        len: a[1],
+                        prot: prot(a[2]),
+                    },
                 )?;
                 match err {
-                    Some(e) => expect_err(self, e)?,
+                    Some(e) => self.expect_err(s, e)?,
                     None if writable => {
                         self.protect(s, a[0], page_up(a[1]), "")?;
                     }
@@ -1279,31 +1361,21 @@ impl Recorder<'_> {
                 if fl & 4 != 0 {
                     self.note("mremap MREMAP_DONTUNMAP (not in the format): recorded as a move");
                 }
+                let mremap = |maymove: bool, fixed: Option<u64>| Op::Mremap {
+                    addr: old,
+                    old_len: oldlen,
+                    new_len: newlen,
+                    maymove,
+                    fixed,
+                };
                 match err {
-                    None if ret == old => {
-                        self.line(s, format_args!("mremap {old:#x} {oldlen:#x} {newlen:#x}"))?;
-                    }
-                    None => {
-                        self.line(
-                            s,
-                            format_args!(
-                                "mremap {old:#x} {oldlen:#x} {newlen:#x} maymove fixed {ret:#x}"
-                            ),
-                        )?;
-                    }
+                    // in place, or moved where the kernel chose (replayed there)
+                    None if ret == old => self.cmd(s, mremap(false, None))?,
+                    None => self.cmd(s, mremap(true, Some(ret)))?,
                     Some(e) if matches!(e, libc::EINVAL | libc::EFAULT) => {
-                        let mut w = String::new();
-                        if fl & 1 != 0 {
-                            w.push_str(" maymove");
-                        }
-                        if fl & 2 != 0 {
-                            w.push_str(&format!(" fixed {:#x}", a[4]));
-                        }
-                        self.line(
-                            s,
-                            format_args!("mremap {old:#x} {oldlen:#x} {newlen:#x}{w}"),
-                        )?;
-                        expect_err(self, e)?;
+                        let fixed = (fl & 2 != 0).then_some(a[4]);
+                        self.cmd(s, mremap(fl & 1 != 0, fixed))?;
+                        self.expect_err(s, e)?;
                     }
                     Some(_) => self.note("a failed mremap (ENOMEM, EAGAIN): not replayable"),
                 }
@@ -1323,7 +1395,7 @@ impl Recorder<'_> {
                 }
             }
             SYS_MADVISE => {
-                let Some(word) = advice_word(a[2]) else {
+                let Some(adv) = advice(a[2]) else {
                     self.note(format!(
                         "madvise {} (not in the format; it may split VMAs)",
                         advice_name(a[2])
@@ -1331,9 +1403,9 @@ impl Recorder<'_> {
                     return Ok(());
                 };
                 self.count("madvise");
-                self.line(s, format_args!("madvise {:#x} {:#x} {word}", a[0], a[1]))?;
+                self.cmd(s, madvise_op(a[0], a[1], adv))?;
                 match err {
-                    Some(e) => expect_err(self, e)?,
+                    Some(e) => self.expect_err(s, e)?,
                     // A zap of anonymous memory drops the write-protect markers, and
                     // 6.18.44 then reports the empty entries as written (and a read
                     // fault there as a store): protect the range again, while the caller
@@ -1351,8 +1423,8 @@ impl Recorder<'_> {
                 self.count("brk");
                 let old = self.spaces[s].brk;
                 if ret == a[0] {
-                    self.line(s, format_args!("brk {ret:#x}"))?;
-                    self.line(s, format_args!("expect brk {ret:#x}"))?;
+                    self.cmd(s, Command::Brk(ret))?;
+                    self.emit(s, Event::Expect(Expectation::Brk(ret)))?;
                     if let Some(o) = old {
                         if page_up(ret) > page_up(o) {
                             self.protect(s, page_up(o), page_up(ret) - page_up(o), "[heap]")?;
@@ -1360,8 +1432,8 @@ impl Recorder<'_> {
                     }
                     self.spaces[s].brk = Some(ret);
                 } else {
-                    self.line(s, format_args!("brk {:#x}", a[0]))?;
-                    expect_err(self, libc::ENOMEM)?;
+                    self.cmd(s, Command::Brk(a[0]))?;
+                    self.expect_err(s, libc::ENOMEM)?;
                 }
             }
             SYS_SHMAT => {
@@ -1378,15 +1450,32 @@ impl Recorder<'_> {
                 let name = format!("sysv_{}", a[0]);
                 if !self.used_names.contains_key(&name) {
                     self.used_names.insert(name.clone(), 1);
-                    self.line(s, format_args!("memfd {name} {len:#x}"))?;
+                    let file = Command::File {
+                        name: name.clone(),
+                        memfd: true,
+                        size: len,
+                    };
+                    self.cmd(s, file)?;
                 }
-                let prot = if a[2] & 0o10000 != 0 { "r" } else { "rw" };
-                self.line(
-                    s,
-                    format_args!("mmap {ret:#x} {len:#x} {prot} shared fixed file {name} 0x0"),
-                )?;
+                // SHM_RDONLY
+                let pr = if a[2] & 0o10000 != 0 {
+                    Prot::R
+                } else {
+                    Prot::RW
+                };
+                let fm = FileMapping {
+                    addr: ret,
+                    len,
+                    prot: pr,
+                    shared: true,
+                    placement: Placement::Fixed,
+                    opts: MapOpts::default(),
+                    name,
+                    offset: 0,
+                };
+                self.cmd(s, Command::MmapFile(fm))?;
                 self.spaces[s].shm.insert(ret, len);
-                if prot == "rw" {
+                if pr == Prot::RW {
                     self.protect(s, ret, len, "SysV shared memory")?;
                 }
             }
@@ -1394,7 +1483,7 @@ impl Recorder<'_> {
                 self.count("shmdt");
                 if err.is_none() {
                     if let Some(len) = self.spaces[s].shm.remove(&a[0]) {
-                        self.line(s, format_args!("munmap {:#x} {len:#x}", a[0]))?;
+                        self.cmd(s, Op::Munmap { addr: a[0], len })?;
                     }
                 }
             }
@@ -1448,7 +1537,7 @@ impl Recorder<'_> {
                 self.forks += 1;
                 let name = format!("c{}", self.forks);
                 self.count("fork");
-                self.line(s, format_args!("fork {name}"))?;
+                self.cmd(s, Command::Fork(name.clone()))?;
                 let c = self.new_space(name, child);
                 self.spaces[c].brk = self.spaces[s].brk;
                 self.spaces[c].shm = self.spaces[s].shm.clone();
@@ -1559,7 +1648,7 @@ fn resolve(prog: &OsString) -> Result<CString, RecordError> {
 
 /// Records `opts.program` and writes its trace body to `out` (the caller adds the header
 /// from the returned [`Summary`]).
-pub fn record(opts: &Options, out: &mut dyn Write) -> Result<Summary, RecordError> {
+pub fn record(opts: &Options, out: &mut Sink<'_>) -> Result<Summary, RecordError> {
     let Some(prog) = opts.program.first() else {
         return Err(RecordError::Program("no program to record".into()));
     };
@@ -1655,7 +1744,7 @@ fn run(
     pid: i32,
     opts: &Options,
     source: Source,
-    out: &mut dyn Write,
+    out: &mut Sink<'_>,
     set: &libc::sigset_t,
 ) -> Result<Summary, RecordError> {
     // the child's SIGSTOP

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use softdirty::kernel::record::{self, Options, RecordError, Source, Summary};
+use softdirty::kernel::record::{self, Event, Expectation, Options, RecordError, Source, Summary};
 use softdirty::mode::Mode;
 
 /// `softdirty record` arguments.
@@ -125,6 +125,33 @@ pub fn header(args: &[OsString], interval_ms: u64, sum: &Summary) -> String {
     h
 }
 
+/// One recorded event as its trace line (rendered by the trace language).
+pub fn line(ev: &Event) -> String {
+    use softdirty_trace::ast::{Addr, AddrBase, Expect, PageSet};
+    use softdirty_trace::render;
+    let num = |a: u64| Addr {
+        base: AddrBase::Number(a),
+        offset: 0,
+    };
+    match ev {
+        Event::Command(c) => render::command(c),
+        Event::Comment(text) => format!("# {text}"),
+        Event::Expect(x) => render::expect(&match x {
+            Expectation::Err(e) => Expect::Err(*e),
+            Expectation::Brk(a) => Expect::Brk(num(*a)),
+            Expectation::SoftDirty { addr, len, runs } => Expect::SoftDirty {
+                addr: num(*addr),
+                len: *len,
+                pages: match runs.as_slice() {
+                    [] => PageSet::None,
+                    [(0, n)] if *n * 4096 == *len => PageSet::All,
+                    r => PageSet::List(r.to_vec()),
+                },
+            },
+        }),
+    }
+}
+
 fn default_out(program: &[OsString]) -> PathBuf {
     let base = program
         .first()
@@ -174,7 +201,8 @@ pub fn main(args: &RecordArgs) -> ExitCode {
         source: args.source,
     };
     let mut w = BufWriter::new(body);
-    let sum = match record::record(&opts, &mut w) {
+    let mut sink = |ev: Event| writeln!(w, "{}", line(&ev));
+    let sum = match record::record(&opts, &mut sink) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("softdirty record: {e}");

@@ -94,26 +94,31 @@ fn hex(s: &str) -> u64 {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap()
 }
 
-/// The pages the trace's `write` lines cover inside `regions`, by (segment, space): a
-/// segment ends at each marker mapping (a one-page `r` mmap at MARK + k pages: segment
-/// k is what came before marker k).
+/// The pages the trace's `write` commands cover inside `regions`, by (segment, space): a
+/// segment ends at each marker mapping (a one-page read-only mmap at MARK + k pages:
+/// segment k is what came before marker k). The trace is read by the trace language.
 fn writes_by_segment(
     trace: &str,
     regions: &[(u64, u64)],
 ) -> BTreeMap<(u64, String), BTreeSet<u64>> {
+    use softdirty::backend::{Command, Op};
+    use softdirty_trace::lower::{lower, Action, Bindings};
     const MARK: u64 = 0x5a00_0000_0000;
+    let t = softdirty_trace::parse::parse(trace).unwrap();
+    let names = Bindings::new();
     let mut out: BTreeMap<(u64, String), BTreeSet<u64>> = BTreeMap::new();
     let (mut seg, mut space) = (0u64, "main".to_string());
-    for l in trace.lines() {
-        let t: Vec<&str> = l.split_ascii_whitespace().collect();
-        match t.as_slice() {
-            ["space", name] => space = name.to_string(),
-            ["mmap", a, "0x1000", "r", "private", "noreplace"] if hex(a) >> 40 == MARK >> 40 => {
-                seg = (hex(a) - MARK) / P + 1;
+    for c in &t.commands {
+        let Ok(Action::Perform { cmd, .. }) = lower(&c.node, &names) else {
+            continue;
+        };
+        match cmd {
+            Command::Space(name) => space = name,
+            Command::Op(Op::Mmap { addr, len: P, .. }) if addr >> 40 == MARK >> 40 => {
+                seg = (addr - MARK) / P + 1;
             }
-            ["write", a, n] => {
-                let (a, n) = (hex(a), hex(n));
-                for p in (a..a + n).step_by(P as usize) {
+            Command::Write { addr, len } => {
+                for p in (addr..addr + len).step_by(P as usize) {
                     if regions.iter().any(|&(s, e)| (s..e).contains(&p)) {
                         out.entry((seg, space.clone())).or_default().insert(p);
                     }
