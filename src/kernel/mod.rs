@@ -155,6 +155,30 @@ fn open_uffd(p: &Puppet) -> Result<OwnedFd, KernelError> {
     Ok(fd)
 }
 
+/// `UFFDIO_REGISTER` of `[start, start + len)` in `UFFDIO_REGISTER_MODE_WP` on `fd`; the
+/// errno on failure.
+fn uffd_register_wp(fd: &OwnedFd, start: u64, len: u64) -> Result<(), i32> {
+    let mut reg = UffdioRegister {
+        range: UffdioRange { start, len },
+        mode: UFFDIO_REGISTER_MODE_WP,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_REGISTER reads and writes one `struct uffdio_register` (layout
+    // checked in uapi.rs), which lives across the call; it changes only the VMA flags of
+    // the range in the userfaultfd's address space (a puppet's, or a recorded program's).
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            UFFDIO_REGISTER as _,
+            &mut reg as *mut UffdioRegister,
+        )
+    };
+    if r != 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
 /// One PAGEMAP_SCAN ioctl; returns the region count or the errno.
 fn pm_scan(pagemap: &File, arg: &mut PmScanArg) -> Result<u64, i32> {
     // SAFETY: PAGEMAP_SCAN reads and writes one `struct pm_scan_arg` (layout checked in
@@ -614,28 +638,8 @@ impl KernelBackend {
         if len == 0 {
             return Ok(());
         }
-        let mut reg = UffdioRegister {
-            range: UffdioRange { start, len },
-            mode: UFFDIO_REGISTER_MODE_WP,
-            ioctls: 0,
-        };
-        // SAFETY: UFFDIO_REGISTER reads and writes one `struct uffdio_register` (layout
-        // checked in uapi.rs); it changes only the VMA flags of the range, which the trace
-        // mapped.
-        let r = unsafe {
-            libc::ioctl(
-                fd.as_raw_fd(),
-                UFFDIO_REGISTER as _,
-                &mut reg as *mut UffdioRegister,
-            )
-        };
-        if r != 0 {
-            return Err(format!(
-                "UFFDIO_REGISTER(WP) of {start:#x}+{len:#x} failed (errno {})",
-                last_errno()
-            ));
-        }
-        Ok(())
+        uffd_register_wp(fd, start, len)
+            .map_err(|e| format!("UFFDIO_REGISTER(WP) of {start:#x}+{len:#x} failed (errno {e})"))
     }
 
     /// One scan over `[start, end)` with `arg`'s masks, following `walk_end` until done;

@@ -39,7 +39,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use super::uapi::*;
-use super::{last_errno, page_up, pm_scan, uffd_api, RegionBuf};
+use super::{last_errno, page_up, pm_scan, uffd_api, uffd_register_wp, RegionBuf};
 use crate::backend::{Command, FileMapping, Op};
 use crate::errno::Errno;
 use crate::linux::{PAGE_SIZE, TASK_SIZE};
@@ -335,6 +335,38 @@ fn madvise_op(addr: u64, len: u64, a: Advice) -> Op {
     match a {
         Advice::DontNeed => Op::DontNeed { addr, len },
         advice => Op::Madvise { addr, len, advice },
+    }
+}
+
+/// An `mmap` command: of the file `(name, offset)`, or anonymous.
+fn mmap_cmd(
+    addr: u64,
+    len: u64,
+    prot: Prot,
+    shared: bool,
+    placement: Placement,
+    opts: MapOpts,
+    file: Option<(String, u64)>,
+) -> Command {
+    match file {
+        Some((name, offset)) => Command::MmapFile(FileMapping {
+            addr,
+            len,
+            prot,
+            shared,
+            placement,
+            opts,
+            name,
+            offset,
+        }),
+        None => Command::Op(Op::Mmap {
+            addr,
+            len,
+            prot,
+            shared,
+            placement,
+            opts,
+        }),
     }
 }
 
@@ -813,17 +845,7 @@ impl Recorder<'_, '_> {
         if len == 0 {
             return Ok(());
         }
-        let mut reg = UffdioRegister {
-            range: UffdioRange { start, len },
-            mode: UFFDIO_REGISTER_MODE_WP,
-            ioctls: 0,
-        };
-        // SAFETY: UFFDIO_REGISTER reads and writes one `struct uffdio_register` (layout
-        // checked in uapi.rs), which lives across the call; it acts on the traced
-        // program's VMA flags only.
-        let r = unsafe { libc::ioctl(u.as_raw_fd(), UFFDIO_REGISTER as _, &mut reg) };
-        if r != 0 {
-            let e = last_errno();
+        if let Err(e) = uffd_register_wp(u, start, len) {
             let kind = if what.is_empty() { "anonymous" } else { what };
             self.note(format!(
                 "writes to a mapping that refused write-protect registration ({}; {kind})",
@@ -1121,6 +1143,7 @@ impl Recorder<'_, '_> {
                 growsdown: has("gd"),
                 ..MapOpts::default()
             };
+            let mut file = None;
             if m.inode != 0 && !m.path.is_empty() {
                 // map_files needs CAP_CHECKPOINT_RESTORE; the path does not (unless
                 // the file was deleted)
@@ -1130,32 +1153,12 @@ impl Recorder<'_, '_> {
                     Err(_) => self.file_of(s, &m.path, Some(&m.path))?,
                 };
                 match found {
-                    Ok(name) => {
-                        let fm = FileMapping {
-                            addr: m.start,
-                            len,
-                            prot,
-                            shared,
-                            placement: Placement::Fixed,
-                            opts,
-                            name,
-                            offset: m.offset,
-                        };
-                        self.cmd(s, Command::MmapFile(fm))?;
-                        continue;
-                    }
+                    Ok(name) => file = Some((name, m.offset)),
                     Err(why) => self.note(why),
                 }
             }
-            let op = Op::Mmap {
-                addr: m.start,
-                len,
-                prot,
-                shared,
-                placement: Placement::Fixed,
-                opts,
-            };
-            self.cmd(s, op)?;
+            let c = mmap_cmd(m.start, len, prot, shared, Placement::Fixed, opts, file);
+            self.cmd(s, c)?;
         }
         if self.source == Source::SoftDirty {
             self.clear_softdirty(s)
@@ -1247,7 +1250,7 @@ impl Recorder<'_, '_> {
                         // MAP_PRIVATE of /dev/zero is anonymous; MAP_SHARED is shmem
                     } else if err.is_none() {
                         match self.file_of(s, &fdpath, None)? {
-                            Ok(name) => file = Some(name),
+                            Ok(name) => file = Some((name, a[5])),
                             Err(why) => {
                                 self.note(why);
                                 shared = true;
@@ -1264,44 +1267,15 @@ impl Recorder<'_, '_> {
                 } else {
                     Placement::NoReplace
                 };
-                match (err, file) {
-                    (None, Some(name)) => {
-                        let fm = FileMapping {
-                            addr: ret,
-                            len,
-                            prot: pr,
-                            shared,
-                            placement,
-                            opts,
-                            name,
-                            offset: a[5],
-                        };
-                        self.cmd(s, Command::MmapFile(fm))?;
-                    }
-                    (None, None) => {
-                        let op = Op::Mmap {
-                            addr: ret,
-                            len,
-                            prot: pr,
-                            shared,
-                            placement,
-                            opts,
-                        };
-                        self.cmd(s, op)?;
-                    }
-                    (Some(e), _) if fixed || noreplace => {
-                        let op = Op::Mmap {
-                            addr: a[0],
-                            len: a[1],
-                            prot: pr,
-                            shared,
-                            placement,
-                            opts,
-                        };
-                        self.cmd(s, op)?;
+                match err {
+                    None => self.cmd(s, mmap_cmd(ret, len, pr, shared, placement, opts, file))?,
+                    // (a failed mmap of a file returned above)
+                    Some(e) if fixed || noreplace => {
+                        let c = mmap_cmd(a[0], a[1], pr, shared, placement, opts, None);
+                        self.cmd(s, c)?;
                         self.expect_err(s, e)?;
                     }
-                    (Some(_), _) => self.note("a failed mmap without a fixed address"),
+                    Some(_) => self.note("a failed mmap without a fixed address"),
                 }
                 if err.is_none() && a[2] & 2 != 0 {
                     self.protect(s, ret, len, "")?;
@@ -1463,17 +1437,17 @@ impl Recorder<'_, '_> {
                 } else {
                     Prot::RW
                 };
-                let fm = FileMapping {
-                    addr: ret,
+                let file = Some((name, 0));
+                let c = mmap_cmd(
+                    ret,
                     len,
-                    prot: pr,
-                    shared: true,
-                    placement: Placement::Fixed,
-                    opts: MapOpts::default(),
-                    name,
-                    offset: 0,
-                };
-                self.cmd(s, Command::MmapFile(fm))?;
+                    pr,
+                    true,
+                    Placement::Fixed,
+                    MapOpts::default(),
+                    file,
+                );
+                self.cmd(s, c)?;
                 self.spaces[s].shm.insert(ret, len);
                 if pr == Prot::RW {
                     self.protect(s, ret, len, "SysV shared memory")?;
