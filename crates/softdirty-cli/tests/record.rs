@@ -246,3 +246,56 @@ fn a_killed_program_leaves_a_valid_trace_that_says_it_was_cut() {
     assert!(text.contains("# cut: stopped after --max-seconds 1"));
     replays_in_every_mode(&out);
 }
+
+/// A shell pipeline: forks, execs and a pipe, as the spaces `main`, `c1`, `e1`, ...; the
+/// recording replays in every mode.
+#[test]
+fn forks_and_execs_become_spaces_that_replay() {
+    let d = dir("shell");
+    let out = d.join("sh.trace");
+    let Some(o) = record(
+        &out,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "ls / > /dev/null; echo x | cat > /dev/null",
+        ],
+    ) else {
+        return;
+    };
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let forks = text.lines().filter(|l| l.starts_with("fork ")).count();
+    let execs = text.lines().filter(|l| l.starts_with("space e")).count();
+    assert!(
+        forks >= 2 && execs >= 2,
+        "{forks} forks, {execs} exec'd spaces"
+    );
+    replays_in_every_mode(&out);
+}
+
+/// Asking for soft-dirty on a kernel without it is exit status 3, with the remedy, and
+/// leaves no file (where the kernel has soft-dirty, the recording is made instead).
+#[test]
+fn a_missing_kernel_feature_is_named_and_leaves_no_file() {
+    let d = dir("feature");
+    let out = d.join("x.trace");
+    let o = Command::new(bin())
+        .args(["record", "--source", "softdirty", "--out"])
+        .arg(&out)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    if o.status.success() {
+        eprintln!("SKIPPED: this kernel has soft-dirty");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("CONFIG_MEM_SOFT_DIRTY") && err.contains("--source uffd"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
