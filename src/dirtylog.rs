@@ -17,6 +17,12 @@
 //!   it (KVM's "clear before copying"), so that such a write is either in the copy or
 //!   re-dirties the page after the clear and shows up in the next log.
 //!
+//! - **transactional** — [`AddressSpace::begin_harvest`]: a get-and-clear whose pages
+//!   count as harvested only when the caller [`Harvest::commit`]s; an aborted or dropped
+//!   harvest (a failed send, a retried round) makes every page it took soft-dirty again,
+//!   merged with what was written meanwhile ([`AddressSpace::redirty`]): nothing lost,
+//!   nothing clean that this consumer did not keep.
+//!
 //! Pages are reported relative to the range's first page, as runs `(first, count)`, and
 //! on request as a bitmap in KVM's layout ([`DirtyLog::to_bitvec`]: bit `i` = page `i`).
 //!
@@ -318,14 +324,29 @@ impl AddressSpace {
         if log.runs.is_empty() {
             return Ok(0);
         }
-        let cleared = self.with_control(|| {
+        let mut cleared = 0u64;
+        self.for_log_pages(log, |v, first, count| {
+            v.bitmap.clean_runs([Run { first, count }]);
+            cleared += count;
+        });
+        Ok(cleared)
+    }
+
+    /// Calls `f(vma, first, count)` for every piece of `log`'s runs that a VMA maps now
+    /// (VMA-relative pages), under the control lock, so that no structural operation
+    /// moves the pages meanwhile.
+    fn for_log_pages(&self, log: &DirtyLog, mut f: impl FnMut(&Vma, u64, u64)) {
+        if log.runs.is_empty() {
+            return;
+        }
+        let (addr, end) = (log.addr, log.addr + log.len);
+        self.with_control(|| {
             self.with_index(|idx| {
-                let mut cleared = 0u64;
                 let vmas: Vec<_> = idx.range(addr, end).collect();
                 let mut vi = 0;
-                for &(f, n) in &log.runs {
-                    let rs = addr + (f << PAGE_SHIFT);
-                    let re = addr + ((f + n) << PAGE_SHIFT);
+                for &(first, n) in &log.runs {
+                    let rs = addr + (first << PAGE_SHIFT);
+                    let re = addr + ((first + n) << PAGE_SHIFT);
                     while vi < vmas.len() && vmas[vi].end <= rs {
                         vi += 1;
                     }
@@ -334,19 +355,102 @@ impl AddressSpace {
                         let v = &vmas[j];
                         let s = v.start.max(rs);
                         let e = v.end.min(re);
-                        let pages = (e - s) >> PAGE_SHIFT;
-                        v.bitmap.clean_runs([Run {
-                            first: v.page_of(s),
-                            count: pages,
-                        }]);
-                        cleared += pages;
+                        f(v, v.page_of(s), (e - s) >> PAGE_SHIFT);
                         j += 1;
                     }
                 }
-                cleared
             })
         });
-        Ok(cleared)
+    }
+
+    /// Begins a transactional harvest of `[addr, addr + len)`: a get-and-clear
+    /// ([`Self::scan_and_clear`]) whose pages count as harvested only when the returned
+    /// [`Harvest`] is committed. Writers carry on meanwhile, as with any harvest. Errors
+    /// as `scan_and_clear`.
+    pub fn begin_harvest(&self, addr: u64, len: u64) -> Result<Harvest<'_>> {
+        let log = self.scan_and_clear(addr, len)?;
+        Ok(Harvest {
+            mm: self,
+            log: Some(log),
+        })
+    }
+
+    /// Makes every page of `log` soft-dirty again where a VMA maps it now: an aborted
+    /// harvest's pages, merged with what was written since (a page-level RMW that can
+    /// only dirty, so a racing write or a racing harvest loses nothing; a racing harvest
+    /// may report such a page twice). Pages unmapped since are gone, and pages that moved
+    /// are at their destination, which `precise` reports soft-dirty by its own rule.
+    /// Returns the pages made soft-dirty.
+    pub fn redirty(&self, log: &DirtyLog) -> u64 {
+        let mut n = 0;
+        self.for_log_pages(log, |v, first, count| {
+            v.bitmap.set_clean(first, count, false);
+            n += count;
+        });
+        if crate::twins::RESTORE_SNAPSHOT {
+            // The bug: an abort that restores the range as the harvest found it, making
+            // clean again the pages it did not take, whatever was written to them since.
+            let mut gaps = Vec::new();
+            let mut p = 0;
+            for &(f, c) in &log.runs {
+                if f > p {
+                    gaps.push((p, f - p));
+                }
+                p = f + c;
+            }
+            let pages = log.len >> PAGE_SHIFT;
+            if pages > p {
+                gaps.push((p, pages - p));
+            }
+            let gaps = DirtyLog {
+                addr: log.addr,
+                len: log.len,
+                runs: gaps,
+            };
+            self.for_log_pages(&gaps, |v, first, count| {
+                v.bitmap.set_clean(first, count, true)
+            });
+        }
+        n
+    }
+}
+
+/// A transactional harvest ([`AddressSpace::begin_harvest`]): the pages it took are clean
+/// for now; [`Harvest::commit`] keeps them so (the consumer sent them), and
+/// [`Harvest::abort`], or dropping it, makes them soft-dirty again
+/// ([`AddressSpace::redirty`]).
+#[must_use = "dropping a Harvest aborts it: its pages report soft-dirty again"]
+#[derive(Debug)]
+pub struct Harvest<'a> {
+    mm: &'a AddressSpace,
+    log: Option<DirtyLog>,
+}
+
+impl Harvest<'_> {
+    /// The pages taken, as [`AddressSpace::scan_and_clear`] reports them.
+    pub fn log(&self) -> &DirtyLog {
+        const EMPTY: &DirtyLog = &DirtyLog {
+            addr: 0,
+            len: 0,
+            runs: Vec::new(),
+        };
+        self.log.as_ref().unwrap_or(EMPTY)
+    }
+
+    /// The pages were sent: they stay clean until written again. Returns the log.
+    pub fn commit(mut self) -> DirtyLog {
+        self.log.take().unwrap_or_default()
+    }
+
+    /// The pages were not sent: they report soft-dirty again (as dropping does).
+    pub fn abort(self) {}
+}
+
+impl Drop for Harvest<'_> {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            self.mm.redirty(&log);
+        }
     }
 }
 

@@ -82,7 +82,7 @@
 pub use crate::accounting::Accounting;
 pub use crate::backend::{Backend, ModelBackend};
 pub use crate::bitmap::PageBitmap;
-pub use crate::dirtylog::DirtyLog;
+pub use crate::dirtylog::{DirtyLog, Harvest};
 pub use crate::errno::Errno;
 pub use crate::mm::{AddressSpace, Placement, Sharing};
 pub use crate::mode::Mode;

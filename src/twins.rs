@@ -78,6 +78,9 @@ twins! {
     HARVEST_NO_FENCE = "harvest_no_fence" => "data_ordering:producer_mark_vs_harvest";
     /// bitmap/harvest.rs `clear_lock`: clean-making operations skip the bitmap's clear lock.
     NO_CLEAR_LOCK = "no_clear_lock" => "data_ordering:two_owners_harvest_vs_put_back";
+    /// dirtylog.rs `redirty`: an aborted harvest restores the range as the harvest found
+    /// it, cleaning the pages it did not take, whatever was written to them since.
+    RESTORE_SNAPSHOT = "restore_snapshot" => "address_space:harvest_abort_vs_write";
 }
 
 #[cfg(test)]

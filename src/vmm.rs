@@ -268,6 +268,17 @@ impl SoftDirtyBitmap {
         v
     }
 
+    /// A transactional harvest: takes the dirty pages now ([`Self::harvest_runs`]); they
+    /// stay clean only if the returned [`BitmapHarvest`] is committed (the round was
+    /// sent). Aborted or dropped, it makes them dirty again, merged with what vCPUs
+    /// marked meanwhile: a failed or retried migration round loses no page.
+    pub fn begin_harvest(&self) -> BitmapHarvest<'_> {
+        BitmapHarvest {
+            bitmap: self,
+            runs: Some(self.harvest_runs()),
+        }
+    }
+
     /// Get-and-clear in `AtomicBitmap::get_and_reset`'s format: one `u64` per 64 pages,
     /// bit `i % 64` of word `i / 64` set for dirty page `i`.
     pub fn get_and_reset(&self) -> Vec<u64> {
@@ -289,6 +300,39 @@ impl SoftDirtyBitmap {
     /// Makes every page clean, dropping what was dirty (not a harvest).
     pub fn reset(&self) {
         self.inner.clear_all();
+    }
+}
+
+/// A transactional harvest of a [`SoftDirtyBitmap`] ([`SoftDirtyBitmap::begin_harvest`]).
+#[must_use = "dropping a BitmapHarvest aborts it: its pages are dirty again"]
+#[derive(Debug)]
+pub struct BitmapHarvest<'a> {
+    bitmap: &'a SoftDirtyBitmap,
+    runs: Option<Vec<(u64, u64)>>,
+}
+
+impl BitmapHarvest<'_> {
+    /// The pages taken, as `(first_page, count)` runs.
+    pub fn runs(&self) -> &[(u64, u64)] {
+        self.runs.as_deref().unwrap_or(&[])
+    }
+
+    /// The pages were sent: they stay clean until marked again. Returns the runs.
+    pub fn commit(mut self) -> Vec<(u64, u64)> {
+        self.runs.take().unwrap_or_default()
+    }
+
+    /// The pages were not sent: they are dirty again (as dropping does).
+    pub fn abort(self) {}
+}
+
+impl Drop for BitmapHarvest<'_> {
+    fn drop(&mut self) {
+        // A dirtying RMW per word (`set_clean(.., false)`), under the bitmap's clear
+        // lock: it can only add dirty bits, so a racing mark or harvest loses nothing.
+        for (f, n) in self.runs.take().unwrap_or_default() {
+            self.bitmap.inner.set_clean(f, n, false);
+        }
     }
 }
 
