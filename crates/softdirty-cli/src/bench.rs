@@ -362,6 +362,45 @@ fn getlog(len: u64, runs: Vec<(u64, u64)>, pagemap: bool) -> Timed {
     })
 }
 
+/// A transactional harvest of 1 GiB with `runs` dirty (issue 17): `commit` writes the
+/// runs, then `begin_harvest` + `commit`; otherwise `begin_harvest` + `abort`, which
+/// leaves the runs dirty for the next iteration. The baseline (`plain`) is the
+/// non-transactional way: write the runs and `scan_and_clear` (commit); `scan_and_clear`,
+/// then give the pages back by writing them again (abort).
+fn txn(runs: Vec<(u64, u64)>, commit: bool, plain: bool) -> Timed {
+    let (mm, a) = warm_space(GIB);
+    let write = move |mm: &AddressSpace| {
+        for &(f, n) in &runs {
+            mm.write(a + (f << PAGE_SHIFT), n << PAGE_SHIFT)
+                .expect("write");
+        }
+    };
+    write(&mm);
+    Box::new(move |iters| {
+        let t = Watch::start(true);
+        for _ in 0..iters {
+            match (commit, plain) {
+                (true, false) => {
+                    write(&mm);
+                    drop(black_box(
+                        mm.begin_harvest(a, GIB).expect("harvest").commit(),
+                    ));
+                }
+                (true, true) => {
+                    write(&mm);
+                    drop(black_box(mm.scan_and_clear(a, GIB).expect("harvest")));
+                }
+                (false, false) => mm.begin_harvest(a, GIB).expect("harvest").abort(),
+                (false, true) => {
+                    drop(black_box(mm.scan_and_clear(a, GIB).expect("harvest")));
+                    write(&mm);
+                }
+            }
+        }
+        t.elapsed()
+    })
+}
+
 /// Every case, in table order. Building them allocates the workloads (a few hundred
 /// MiB of tracking memory at most, nothing for untouched address space).
 pub fn cases(filter: Option<&str>) -> Vec<Case> {
@@ -625,6 +664,34 @@ fn makers() -> Vec<(&'static str, Make)> {
                     ours: getlog(GIB, runs.clone(), false),
                     baseline: "per-page pagemap walk (softdirty_runs)",
                     baseline_side: Ok(getlog(GIB, runs, true)),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "txn1g/commit-1pct",
+            Box::new(|| {
+                let runs = random_runs(GIB >> PAGE_SHIFT, 0.01, 64, 17);
+                Case {
+                    name: "txn1g/commit-1pct",
+                    what: "begin_harvest + commit of 1 GiB, 1% dirty in 64-page runs (written each time)",
+                    ours: txn(runs.clone(), true, false),
+                    baseline: "write + scan_and_clear (no transaction)",
+                    baseline_side: Ok(txn(runs, true, true)),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "txn1g/abort-1pct",
+            Box::new(|| {
+                let runs = random_runs(GIB >> PAGE_SHIFT, 0.01, 64, 17);
+                Case {
+                    name: "txn1g/abort-1pct",
+                    what: "begin_harvest + abort of 1 GiB, 1% dirty in 64-page runs",
+                    ours: txn(runs.clone(), false, false),
+                    baseline: "scan_and_clear, then the same pages written again",
+                    baseline_side: Ok(txn(runs, false, true)),
                     target: None,
                 }
             }),
