@@ -228,6 +228,27 @@ impl AddressSpace {
         len: u64,
         parallel: Option<bool>,
     ) -> Result<DirtyLog> {
+        // With consumers registered, what this harvest takes becomes their pending pages
+        // (`crate::consumers`), under their lock.
+        self.with_consumers(|note| {
+            let log = self.scan_and_clear_shared_with(addr, len, parallel)?;
+            note(&log);
+            Ok(log)
+        })
+    }
+
+    /// The get-and-clear of the shared bitmap alone (a consumer's harvest notes the
+    /// other consumers itself).
+    pub(crate) fn scan_and_clear_shared(&self, addr: u64, len: u64) -> Result<DirtyLog> {
+        self.scan_and_clear_shared_with(addr, len, None)
+    }
+
+    fn scan_and_clear_shared_with(
+        &self,
+        addr: u64,
+        len: u64,
+        parallel: Option<bool>,
+    ) -> Result<DirtyLog> {
         let end = check_range(addr, len)?;
         let mut log = DirtyLog {
             addr,
@@ -372,6 +393,7 @@ impl AddressSpace {
         Ok(Harvest {
             mm: self,
             log: Some(log),
+            consumer: None,
         })
     }
 
@@ -424,9 +446,25 @@ impl AddressSpace {
 pub struct Harvest<'a> {
     mm: &'a AddressSpace,
     log: Option<DirtyLog>,
+    /// the consumer whose harvest this is (`crate::consumers`); `None`: the space's own
+    consumer: Option<crate::consumers::ConsumerId>,
 }
 
-impl Harvest<'_> {
+impl<'a> Harvest<'a> {
+    /// A consumer's harvest (`AddressSpace::consumer_harvest`): an abort gives the pages
+    /// back to that consumer alone.
+    pub(crate) fn for_consumer(
+        mm: &'a AddressSpace,
+        log: DirtyLog,
+        c: crate::consumers::ConsumerId,
+    ) -> Harvest<'a> {
+        Harvest {
+            mm,
+            log: Some(log),
+            consumer: Some(c),
+        }
+    }
+
     /// The pages taken, as [`AddressSpace::scan_and_clear`] reports them.
     pub fn log(&self) -> &DirtyLog {
         const EMPTY: &DirtyLog = &DirtyLog {
@@ -449,7 +487,12 @@ impl Harvest<'_> {
 impl Drop for Harvest<'_> {
     fn drop(&mut self) {
         if let Some(log) = self.log.take() {
-            self.mm.redirty(&log);
+            match self.consumer {
+                Some(c) => self.mm.consumer_give_back(c, &log),
+                None => {
+                    self.mm.redirty(&log);
+                }
+            }
         }
     }
 }

@@ -96,6 +96,7 @@ pub use crate::vmm::SoftDirtyBitmap;
 pub mod accounting;
 pub mod backend;
 pub mod bitmap;
+pub mod consumers;
 pub mod dirtylog;
 pub mod epoch;
 pub mod errno;

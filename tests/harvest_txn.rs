@@ -230,3 +230,125 @@ fn vmm_bitmap_transactions_and_their_ledger() {
         &end,
     );
 }
+
+mod consumers {
+    use super::*;
+    use softdirty::errno::Errno;
+
+    fn pages(
+        mm: &AddressSpace,
+        c: softdirty::consumers::ConsumerId,
+        a: u64,
+        n: u64,
+    ) -> Vec<(u64, u64)> {
+        mm.consumer_harvest(c, a, n * P)
+            .unwrap()
+            .commit()
+            .runs()
+            .to_vec()
+    }
+
+    /// Each consumer sees every write since its own last harvest, whatever the others
+    /// and anonymous harvests take.
+    #[test]
+    fn each_consumer_sees_every_write_once() {
+        let (mm, a) = space(Mode::Precise, 64);
+        let (m, s) = (
+            mm.register_consumer("migration").unwrap(),
+            mm.register_consumer("snapshot").unwrap(),
+        );
+        assert_eq!(mm.register_consumer("snapshot"), Err(Errno::EEXIST));
+        mm.write(a + P, 1).unwrap();
+        assert_eq!(pages(&mm, m, a, 64), [(1, 1)]);
+        assert_eq!(pages(&mm, m, a, 64), []);
+        mm.write(a + 2 * P, 1).unwrap();
+        assert_eq!(pages(&mm, s, a, 64), [(1, 2)]);
+        mm.write(a + 9 * P, 1).unwrap();
+        assert_eq!(mm.scan_and_clear(a, 64 * P).unwrap().runs(), [(9, 1)]);
+        assert_eq!(pages(&mm, m, a, 64), [(2, 1), (9, 1)]);
+        assert_eq!(pages(&mm, s, a, 64), [(9, 1)]);
+        // a consumer's abort gives the pages back to it alone
+        mm.write(a + 4 * P, 1).unwrap();
+        mm.consumer_harvest(m, a, 64 * P).unwrap().abort();
+        assert_eq!(pages(&mm, m, a, 64), [(4, 1)]);
+        assert_eq!(pages(&mm, s, a, 64), [(4, 1)]);
+        assert!(mm.consumer_tracking_bytes() == 0, "everyone kept up");
+        // pending pages unmapped since are not reported
+        mm.write(a + 5 * P, 1).unwrap();
+        assert_eq!(pages(&mm, m, a, 64), [(5, 1)]);
+        assert!(mm.consumer_tracking_bytes() > 0);
+        mm.munmap(a + 5 * P, P).unwrap();
+        assert_eq!(pages(&mm, s, a, 64), []);
+        mm.unregister_consumer(s).unwrap();
+        assert_eq!(mm.unregister_consumer(s), Err(Errno::ENOENT));
+        assert!(mm.consumer_harvest(s, a, P).is_err());
+    }
+
+    /// Writers ∥ two consumers harvesting and committing or aborting at random: each
+    /// consumer's ledger holds.
+    #[test]
+    fn stress_ledger_two_consumers() {
+        const PAGES: u64 = 256;
+        let writes: u64 = std::env::var("SOFTDIRTY_TXN_WRITES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(2_000_000, |w: u64| w / 2);
+        let (mm, a) = space(Mode::Precise, PAGES);
+        let ids = [
+            mm.register_consumer("a").unwrap(),
+            mm.register_consumer("b").unwrap(),
+        ];
+        let (clock, done) = (AtomicU64::new(1), AtomicU64::new(0));
+        let last = Mutex::new(vec![0u64; PAGES as usize]);
+        let committed = [Mutex::new(Vec::new()), Mutex::new(Vec::new())];
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let (mm, clock, last, done) = (&mm, &clock, &last, &done);
+                s.spawn(move || {
+                    let mut mine = vec![0u64; PAGES as usize];
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t + 5);
+                    for _ in 0..writes {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let p = x % PAGES;
+                        let w = clock.fetch_add(1, SeqCst);
+                        mm.write(a + p * P, 1).unwrap();
+                        mine[p as usize] = w;
+                    }
+                    let mut l = last.lock().unwrap();
+                    for (o, m) in l.iter_mut().zip(mine) {
+                        *o = (*o).max(m);
+                    }
+                    done.fetch_add(1, SeqCst);
+                });
+            }
+            for (k, &c) in ids.iter().enumerate() {
+                let (mm, clock, done, out) = (&mm, &clock, &done, &committed[k]);
+                s.spawn(move || {
+                    let mut x = 3 + k as u64;
+                    let mut v = Vec::new();
+                    while done.load(SeqCst) < 2 {
+                        let h = mm.consumer_harvest(c, a, PAGES * P).unwrap();
+                        let t = clock.fetch_add(1, SeqCst);
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        if x % 3 != 0 {
+                            v.push((t, h.commit().runs().to_vec()));
+                        } else {
+                            h.abort();
+                        }
+                    }
+                    *out.lock().unwrap() = v;
+                });
+            }
+        });
+        let last = last.into_inner().unwrap();
+        for (k, &c) in ids.iter().enumerate() {
+            let end = mm.consumer_harvest(c, a, PAGES * P).unwrap().commit();
+            let mine = std::mem::take(&mut *committed[k].lock().unwrap());
+            check_ledger(&last, &mine, end.runs());
+        }
+    }
+}

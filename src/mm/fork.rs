@@ -85,6 +85,8 @@ impl AddressSpace {
             faults: FaultCounter::new(),
             accounting: self.accounting.clone(),
             files: self.files.clone(),
+            // a fork child's harvests are its own: it starts with no consumers
+            consumers: Mutex::default(),
         }
     }
 }

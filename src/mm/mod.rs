@@ -147,6 +147,9 @@ pub struct AddressSpace {
     /// the files this space can map: shared with the tracker's other spaces and with
     /// fork children (`crate::file`)
     files: std::sync::Arc<Files>,
+    /// the registered consumers and their pending pages (`crate::consumers`); taken
+    /// before `control`, by harvests only
+    pub(crate) consumers: Mutex<crate::consumers::Consumers>,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -191,6 +194,7 @@ impl AddressSpace {
             faults: FaultCounter::new(),
             accounting,
             files,
+            consumers: Mutex::default(),
         }
     }
 

@@ -401,6 +401,32 @@ fn txn(runs: Vec<(u64, u64)>, commit: bool, plain: bool) -> Timed {
     })
 }
 
+/// One consumer's committed harvest of 1 GiB with `runs` written each time, with `k`
+/// consumers registered (the others never harvest, so every harvest adds its pages to
+/// their pending sets); `k == 0`: the plain `scan_and_clear`.
+fn consumers(runs: Vec<(u64, u64)>, k: usize) -> Timed {
+    let (mm, a) = warm_space(GIB);
+    let ids: Vec<_> = (0..k)
+        .map(|i| mm.register_consumer(&format!("c{i}")).expect("register"))
+        .collect();
+    Box::new(move |iters| {
+        let t = Watch::start(true);
+        for _ in 0..iters {
+            for &(f, n) in &runs {
+                mm.write(a + (f << PAGE_SHIFT), n << PAGE_SHIFT)
+                    .expect("write");
+            }
+            match ids.first() {
+                Some(&c) => drop(black_box(
+                    mm.consumer_harvest(c, a, GIB).expect("harvest").commit(),
+                )),
+                None => drop(black_box(mm.scan_and_clear(a, GIB).expect("harvest"))),
+            }
+        }
+        t.elapsed()
+    })
+}
+
 /// Every case, in table order. Building them allocates the workloads (a few hundred
 /// MiB of tracking memory at most, nothing for untouched address space).
 pub fn cases(filter: Option<&str>) -> Vec<Case> {
@@ -692,6 +718,20 @@ fn makers() -> Vec<(&'static str, Make)> {
                     ours: txn(runs.clone(), false, false),
                     baseline: "scan_and_clear, then the same pages written again",
                     baseline_side: Ok(txn(runs, false, true)),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "consumers1g/k4-1pct",
+            Box::new(|| {
+                let runs = random_runs(GIB >> PAGE_SHIFT, 0.01, 64, 17);
+                Case {
+                    name: "consumers1g/k4-1pct",
+                    what: "a consumer's harvest + commit of 1 GiB, 4 consumers registered, 1% dirty in 64-page runs (written each time)",
+                    ours: consumers(runs.clone(), 4),
+                    baseline: "write + scan_and_clear, no consumer",
+                    baseline_side: Ok(consumers(runs, 0)),
                     target: None,
                 }
             }),
