@@ -116,6 +116,7 @@ pub mod pagemap;
 pub mod producer;
 pub mod prot;
 pub mod regions;
+pub mod ring;
 pub mod scan;
 pub mod shmem;
 pub mod slots;

@@ -81,6 +81,9 @@ twins! {
     /// dirtylog.rs `redirty`: an aborted harvest restores the range as the harvest found
     /// it, cleaning the pages it did not take, whatever was written to them since.
     RESTORE_SNAPSHOT = "restore_snapshot" => "address_space:harvest_abort_vs_write";
+    /// ring.rs `RingWriter::mark`: a push onto a full ring is dropped without setting the
+    /// overflow flag.
+    RING_NO_OVERFLOW = "ring_no_overflow" => "ring:overflow_vs_harvest";
 }
 
 #[cfg(test)]

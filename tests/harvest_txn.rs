@@ -81,7 +81,7 @@ fn check_ledger(last: &[u64], committed: &[(u64, Vec<(u64, u64)>)], end: &[(u64,
             continue;
         }
         let sent = committed.iter().any(|(t, runs)| *t > w && has(runs, p));
-        assert!(sent, "LOST: page {p}, last write started at {w}, is clean and in no committed harvest after it");
+        assert!(sent, "LOST: page {p}, last write started at {w}: in no committed harvest after it, nor in the last one");
     }
 }
 
@@ -350,5 +350,97 @@ mod consumers {
             let mine = std::mem::take(&mut *committed[k].lock().unwrap());
             check_ledger(&last, &mine, end.runs());
         }
+    }
+}
+
+/// Dirty rings (`softdirty::ring`): writers with small rings (so that they overflow) ∥ a
+/// harvester; the same ledger.
+mod ring {
+    use super::*;
+    use softdirty::bitmap::PageBitmap;
+    use softdirty::ring::{DirtyRings, RingMark};
+
+    #[test]
+    fn soft_full_overflow_and_rates() {
+        let bits = Arc::new(PageBitmap::new(1024, false));
+        let rings = DirtyRings::new(Arc::clone(&bits));
+        let w = rings.writer(8);
+        for p in 0..6 {
+            assert_eq!(w.mark(p * 2, 1), Ok(RingMark::Ok));
+        }
+        assert_eq!(w.mark(100, 1), Ok(RingMark::SoftFull), "7 of 8 entries");
+        assert_eq!(
+            w.mark(100, 1),
+            Ok(RingMark::SoftFull),
+            "already dirty: no entry"
+        );
+        let mut got = Vec::new();
+        let h = rings.harvest(|f, n| got.push((f, n)));
+        assert_eq!((h.entries, h.full_scan), (7, false));
+        assert_eq!(got.len(), 7);
+        for p in 0..20 {
+            w.mark(200 + p * 2, 1).unwrap(); // 20 entries into 8 slots: overflow
+        }
+        got.clear();
+        let h = rings.harvest(|f, n| got.push((f, n)));
+        assert!(h.full_scan, "{h:?}");
+        assert_eq!(got.iter().map(|r| r.1).sum::<u64>(), 20, "every page, once");
+        assert_eq!(rings.pages_dirtied(), vec![27]);
+        assert_eq!(w.mark(1024, 1), Err(softdirty::errno::Errno::EINVAL));
+    }
+
+    #[test]
+    fn stress_ledger_rings() {
+        const PAGES: u64 = 4096;
+        let writes: u64 = std::env::var("SOFTDIRTY_TXN_WRITES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5_000_000);
+        let bits = Arc::new(PageBitmap::new(PAGES, false));
+        let rings = DirtyRings::new(Arc::clone(&bits));
+        let (clock, done) = (AtomicU64::new(1), AtomicU64::new(0));
+        let last = Mutex::new(vec![0u64; PAGES as usize]);
+        let mut harvests = Vec::new();
+        let (mut full, mut entries) = (0u64, 0u64);
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let w = rings.writer(64);
+                let (clock, last, done) = (&clock, &last, &done);
+                s.spawn(move || {
+                    let mut mine = vec![0u64; PAGES as usize];
+                    let mut x = 0x5851_f42d_4c95_7f2du64 ^ t;
+                    for _ in 0..writes {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let p = x % PAGES;
+                        let wt = clock.fetch_add(1, SeqCst);
+                        w.mark(p, 1).unwrap();
+                        mine[p as usize] = wt;
+                    }
+                    let mut l = last.lock().unwrap();
+                    for (o, m) in l.iter_mut().zip(mine) {
+                        *o = (*o).max(m);
+                    }
+                    done.fetch_add(1, SeqCst);
+                });
+            }
+            while done.load(SeqCst) < 2 {
+                let mut runs = Vec::new();
+                let h = rings.harvest(|f, n| runs.push((f, n)));
+                let t = clock.fetch_add(1, SeqCst);
+                full += u64::from(h.full_scan);
+                entries += h.entries;
+                harvests.push((t, runs));
+            }
+        });
+        let mut end = Vec::new();
+        rings.harvest(|f, n| end.push((f, n)));
+        check_ledger(&last.into_inner().unwrap(), &harvests, &end);
+        eprintln!(
+            "stress_ledger_rings: {} writes, {} harvests ({full} full scans, {entries} entries)",
+            2 * writes,
+            harvests.len()
+        );
     }
 }

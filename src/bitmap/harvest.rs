@@ -134,7 +134,31 @@ impl PageBitmap {
 
     /// [`Self::harvest`] for a caller that holds [`Self::clear_lock`]; concurrent calls
     /// must cover disjoint chunks.
-    pub(crate) fn harvest_held(&self, first: u64, count: u64, mut sink: impl FnMut(Run)) {
+    pub(crate) fn harvest_held(&self, first: u64, count: u64, sink: impl FnMut(Run)) {
+        self.harvest_held_fenced(first, count, true, sink)
+    }
+
+    /// Get-and-clear of several runs (in any order) under one clear lock, with one
+    /// data-ordering fence after every get-and-clear and before `sink` sees any run
+    /// taken: the harvest of a dirty ring (`crate::ring`), whose entries name scattered
+    /// pages. Runs are clipped to the bitmap.
+    pub fn harvest_runs(&self, runs: &[(u64, u64)], mut sink: impl FnMut(Run)) {
+        let _clear = self.clear_lock();
+        let mut taken = Vec::new();
+        for &(f, c) in runs {
+            let (f, c) = self.clip(f, c);
+            self.harvest_held_fenced(f, c, false, |r| taken.push(r));
+        }
+        // Data ordering: one fence for all of them (see `mark_fence`).
+        clear_fence();
+        for r in taken {
+            sink(r);
+        }
+    }
+
+    /// [`Self::harvest_held`]; with `fence` false the caller issues the data-ordering
+    /// fence itself before it reads any page `sink` was given.
+    fn harvest_held_fenced(&self, first: u64, count: u64, fence: bool, mut sink: impl FnMut(Run)) {
         let mut pending: Option<Run> = None;
         let mut emit = |r: Run, pending: &mut Option<Run>| match pending {
             Some(p) if p.first + p.count == r.first => p.count += r.count,
@@ -142,7 +166,9 @@ impl PageBitmap {
                 if let Some(p) = pending.take() {
                     // Data ordering: the get-and-clear of these pages is done; the fence
                     // orders it before the caller reads their data (see `mark_fence`).
-                    clear_fence();
+                    if fence {
+                        clear_fence();
+                    }
                     sink(p);
                 }
                 *pending = Some(r);
@@ -320,7 +346,9 @@ impl PageBitmap {
             k += 1;
         }
         if let Some(p) = pending {
-            clear_fence();
+            if fence {
+                clear_fence();
+            }
             sink(p);
         }
     }

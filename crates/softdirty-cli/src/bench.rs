@@ -427,6 +427,38 @@ fn consumers(runs: Vec<(u64, u64)>, k: usize) -> Timed {
     })
 }
 
+/// Marks `pages` (one-page runs) of a `len`-byte bitmap, then harvests it: through a
+/// dirty ring (`ring`: one writer, a ring large enough for them) or through the bitmap.
+fn ring_harvest(len: u64, pages: Vec<u64>, ring: bool) -> Timed {
+    use softdirty::bitmap::PageBitmap;
+    use softdirty::ring::DirtyRings;
+    let n = len >> PAGE_SHIFT;
+    let bits = std::sync::Arc::new(PageBitmap::new(n, false));
+    let rings = DirtyRings::new(std::sync::Arc::clone(&bits));
+    let w = rings.writer(pages.len() + 1);
+    Box::new(move |iters| {
+        let t = Watch::start(true);
+        for _ in 0..iters {
+            if ring {
+                for &p in &pages {
+                    black_box(w.mark(p, 1).expect("mark"));
+                }
+                black_box(rings.harvest(|f, c| {
+                    black_box((f, c));
+                }));
+            } else {
+                for &p in &pages {
+                    black_box(bits.mark_dirty(p, 1));
+                }
+                bits.harvest(0, n, |r| {
+                    black_box(r);
+                });
+            }
+        }
+        t.elapsed()
+    })
+}
+
 /// Every case, in table order. Building them allocates the workloads (a few hundred
 /// MiB of tracking memory at most, nothing for untouched address space).
 pub fn cases(filter: Option<&str>) -> Vec<Case> {
@@ -732,6 +764,75 @@ fn makers() -> Vec<(&'static str, Make)> {
                     ours: consumers(runs.clone(), 4),
                     baseline: "write + scan_and_clear, no consumer",
                     baseline_side: Ok(consumers(runs, 0)),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "ring1g/harvest-0.1pct",
+            Box::new(|| {
+                let pages: Vec<u64> = random_runs(GIB >> PAGE_SHIFT, 0.001, 1, 23)
+                    .into_iter()
+                    .map(|r| r.0)
+                    .collect();
+                Case {
+                    name: "ring1g/harvest-0.1pct",
+                    what: "mark 0.1% of 1 GiB (scattered pages), then harvest through a dirty ring",
+                    ours: ring_harvest(GIB, pages.clone(), true),
+                    baseline: "the same marks, then the bitmap harvest",
+                    baseline_side: Ok(ring_harvest(GIB, pages, false)),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "ring1g/harvest-1pct",
+            Box::new(|| {
+                let pages: Vec<u64> = random_runs(GIB >> PAGE_SHIFT, 0.01, 1, 23)
+                    .into_iter()
+                    .map(|r| r.0)
+                    .collect();
+                Case {
+                    name: "ring1g/harvest-1pct",
+                    what: "mark 1% of 1 GiB (scattered pages), then harvest through a dirty ring",
+                    ours: ring_harvest(GIB, pages.clone(), true),
+                    baseline: "the same marks, then the bitmap harvest",
+                    baseline_side: Ok(ring_harvest(GIB, pages, false)),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "ring1g/harvest-10pct",
+            Box::new(|| {
+                let pages: Vec<u64> = random_runs(GIB >> PAGE_SHIFT, 0.1, 1, 23)
+                    .into_iter()
+                    .map(|r| r.0)
+                    .collect();
+                Case {
+                    name: "ring1g/harvest-10pct",
+                    what: "mark 10% of 1 GiB (scattered pages), then harvest through a dirty ring",
+                    ours: ring_harvest(GIB, pages.clone(), true),
+                    baseline: "the same marks, then the bitmap harvest",
+                    baseline_side: Ok(ring_harvest(GIB, pages, false)),
+                    target: None,
+                }
+            }),
+        ),
+        (
+            "ring64g/harvest-0.001pct",
+            Box::new(|| {
+                let pages: Vec<u64> = random_runs((64 * GIB) >> PAGE_SHIFT, 0.00001, 1, 23)
+                    .into_iter()
+                    .map(|r| r.0)
+                    .collect();
+                Case {
+                    name: "ring64g/harvest-0.001pct",
+                    what:
+                        "mark 0.001% of 64 GiB (scattered pages), then harvest through a dirty ring",
+                    ours: ring_harvest(64 * GIB, pages.clone(), true),
+                    baseline: "the same marks, then the bitmap harvest",
+                    baseline_side: Ok(ring_harvest(64 * GIB, pages, false)),
                     target: None,
                 }
             }),
