@@ -3,8 +3,10 @@
 //! Two vCPU threads write guest memory through vm-memory (`Bytes::write_obj`), a
 //! device-emulation thread fills "virtio buffers" through vm-memory (`write_slice`), and a
 //! migration thread harvests pre-copy rounds through the slot API
-//! (`softdirty::slots`), copying each dirty page into a destination buffer. One send
-//! "fails" and is rolled back. A second consumer (a snapshotter) reads its own log at the
+//! (`softdirty::slots`), copying each dirty page into a destination buffer. Each round's
+//! harvest of a slot is a transaction (`SlotRegistry::begin_dirty_log`), committed once its
+//! pages are sent; one send "fails" and its transaction is aborted, so the pages are
+//! pending again and go out in the next round. A second consumer (a snapshotter) reads its own log at the
 //! end, undisturbed by migration's harvests. After the stop-and-copy round the
 //! destination must equal the source byte for byte.
 //!
@@ -131,15 +133,16 @@ fn main() {
         let (mut dirty, mut sent, mut rolled, mut harvest_us) = (0u64, 0u64, 0u64, 0u128);
         for slot in reg.slot_ids() {
             let th = Instant::now();
-            let log = reg.get_dirty_log(migration, slot).expect("log");
+            // A transactional harvest: the pages are migration's only once committed.
+            let h = reg.begin_dirty_log(migration, slot).expect("log");
             harvest_us += th.elapsed().as_micros();
+            let log = h.log().clone();
             dirty += log.dirty_count();
-            // Round 1, slot 1: the "network" fails; put the pages back (rollback).
+            // Round 1, slot 1: the "network" fails; abort: the pages are pending again.
             if round == 1 && slot == 1 && !failed_once {
                 failed_once = true;
                 rolled += log.dirty_count();
-                reg.restore_dirty_log(migration, slot, &log)
-                    .expect("rollback");
+                h.abort();
                 continue;
             }
             let d = &mut dest[slot as usize];
@@ -151,6 +154,7 @@ fn main() {
                 d[(p * PAGE) as usize..((p + 1) * PAGE) as usize].copy_from_slice(&page);
                 sent += 1;
             }
+            h.commit(); // sent
         }
         println!(
             "{:>5}  {:>11}  {:>8.1}  {:>11}  {:>10}  {:>8.1}{}",

@@ -429,6 +429,24 @@ impl SlotRegistry {
         Ok(cleared)
     }
 
+    /// A transactional [`Self::get_dirty_log`] (issue 17): the pages are `c`'s only if the
+    /// returned [`SlotHarvest`] is committed (the round was sent); aborted or dropped, they
+    /// go back into `c`'s pending set ([`Self::restore_dirty_log`]), merged with what was
+    /// marked meanwhile. `EINVAL` for a manual-protect consumer (its `get_dirty_log`
+    /// clears nothing: its `clear_dirty_log` is the commit); errors as `get_dirty_log`.
+    pub fn begin_dirty_log(&self, c: ConsumerId, slot: u32) -> Result<SlotHarvest<'_>> {
+        if self.config(c)?.manual_protect {
+            return Err(Errno::EINVAL);
+        }
+        let log = self.get_dirty_log(c, slot)?;
+        Ok(SlotHarvest {
+            reg: self,
+            consumer: c,
+            slot,
+            log: Some(log),
+        })
+    }
+
     /// Rollback (Firecracker's `store_dirty_bitmap`): puts the pages of `log` (a log of
     /// this slot, for example one whose send failed) back into `c`'s pending set, so the
     /// next [`Self::get_dirty_log`] reports them again. Other consumers are unaffected.
@@ -457,5 +475,43 @@ impl SlotRegistry {
                 .iter()
                 .map(|p| p.bits.tracking_bytes())
                 .sum::<usize>())
+    }
+}
+
+/// A transactional harvest of one slot for one consumer
+/// ([`SlotRegistry::begin_dirty_log`]).
+#[must_use = "dropping a SlotHarvest aborts it: its pages are the consumer's again"]
+#[derive(Debug)]
+pub struct SlotHarvest<'a> {
+    reg: &'a SlotRegistry,
+    consumer: ConsumerId,
+    slot: u32,
+    log: Option<DirtyLog>,
+}
+
+impl SlotHarvest<'_> {
+    /// The pages taken, relative to the slot's first page.
+    pub fn log(&self) -> &DirtyLog {
+        self.log
+            .as_ref()
+            .expect("a SlotHarvest holds its log until it ends")
+    }
+
+    /// The pages were sent: they stay clean for this consumer. Returns the log.
+    pub fn commit(mut self) -> DirtyLog {
+        self.log.take().unwrap_or_default()
+    }
+
+    /// The pages were not sent: they are this consumer's pending pages again.
+    pub fn abort(self) {}
+}
+
+impl Drop for SlotHarvest<'_> {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            // The slot or the consumer may be gone since; then there is nothing to
+            // give back to.
+            let _ = self.reg.restore_dirty_log(self.consumer, self.slot, &log);
+        }
     }
 }

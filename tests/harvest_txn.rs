@@ -102,6 +102,9 @@ fn writes() -> u64 {
         .unwrap_or(5_000_000)
 }
 
+/// One harvester's committed rounds: the time its harvest had returned by, the runs.
+type Rounds = Vec<(u64, Vec<(u64, u64)>)>;
+
 /// A harvester of the stress: one round; `Some(runs)` if it committed them.
 type Harvester<'a> = Box<dyn FnMut() -> Option<Vec<(u64, u64)>> + Send + 'a>;
 
@@ -114,7 +117,7 @@ fn stress(
     writes: u64,
     mark: &(dyn Fn(u64) + Sync),
     harvesters: Vec<Harvester<'_>>,
-) -> (Vec<u64>, Vec<Vec<(u64, Vec<(u64, u64)>)>>) {
+) -> (Vec<u64>, Vec<Rounds>) {
     let (clock, done) = (AtomicU64::new(1), AtomicU64::new(0));
     let last = Mutex::new(vec![0u64; pages as usize]);
     let mut out = Vec::new();

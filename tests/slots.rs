@@ -308,3 +308,40 @@ fn two_concurrent_consumers() {
         assert!(count.iter().all(|&n| n == 1));
     }
 }
+
+/// A slot's transactional harvest (issue 17): commit keeps the pages the consumer's,
+/// abort or drop gives them back to it alone; a manual-protect consumer has none.
+#[test]
+fn begin_dirty_log_commits_or_gives_back() {
+    let reg = SlotRegistry::new();
+    let m = reg.register_consumer(ConsumerConfig::default());
+    let s = reg.register_consumer(ConsumerConfig::default());
+    let p = reg.register_slot(0, 0x1000_0000, 256).unwrap();
+    p.mark(3, 2).unwrap();
+    let h = reg.begin_dirty_log(m, 0).unwrap();
+    assert_eq!(h.log().runs(), &[(3, 2)]);
+    h.abort();
+    p.mark(9, 1).unwrap();
+    let h = reg.begin_dirty_log(m, 0).unwrap();
+    assert_eq!(h.log().runs(), &[(3, 2), (9, 1)], "given back, merged");
+    drop(h);
+    assert_eq!(
+        reg.begin_dirty_log(m, 0).unwrap().commit().runs(),
+        &[(3, 2), (9, 1)]
+    );
+    assert_eq!(
+        reg.begin_dirty_log(m, 0).unwrap().commit().runs(),
+        &[],
+        "committed"
+    );
+    assert_eq!(
+        reg.get_dirty_log(s, 0).unwrap().runs(),
+        &[(3, 2), (9, 1)],
+        "the other consumer"
+    );
+    let manual = reg.register_consumer(ConsumerConfig {
+        manual_protect: true,
+        ..ConsumerConfig::default()
+    });
+    assert_eq!(reg.begin_dirty_log(manual, 0).unwrap_err(), Errno::EINVAL);
+}
