@@ -1913,6 +1913,15 @@ fn run(
         (None, None) => sum.ended = "ended".into(),
     }
     if rec.execs == 0 {
+        // The child exits 126 when it cannot install the seccomp filter (before exec).
+        if sum.ended == "exit status 126" {
+            return Err(RecordError::Unavailable(
+                "the recorder's child could not install its seccomp filter \
+                 (prctl PR_SET_NO_NEW_PRIVS / PR_SET_SECCOMP refused: CONFIG_SECCOMP_FILTER, \
+                 or a container's policy)"
+                    .into(),
+            ));
+        }
         return Err(RecordError::Program(format!(
             "the program did not start ({})",
             sum.ended
