@@ -218,6 +218,42 @@ impl From<Op> for Command {
     }
 }
 
+impl Command {
+    /// An `mmap`: of the file `(name, offset)` ([`Command::MmapFile`]), or anonymous
+    /// ([`Op::Mmap`]) — the one place the trace language and the recorder build either.
+    #[allow(clippy::too_many_arguments)] // mmap's own arguments
+    pub fn mmap(
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        placement: Placement,
+        opts: mm::MapOpts,
+        file: Option<(String, u64)>,
+    ) -> Command {
+        match file {
+            Some((name, offset)) => Command::MmapFile(FileMapping {
+                addr,
+                len,
+                prot,
+                shared,
+                placement,
+                opts,
+                name,
+                offset,
+            }),
+            None => Command::Op(Op::Mmap {
+                addr,
+                len,
+                prot,
+                shared,
+                placement,
+                opts,
+            }),
+        }
+    }
+}
+
 /// What a successful [`Command`] returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use super::uapi::*;
 use super::{last_errno, page_up, pm_scan, uffd_api, uffd_register_wp, RegionBuf};
-use crate::backend::{Command, FileMapping, Op};
+use crate::backend::{Command, Op};
 use crate::errno::Errno;
 use crate::linux::{PAGE_SIZE, TASK_SIZE};
 use crate::mm::{Advice, MapOpts, Placement};
@@ -335,38 +335,6 @@ fn madvise_op(addr: u64, len: u64, a: Advice) -> Op {
     match a {
         Advice::DontNeed => Op::DontNeed { addr, len },
         advice => Op::Madvise { addr, len, advice },
-    }
-}
-
-/// An `mmap` command: of the file `(name, offset)`, or anonymous.
-fn mmap_cmd(
-    addr: u64,
-    len: u64,
-    prot: Prot,
-    shared: bool,
-    placement: Placement,
-    opts: MapOpts,
-    file: Option<(String, u64)>,
-) -> Command {
-    match file {
-        Some((name, offset)) => Command::MmapFile(FileMapping {
-            addr,
-            len,
-            prot,
-            shared,
-            placement,
-            opts,
-            name,
-            offset,
-        }),
-        None => Command::Op(Op::Mmap {
-            addr,
-            len,
-            prot,
-            shared,
-            placement,
-            opts,
-        }),
     }
 }
 
@@ -1157,7 +1125,7 @@ impl Recorder<'_, '_> {
                     Err(why) => self.note(why),
                 }
             }
-            let c = mmap_cmd(m.start, len, prot, shared, Placement::Fixed, opts, file);
+            let c = Command::mmap(m.start, len, prot, shared, Placement::Fixed, opts, file);
             self.cmd(s, c)?;
         }
         if self.source == Source::SoftDirty {
@@ -1268,10 +1236,13 @@ impl Recorder<'_, '_> {
                     Placement::NoReplace
                 };
                 match err {
-                    None => self.cmd(s, mmap_cmd(ret, len, pr, shared, placement, opts, file))?,
+                    None => self.cmd(
+                        s,
+                        Command::mmap(ret, len, pr, shared, placement, opts, file),
+                    )?,
                     // (a failed mmap of a file returned above)
                     Some(e) if fixed || noreplace => {
-                        let c = mmap_cmd(a[0], a[1], pr, shared, placement, opts, None);
+                        let c = Command::mmap(a[0], a[1], pr, shared, placement, opts, None);
                         self.cmd(s, c)?;
                         self.expect_err(s, e)?;
                     }
@@ -1438,7 +1409,7 @@ impl Recorder<'_, '_> {
                     Prot::RW
                 };
                 let file = Some((name, 0));
-                let c = mmap_cmd(
+                let c = Command::mmap(
                     ret,
                     len,
                     pr,

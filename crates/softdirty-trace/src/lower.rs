@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use crate::ast::{Expect, MmapTarget, ScanCmd, Statement};
-use softdirty::backend::{Command, FileMapping, Op};
+use softdirty::backend::{Command, Op};
 use softdirty::linux::{PAGE_SIZE, TASK_SIZE};
 use softdirty::scan::ScanArgs;
 
@@ -79,29 +79,7 @@ pub fn lower<'a>(c: &'a Statement, names: &Bindings) -> Result<Action<'a>, Strin
                     0
                 }
             };
-            if let Some((name, offset)) = file {
-                return Ok(Action::Perform {
-                    cmd: Command::MmapFile(FileMapping {
-                        addr,
-                        len: *len,
-                        prot: *prot,
-                        shared: *shared,
-                        placement: *placement,
-                        opts: *opts,
-                        name: name.clone(),
-                        offset: *offset,
-                    }),
-                    bind,
-                });
-            }
-            Command::Op(Op::Mmap {
-                addr,
-                len: *len,
-                prot: *prot,
-                shared: *shared,
-                placement: *placement,
-                opts: *opts,
-            })
+            Command::mmap(addr, *len, *prot, *shared, *placement, *opts, file.clone())
         }
         Statement::Munmap { addr, len } => Command::Op(Op::Munmap {
             addr: r(addr)?,
