@@ -120,5 +120,6 @@ impl AddressSpace {
                 }
             }
         });
+        self.note_indirect();
     }
 }

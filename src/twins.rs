@@ -84,6 +84,10 @@ twins! {
     /// ring.rs `RingWriter::mark`: a push onto a full ring is dropped without setting the
     /// overflow flag.
     RING_NO_OVERFLOW = "ring_no_overflow" => "ring:overflow_vs_harvest";
+    /// mm/mod.rs `note_indirect`: a change that moves or dirties pages without a write
+    /// (an mremap move here) is not counted, so a ring harvest trusts entries that name
+    /// addresses the pages have left.
+    RING_IGNORES_MOVES = "ring_ignores_moves" => "ring:space_ring_vs_mremap";
 }
 
 #[cfg(test)]

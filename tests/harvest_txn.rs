@@ -374,4 +374,110 @@ mod ring {
         rings.harvest(|f, n| end.push((f, n)));
         check_ledger(&last, &committed[0], &end);
     }
+    /// An address-space harvest's ranges as page runs of the region at `a`.
+    fn page_runs(ranges: &[(u64, u64)], a: u64) -> Vec<(u64, u64)> {
+        ranges
+            .iter()
+            .map(|&(s, e)| ((s - a) / P, (e - s) / P))
+            .collect()
+    }
+
+    #[test]
+    fn space_rings_entries_moves_aborts() {
+        use softdirty::ring::SpaceRings;
+        let legacy = Arc::new(AddressSpace::new(Mode::Legacy));
+        assert_eq!(
+            SpaceRings::new(legacy).err(),
+            Some(softdirty::errno::Errno::EINVAL)
+        );
+        let (mm, a) = space(Mode::Precise, 64);
+        let mm = Arc::new(mm);
+        mm.write(a, 1).unwrap(); // before the rings: the first harvest scans everything
+        let rings = SpaceRings::new(Arc::clone(&mm)).unwrap();
+        let w = rings.writer(4);
+        let h = rings.harvest();
+        assert!(h.stats.full_scan);
+        assert_eq!(page_runs(&h.address_ranges(), a), [(0, 1)]);
+        h.commit();
+        assert_eq!(w.write(a + 3 * P, 2 * P), Ok(RingMark::Ok));
+        assert_eq!(w.write(a + 3 * P, 1), Ok(RingMark::Ok), "dirty: no entry");
+        let h = rings.harvest();
+        assert_eq!((h.stats.entries, h.stats.full_scan), (1, false));
+        assert_eq!(page_runs(&h.address_ranges(), a), [(3, 2)]);
+        assert_eq!(h.abort(), 2);
+        w.write(a + 9 * P, 1).unwrap();
+        let h = rings.harvest();
+        assert!(!h.stats.full_scan, "an abort hands its runs over");
+        assert_eq!(page_runs(&h.address_ranges(), a), [(3, 2), (9, 1)]);
+        drop(h);
+        let h = rings.harvest();
+        assert_eq!(
+            page_runs(&h.address_ranges(), a),
+            [(3, 2), (9, 1)],
+            "drop aborts"
+        );
+        h.commit();
+        // An mremap move: the entry names the old address, and no writer named the moved
+        // pages; the next harvest scans everything.
+        w.write(a + 10 * P, 1).unwrap();
+        let b = mm
+            .mmap(0, 64 * P, Prot::RW, Sharing::Private, Placement::Hint)
+            .unwrap();
+        mm.munmap(b, 64 * P).unwrap();
+        assert_eq!(mm.mremap(a, 64 * P, 64 * P, true, Some(b)), Ok(b));
+        let h = rings.harvest();
+        assert!(h.stats.full_scan);
+        // precise: every page of the moved range changed at its new address
+        assert_eq!(page_runs(&h.address_ranges(), b), [(0, 64)]);
+        h.commit();
+        // Overflow: 6 entries into 4 slots.
+        for p in 0..6 {
+            w.write(b + 20 * P + 2 * p * P, 1).unwrap();
+        }
+        let h = rings.harvest();
+        assert!(h.stats.full_scan);
+        assert_eq!(h.address_ranges().len(), 6);
+        h.commit();
+        assert_eq!(rings.pages_dirtied(), vec![10]);
+    }
+
+    /// Writers with small rings on an address space ∥ a harvester that commits or aborts
+    /// at random; the same ledger.
+    #[test]
+    fn stress_ledger_space_rings() {
+        use softdirty::ring::SpaceRings;
+        const PAGES: u64 = 4096;
+        let (mm, a) = space(Mode::Precise, PAGES);
+        let rings = SpaceRings::new(Arc::new(mm)).unwrap();
+        let writers = [rings.writer(64), rings.writer(64)];
+        let next = AtomicU64::new(0);
+        thread_local! { static MINE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) }; }
+        let mut x = 11u64;
+        let (last, committed) = stress(
+            PAGES,
+            writes(),
+            &|p| {
+                let i = MINE.with(|m| {
+                    m.get().unwrap_or_else(|| {
+                        let i = next.fetch_add(1, SeqCst) as usize;
+                        m.set(Some(i));
+                        i
+                    })
+                });
+                writers[i].write(a + p * P, 1).unwrap();
+            },
+            vec![Box::new(|| {
+                let h = rings.harvest();
+                let runs = page_runs(&h.address_ranges(), a);
+                coin(&mut x).then(|| {
+                    h.commit();
+                    runs
+                })
+            })],
+        );
+        let h = rings.harvest();
+        let end = page_runs(&h.address_ranges(), a);
+        h.commit();
+        check_ledger(&last, &committed[0], &end);
+    }
 }

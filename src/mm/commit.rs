@@ -61,6 +61,8 @@ impl AddressSpace {
         // After the swap: a writer waiting on a frozen cell sees the thaw or the new
         // index (and retries through it).
         built.thaw();
+        // After the drain: the moved and new pages are where the new index says.
+        self.note_indirect();
         guard.flush();
     }
 

@@ -63,16 +63,24 @@ impl AddressSpace {
     /// Fails with EFAULT at the first page that is not mapped writable; the pages before
     /// it were written, as a real `memset` would have done before its fault.
     pub fn write(&self, addr: u64, len: u64) -> Result<()> {
-        self.fault(addr, len, true)
+        self.fault(addr, len, true, &mut 0)
+    }
+
+    /// [`Self::write`], also returning how many pages it turned soft-dirty (its simulated
+    /// write faults; with an error, those before the faulting page).
+    pub fn write_counting(&self, addr: u64, len: u64) -> (u64, Result<()>) {
+        let mut dirtied = 0;
+        let r = self.fault(addr, len, true, &mut dirtied);
+        (dirtied, r)
     }
 
     /// A load from every page overlapping `[addr, addr + len)`: populates without
     /// dirtying (private memory maps the zero page). EFAULT as for [`Self::write`].
     pub fn read(&self, addr: u64, len: u64) -> Result<()> {
-        self.fault(addr, len, false)
+        self.fault(addr, len, false, &mut 0)
     }
 
-    fn fault(&self, addr: u64, len: u64, write: bool) -> Result<()> {
+    fn fault(&self, addr: u64, len: u64, write: bool, dirtied: &mut u64) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -151,6 +159,7 @@ impl AddressSpace {
                 Mark::Done { faults } => {
                     if write && faults != 0 {
                         self.faults.add(faults);
+                        *dirtied += faults;
                     }
                 }
             }

@@ -87,6 +87,7 @@ impl AddressSpace {
             files: self.files.clone(),
             // a fork child's harvests are its own: it starts with no consumers
             consumers: Mutex::default(),
+            indirect: crate::sync::AtomicU64::new(0),
         }
     }
 }

@@ -15,6 +15,12 @@ impl AddressSpace {
     /// `madvise(addr, len, MADV_DONTNEED)`: zaps the pages (no VMA changes). Over a hole
     /// every mapped part is still zapped and the call fails with ENOMEM, as in Linux.
     pub fn madvise_dontneed(&self, addr: u64, len: u64) -> Result<()> {
+        let r = self.dontneed_inner(addr, len);
+        self.note_indirect();
+        r
+    }
+
+    fn dontneed_inner(&self, addr: u64, len: u64) -> Result<()> {
         let Some(end) = madvise_range(addr, len)? else {
             return Ok(());
         };
@@ -144,6 +150,13 @@ impl AddressSpace {
         if advice == Advice::DontNeed {
             return self.madvise_dontneed(addr, len);
         }
+        // Even a failed advice may have applied to the VMAs before the failure.
+        let r = self.madvise_inner(addr, len, advice);
+        self.note_indirect();
+        r
+    }
+
+    fn madvise_inner(&self, addr: u64, len: u64, advice: Advice) -> Result<()> {
         let Some(end) = madvise_range(addr, len)? else {
             return Ok(());
         };

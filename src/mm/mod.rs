@@ -51,7 +51,7 @@ use crate::file::{FileRef, Files};
 use crate::index::VmaIndex;
 use crate::linux::PAGE_SIZE;
 use crate::mode::Mode;
-use crate::sync::{Mutex, Ordering};
+use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::twins;
 use crate::vma::Vma;
 
@@ -150,6 +150,9 @@ pub struct AddressSpace {
     /// the registered consumers and their pending pages (`crate::consumers`); taken
     /// before `control`, by harvests only
     pub(crate) consumers: Mutex<crate::consumers::Consumers>,
+    /// changes that dirtied or moved pages other than by a write at their address
+    /// ([`AddressSpace::indirect_changes`])
+    indirect: AtomicU64,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -195,6 +198,7 @@ impl AddressSpace {
             accounting,
             files,
             consumers: Mutex::default(),
+            indirect: AtomicU64::new(0),
         }
     }
 
@@ -211,6 +215,28 @@ impl AddressSpace {
     /// The soft-dirty semantics this space follows.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// How many changes so far may have made a page of this space soft-dirty, or moved a
+    /// soft-dirty page, other than a write ([`Self::write`]) at that page's address: every
+    /// published structural change (mmap, munmap, mprotect, mremap, brk, stack growth),
+    /// every madvise, every store that reached this space's views of shared memory
+    /// from elsewhere or an `fwrite`, every truncation. A
+    /// harvest that collects only what writers named ([`crate::ring::SpaceRings`]) must
+    /// scan everything when this changed since it last looked.
+    ///
+    /// `Acquire`: pairs with the `Release` increment each change makes after its last
+    /// page-state RMW, so a harvest that reads the new count sees those pages.
+    pub fn indirect_changes(&self) -> u64 {
+        self.indirect.load(Ordering::Acquire)
+    }
+
+    /// Counts one indirect change ([`Self::indirect_changes`]), after its page-state RMWs.
+    pub(crate) fn note_indirect(&self) {
+        if !twins::RING_IGNORES_MOVES {
+            // Release: pairs with `indirect_changes`' Acquire load (see there).
+            self.indirect.fetch_add(1, Ordering::Release);
+        }
     }
 
     /// Simulated write faults so far: stores that turned a page from not soft-dirty to

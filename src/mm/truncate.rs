@@ -52,5 +52,6 @@ impl AddressSpace {
                 }
             }
         });
+        self.note_indirect();
     }
 }
