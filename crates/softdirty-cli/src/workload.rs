@@ -112,6 +112,23 @@ impl PageRanges {
         self.ranges[k].0 + (i - self.cum[k]) * PAGE
     }
 
+    /// The indices of the pages of `[start, end)` in the set, as index ranges.
+    pub fn indices(&self, start: u64, end: u64) -> Vec<std::ops::Range<u64>> {
+        let k0 = self.ranges.partition_point(|r| r.0 + r.1 * PAGE <= start);
+        let mut out = Vec::new();
+        for (k, &(s, n)) in self.ranges.iter().enumerate().skip(k0) {
+            if s >= end {
+                break;
+            }
+            let (a, b) = (s.max(start), (s + n * PAGE).min(end));
+            if a < b {
+                let first = self.cum[k] + (a - s) / PAGE;
+                out.push(first..first + (b - a).div_ceil(PAGE));
+            }
+        }
+        out
+    }
+
     /// The ranges, as `(start, end)` addresses, sorted.
     pub fn spans(&self) -> Vec<(u64, u64)> {
         self.ranges

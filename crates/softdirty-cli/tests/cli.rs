@@ -718,3 +718,99 @@ proptest! {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+// ------------------------------------------------------ aborted rounds and dirty rings
+
+/// `--drop-round-probability`: rounds whose transfer fails are aborted, their pages given
+/// back, and the destination still equals the source at the end (the run's own ledger:
+/// a version per page, copied when a harvest that reported it is committed), with the
+/// bitmap harvest and with dirty rings, in both modes. A harvest whose abort loses pages
+/// (the twin `restore_snapshot`) leaves stale pages here.
+#[test]
+fn aborted_rounds_lose_nothing_with_bitmaps_and_rings() {
+    for harvest in ["bitmap", "ring"] {
+        let mut args = vec![
+            "run",
+            "--mem",
+            "64M",
+            "--duration",
+            "1",
+            "--rounds",
+            "12",
+            "--downtime-ms",
+            "1",
+            "--drop-round-probability",
+            "0.5",
+            "--harvest",
+            harvest,
+            "--json",
+            "-",
+        ];
+        if harvest == "ring" {
+            args.extend(["--ring-size", "256"]);
+        }
+        let o = sd(&args);
+        assert_eq!(o.code, Some(0), "{}", o.ctx());
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("JSON on stdout");
+        let mut aborted = 0;
+        for m in v["modes"].as_array().unwrap() {
+            let mode = m["mode"].as_str().unwrap();
+            assert_eq!(
+                m["destination_stale_pages"],
+                0,
+                "{harvest}/{mode}: writes lost: {}",
+                o.ctx()
+            );
+            aborted += m["aborted_rounds"].as_u64().unwrap();
+            let ring = harvest == "ring" && mode == "precise";
+            assert_eq!(m["harvest"], if ring { "ring" } else { "bitmap" });
+            assert_eq!(m["ring"].is_object(), ring, "{mode}");
+            if ring {
+                let r = &m["ring"];
+                assert!(r["entries"].as_u64().unwrap() > 0, "{r}");
+                assert_eq!(r["vcpu_dirtied_pages"].as_array().unwrap().len(), 2);
+            }
+        }
+        assert!(aborted > 0, "{harvest}: no round was aborted: {}", o.ctx());
+    }
+    // The table says it too.
+    let o = sd(&[
+        "run",
+        "--mem",
+        "1M",
+        "--duration",
+        "0.2",
+        "--drop-round-probability",
+        "0.5",
+    ]);
+    assert_eq!(o.code, Some(0), "{}", o.ctx());
+    assert!(
+        o.stdout.contains("0 stale pages (equals the source"),
+        "{}",
+        o.ctx()
+    );
+}
+
+#[test]
+fn ring_and_drop_options_are_checked() {
+    for (extra, msg) in [
+        (&["--drop-round-probability", "1.5"][..], "between 0 and 1"),
+        (&["--drop-round-probability", "NaN"][..], "between 0 and 1"),
+        (&["--ring-size", "64"][..], "only used with --harvest ring"),
+        (
+            &["--harvest", "ring", "--ring-size", "0"][..],
+            "KVM's limit",
+        ),
+        (
+            &["--harvest", "ring", "--ring-size", "65537"][..],
+            "KVM's limit",
+        ),
+    ] {
+        let o = sd(&short(extra));
+        assert_eq!(o.code, Some(2), "{extra:?}: {}", o.ctx());
+        assert!(o.stderr.contains(msg), "{extra:?}: {}", o.ctx());
+        assert!(o.stdout.is_empty(), "work started: {}", o.ctx());
+    }
+    let o = sd(&["run", "--scaling", "--harvest", "ring"]);
+    assert_eq!(o.code, Some(2), "{}", o.ctx());
+}

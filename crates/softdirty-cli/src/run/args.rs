@@ -17,6 +17,19 @@ pub enum ModeSel {
     Both,
 }
 
+/// How `softdirty run` harvests.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HarvestSel {
+    /// get-and-clear scans of every mapped span (`AddressSpace::begin_harvest`)
+    Bitmap,
+    /// each vCPU's dirty ring (`softdirty::ring::SpaceRings`); precise only
+    Ring,
+}
+
+/// The largest `--ring-size`: KVM's limit on a dirty ring's entries.
+pub const MAX_RING_SIZE: usize = 65536;
+
 /// Options of `softdirty run`. The defaults are the default scenario.
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = "Sizes take K, M, G, T suffixes (binary) or p (pages). \
@@ -82,12 +95,28 @@ pub struct RunArgs {
     /// options (--vcpus, --mode, --rounds, --plot, ...) are refused with it.
     #[arg(long, conflicts_with_all = [
         "vcpus", "mode", "rounds", "plot", "bandwidth", "duration", "dirty_rate",
-        "downtime_ms", "churn_rate",
+        "downtime_ms", "churn_rate", "harvest", "ring_size", "drop_round_probability",
     ])]
     pub scaling: bool,
     /// Seconds per thread count for `--scaling` (only with it; default 1).
     #[arg(long)]
     pub scaling_secs: Option<f64>,
+    /// How the rounds harvest: `bitmap` scans every mapped span (get-and-clear), `ring`
+    /// collects each vCPU's dirty ring and scans only what the rings name (a full scan
+    /// after a ring overflows or the layout changes). `ring` applies to precise; legacy's
+    /// VM_SOFTDIRTY reports pages no write named, so legacy always harvests the bitmap.
+    #[arg(long, value_enum, default_value_t = HarvestSel::Bitmap)]
+    pub harvest: HarvestSel,
+    /// Entries of each vCPU's dirty ring with `--harvest ring` (1 to 65536, KVM's limit;
+    /// default 4096).
+    #[arg(long)]
+    pub ring_size: Option<usize>,
+    /// Probability (0 to 1) that a live round's transfer fails: the round's harvest is
+    /// aborted after its link time, so its pages report dirty again, merged with what the
+    /// vCPUs wrote meanwhile. The report's `destination_stale_pages` shows that nothing
+    /// was lost.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_round_probability: f64,
 }
 
 impl Default for RunArgs {
@@ -140,6 +169,11 @@ impl RunArgs {
     /// `--mem`, or its default.
     pub fn mem(&self) -> u64 {
         self.mem.unwrap_or(DEFAULT_MEM)
+    }
+
+    /// `--ring-size`, or its default.
+    pub fn ring_size(&self) -> usize {
+        self.ring_size.unwrap_or(4096)
     }
 }
 
@@ -224,6 +258,22 @@ pub fn validate(a: &RunArgs) -> Result<(), String> {
     if let Some(c) = a.churn_rate {
         if !(c >= 0.0 && c.is_finite()) {
             return Err(format!("--churn-rate {c} must be zero or positive"));
+        }
+    }
+    if !(0.0..=1.0).contains(&a.drop_round_probability) {
+        return Err(format!(
+            "--drop-round-probability {} must be between 0 and 1",
+            a.drop_round_probability
+        ));
+    }
+    if let Some(n) = a.ring_size {
+        if a.harvest != HarvestSel::Ring {
+            return Err("--ring-size is only used with --harvest ring".into());
+        }
+        if n == 0 || n > MAX_RING_SIZE {
+            return Err(format!(
+                "--ring-size {n} must be between 1 and {MAX_RING_SIZE} entries (KVM's limit)"
+            ));
         }
     }
     if let Some(secs) = a.scaling_secs {

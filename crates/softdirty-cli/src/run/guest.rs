@@ -9,13 +9,22 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use rand::Rng;
 
+use super::content::Content;
 use super::RunArgs;
 use crate::workload::{Churn, GuestLayout, Picker, PAGE};
 use softdirty::mm::AddressSpace;
+use softdirty::ring::{RingMark, SpaceRingWriter};
 
 /// What everything in one mode's run shares.
 pub(super) struct Shared<'a> {
-    pub(super) spaces: Vec<AddressSpace>,
+    /// the mode's space, then (legacy) the precise shadow
+    pub(super) spaces: Vec<Arc<AddressSpace>>,
+    /// `--harvest ring`: vCPU `v` writes the first space through `ring_writers[v]`
+    pub(super) ring_writers: Vec<SpaceRingWriter>,
+    /// writes that found their ring at its soft limit
+    pub(super) soft_full: AtomicU64,
+    /// the fixed mappings' writable pages' content (a version per page)
+    pub(super) content: Content,
     pub(super) layout: &'a GuestLayout,
     /// per-writer write counts, for pacing and throughput
     pub(super) writes: Vec<CachePadded<AtomicU64>>,
@@ -96,6 +105,7 @@ pub(super) fn writer(sh: &Shared, v: usize, args: &RunArgs) -> u64 {
     // chunk list (we then read the list under its mutex anyway).
     let mut version = sh.chunks_version.load(Ordering::Acquire);
     let mut efaults = 0u64;
+    let mut soft_full = 0u64;
     let heap_share = !chunks.is_empty() || l.zone.len > 0;
     let mut done = 0u64;
     while !sh.stopped() {
@@ -119,9 +129,21 @@ pub(super) fn writer(sh: &Shared, v: usize, args: &RunArgs) -> u64 {
                 let i = picker.next_page();
                 (l.writable.addr(i), Some(i))
             };
+            if let Some(i) = idx {
+                // The data, before the mark (the data-ordering contract).
+                sh.content.store(i);
+            }
             let mut ok = true;
             for (k, sp) in sh.spaces.iter().enumerate() {
-                if sp.write(addr, 1).is_err() && k == 0 {
+                let r = match sh.ring_writers.get(v) {
+                    Some(w) if k == 0 => w.write(addr, 1).map(|m| {
+                        // KVM's vCPU would exit to let the harvester run; here the
+                        // rounds' pacing decides, and the run counts the signals.
+                        soft_full += u64::from(m == RingMark::SoftFull);
+                    }),
+                    _ => sp.write(addr, 1),
+                };
+                if r.is_err() && k == 0 {
                     ok = false;
                 }
             }
@@ -148,6 +170,8 @@ pub(super) fn writer(sh: &Shared, v: usize, args: &RunArgs) -> u64 {
             chunks = lock_chunks();
         }
     }
+    // Relaxed: a statistic, read after the writers are joined.
+    sh.soft_full.fetch_add(soft_full, Ordering::Relaxed);
     efaults
 }
 

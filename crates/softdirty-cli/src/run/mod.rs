@@ -36,15 +36,16 @@ use std::path::Path;
 use std::process::ExitCode;
 
 mod args;
+mod content;
 mod guest;
 mod output;
 mod report;
 mod scaling;
 mod simulate;
 
-pub use args::{parse_size, validate, ModeSel, RunArgs};
+pub use args::{parse_size, validate, HarvestSel, ModeSel, RunArgs};
 pub use output::{plot, print_report};
-pub use report::{Config, ModeReport, Round, RunReport};
+pub use report::{Config, ModeReport, RingReport, Round, RunReport};
 pub use scaling::{scaling, ScalingRow};
 pub use simulate::{harvest, layout_for, simulate};
 

@@ -98,6 +98,12 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> std::io::Result<()> {
             if let Some(fp) = row.false_positive_pages {
                 write!(out, " {fp:>10}")?;
             }
+            if row.ring_full_scan == Some(true) {
+                write!(out, "  full scan")?;
+            }
+            if row.aborted {
+                write!(out, "  aborted: link failed, pages given back")?;
+            }
             writeln!(out)?;
         }
         writeln!(
@@ -114,6 +120,40 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> std::io::Result<()> {
                 "yes"
             } else {
                 "NO"
+            }
+        )?;
+        if let Some(rg) = &m.ring {
+            writeln!(
+                out,
+                "  dirty rings of {} entries: {} ring harvests, {} full scans (overflow or \
+                 layout change), {} entries, {} soft-full writes; vCPU dirty rates {} pages/s",
+                rg.size,
+                rg.ring_harvests,
+                rg.full_harvests,
+                rg.entries,
+                rg.soft_full_writes,
+                rg.vcpu_dirty_rate
+                    .iter()
+                    .map(|&r| human(r))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+        }
+        if m.aborted_rounds > 0 {
+            writeln!(
+                out,
+                "  {} rounds aborted (link failed), {} pages given back",
+                m.aborted_rounds, m.pages_given_back
+            )?;
+        }
+        writeln!(
+            out,
+            "  destination after stop-and-copy: {} stale pages{}",
+            m.destination_stale_pages,
+            if m.destination_stale_pages == 0 {
+                " (equals the source: no write lost)"
+            } else {
+                " (WRITES LOST)"
             }
         )?;
     }

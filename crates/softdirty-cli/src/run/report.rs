@@ -3,7 +3,7 @@
 
 use softdirty::mode::Mode;
 
-use super::ModeSel;
+use super::{HarvestSel, ModeSel};
 use crate::workload;
 
 /// One row of a mode's table: one harvest and the sending that follows it.
@@ -30,6 +30,31 @@ pub struct Round {
     pub false_negative_pages: Option<u64>,
     /// simulated seconds of link time this round
     pub sim_s: f64,
+    /// the round's transfer failed (`--drop-round-probability`): its harvest was aborted
+    /// after its link time, so its pages were given back
+    pub aborted: bool,
+    /// `--harvest ring`: the harvest scanned everything (a ring overflowed, or the layout
+    /// changed since the last harvest) rather than only what the rings named
+    pub ring_full_scan: Option<bool>,
+}
+
+/// What the dirty rings did in one mode's run (`--harvest ring`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RingReport {
+    /// entries per vCPU ring
+    pub size: usize,
+    /// harvests that collected only the rings' entries
+    pub ring_harvests: u32,
+    /// harvests that scanned everything (overflow, layout change, the first one)
+    pub full_harvests: u32,
+    /// ring entries collected
+    pub entries: u64,
+    /// writes that found their ring at its soft limit (KVM's dirty-ring-full exit)
+    pub soft_full_writes: u64,
+    /// pages each vCPU turned soft-dirty (its ring's count)
+    pub vcpu_dirtied_pages: Vec<u64>,
+    /// each vCPU's dirty rate, pages per simulated second
+    pub vcpu_dirty_rate: Vec<f64>,
 }
 
 /// One mode's migration.
@@ -75,6 +100,18 @@ pub struct ModeReport {
     pub sim_s: f64,
     /// real seconds of the mode's run
     pub wall_s: f64,
+    /// how this mode harvested (legacy: always `bitmap`)
+    pub harvest: HarvestSel,
+    /// live rounds whose transfer failed and whose harvest was aborted
+    pub aborted_rounds: u32,
+    /// pages the aborted harvests made soft-dirty again
+    pub pages_given_back: u64,
+    /// writable pages of the fixed mappings whose content at the destination differs
+    /// from the source's after the stop-and-copy: lost writes (0 unless tracking lost a
+    /// write)
+    pub destination_stale_pages: u64,
+    /// `--harvest ring`: what the rings did
+    pub ring: Option<RingReport>,
 }
 
 /// The configuration a report was made with.
@@ -110,6 +147,12 @@ pub struct Config {
     pub layout: Vec<workload::Mapping>,
     /// pages mapped at the start (arenas included)
     pub mapped_pages: u64,
+    /// how the rounds harvest
+    pub harvest: HarvestSel,
+    /// entries per vCPU ring (`--harvest ring`)
+    pub ring_size: Option<usize>,
+    /// probability that a live round's transfer fails
+    pub drop_round_probability: f64,
 }
 
 /// The whole report of `softdirty run`.

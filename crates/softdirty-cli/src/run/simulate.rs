@@ -8,18 +8,35 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
+use super::content::{Content, Destination};
 use super::guest::{churner, writer, Shared};
-use super::{validate, Config, ModeReport, ModeSel, Round, RunArgs, RunReport};
+use super::{
+    validate, Config, HarvestSel, ModeReport, ModeSel, RingReport, Round, RunArgs, RunReport,
+};
 use crate::ranges::{minus, pages, union, within, Ranges};
-use crate::workload::{self, Churn, GuestLayout, Workload, PAGE};
+use crate::workload::{self, Churn, GuestLayout, PageRanges, Workload, PAGE};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use softdirty::mm::AddressSpace;
 use softdirty::mode::Mode;
+use softdirty::ring::{SpaceRingHarvest, SpaceRings};
+use softdirty::Harvest;
 
 /// Harvests the soft-dirty pages of `mm` (get-and-clear), as sorted `(start, end)`
 /// address ranges: one `scan_and_clear` per span of adjacent VMAs. A page stays dirty
 /// until a harvest reports it, so a range a racing mremap moves into an already harvested
 /// span is reported by the next harvest.
 pub fn harvest(mm: &AddressSpace) -> Vec<(u64, u64)> {
+    let (taken, ranges) = begin_harvest(mm);
+    for h in taken {
+        h.commit();
+    }
+    ranges
+}
+
+/// [`harvest`] as transactions, one per span of adjacent VMAs
+/// (`AddressSpace::begin_harvest`), and the address ranges they took.
+fn begin_harvest(mm: &AddressSpace) -> (Vec<Harvest<'_>>, Vec<(u64, u64)>) {
     let mut spans: Vec<(u64, u64)> = Vec::new();
     for v in mm.vmas() {
         match spans.last_mut() {
@@ -27,21 +44,78 @@ pub fn harvest(mm: &AddressSpace) -> Vec<(u64, u64)> {
             _ => spans.push((v.start, v.end)),
         }
     }
-    // One get-and-clear per span of adjacent VMAs (`AddressSpace::scan_and_clear`):
-    // atomic per word against the vCPUs, cost following the dirty pages.
+    // One get-and-clear per span of adjacent VMAs: atomic per word against the vCPUs,
+    // cost following the dirty pages.
     let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut taken = Vec::new();
     for (s, e) in spans {
-        let log = mm
-            .scan_and_clear(s, e - s)
+        let h = mm
+            .begin_harvest(s, e - s)
             .expect("a harvest of mapped, aligned ranges is valid");
-        for (a, b) in log.address_ranges() {
+        for (a, b) in h.log().address_ranges() {
             match out.last_mut() {
                 Some(l) if l.1 == a => l.1 = b,
                 _ => out.push((a, b)),
             }
         }
+        taken.push(h);
     }
-    out
+    (taken, out)
+}
+
+/// One space's harvest in progress: committed when its pages were sent, aborted when
+/// the transfer failed.
+enum Taken<'a> {
+    Bitmap(Vec<Harvest<'a>>),
+    Ring(SpaceRingHarvest<'a>),
+}
+
+impl Taken<'_> {
+    fn commit(self) {
+        match self {
+            Taken::Bitmap(v) => v.into_iter().for_each(|h| drop(h.commit())),
+            Taken::Ring(h) => h.commit(),
+        }
+    }
+
+    /// Gives the pages back; returns how many were made soft-dirty again.
+    fn abort(self) -> u64 {
+        match self {
+            Taken::Bitmap(v) => v
+                .into_iter()
+                .map(|h| {
+                    let n = h.log().dirty_count();
+                    h.abort();
+                    n
+                })
+                .sum(),
+            Taken::Ring(h) => h.abort(),
+        }
+    }
+}
+
+/// Harvests `mm` through `rings` if given, else through the bitmap.
+fn take<'a>(mm: &'a AddressSpace, rings: Option<&'a SpaceRings>) -> (Taken<'a>, Ranges) {
+    match rings {
+        Some(r) => {
+            let h = r.harvest();
+            let ranges = h.address_ranges();
+            (Taken::Ring(h), ranges)
+        }
+        None => {
+            let (h, ranges) = begin_harvest(mm);
+            (Taken::Bitmap(h), ranges)
+        }
+    }
+}
+
+/// Sends the fixed mappings' pages of `ranges`: copies their content to `dest`.
+fn send(dest: &mut Destination, content: &Content, fixed: &PageRanges, ranges: &Ranges) {
+    for &(s, e) in ranges {
+        for r in fixed.indices(s, e) {
+            dest.copy(content, r);
+        }
+    }
 }
 
 /// A progress display: an indicatif bar on a terminal, nothing otherwise.
@@ -91,9 +165,9 @@ fn run_mode(
 ) -> Result<ModeReport, String> {
     let started = Instant::now();
     let layout = plan.layout;
-    let mut spaces = vec![AddressSpace::new(mode)];
+    let mut spaces = vec![Arc::new(AddressSpace::new(mode))];
     if !mode.is_precise() {
-        spaces.push(AddressSpace::new(Mode::Precise)); // the shadow
+        spaces.push(Arc::new(AddressSpace::new(Mode::Precise))); // the shadow
     }
     for op in &layout.setup {
         for sp in &spaces {
@@ -112,7 +186,26 @@ fn run_mode(
     for sp in &spaces {
         sp.clear_refs(4).map_err(|e| e.name().to_string())?;
     }
+    // Legacy's VM_SOFTDIRTY reports pages no write named: it harvests the bitmap.
+    let harvest_sel = if mode.is_precise() {
+        args.harvest
+    } else {
+        HarvestSel::Bitmap
+    };
+    let rings = (harvest_sel == HarvestSel::Ring)
+        .then(|| SpaceRings::new(Arc::clone(&spaces[0])).expect("a precise space takes rings"));
+    // The first ring harvest scans everything; make it now, before the vCPUs run (the
+    // pages written so far were sent by the bulk copy).
+    if let Some(r) = &rings {
+        r.harvest().commit();
+    }
     let sh = Shared {
+        ring_writers: rings
+            .iter()
+            .flat_map(|r| (0..args.vcpus).map(|_| r.writer(args.ring_size())))
+            .collect(),
+        soft_full: AtomicU64::new(0),
+        content: Content::new(layout.writable.len()),
         spaces,
         layout,
         writes: (0..args.vcpus)
@@ -151,6 +244,12 @@ fn run_mode(
     let mut written_sent = 0u64;
     let fixed = layout.writable.spans();
     let shadow = sh.spaces.len() > 1;
+    // What the destination holds: every page's content as of the bulk copy (all 0: no
+    // vCPU has stored yet).
+    let mut dest = Destination::new(layout.writable.len());
+    let mut drop_rng = SmallRng::seed_from_u64(args.seed ^ 0xd0d0);
+    let (mut aborted_rounds, mut given_back) = (0u32, 0u64);
+    let (mut ring_harvests, mut full_harvests, mut ring_entries) = (0u32, 0u32, 0u64);
 
     let (efaults, churn_stats, final_sets, converged, live_rounds) = std::thread::scope(|s| {
         let mut handles = Vec::new();
@@ -220,6 +319,8 @@ fn run_mode(
             false_positive_pages: shadow.then_some(0),
             false_negative_pages: shadow.then_some(0),
             sim_s: sim0,
+            aborted: false,
+            ring_full_scan: None,
         });
 
         let mut pending: (Ranges, Ranges) = (Vec::new(), Vec::new());
@@ -227,31 +328,49 @@ fn run_mode(
         let mut live = 0u32;
         for k in 1..=args.rounds {
             let t = Instant::now();
-            let (d, sd) = sh.at_cut(|| {
-                let d = harvest(&sh.spaces[0]);
+            let ((tk, d), shadow_take) = sh.at_cut(|| {
+                let main = take(&sh.spaces[0], rings.as_ref());
                 if !mode.is_precise() {
                     // VM_SOFTDIRTY is only cleared by clear_refs (vCPUs are frozen).
                     let _ = sh.spaces[0].clear_refs(4);
                 }
-                let sd = if shadow {
-                    harvest(&sh.spaces[1])
-                } else {
-                    Vec::new()
-                };
-                (d, sd)
+                (main, shadow.then(|| take(&sh.spaces[1], None)))
             });
             let harvest_us = t.elapsed().as_micros() as u64;
+            let (stk, sd) = match shadow_take {
+                Some((t, r)) => (Some(t), r),
+                None => (None, Vec::new()),
+            };
+            let ring_full_scan = match &tk {
+                Taken::Ring(h) => {
+                    ring_entries += h.stats.entries;
+                    if h.stats.full_scan {
+                        full_harvests += 1;
+                    } else {
+                        ring_harvests += 1;
+                    }
+                    Some(h.stats.full_scan)
+                }
+                Taken::Bitmap(_) => None,
+            };
             let n = pages(&d);
             let (fp, fneg) = if shadow {
                 (Some(minus(&d, &sd)), Some(minus(&sd, &d)))
             } else {
                 (None, None)
             };
-            fp_total += fp.unwrap_or(0);
-            fn_total += fneg.unwrap_or(0);
             live = k;
             let small = n <= plan.threshold;
             let last = small || k == args.rounds || Instant::now() >= deadline;
+            // The link fails: the round's pages are sent for nothing, and given back.
+            let abort = !last
+                && args.drop_round_probability > 0.0
+                && drop_rng.gen_bool(args.drop_round_probability);
+            if !abort {
+                // An aborted round's pages are reported again: count them once.
+                fp_total += fp.unwrap_or(0);
+                fn_total += fneg.unwrap_or(0);
+            }
             progress.set(
                 step0 + k as u64,
                 format!("{mode}: round {k}: {n} dirty pages"),
@@ -269,13 +388,30 @@ fn run_mode(
                     false_positive_pages: fp,
                     false_negative_pages: fneg,
                     sim_s: 0.0,
+                    aborted: false,
+                    ring_full_scan,
                 });
+                // Sent with the stop-and-copy.
+                tk.commit();
+                stk.map(Taken::commit);
                 pending = (d, sd);
                 break;
             }
-            written_sent += within(&d, &fixed);
             let sim = n as f64 / bw_pages;
-            let (wps, faults) = run_for(sim);
+            let (wps, faults) = if abort {
+                let r = run_for(sim);
+                // After the link time, with the vCPUs still writing.
+                given_back += tk.abort();
+                stk.map(Taken::abort);
+                aborted_rounds += 1;
+                r
+            } else {
+                send(&mut dest, &sh.content, &layout.writable, &d);
+                tk.commit();
+                stk.map(Taken::commit);
+                written_sent += within(&d, &fixed);
+                run_for(sim)
+            };
             sim_total += sim;
             rows.push(Round {
                 round: k,
@@ -288,6 +424,8 @@ fn run_mode(
                 false_positive_pages: fp,
                 false_negative_pages: fneg,
                 sim_s: sim,
+                aborted: abort,
+                ring_full_scan,
             });
         }
         // Stop the guest.
@@ -302,7 +440,20 @@ fn run_mode(
 
     // Stop-and-copy: what the last harvest left unsent plus what was written since.
     let t = Instant::now();
-    let f = harvest(&sh.spaces[0]);
+    let (tk, f) = take(&sh.spaces[0], rings.as_ref());
+    let ring_full_scan = match &tk {
+        Taken::Ring(h) => {
+            ring_entries += h.stats.entries;
+            if h.stats.full_scan {
+                full_harvests += 1;
+            } else {
+                ring_harvests += 1;
+            }
+            Some(h.stats.full_scan)
+        }
+        Taken::Bitmap(_) => None,
+    };
+    tk.commit();
     let sf = if shadow {
         harvest(&sh.spaces[1])
     } else {
@@ -310,6 +461,9 @@ fn run_mode(
     };
     let harvest_us = t.elapsed().as_micros() as u64;
     let stop_set = union(&final_sets.0, &f);
+    // The vCPUs are stopped: after this copy the destination must equal the source.
+    send(&mut dest, &sh.content, &layout.writable, &stop_set);
+    let destination_stale_pages = dest.stale(&sh.content);
     let stop_pages = pages(&stop_set);
     written_sent += within(&stop_set, &fixed);
     // Per harvest, like the rounds (the last live round's share was counted there).
@@ -333,6 +487,8 @@ fn run_mode(
         false_positive_pages: fp,
         false_negative_pages: fneg,
         sim_s: downtime,
+        aborted: false,
+        ring_full_scan,
     });
     let live_sent: u64 = rows
         .iter()
@@ -365,6 +521,26 @@ fn run_mode(
         sim_s: sim_total,
         wall_s: started.elapsed().as_secs_f64(),
         rounds: rows,
+        harvest: harvest_sel,
+        aborted_rounds,
+        pages_given_back: given_back,
+        destination_stale_pages,
+        ring: rings.as_ref().map(|r| {
+            let dirtied = r.pages_dirtied();
+            RingReport {
+                size: args.ring_size(),
+                ring_harvests,
+                full_harvests,
+                entries: ring_entries,
+                // Relaxed: the writers were joined.
+                soft_full_writes: sh.soft_full.load(Ordering::Relaxed),
+                vcpu_dirty_rate: dirtied
+                    .iter()
+                    .map(|&p| p as f64 / sim_total.max(1e-9))
+                    .collect(),
+                vcpu_dirtied_pages: dirtied,
+            }
+        }),
     })
 }
 
@@ -435,6 +611,9 @@ pub(super) fn simulate_with(args: &RunArgs, show_progress: bool) -> Result<RunRe
             churn_rate,
             layout: layout.mappings.clone(),
             mapped_pages,
+            harvest: args.harvest,
+            ring_size: (args.harvest == HarvestSel::Ring).then(|| args.ring_size()),
+            drop_round_probability: args.drop_round_probability,
         },
         modes: reports,
         legacy_extra_pages,
