@@ -126,3 +126,4 @@ mod twins;
 pub mod vma;
 #[cfg(feature = "vm-memory")]
 pub mod vmm;
+pub mod writer;

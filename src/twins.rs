@@ -88,6 +88,9 @@ twins! {
     /// (an mremap move here) is not counted, so a ring harvest trusts entries that name
     /// addresses the pages have left.
     RING_IGNORES_MOVES = "ring_ignores_moves" => "ring:space_ring_vs_mremap";
+    /// mm/fault.rs `VmaHint::get`: a writer handle trusts its cached VMA without checking
+    /// that the index it came from is still the published one.
+    WRITER_NO_REVALIDATE = "writer_no_revalidate" => "address_space:writer_hint_vs_remap";
 }
 
 #[cfg(test)]

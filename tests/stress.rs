@@ -4,7 +4,8 @@
 //! A coordinator runs rounds. In each round two writer threads write every page they own
 //! (the pages of every region are split between them by parity) **exactly once**, in a
 //! fresh random order, except a pseudo-random eighth of the pages that nobody writes that
-//! round. Meanwhile a churn thread runs structural operations and a harvester runs
+//! round; one writer stores through `AddressSpace::write`, the other through writer
+//! handles (`AddressSpace::writer`, issue 16), one per space per round. Meanwhile a churn thread runs structural operations and a harvester runs
 //! get-and-clear scans (`PAGEMAP_SCAN` with `clear`) over every region. When the writers
 //! are done, the churn and the harvester stop, the coordinator observes which pages are
 //! present (`present_runs`), runs a final harvest and checks every page of every region.
@@ -510,6 +511,9 @@ fn writer(sh: &Shared, w: usize) {
         for i in (1..items.len()).rev() {
             items.swap(i, rng.below(i as u64 + 1) as usize);
         }
+        // Odd writers store through writer handles (issue 16: one pin per round, the
+        // last VMA cached), even ones through `AddressSpace::write`.
+        let mut handles = (w % 2 == 1).then(|| (sh.mm.writer(), sh.mm_l.writer()));
         for (k, &(reg, p)) in items.iter().enumerate() {
             // Let the churn, the zapper and the harvester in (2 cores, 6 threads).
             if k % 32 == 31 {
@@ -532,7 +536,11 @@ fn writer(sh: &Shared, w: usize) {
             if led.first_start[p as usize].load(Relaxed) == u64::MAX {
                 led.first_start[p as usize].store(s, Release);
             }
-            let res = mm.write(ADDRS[reg] + p * PAGE, 1);
+            let res = match handles.as_mut() {
+                Some((h, _)) if reg != L => h.write(ADDRS[reg] + p * PAGE, 1),
+                Some((_, hl)) => hl.write(ADDRS[reg] + p * PAGE, 1),
+                None => mm.write(ADDRS[reg] + p * PAGE, 1),
+            };
             let e = now();
             let o = match res {
                 Ok(()) => OK,
@@ -546,6 +554,7 @@ fn writer(sh: &Shared, w: usize) {
                 led.first_end[p as usize].store(e, Release);
             }
         }
+        drop(handles);
         sh.writers_done.fetch_add(1, AcqRel);
     }
 }

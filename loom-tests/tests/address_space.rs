@@ -369,3 +369,40 @@ fn harvest_abort_vs_write() {
         );
     });
 }
+
+/// A writer handle (issue 16) whose cached VMA is replaced under it: the handle's first
+/// store (which caches the VMA) ∥ an `mmap MAP_FIXED` over the same page; after the
+/// join, the page is harvested clean and stored to again through the handle. That store
+/// must land in the new mapping: the next harvest reports it. The handle may reuse its
+/// cached VMA only while the index it came from is still the published one. Broken twin:
+/// `writer_no_revalidate` (the cache trusted without that test: the store lands in the
+/// replaced mapping's bitmap and is lost).
+#[test]
+fn writer_hint_vs_remap() {
+    check_epoch("writer_hint_vs_remap", 2, || {
+        let mm = Arc::new(AddressSpace::new(Mode::Precise));
+        let a = mm
+            .mmap(0, PAGE, Prot::RW, Sharing::Private, Placement::Hint)
+            .unwrap();
+        mm.clear_refs(4).unwrap();
+        let t = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                mm.mmap(a, PAGE, Prot::RW, Sharing::Private, Placement::Fixed)
+                    .unwrap()
+            })
+        };
+        let mut w = mm.writer();
+        let first = w.write(a, 1);
+        assert_eq!(t.join().unwrap(), a);
+        let _ = mm.scan_and_clear(a, PAGE).unwrap();
+        assert_eq!(w.write(a, 1), Ok(()));
+        drop(w);
+        let log = mm.scan_and_clear(a, PAGE).unwrap();
+        assert_eq!(
+            log.runs(),
+            &[(0, 1)],
+            "write lost: the handle stored into the replaced mapping (first store {first:?})"
+        );
+    });
+}

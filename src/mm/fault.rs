@@ -4,14 +4,59 @@
 
 use super::AddressSpace;
 use crate::bitmap::Mark;
-use crate::epoch;
+use crate::epoch::{self, Guard};
 use crate::errno::{Errno, Result};
 use crate::file::Files;
 use crate::index::VmaIndex;
 use crate::linux::{PAGE_SHIFT, PAGE_SIZE};
 use crate::mode::Mode;
 use crate::sync::{AtomicU64, Ordering};
+use crate::twins;
 use crate::vma::Vma;
+
+/// The VMA a writer last used and the index it was found in (`crate::writer`): a lookup
+/// skipped while that index is still the published one. Raw pointers, meaningful only
+/// while the guard pinned when they were taken stays pinned: an index (and the VMAs it
+/// holds) is destroyed only after every guard pinned before its retirement is dropped, so
+/// while that guard holds, no other index can be allocated at `index`'s address, and the
+/// test `index == published` cannot be fooled by a reused address.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VmaHint {
+    index: *const VmaIndex,
+    vma: *const Vma,
+}
+
+impl VmaHint {
+    /// No hint: the next access looks its VMA up.
+    pub(crate) const NONE: VmaHint = VmaHint {
+        index: std::ptr::null(),
+        vma: std::ptr::null(),
+    };
+
+    /// The hinted VMA, if `idx` (loaded under the guard the hint was taken under) is the
+    /// index it came from and the VMA contains `page`.
+    fn get<'g>(&self, idx: &'g VmaIndex, page: u64) -> Option<&'g Vma> {
+        // Broken twin `writer_no_revalidate`: the hint is trusted without comparing the
+        // index it came from with the published one.
+        if self.vma.is_null() || (!std::ptr::eq(idx, self.index) && !twins::WRITER_NO_REVALIDATE) {
+            return None;
+        }
+        // SAFETY: `vma` was taken from the index at `index` (an `Arc<Vma>` it holds) under
+        // the guard the caller still holds (the hint is reset whenever that guard is
+        // repinned, and a hint never outlives its guard: `fault` makes a fresh one per
+        // pin, `Writer` resets it at every repin). So the index, and the VMA, are not
+        // destroyed yet: destruction is deferred past every guard pinned before the
+        // index's retirement. With the twin, the VMA may belong to a retired index, still
+        // alive for the same reason.
+        let v = unsafe { &*self.vma };
+        (v.start <= page && page < v.end).then_some(v)
+    }
+
+    fn set(&mut self, idx: &VmaIndex, v: &Vma) {
+        self.index = idx;
+        self.vma = v;
+    }
+}
 
 /// Why an access faults at a page inside a VMA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,20 +129,46 @@ impl AddressSpace {
         if len == 0 {
             return Ok(());
         }
+        let guard = epoch::pin();
+        let mut hint = VmaHint::NONE;
+        self.fault_in(&guard, &mut hint, addr, len, write, dirtied)
+    }
+
+    /// The fault path under the caller's `guard`, starting from the VMA `hint` names if it
+    /// is still the published one (`crate::writer`); `hint` is left naming the last VMA
+    /// used, valid for as long as `guard` stays pinned.
+    pub(crate) fn fault_in(
+        &self,
+        guard: &Guard,
+        hint: &mut VmaHint,
+        addr: u64,
+        len: u64,
+        write: bool,
+        dirtied: &mut u64,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
         let last = match addr.checked_add(len - 1) {
             Some(l) => l & !(PAGE_SIZE - 1),
             None => u64::MAX & !(PAGE_SIZE - 1),
         };
         let mut page = addr & !(PAGE_SIZE - 1);
-        let guard = epoch::pin();
         loop {
-            let idx = self.index(&guard);
-            let Some(v) = idx.lookup(page) else {
-                // Below a stack: the kernel's expand_stack, then the access again.
-                if self.expand_stack(page)? {
-                    continue;
+            let idx = self.index(guard);
+            let v = match hint.get(idx, page) {
+                Some(v) => v,
+                None => {
+                    let Some(v) = idx.lookup(page) else {
+                        // Below a stack: the kernel's expand_stack, then the access again.
+                        if self.expand_stack(page)? {
+                            continue;
+                        }
+                        return Err(Errno::EFAULT);
+                    };
+                    hint.set(idx, v);
+                    v
                 }
-                return Err(Errno::EFAULT);
             };
             let prot = v.meta.flags.prot;
             if (write && !prot.write) || !prot.accessible() {
@@ -128,7 +199,7 @@ impl AddressSpace {
                     // frozen, and the index that replaced it may be published already.)
                     let cur: *const VmaIndex = idx;
                     while v.anon_frozen()
-                        && std::ptr::eq(self.index.load(Ordering::Acquire, &guard).as_raw(), cur)
+                        && std::ptr::eq(self.index.load(Ordering::Acquire, guard).as_raw(), cur)
                     {
                         crate::sync::spin_loop();
                     }
@@ -151,7 +222,10 @@ impl AddressSpace {
             match mark {
                 // The VMA was replaced while we wrote: retry through the new index (it
                 // was published before the seal we observed).
-                Mark::Sealed => continue,
+                Mark::Sealed => {
+                    *hint = VmaHint::NONE;
+                    continue;
+                }
                 // The model's memory limit (the accounting's chunk limit): the kernel would OOM.
                 Mark::NoMem => return Err(Errno::ENOMEM),
                 // Not reachable: the range is cut to the VMA, whose bitmap covers it.

@@ -225,6 +225,132 @@ fn mark_ours_pinned(n: u64, redirty: bool, pinned: bool) -> Timed {
     })
 }
 
+/// [`mark_ours`] through a writer handle (`AddressSpace::writer`, one per timed batch):
+/// one pin per batch, the lookup skipped while the VMA stays published.
+fn mark_writer(n: u64, redirty: bool) -> Timed {
+    let ranges: u64 = (1 << 20) / n.max(64);
+    let len = ranges * n.max(64) * PAGE_SIZE;
+    let (mm, a) = warm_space(len);
+    if !redirty {
+        mm.write(a, len).expect("write");
+    }
+    let stride = n.max(64) * PAGE_SIZE;
+    Box::new(move |iters| {
+        let mut total = Duration::ZERO;
+        let mut done = 0;
+        while done < iters {
+            let k = (iters - done).min(ranges);
+            if redirty {
+                mm.clear_refs(4).expect("clear_refs");
+            }
+            let t = Watch::start(true);
+            let mut w = mm.writer();
+            for i in 0..k {
+                let at = if redirty { a + i * stride } else { a };
+                let _ = black_box(w.write(black_box(at), n * PAGE_SIZE));
+            }
+            drop(w);
+            total += t.elapsed();
+            done += k;
+        }
+        total
+    })
+}
+
+/// One locked OR on a hot word per iteration: the floor of any mark that orders itself
+/// against the data it covers with a locked instruction, on this machine.
+fn lock_or() -> Timed {
+    let word = std::sync::atomic::AtomicU64::new(0);
+    Box::new(move |iters| {
+        let w = black_box(&word);
+        let t = Watch::start(true);
+        for _ in 0..iters {
+            // The result unused: one `lock or` (a used result is a `lock cmpxchg` loop).
+            w.fetch_or(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        t.elapsed()
+    })
+}
+
+/// A bitmap vm-memory can use, with a way to make it all clean again.
+trait VmmBitmap: vm_memory::bitmap::NewBitmap + Bitmap + 'static {
+    fn clean_all(&self);
+}
+
+impl VmmBitmap for AtomicBitmap {
+    fn clean_all(&self) {
+        self.reset();
+    }
+}
+
+impl VmmBitmap for softdirty::vmm::SoftDirtyBitmap {
+    fn clean_all(&self) {
+        self.reset();
+    }
+}
+
+/// What a `vmm/*` case does per operation.
+#[derive(Clone, Copy)]
+enum VmmOp {
+    /// `Bytes::write_obj::<u64>` at a pseudo-random address (pages already dirty after
+    /// the first pass: the steady state between harvests)
+    WriteObj,
+    /// `Bytes::write_slice` of 4 KiB at a pseudo-random address
+    WriteSlice,
+    /// the region bitmap's `mark_dirty` over a fresh (clean) 1 MiB range
+    MarkRange,
+}
+
+/// vm-memory's write path over a 256 MiB `GuestMemoryMmap<B>` (benches/vmm.rs's
+/// workload): the same calls for `SoftDirtyBitmap` (ours) and `AtomicBitmap` (baseline).
+fn vmm_case<B: VmmBitmap>(op: VmmOp) -> Timed {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    const SIZE: u64 = 256 << 20;
+    let m: GuestMemoryMmap<B> =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), SIZE as usize)]).expect("guest memory");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let addrs: Vec<u64> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % (SIZE - 8192)) & !7
+        })
+        .collect();
+    let buf = vec![0xabu8; 4096];
+    // The bitmap vm-memory would call for the region, on its own (its `mark_dirty` is
+    // the whole of a range mark; `reset` needs the bitmap itself, not a region slice).
+    let bits = B::with_len(SIZE as usize);
+    Box::new(move |iters| {
+        let mut total = Duration::ZERO;
+        let mut done = 0;
+        while done < iters {
+            let k = (iters - done).min(match op {
+                VmmOp::MarkRange => SIZE >> 20,
+                _ => addrs.len() as u64,
+            });
+            if let VmmOp::MarkRange = op {
+                bits.clean_all();
+            }
+            let t = Watch::start(true);
+            for i in 0..k {
+                match op {
+                    VmmOp::WriteObj => m
+                        .write_obj(i, GuestAddress(addrs[i as usize]))
+                        .expect("write_obj"),
+                    VmmOp::WriteSlice => m
+                        .write_slice(black_box(&buf), GuestAddress(addrs[i as usize]))
+                        .expect("write_slice"),
+                    VmmOp::MarkRange => bits.mark_dirty(black_box((i << 20) as usize), 1 << 20),
+                }
+            }
+            total += t.elapsed();
+            done += k;
+        }
+        total
+    })
+}
+
 fn mark_core(n: u64, redirty: bool) -> Timed {
     let ranges: u64 = (1 << 20) / n.max(64);
     let stride = n.max(64);
@@ -504,6 +630,17 @@ fn makers() -> Vec<(&'static str, Make)> {
             }),
         ),
         (
+            "mark256/writer",
+            Box::new(|| Case {
+                name: "mark256/writer",
+                what: "mark256/redirty through a writer handle (AddressSpace::writer)",
+                ours: mark_writer(256, true),
+                baseline: "AtomicBitmap::mark_dirty",
+                baseline_side: Ok(mark_base(256, false)),
+                target: Some(40.0),
+            }),
+        ),
+        (
             "mark256/dirty",
             Box::new(|| Case {
                 name: "mark256/dirty",
@@ -537,6 +674,17 @@ fn makers() -> Vec<(&'static str, Make)> {
             }),
         ),
         (
+            "mark1/writer",
+            Box::new(|| Case {
+                name: "mark1/writer",
+                what: "mark1/dirty through a writer handle (AddressSpace::writer)",
+                ours: mark_writer(1, false),
+                baseline: "AtomicBitmap::mark_dirty",
+                baseline_side: Ok(mark_base(1, true)),
+                target: Some(2.0),
+            }),
+        ),
+        (
             "mark1/dirty-pinned",
             Box::new(|| Case {
                 name: "mark1/dirty-pinned",
@@ -556,6 +704,52 @@ fn makers() -> Vec<(&'static str, Make)> {
                 baseline: "AtomicBitmap::mark_dirty",
                 baseline_side: Ok(mark_base(1, true)),
                 target: Some(1.0),
+            }),
+        ),
+        (
+            "vmm/write_obj_u64",
+            Box::new(|| Case {
+                name: "vmm/write_obj_u64",
+                what:
+                    "GuestMemoryMmap::write_obj::<u64>, random addresses of 256 MiB (pages dirty)",
+                ours: vmm_case::<softdirty::vmm::SoftDirtyBitmap>(VmmOp::WriteObj),
+                baseline: "GuestMemoryMmap<AtomicBitmap>",
+                baseline_side: Ok(vmm_case::<AtomicBitmap>(VmmOp::WriteObj)),
+                target: Some(1.0),
+            }),
+        ),
+        (
+            "vmm/write_slice_4k",
+            Box::new(|| Case {
+                name: "vmm/write_slice_4k",
+                what: "GuestMemoryMmap::write_slice of 4 KiB, random addresses of 256 MiB",
+                ours: vmm_case::<softdirty::vmm::SoftDirtyBitmap>(VmmOp::WriteSlice),
+                baseline: "GuestMemoryMmap<AtomicBitmap>",
+                baseline_side: Ok(vmm_case::<AtomicBitmap>(VmmOp::WriteSlice)),
+                target: Some(1.0),
+            }),
+        ),
+        (
+            "vmm/mark_range_1m",
+            Box::new(|| Case {
+                name: "vmm/mark_range_1m",
+                what:
+                    "Bitmap::mark_dirty over a clean 1 MiB range (256 pages), as vm-memory calls it",
+                ours: vmm_case::<softdirty::vmm::SoftDirtyBitmap>(VmmOp::MarkRange),
+                baseline: "GuestMemoryMmap<AtomicBitmap>",
+                baseline_side: Ok(vmm_case::<AtomicBitmap>(VmmOp::MarkRange)),
+                target: Some(1.0),
+            }),
+        ),
+        (
+            "limit/lock-or",
+            Box::new(|| Case {
+                name: "limit/lock-or",
+                what: "one locked OR on a hot word (the floor of a self-ordering mark here)",
+                ours: lock_or(),
+                baseline: "AtomicBitmap::mark_dirty",
+                baseline_side: Ok(mark_base(1, true)),
+                target: None,
             }),
         ),
         (
