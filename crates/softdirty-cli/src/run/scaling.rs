@@ -21,6 +21,11 @@ pub struct ScalingRow {
     pub writes_per_s: f64,
     /// writes_per_s / (threads × the 1-thread rate)
     pub efficiency: f64,
+    /// the same writes through writer handles (`AddressSpace::writer`, one per thread),
+    /// per second, all threads
+    pub handle_writes_per_s: f64,
+    /// handle_writes_per_s / (threads × its 1-thread rate)
+    pub handle_efficiency: f64,
     /// the trivially parallel loop's iterations per second
     pub loop_per_s: f64,
     /// its efficiency, measured the same way
@@ -69,26 +74,35 @@ pub fn scaling(args: &RunArgs) -> Vec<ScalingRow> {
     let _ = mm.clear_refs(4);
     let mut rows: Vec<ScalingRow> = Vec::new();
     for &n in &counts {
-        let model = |i: usize, stop: &AtomicBool| -> u64 {
-            let mut p = Picker::new(
-                &args.workload,
-                layout.writable.len(),
-                i,
-                n,
-                args.zipf_s,
-                args.seed,
-            );
-            let mut k = 0u64;
-            // Acquire: pairs with the Release store in `timed_threads`.
-            while !stop.load(Ordering::Acquire) {
-                for _ in 0..BATCH {
-                    let _ = mm.write(layout.writable.addr(p.next_page()), 1);
+        let model = |handle: bool| {
+            let (mm, layout) = (&mm, &layout);
+            move |i: usize, stop: &AtomicBool| -> u64 {
+                let mut p = Picker::new(
+                    &args.workload,
+                    layout.writable.len(),
+                    i,
+                    n,
+                    args.zipf_s,
+                    args.seed,
+                );
+                let mut h = handle.then(|| mm.writer());
+                let mut k = 0u64;
+                // Acquire: pairs with the Release store in `timed_threads`.
+                while !stop.load(Ordering::Acquire) {
+                    for _ in 0..BATCH {
+                        let a = layout.writable.addr(p.next_page());
+                        let _ = match h.as_mut() {
+                            Some(h) => h.write(a, 1),
+                            None => mm.write(a, 1),
+                        };
+                    }
+                    k += BATCH;
                 }
-                k += BATCH;
+                k
             }
-            k
         };
-        let w = timed_threads(n, args.scaling_secs.unwrap_or(1.0), &model);
+        let w = timed_threads(n, args.scaling_secs.unwrap_or(1.0), &model(false));
+        let hw = timed_threads(n, args.scaling_secs.unwrap_or(1.0), &model(true));
         let trivial = |i: usize, stop: &AtomicBool| -> u64 {
             let mut a = vec![0u64; 4096];
             let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
@@ -107,13 +121,15 @@ pub fn scaling(args: &RunArgs) -> Vec<ScalingRow> {
             k
         };
         let l = timed_threads(n, args.scaling_secs.unwrap_or(1.0), &trivial);
-        let (w1, l1) = rows
-            .first()
-            .map_or((w, l), |r| (r.writes_per_s, r.loop_per_s));
+        let (w1, hw1, l1) = rows.first().map_or((w, hw, l), |r| {
+            (r.writes_per_s, r.handle_writes_per_s, r.loop_per_s)
+        });
         rows.push(ScalingRow {
             threads: n,
             writes_per_s: w,
             efficiency: w / (n as f64 * w1),
+            handle_writes_per_s: hw,
+            handle_efficiency: hw / (n as f64 * hw1),
             loop_per_s: l,
             loop_efficiency: l / (n as f64 * l1),
         });
@@ -136,19 +152,30 @@ pub(super) fn print_scaling(
     )?;
     writeln!(
         out,
-        "{:>7} {:>12} {:>10} {:>14} {:>10} {:>7}",
-        "threads", "writes/s", "efficiency", "trivial loop/s", "trivial", "ratio"
+        "{:>7} {:>12} {:>10} {:>14} {:>10} {:>14} {:>10} {:>7} {:>7}",
+        "threads",
+        "writes/s",
+        "efficiency",
+        "handle writes/s",
+        "efficiency",
+        "trivial loop/s",
+        "trivial",
+        "ratio",
+        "handle"
     )?;
     for r in rows {
         writeln!(
             out,
-            "{:>7} {:>12} {:>9.0}% {:>14} {:>9.0}% {:>7.2}",
+            "{:>7} {:>12} {:>9.0}% {:>14} {:>9.0}% {:>14} {:>9.0}% {:>7.2} {:>7.2}",
             r.threads,
             human(r.writes_per_s),
             r.efficiency * 100.0,
+            human(r.handle_writes_per_s),
+            r.handle_efficiency * 100.0,
             human(r.loop_per_s),
             r.loop_efficiency * 100.0,
-            r.efficiency / r.loop_efficiency
+            r.efficiency / r.loop_efficiency,
+            r.handle_efficiency / r.loop_efficiency
         )?;
     }
     Ok(())
