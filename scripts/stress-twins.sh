@@ -33,7 +33,10 @@ cd "$(dirname "$0")/.."
 # of a few instructions), no_drain_rule (precise moves make every moved page dirty, so the
 # rule the twin drops is invisible). no_reclaim (a leak) fails only by exhausting the
 # model's chunk limit (a write gets ENOMEM after ~17 s under load), or not at all.
-# mark_no_fence is run through tests/litmus.rs (the store-buffering shape), not the stress.
+# mark_no_fence and no_heavy_barrier are run through tests/litmus.rs (the store-buffering
+# shapes), not the stress. no_heavy_barrier (light writers, no membarrier in the harvest)
+# showed 1,989 lost writes in 250,000 iterations of the light shape in its first run here;
+# loom cannot model membarrier, so the litmus is its only check.
 # Store buffering is a timing outcome of the hardware: here (2 cores) runs of 2,000,000
 # iterations showed 1 to 2,070 lost writes per shape; on CI's machine (stop 23) one run
 # showed none.
@@ -45,7 +48,7 @@ cd "$(dirname "$0")/.."
 # caught within 10 s on the development machine, not within 60 s on CI's),
 # retry_via_index (region B: a write returns EFAULT while the drain carried it),
 # no_anon_freeze (region A: the fork child lacks a page written before the fork).
-CAUGHT=(no_drain no_recheck blind_harvest no_defer writer_no_revalidate mark_no_fence)
+CAUGHT=(no_drain no_recheck blind_harvest no_defer writer_no_revalidate mark_no_fence no_heavy_barrier)
 # every twin, from src/twins.rs (the one list)
 mapfile -t ALL < <(sed -nE 's/^ *[A-Z_]+ = "([a-z_]+)" => .*/\1/p' src/twins.rs)
 
@@ -104,7 +107,7 @@ failed=0
 for name in "${names[@]}"; do
     build "$name"
     case "$name" in
-        mark_no_fence | harvest_no_fence)
+        mark_no_fence | harvest_no_fence | no_heavy_barrier)
             t_litmus=$SECONDS runs=0
             while :; do
                 run litmus

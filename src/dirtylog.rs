@@ -34,6 +34,7 @@
 //! range is at least [`PARALLEL_MIN_PAGES`] pages; see `softdirty bench` for the numbers
 //! behind the threshold.
 
+use crate::barrier;
 use crate::bitmap::Run;
 use crate::errno::{Errno, Result};
 use crate::linux::{PAGE_SHIFT, PAGE_SIZE, TASK_SIZE};
@@ -271,7 +272,7 @@ impl AddressSpace {
                             // Every page is soft-dirty at the VMA level (VM_SOFTDIRTY, or
                             // outside every region), which only `clear_refs 4` clears:
                             // report all, clear the page-level bits.
-                            v.bitmap.harvest(first, count, |_| {});
+                            v.bitmap.harvest_unfenced(first, count, |_| {});
                             log.push_run((s >> PAGE_SHIFT) - base, count);
                             return;
                         }
@@ -281,7 +282,10 @@ impl AddressSpace {
                         });
                     });
                 }
-            })
+            });
+            // Data ordering: after every get-and-clear above, before the caller reads a
+            // page of the log (`crate::barrier`).
+            barrier::clear_fence();
         });
         Ok(log)
     }
@@ -499,6 +503,7 @@ impl Drop for Harvest<'_> {
 
 /// Harvests pages `[first, first + count)` of `v`'s bitmap, calling `sink` with the runs
 /// (VMA-relative page indices) in order; in parallel over chunk-aligned pieces if `par`.
+/// Unfenced: the caller issues `barrier::clear_fence` before the pages' data is read.
 fn harvest_vma(v: &Vma, first: u64, count: u64, par: bool, sink: impl FnMut(Run)) {
     #[cfg(all(feature = "rayon", not(all(loom, feature = "loom"))))]
     if par && count > PARALLEL_PIECE_PAGES {
@@ -518,7 +523,7 @@ fn harvest_vma(v: &Vma, first: u64, count: u64, par: bool, sink: impl FnMut(Run)
                 let lo = (p * PARALLEL_PIECE_PAGES).max(first);
                 let hi = ((p + 1) * PARALLEL_PIECE_PAGES).min(end);
                 let mut out = Vec::new();
-                bm.harvest_held(lo, hi - lo, |r| out.push(r));
+                bm.harvest_held_unfenced(lo, hi - lo, |r| out.push(r));
                 out
             })
             .collect();
@@ -529,5 +534,5 @@ fn harvest_vma(v: &Vma, first: u64, count: u64, par: bool, sink: impl FnMut(Run)
         return;
     }
     let _ = par;
-    v.bitmap.harvest(first, count, sink);
+    v.bitmap.harvest_unfenced(first, count, sink);
 }

@@ -95,6 +95,7 @@ pub use crate::vmm::SoftDirtyBitmap;
 
 pub mod accounting;
 pub mod backend;
+pub mod barrier;
 pub mod bitmap;
 pub mod consumers;
 pub mod dirtylog;

@@ -244,21 +244,25 @@ impl AddressSpace {
 
     /// Get-and-clear of the page-level soft-dirty bits in each of the sorted `ranges`
     /// (within mapped VMAs), under one index load: calls `sink` with every run of pages it
-    /// cleared, as absolute page numbers. Callers hold the control lock.
+    /// cleared, as absolute page numbers (`sink` must not read their data: the
+    /// data-ordering fence comes once, at the end). Callers hold the control lock.
     pub(crate) fn harvest_ranges(&self, ranges: &[(u64, u64)], mut sink: impl FnMut(Run)) {
         self.with_index(|idx| {
             for &(start, end) in ranges {
                 for v in idx.range(start, end) {
                     let s = v.start.max(start);
                     let e = v.end.min(end);
-                    v.bitmap.harvest(v.page_of(s), (e - s) >> PAGE_SHIFT, |r| {
-                        sink(Run {
-                            first: (v.start >> PAGE_SHIFT) + r.first,
-                            count: r.count,
-                        })
-                    });
+                    v.bitmap
+                        .harvest_unfenced(v.page_of(s), (e - s) >> PAGE_SHIFT, |r| {
+                            sink(Run {
+                                first: (v.start >> PAGE_SHIFT) + r.first,
+                                count: r.count,
+                            })
+                        });
                 }
             }
-        })
+        });
+        // Data ordering: after every get-and-clear, before the caller reads a page.
+        crate::barrier::clear_fence();
     }
 }

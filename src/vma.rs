@@ -145,6 +145,7 @@ impl Vma {
     }
 
     /// The `anon_vma` identity, 0 if the VMA was never write-faulted.
+    #[inline]
     pub fn anon(&self) -> u64 {
         // Acquire: pairs with the CAS in `assign_anon`.
         match self.anon.load(Ordering::Acquire) {

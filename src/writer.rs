@@ -34,6 +34,7 @@
 //! to block or go idle should call [`Writer::repin`] or drop the handle, as with any
 //! crossbeam-epoch guard.
 
+use crate::barrier::LightWriter;
 use crate::epoch::{self, Guard};
 use crate::errno::Result;
 use crate::mm::{AddressSpace, VmaHint};
@@ -48,12 +49,15 @@ pub struct Writer<'a> {
     guard: Guard,
     hint: VmaHint,
     since_repin: u32,
+    /// Registered as a light writer (`crate::barrier`): marks without a fence.
+    light: Option<LightWriter>,
 }
 
 impl std::fmt::Debug for Writer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer")
             .field("since_repin", &self.since_repin)
+            .field("light", &self.light.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +71,7 @@ impl AddressSpace {
             guard: epoch::pin(),
             hint: VmaHint::NONE,
             since_repin: 0,
+            light: LightWriter::register(),
         }
     }
 }
@@ -75,17 +80,37 @@ impl Writer<'_> {
     /// [`AddressSpace::write`] (store the data first).
     #[inline]
     pub fn write(&mut self, addr: u64, len: u64) -> Result<()> {
-        self.write_counting(addr, len).1
+        // A hot page stored to again: answered from the hint (`store_unchanged`).
+        self.tick();
+        if self
+            .mm
+            .store_unchanged(&self.guard, &mut self.hint, addr, len, self.light.is_some())
+        {
+            return Ok(());
+        }
+        self.store(addr, len).1
     }
 
     /// [`AddressSpace::write_counting`]: also how many pages the store turned soft-dirty.
     #[inline]
     pub fn write_counting(&mut self, addr: u64, len: u64) -> (u64, Result<()>) {
         self.tick();
+        self.store(addr, len)
+    }
+
+    /// The store through the fault path, after `tick`.
+    fn store(&mut self, addr: u64, len: u64) -> (u64, Result<()>) {
         let mut dirtied = 0;
-        let r = self
-            .mm
-            .fault_in(&self.guard, &mut self.hint, addr, len, true, &mut dirtied);
+        let light = self.light.is_some();
+        let r = self.mm.fault_in(
+            &self.guard,
+            &mut self.hint,
+            addr,
+            len,
+            true,
+            light,
+            &mut dirtied,
+        );
         (dirtied, r)
     }
 
@@ -93,7 +118,12 @@ impl Writer<'_> {
     pub fn read(&mut self, addr: u64, len: u64) -> Result<()> {
         self.tick();
         self.mm
-            .fault_in(&self.guard, &mut self.hint, addr, len, false, &mut 0)
+            .fault_in(&self.guard, &mut self.hint, addr, len, false, false, &mut 0)
+    }
+
+    /// Whether this handle marks without a fence (a light writer, `crate::barrier`).
+    pub fn is_light(&self) -> bool {
+        self.light.is_some()
     }
 
     /// Lets reclamation advance past this handle now (before blocking or idling): forgets

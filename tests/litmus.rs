@@ -20,7 +20,9 @@
 //! buffer while a later load completes); a mark that always does a read-modify-write on
 //! the bit (vm-memory's `AtomicBitmap`, one `SeqCst` `fetch_or`) forbids it.
 //!
-//! Shapes: softdirty's core (`PageBitmap::mark_dirty` / `PageBitmap::harvest`), softdirty
+//! Shapes: softdirty's core (`PageBitmap::mark_dirty` / `PageBitmap::harvest`), the core
+//! marked by a light writer (`PageBitmap::mark_dirty_light`: no fence in the mark, a
+//! `membarrier` in the harvest, `softdirty::barrier`; the marks of a writer handle), softdirty
 //! through vm-memory (`Bitmap::mark_dirty` / `SoftDirtyBitmap::harvest` on
 //! `softdirty::vmm::SoftDirtyBitmap`, feature `vm-memory`) and, as the control, vm-memory's
 //! own `AtomicBitmap` (`mark_dirty` / `get_and_reset`). The test prints the lost count of
@@ -50,21 +52,36 @@ trait Shape: Sync {
     fn take(&self, copy: &dyn Fn() -> u64) -> (bool, u64);
     /// Is page `P` dirty (quiescent)?
     fn dirty(&self) -> bool;
+    /// The writer thread's mark, made on that thread (a writer handle lives there).
+    fn writer_mark(&self) -> Box<dyn FnMut() + '_> {
+        Box::new(move || self.mark())
+    }
+    /// Iterations per `SOFTDIRTY_LITMUS_ITERS` iterations of the core shape (the light
+    /// writer's harvests call `membarrier`, some µs each).
+    fn share(&self) -> u64 {
+        1
+    }
 }
 
 struct Core(PageBitmap);
-impl Shape for Core {
-    fn mark(&self) {
-        self.0.mark_dirty(P as u64, 1);
-    }
-    fn take(&self, copy: &dyn Fn() -> u64) -> (bool, u64) {
+impl Core {
+    /// The harvest, and the copy in its sink.
+    fn take_from(b: &PageBitmap, copy: &dyn Fn() -> u64) -> (bool, u64) {
         let mut got = None;
-        self.0.harvest(0, 64, |r| {
+        b.harvest(0, 64, |r| {
             if r.first <= P as u64 && (P as u64) < r.first + r.count {
                 got = Some(copy());
             }
         });
         got.map_or_else(|| (false, copy()), |d| (true, d))
+    }
+}
+impl Shape for Core {
+    fn mark(&self) {
+        self.0.mark_dirty(P as u64, 1);
+    }
+    fn take(&self, copy: &dyn Fn() -> u64) -> (bool, u64) {
+        Core::take_from(&self.0, copy)
     }
     fn dirty(&self) -> bool {
         self.0.page(P as u64).clean == 0
@@ -89,6 +106,37 @@ impl Shape for Vmm {
     }
     fn dirty(&self) -> bool {
         self.0.is_page_dirty(P)
+    }
+}
+
+/// The core marked by a light writer (`PageBitmap::mark_dirty_light`, `softdirty::barrier`):
+/// no fence in the mark; the harvest calls `membarrier` before its sink sees a run. Broken
+/// twin `no_heavy_barrier`: the harvest does not call it. Where `membarrier` is missing the
+/// writer falls back to the fenced mark.
+struct CoreLight(PageBitmap);
+impl Shape for CoreLight {
+    fn mark(&self) {
+        self.0.mark_dirty(P as u64, 1);
+    }
+    fn writer_mark(&self) -> Box<dyn FnMut() + '_> {
+        match softdirty::barrier::LightWriter::register() {
+            Some(light) => Box::new(move || {
+                self.0.mark_dirty_light(&light, P as u64, 1);
+            }),
+            None => {
+                eprintln!("litmus: membarrier unavailable: the light shape marks with a fence");
+                Box::new(move || self.mark())
+            }
+        }
+    }
+    fn take(&self, copy: &dyn Fn() -> u64) -> (bool, u64) {
+        Core::take_from(&self.0, copy)
+    }
+    fn dirty(&self) -> bool {
+        self.0.page(P as u64).clean == 0
+    }
+    fn share(&self) -> u64 {
+        8
     }
 }
 
@@ -144,6 +192,7 @@ fn run(b: &dyn Shape, iters: u64) -> (u64, u64, f64) {
     let (mut lost, mut caught) = (0u64, 0u64);
     std::thread::scope(|s| {
         s.spawn(|| {
+            let mut mark = b.writer_mark();
             let mut rng = 0x2545_f491u32;
             for i in 1..=iters {
                 spin(|| go.load(Acquire) == i);
@@ -152,7 +201,7 @@ fn run(b: &dyn Shape, iters: u64) -> (u64, u64, f64) {
                 rng ^= rng << 5;
                 pause(wdelay.load(Relaxed) + rng % 32);
                 data.store(i, Relaxed);
-                b.mark();
+                mark();
                 wdone.store(i, Release);
             }
         });
@@ -208,6 +257,10 @@ fn store_buffering_marks_lose_no_write() {
             "softdirty core (PageBitmap::mark_dirty / harvest)",
             Box::new(Core(PageBitmap::new(64, false))),
         ),
+        (
+            "softdirty core, light writer (PageBitmap::mark_dirty_light / harvest)",
+            Box::new(CoreLight(PageBitmap::new(64, false))),
+        ),
         #[cfg(feature = "vm-memory")]
         (
             "softdirty vm-memory (Bitmap::mark_dirty / SoftDirtyBitmap::harvest)",
@@ -220,6 +273,7 @@ fn store_buffering_marks_lose_no_write() {
     ];
     let mut bad = vec![];
     for (name, b) in shapes.drain(..) {
+        let iters = iters / b.share();
         let (lost, caught, secs) = run(&*b, iters);
         eprintln!(
             "litmus {name}: {lost} lost writes in {iters} iterations \

@@ -4,6 +4,7 @@
 use super::chunk::{Chunk, Slot};
 use super::words::word_mask;
 use super::{DrainRule, Mark, PageBitmap, ABSENT_DIRTY, CHUNK_PAGES, ZAP_RING};
+use crate::barrier::{self, LightWriter};
 use crate::sync::{fence, lock, spin_loop, AtomicU64, Ordering};
 use crate::twins;
 
@@ -28,13 +29,33 @@ enum Attempt {
     Rezap(u64, u64),
 }
 
-/// The mark side of the data-ordering contract (ARCHITECTURE.md, contract 0).
-#[inline(always)]
-fn mark_fence() {
-    // Broken twin `mark_no_fence` (loom-tests, tests/data_ordering.rs): the test-before-set
-    // marking of before the fix.
-    if !twins::MARK_NO_FENCE {
-        fence(Ordering::SeqCst);
+/// The materialized chunk a writer handle's hint last used (`crate::writer`): the slot
+/// load skipped. Sound because a slot only ever goes from a tag to a chunk (a CAS in
+/// `materialize`; zaps and clears swap tags for tags), and a chunk is freed only when its
+/// bitmap is dropped: while the bitmap lives, slot `k` holds this chunk.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChunkHint {
+    k: usize,
+    chunk: *const Chunk,
+}
+
+impl ChunkHint {
+    /// No chunk cached.
+    pub(crate) const NONE: ChunkHint = ChunkHint {
+        k: usize::MAX,
+        chunk: std::ptr::null(),
+    };
+
+    #[inline(always)]
+    fn get<'b>(&self, k: usize) -> Option<&'b Chunk> {
+        if self.k != k || self.chunk.is_null() {
+            return None;
+        }
+        // SAFETY: `chunk` was slot `k`'s chunk of the bitmap the caller passes again (the
+        // caller resets the hint when it moves to another bitmap, and keeps the bitmap
+        // alive: the writer's pin holds its VMA); slot `k` keeps that chunk until the
+        // bitmap is dropped (type docs).
+        Some(unsafe { &*self.chunk })
     }
 }
 
@@ -153,8 +174,16 @@ impl PageBitmap {
     /// and make soft-dirty at the page level. Test-before-set: a page already in that
     /// state costs one relaxed load per word and no read-modify-write.
     /// [`Mark::OutOfRange`] (nothing done) if the range overflows or leaves the bitmap.
+    #[inline]
     pub fn write(&self, first: u64, count: u64) -> Mark {
         self.fault(first, count, true, true, true)
+    }
+
+    /// [`Self::write`] for a caller that holds a light writer's registration
+    /// (`crate::barrier::LightWriter`, as a writer handle does): the data-ordering barrier
+    /// before the test loads is a compiler barrier; the harvests' `membarrier` does the rest.
+    pub(crate) fn write_light(&self, first: u64, count: u64) -> Mark {
+        self.fault_impl(first, count, true, true, true, true, true)
     }
 
     /// Marks `[first, first + count)` soft-dirty without touching population: the write
@@ -163,7 +192,14 @@ impl PageBitmap {
     /// chunk is not even materialized. [`Mark::OutOfRange`] (nothing done) if the range
     /// overflows or leaves the bitmap.
     pub fn mark_dirty(&self, first: u64, count: u64) -> Mark {
-        self.fault_impl(first, count, true, false, false, false)
+        self.fault_impl(first, count, true, false, false, false, false)
+    }
+
+    /// [`Self::mark_dirty`] by a light writer (`crate::barrier`): no fence before the test
+    /// loads, so an already-dirty page costs loads only. Sound because every harvest
+    /// calls `membarrier` while `_light` (the caller's registration) exists.
+    pub fn mark_dirty_light(&self, _light: &LightWriter, first: u64, count: u64) -> Mark {
+        self.fault_impl(first, count, true, false, false, false, true)
     }
 
     /// Marks soft-dirty, as [`Self::mark_dirty`], the pages of `[first, first + count)`
@@ -221,8 +257,9 @@ impl PageBitmap {
         self.fault(first, count, false, !zero_page, true)
     }
 
+    #[inline]
     fn fault(&self, first: u64, count: u64, dirty: bool, backed: bool, populate: bool) -> Mark {
-        self.fault_impl(first, count, dirty, backed, populate, true)
+        self.fault_impl(first, count, dirty, backed, populate, true, false)
     }
 
     /// A fault: the data-ordering fence of a mark, then [`Self::fault_loop`].
@@ -235,6 +272,7 @@ impl PageBitmap {
         backed: bool,
         populate: bool,
         limited: bool,
+        light: bool,
     ) -> Mark {
         // The one range check of every mark (`write`, `mark_dirty`, `read`): nothing done
         // for a range that overflows or leaves the bitmap.
@@ -242,18 +280,58 @@ impl PageBitmap {
             return Mark::OutOfRange;
         }
         if dirty {
-            // Data ordering (ARCHITECTURE.md, contract 0): the caller's stores to the
-            // pages come before this call; the fence orders them before the test loads
-            // below, and pairs with the fence a harvest issues after its get-and-clear and
-            // before it hands out the pages (`clear_fence`). Either the harvest's fence
-            // comes first in the SeqCst order, and the test load sees the page clean (so
-            // the RMW re-dirties it), or ours does, and the harvest's copy sees the data.
-            mark_fence();
+            // Data ordering (ARCHITECTURE.md, contract 0; `crate::barrier`): the caller's
+            // stores to the pages come before this call; the barrier orders them before
+            // the test loads below. With a fence, it pairs with the fence a harvest issues
+            // after its get-and-clear and before it hands out the pages: either the
+            // harvest's fence comes first in the SeqCst order, and the test load sees the
+            // page clean (so the RMW re-dirties it), or ours does, and the harvest's copy
+            // sees the data. A light writer's compiler barrier pairs with the harvest's
+            // membarrier instead.
+            barrier::mark_fence(light);
         }
         if self.nothing_to_do(first, count, dirty, backed, populate) {
             return Mark::Done { faults: 0 };
         }
         self.fault_loop(first, count, dirty, backed, populate, limited)
+    }
+
+    /// Whether a write fault on `[first, first + count)` would change nothing (the pages
+    /// are soft-dirty, populated and backed, inside one word of a materialized chunk),
+    /// after the mark's data-ordering barrier: [`Self::write`]'s first steps, for a
+    /// caller that answers such a store without the rest (`AddressSpace::store_unchanged`).
+    /// `hint` caches the chunk last found (it must be reset when the caller moves to
+    /// another bitmap).
+    #[inline(always)]
+    pub(crate) fn unchanged_by_write(
+        &self,
+        hint: &mut ChunkHint,
+        first: u64,
+        count: u64,
+        light: bool,
+    ) -> bool {
+        let off = first % 64;
+        if count == 0 || off + count > 64 || !self.in_range(first, count) {
+            return false;
+        }
+        barrier::mark_fence(light);
+        let k = (first / CHUNK_PAGES) as usize;
+        let c = match hint.get(k) {
+            Some(c) => c,
+            None => match self.slot(k) {
+                Slot::Chunk(c) => {
+                    *hint = ChunkHint { k, chunk: c };
+                    c
+                }
+                Slot::Absent { .. } => return false,
+            },
+        };
+        let wi = ((first % CHUNK_PAGES) / 64) as usize;
+        let m = word_mask(off, off + count);
+        // Relaxed: as in `nothing_to_do`.
+        c.clean[wi].load(Ordering::Relaxed) & m == 0
+            && c.populated[wi].load(Ordering::Relaxed) & m == m
+            && c.backed[wi].load(Ordering::Relaxed) & m == m
     }
 
     /// The commonest mark, answered before the fault machinery: a range inside one word of

@@ -7,19 +7,9 @@ use super::directory::{Entry, LEAF_SLOTS};
 use super::words::{for_each_bit, for_each_run, for_each_word};
 use super::zap::Untouched;
 use super::{PageBitmap, Run, ABSENT_CLEAN, ABSENT_DIRTY, CHUNK_PAGES, CHUNK_WORDS};
-use crate::sync::{fence, lock, AtomicU64, MutexGuard, Ordering};
+use crate::barrier::{self, clear_fence};
+use crate::sync::{lock, AtomicU64, MutexGuard, Ordering};
 use crate::twins;
-
-/// The harvest side of the data-ordering contract: issued after a get-and-clear and
-/// before the pages it took are handed out (each `sink` call), and at the end of every
-/// other clean-making operation.
-#[inline(always)]
-fn clear_fence() {
-    // Broken twin `harvest_no_fence` (loom-tests, tests/data_ordering.rs).
-    if !twins::HARVEST_NO_FENCE {
-        fence(Ordering::SeqCst);
-    }
-}
 
 impl PageBitmap {
     /// `clear_refs 4` on this bitmap: every page clean at the page level. Visits only
@@ -115,11 +105,22 @@ impl PageBitmap {
     pub fn harvest(&self, first: u64, count: u64, sink: impl FnMut(Run)) {
         let (first, count) = self.clip(first, count);
         let _clear = self.clear_lock();
-        self.harvest_held(first, count, sink);
+        self.harvest_held_fenced(first, count, true, sink);
+    }
+
+    /// [`Self::harvest`] without the data-ordering fence: the caller calls
+    /// `barrier::clear_fence` once after this and every other get-and-clear of its
+    /// operation, before anyone reads the data of a page `sink` was given (an address
+    /// space's harvest, which returns its log: one fence, and one `membarrier` while
+    /// light writers exist, per call rather than per VMA).
+    pub(crate) fn harvest_unfenced(&self, first: u64, count: u64, sink: impl FnMut(Run)) {
+        let (first, count) = self.clip(first, count);
+        let _clear = self.clear_lock();
+        self.harvest_held_fenced(first, count, false, sink);
     }
 
     /// The clear lock, for a caller that harvests several disjoint chunk-aligned pieces
-    /// of this bitmap in parallel through [`Self::harvest_held`].
+    /// of this bitmap in parallel through [`Self::harvest_held_unfenced`].
     ///
     /// Every clean-making operation takes the lock here and nowhere else. Broken twin
     /// `no_clear_lock` (loom-tests: `data_ordering::two_owners_harvest_vs_put_back`): skip
@@ -132,10 +133,10 @@ impl PageBitmap {
         Some(lock(&self.clear))
     }
 
-    /// [`Self::harvest`] for a caller that holds [`Self::clear_lock`]; concurrent calls
-    /// must cover disjoint chunks.
-    pub(crate) fn harvest_held(&self, first: u64, count: u64, sink: impl FnMut(Run)) {
-        self.harvest_held_fenced(first, count, true, sink)
+    /// [`Self::harvest_unfenced`] for a caller that holds [`Self::clear_lock`];
+    /// concurrent calls must cover disjoint chunks.
+    pub(crate) fn harvest_held_unfenced(&self, first: u64, count: u64, sink: impl FnMut(Run)) {
+        self.harvest_held_fenced(first, count, false, sink)
     }
 
     /// Get-and-clear of several runs (in any order) under one clear lock, with one
@@ -156,20 +157,36 @@ impl PageBitmap {
         }
     }
 
-    /// [`Self::harvest_held`]; with `fence` false the caller issues the data-ordering
+    /// [`Self::harvest`] under the clear lock; with `fence` false the caller issues the data-ordering
     /// fence itself before it reads any page `sink` was given.
     fn harvest_held_fenced(&self, first: u64, count: u64, fence: bool, mut sink: impl FnMut(Run)) {
+        // With light writers registered (`crate::barrier`), the runs taken are held back
+        // until one `membarrier` covers them all (at most `HELD_RUNS` at a time), rather
+        // than one call per run.
+        let mut held: Vec<Run> = Vec::new();
+        let mut holding = false;
         let mut pending: Option<Run> = None;
+        let mut hand_out = |p: Run, held: &mut Vec<Run>, holding: &mut bool| {
+            if !fence {
+                return sink(p);
+            }
+            // Data ordering: the get-and-clear of these pages is done; the fence orders it
+            // before the caller reads their data (see `barrier::mark_fence`).
+            if !*holding && !barrier::heavy_needed() {
+                return sink(p);
+            }
+            *holding = true;
+            held.push(p);
+            if held.len() >= barrier::HELD_RUNS {
+                barrier::heavy();
+                held.drain(..).for_each(&mut sink);
+            }
+        };
         let mut emit = |r: Run, pending: &mut Option<Run>| match pending {
             Some(p) if p.first + p.count == r.first => p.count += r.count,
             _ => {
                 if let Some(p) = pending.take() {
-                    // Data ordering: the get-and-clear of these pages is done; the fence
-                    // orders it before the caller reads their data (see `mark_fence`).
-                    if fence {
-                        clear_fence();
-                    }
-                    sink(p);
+                    hand_out(p, &mut held, &mut holding);
                 }
                 *pending = Some(r);
             }
@@ -346,10 +363,12 @@ impl PageBitmap {
             k += 1;
         }
         if let Some(p) = pending {
-            if fence {
-                clear_fence();
-            }
-            sink(p);
+            hand_out(p, &mut held, &mut holding);
+        }
+        if !held.is_empty() {
+            // After the last get-and-clear (whose fence `heavy_needed` issued).
+            barrier::heavy();
+            held.into_iter().for_each(sink);
         }
     }
 

@@ -87,6 +87,7 @@ mod tests;
 pub use chunk::Chunk;
 pub use copy::CopyRule;
 pub use drain::{DrainRule, Target};
+pub(crate) use fault::ChunkHint;
 pub use words::{for_each_bit, for_each_run};
 pub use zap::ZapRule;
 

@@ -3,7 +3,7 @@
 //! counter.
 
 use super::AddressSpace;
-use crate::bitmap::Mark;
+use crate::bitmap::{ChunkHint, Mark};
 use crate::epoch::{self, Guard};
 use crate::errno::{Errno, Result};
 use crate::file::Files;
@@ -24,6 +24,8 @@ use crate::vma::Vma;
 pub(crate) struct VmaHint {
     index: *const VmaIndex,
     vma: *const Vma,
+    /// The chunk of `vma`'s bitmap last used (reset with `vma`).
+    chunk: ChunkHint,
 }
 
 impl VmaHint {
@@ -31,6 +33,7 @@ impl VmaHint {
     pub(crate) const NONE: VmaHint = VmaHint {
         index: std::ptr::null(),
         vma: std::ptr::null(),
+        chunk: ChunkHint::NONE,
     };
 
     /// The hinted VMA, if `idx` (loaded under the guard the hint was taken under) is the
@@ -54,7 +57,10 @@ impl VmaHint {
 
     fn set(&mut self, idx: &VmaIndex, v: &Vma) {
         self.index = idx;
-        self.vma = v;
+        if !std::ptr::eq(self.vma, v) {
+            self.vma = v;
+            self.chunk = ChunkHint::NONE;
+        }
     }
 }
 
@@ -131,12 +137,60 @@ impl AddressSpace {
         }
         let guard = epoch::pin();
         let mut hint = VmaHint::NONE;
-        self.fault_in(&guard, &mut hint, addr, len, write, dirtied)
+        self.fault_in(&guard, &mut hint, addr, len, write, false, dirtied)
+    }
+
+    /// A writer handle's hot store (`crate::writer`), answered from the hint alone: true
+    /// when the hinted VMA is still published, contains `[addr, addr + len)` (inside one
+    /// 64-page word of its bitmap), takes a plain store (writable, anonymous or shared
+    /// memory without guard markers, an anon_vma already assigned, not `regions` mode),
+    /// and its pages are already soft-dirty, populated and backed: the store changes
+    /// nothing. These are the loads [`Self::fault_in`] makes on that path, in its order
+    /// (index, hint, VMA, mark barrier, `PageBitmap::nothing_to_do`), without its loop;
+    /// false sends the store through `fault_in`.
+    #[inline(always)]
+    pub(crate) fn store_unchanged(
+        &self,
+        guard: &Guard,
+        hint: &mut VmaHint,
+        addr: u64,
+        len: u64,
+        light: bool,
+    ) -> bool {
+        let Some(last_byte) = addr.checked_add(len.wrapping_sub(1)) else {
+            return false;
+        };
+        if len == 0 {
+            return false;
+        }
+        let page = addr & !(PAGE_SIZE - 1);
+        let last = last_byte & !(PAGE_SIZE - 1);
+        let idx = self.index(guard);
+        let Some(v) = hint.get(idx, page) else {
+            return false;
+        };
+        let f = &v.meta.flags;
+        if last >= v.end
+            || !f.prot.write
+            || !f.prot.accessible()
+            || v.meta.file.is_some()
+            || self.mode == Mode::Regions
+            || v.bitmap.may_have_guards()
+            || (!f.shared && v.anon() == 0)
+        {
+            return false;
+        }
+        let first = v.page_of(page);
+        let n = ((last - page) >> PAGE_SHIFT) + 1;
+        v.bitmap
+            .unchanged_by_write(&mut hint.chunk, first, n, light)
     }
 
     /// The fault path under the caller's `guard`, starting from the VMA `hint` names if it
     /// is still the published one (`crate::writer`); `hint` is left naming the last VMA
-    /// used, valid for as long as `guard` stays pinned.
+    /// used, valid for as long as `guard` stays pinned. `light`: the caller holds a light
+    /// writer's registration (`crate::barrier`), and its marks need no fence.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn fault_in(
         &self,
         guard: &Guard,
@@ -144,6 +198,7 @@ impl AddressSpace {
         addr: u64,
         len: u64,
         write: bool,
+        light: bool,
         dirtied: &mut u64,
     ) -> Result<()> {
         if len == 0 {
@@ -212,7 +267,12 @@ impl AddressSpace {
             let mark = if write && self.mode == Mode::Regions {
                 Self::write_by_region(v, page, stop + PAGE_SIZE)
             } else if write {
-                match v.bitmap.write(first, n) {
+                let m = if light {
+                    v.bitmap.write_light(first, n)
+                } else {
+                    v.bitmap.write(first, n)
+                };
+                match m {
                     Mark::Done { .. } if self.flag_reported(v) => Mark::Done { faults: 0 },
                     m => m,
                 }

@@ -403,11 +403,26 @@ fn mark_base(n: u64, hot: bool) -> Timed {
 
 /// Our harvest of `len` bytes after writing `runs` (page runs) before each iteration.
 fn harvest_ours(len: u64, runs: Vec<(u64, u64)>, parallel: Option<bool>) -> Timed {
+    harvest_ours_light(len, runs, parallel, false)
+}
+
+/// [`harvest_ours`]; `light`: with a light writer registered (`softdirty::barrier`, as a
+/// live writer handle is), so that the harvest ends with `membarrier`.
+fn harvest_ours_light(
+    len: u64,
+    runs: Vec<(u64, u64)>,
+    parallel: Option<bool>,
+    light: bool,
+) -> Timed {
     let (mm, a) = warm_space(len);
     let expect: u64 = runs.iter().map(|r| r.1).sum();
     let mut checked = false;
     Box::new(move |iters| {
         let mut total = Duration::ZERO;
+        let registered = light.then(softdirty::barrier::LightWriter::register);
+        if light && !matches!(registered, Some(Some(_))) {
+            eprintln!("bench: membarrier unavailable: no light writer registered");
+        }
         for _ in 0..iters {
             for &(f, n) in &runs {
                 mm.write(a + (f << PAGE_SHIFT), n << PAGE_SHIFT)
@@ -763,6 +778,22 @@ fn makers() -> Vec<(&'static str, Make)> {
                     baseline: "AtomicBitmap::get_and_reset",
                     baseline_side: Ok(harvest_base(g16, runs)),
                     target: Some(20.0),
+                }
+            }),
+        ),
+        (
+            "harvest16g/runs64-light",
+            Box::new(move || {
+                let runs = random_runs(p16, 0.001, 64, 1);
+                Case {
+                    name: "harvest16g/runs64-light",
+                    what:
+                        "harvest16g/runs64 while a light writer (a writer handle) is registered: \
+                           the harvest ends with membarrier",
+                    ours: harvest_ours_light(g16, runs.clone(), None, true),
+                    baseline: "AtomicBitmap::get_and_reset",
+                    baseline_side: Ok(harvest_base(g16, runs)),
+                    target: None,
                 }
             }),
         ),
