@@ -43,6 +43,9 @@ cd "$(dirname "$0")/.."
 # So the litmus is rerun until it reports a lost write or LITMUS_BUDGET seconds (120) pass,
 # and a twin it never sees is reported NOT OBSERVED without failing: the property's gate
 # is loom, whose data_ordering models reject this twin on every run (scripts/loom.sh).
+# hot_word_no_revalidate (a writer handle's hot word trusted after a remap): not caught in
+# 120 s (its writers store to each page once per round, so a stale hot word is rarely
+# reused); loom's writer_hot_word_vs_remap rejects it.
 # Seen but not caught reliably (windows of a few instructions; the loom models reject
 # them): zap_no_seq (region L: a page present but not soft-dirty after a DONTNEED race;
 # caught within 10 s on the development machine, not within 60 s on CI's),

@@ -4,8 +4,8 @@
 //!
 //! # Symmetric: a fence on each side
 //!
-//! A mark issues a `SeqCst` fence before its first test load ([`mark_fence`]); a harvest
-//! issues one after its get-and-clear ([`clear_fence`]). In the `SeqCst` order either the
+//! A mark issues a `SeqCst` fence before its first test load (`mark_fence`); a harvest
+//! issues one after its get-and-clear (`clear_fence`). In the `SeqCst` order either the
 //! harvest's fence comes first, and the mark's test sees the page clean (its RMW makes it
 //! dirty again), or the mark's does, and the harvest's copy sees the data. On x86-64 the
 //! mark's fence is about as dear as AtomicBitmap's whole mark (a `lock or`, 5.2 ns here).
@@ -27,7 +27,7 @@
 //! `urcu-memb` flavour and of folly's `asymmetricLightBarrier`/`asymmetricHeavyBarrier`;
 //! the kernel's man page, membarrier(2), gives it as its example.
 //!
-//! Registration is counted process-wide ([`LIGHT_WRITERS`]), as `membarrier` itself acts
+//! Registration is counted process-wide (`LIGHT_WRITERS`), as `membarrier` itself acts
 //! process-wide: a harvest pays the call (0.1 µs alone, 0.3–2.9 µs with a thread
 //! running on the other core, measured here) only while some light writer exists, once
 //! per harvest call (`PageBitmap::harvest` holds back the runs it takes until it has

@@ -57,6 +57,26 @@ mod imp {
 
 pub use imp::{is_ours, pin};
 
+/// Retirements on softdirty's collector so far (every published index retires its
+/// predecessor: `mm/commit.rs`, the one `defer_destroy`). A writer handle compares it with
+/// the count it saw at its last repin: while it is unchanged, the handle's pin holds back
+/// nothing retired since, so its hot stores need not count towards a repin
+/// (`crate::writer`). A progress hint for reclamation, never for safety: std's atomic,
+/// `Relaxed`.
+static RETIRED: crate::sync::StdCounter = crate::sync::StdCounter::new(0);
+
+/// Counts one retirement (call with each `defer_destroy`).
+#[inline]
+pub(crate) fn note_retired() {
+    RETIRED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Retirements so far ([`note_retired`]).
+#[inline]
+pub(crate) fn retired() -> usize {
+    RETIRED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Pins and immediately flushes the thread's garbage bag several times, so that deferred
 /// destructions whose grace period has passed actually run. For tests and for the end of
 /// a benchmark; never needed for correctness.

@@ -91,6 +91,10 @@ twins! {
     /// mm/fault.rs `VmaHint::get`: a writer handle trusts its cached VMA without checking
     /// that the index it came from is still the published one.
     WRITER_NO_REVALIDATE = "writer_no_revalidate" => "address_space:writer_hint_vs_remap";
+    /// writer.rs `Writer::write`, mm/fault.rs `store_hot`: a writer handle's hot word
+    /// answers stores without checking that nothing was retired since its pin and that the
+    /// index is still the word's.
+    HOT_WORD_NO_REVALIDATE = "hot_word_no_revalidate" => "address_space:writer_hot_word_vs_remap";
     /// barrier.rs `heavy_needed`: harvests never call `membarrier`, though light writers
     /// (writer handles) mark without a fence. loom cannot model `membarrier` (a loom build
     /// has no light writers): the hardware litmus `tests/litmus.rs` is its check.

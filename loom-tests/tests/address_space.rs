@@ -406,3 +406,80 @@ fn writer_hint_vs_remap() {
         );
     });
 }
+
+/// A writer handle's hot word (issue 16, `AddressSpace::store_hot`) after its mapping is
+/// replaced: the handle stores twice (the second store caches the word: the page is
+/// dirty, populated and backed), then stores again ∥ an `mmap MAP_FIXED` over the page;
+/// after the join the new mapping is harvested clean and the handle stores once more.
+/// That store must land in the new mapping. The hot word may answer a store only while
+/// nothing was retired since the handle's pin and the index is the word's. Broken twin:
+/// `hot_word_no_revalidate` (the word trusted without either test: the store is
+/// answered from the replaced mapping's bitmap, and lost).
+#[test]
+fn writer_hot_word_vs_remap() {
+    check_epoch("writer_hot_word_vs_remap", 2, || {
+        let mm = Arc::new(AddressSpace::new(Mode::Precise));
+        let a = mm
+            .mmap(0, PAGE, Prot::RW, Sharing::Private, Placement::Hint)
+            .unwrap();
+        let mut w = mm.writer();
+        assert_eq!(w.write(a, 1), Ok(()));
+        assert_eq!(w.write(a, 1), Ok(()));
+        let t = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                mm.mmap(a, PAGE, Prot::RW, Sharing::Private, Placement::Fixed)
+                    .unwrap()
+            })
+        };
+        assert_eq!(w.write(a, 1), Ok(()));
+        assert_eq!(t.join().unwrap(), a);
+        let _ = mm.scan_and_clear(a, PAGE).unwrap();
+        assert_eq!(w.write(a, 1), Ok(()));
+        drop(w);
+        let log = mm.scan_and_clear(a, PAGE).unwrap();
+        assert_eq!(
+            log.runs(),
+            &[(0, 1)],
+            "write lost: the handle's hot word answered a store to the replaced mapping"
+        );
+    });
+}
+
+/// Contract 0 on a writer handle's hot path (`AddressSpace::store_hot`): page 0 is dirty;
+/// the writer thread's handle stores to it once (caching the hot word), then stores the
+/// data and stores through the handle again (a mark that only loads) ∥ a harvest
+/// (`scan_and_clear`) that then copies the page if it took it. Either the copy sees the
+/// data or the page is dirty afterwards. In a loom build the handle fences (no light
+/// writers: `softdirty::barrier`), so this checks the hot path's place of the barrier.
+/// Broken twin: `mark_no_fence` (also rejected by `data_ordering`'s models).
+#[test]
+fn writer_hot_store_vs_harvest() {
+    check_epoch("writer_hot_store_vs_harvest", 2, || {
+        let mm = Arc::new(AddressSpace::new(Mode::Precise));
+        let a = mm
+            .mmap(0, PAGE, Prot::RW, Sharing::Private, Placement::Hint)
+            .unwrap();
+        mm.write(a, 1).unwrap();
+        let data = Arc::new(loom::sync::atomic::AtomicU64::new(0));
+        let t = {
+            let (mm, data) = (mm.clone(), data.clone());
+            thread::spawn(move || {
+                let mut w = mm.writer();
+                assert_eq!(w.write(a, 1), Ok(()));
+                data.store(1, std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(w.write(a, 1), Ok(()));
+            })
+        };
+        let log = mm.scan_and_clear(a, PAGE).unwrap();
+        let copy = log
+            .contains(0)
+            .then(|| data.load(std::sync::atomic::Ordering::Relaxed));
+        t.join().unwrap();
+        let still_dirty = mm.get_dirty_log(a, PAGE).unwrap().contains(0);
+        assert!(
+            copy == Some(1) || still_dirty,
+            "write lost: the harvest copied {copy:?} and page 0 is clean"
+        );
+    });
+}

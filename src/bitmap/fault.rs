@@ -59,6 +59,42 @@ impl ChunkHint {
     }
 }
 
+/// One 64-page word of a materialized chunk (`ChunkHint`'s reasoning: it stays its
+/// bitmap's until the bitmap is dropped), kept by a writer handle's hint for the stores
+/// that follow to the same pages (`AddressSpace::store_hot`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WordHint {
+    chunk: *const Chunk,
+    wi: usize,
+}
+
+impl WordHint {
+    /// No word.
+    pub(crate) const NONE: WordHint = WordHint {
+        chunk: std::ptr::null(),
+        wi: 0,
+    };
+
+    /// Are the pages of mask `m` soft-dirty, populated and backed (a write fault would
+    /// change nothing)? The loads of `nothing_to_do`, after the caller's mark barrier.
+    /// False for [`WordHint::NONE`]. The caller keeps the word's bitmap alive (the writer's
+    /// pin holds the VMA that holds it) and resets the word with its VMA.
+    #[inline(always)]
+    pub(crate) fn unchanged(&self, m: u64) -> bool {
+        if self.chunk.is_null() {
+            return false;
+        }
+        // SAFETY: a non-null `chunk` is a chunk of a bitmap the caller keeps alive (above),
+        // and a chunk is freed only when its bitmap is dropped (`ChunkHint`).
+        let c = unsafe { &*self.chunk };
+        // Relaxed: as in `nothing_to_do`. A guard marker is backed without populated,
+        // so these loads also say that no page of `m` is a marker.
+        c.clean[self.wi].load(Ordering::Relaxed) & m == 0
+            && c.populated[self.wi].load(Ordering::Relaxed) & m == m
+            && c.backed[self.wi].load(Ordering::Relaxed) & m == m
+    }
+}
+
 /// What a fault has done so far (see [`PageBitmap::fault_impl`]).
 #[derive(Clone, Copy, Default)]
 struct FaultState {
@@ -301,7 +337,7 @@ impl PageBitmap {
     /// after the mark's data-ordering barrier: [`Self::write`]'s first steps, for a
     /// caller that answers such a store without the rest (`AddressSpace::store_unchanged`).
     /// `hint` caches the chunk last found (it must be reset when the caller moves to
-    /// another bitmap).
+    /// another bitmap). `Some(word)`, the word the pages are in, when nothing would change.
     #[inline(always)]
     pub(crate) fn unchanged_by_write(
         &self,
@@ -309,10 +345,10 @@ impl PageBitmap {
         first: u64,
         count: u64,
         light: bool,
-    ) -> bool {
+    ) -> Option<WordHint> {
         let off = first % 64;
         if count == 0 || off + count > 64 || !self.in_range(first, count) {
-            return false;
+            return None;
         }
         barrier::mark_fence(light);
         let k = (first / CHUNK_PAGES) as usize;
@@ -323,15 +359,14 @@ impl PageBitmap {
                     *hint = ChunkHint { k, chunk: c };
                     c
                 }
-                Slot::Absent { .. } => return false,
+                Slot::Absent { .. } => return None,
             },
         };
-        let wi = ((first % CHUNK_PAGES) / 64) as usize;
-        let m = word_mask(off, off + count);
-        // Relaxed: as in `nothing_to_do`.
-        c.clean[wi].load(Ordering::Relaxed) & m == 0
-            && c.populated[wi].load(Ordering::Relaxed) & m == m
-            && c.backed[wi].load(Ordering::Relaxed) & m == m
+        let word = WordHint {
+            chunk: c,
+            wi: ((first % CHUNK_PAGES) / 64) as usize,
+        };
+        word.unchanged(word_mask(off, off + count)).then_some(word)
     }
 
     /// The commonest mark, answered before the fault machinery: a range inside one word of

@@ -87,7 +87,7 @@ mod tests;
 pub use chunk::Chunk;
 pub use copy::CopyRule;
 pub use drain::{DrainRule, Target};
-pub(crate) use fault::ChunkHint;
+pub(crate) use fault::{ChunkHint, WordHint};
 pub use words::{for_each_bit, for_each_run};
 pub use zap::ZapRule;
 

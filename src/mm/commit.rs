@@ -50,6 +50,8 @@ impl AddressSpace {
             // SAFETY: `old` is no longer reachable from `self.index`; readers that loaded
             // it hold guards pinned before this swap, and destruction waits for them.
             unsafe { guard.defer_destroy(old) };
+            // Writer handles repin at their next store (`crate::writer`).
+            epoch::note_retired();
         }
         // After the swap (not required since sealed bitmaps forward their faults to the
         // successors, published or not; kept so that a fault that looks the address up

@@ -3,7 +3,8 @@
 //! counter.
 
 use super::AddressSpace;
-use crate::bitmap::{ChunkHint, Mark};
+use crate::barrier;
+use crate::bitmap::{ChunkHint, Mark, WordHint};
 use crate::epoch::{self, Guard};
 use crate::errno::{Errno, Result};
 use crate::file::Files;
@@ -26,6 +27,13 @@ pub(crate) struct VmaHint {
     vma: *const Vma,
     /// The chunk of `vma`'s bitmap last used (reset with `vma`).
     chunk: ChunkHint,
+    /// The hot word: addresses `[hot_lo, hot_hi)` of `vma` (one 64-page word of its
+    /// bitmap, from its first page at `hot_lo`) and the word, whose pages were last found
+    /// soft-dirty, populated and backed (`AddressSpace::store_hot`); empty when
+    /// `hot_hi == hot_lo`. Reset with `vma`.
+    hot_lo: u64,
+    hot_hi: u64,
+    word: WordHint,
 }
 
 impl VmaHint {
@@ -34,6 +42,9 @@ impl VmaHint {
         index: std::ptr::null(),
         vma: std::ptr::null(),
         chunk: ChunkHint::NONE,
+        hot_lo: 0,
+        hot_hi: 0,
+        word: WordHint::NONE,
     };
 
     /// The hinted VMA, if `idx` (loaded under the guard the hint was taken under) is the
@@ -60,6 +71,8 @@ impl VmaHint {
         if !std::ptr::eq(self.vma, v) {
             self.vma = v;
             self.chunk = ChunkHint::NONE;
+            self.hot_hi = self.hot_lo;
+            self.word = WordHint::NONE;
         }
     }
 }
@@ -182,8 +195,55 @@ impl AddressSpace {
         }
         let first = v.page_of(page);
         let n = ((last - page) >> PAGE_SHIFT) + 1;
-        v.bitmap
+        match v
+            .bitmap
             .unchanged_by_write(&mut hint.chunk, first, n, light)
+        {
+            Some(word) => {
+                // The word's pages, for the next stores (`store_hot`).
+                let lo = v.start + ((first & !63) << PAGE_SHIFT);
+                hint.hot_lo = lo;
+                hint.hot_hi = (lo + (64 << PAGE_SHIFT)).min(v.end);
+                hint.word = word;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A writer handle's hottest store (`crate::writer`): `[addr, addr + len)` inside the
+    /// hint's hot word, the index still the hint's, and the word's pages still soft-dirty,
+    /// populated and backed after the mark barrier. The VMA's other conditions
+    /// (`store_unchanged`: writable, no file, not `regions`, an anon_vma for private
+    /// memory) held when the word was set and hold for as long as it is published: a VMA
+    /// is immutable but for its bitmap and its anon_vma cell, and a cell seen assigned
+    /// stays so (it goes from 0 to an identity once; only a 0 cell is ever frozen,
+    /// `Vma::freeze_anon`). A guard marker fails the `populated` test. False sends the
+    /// store on to `store_unchanged` and then `fault_in`.
+    #[inline(always)]
+    pub(crate) fn store_hot(
+        &self,
+        guard: &Guard,
+        hint: &VmaHint,
+        addr: u64,
+        len: u64,
+        light: bool,
+    ) -> bool {
+        // In the word (`hot_lo <= addr`, `addr + len <= hot_hi`, `len > 0`), no overflow.
+        if addr.wrapping_sub(hint.hot_lo) >= hint.hot_hi.wrapping_sub(hint.hot_lo)
+            || len.wrapping_sub(1) >= hint.hot_hi - addr
+        {
+            return false;
+        }
+        // Broken twin `hot_word_no_revalidate`: the index not compared.
+        if !std::ptr::eq(self.index(guard), hint.index) && !twins::HOT_WORD_NO_REVALIDATE {
+            return false;
+        }
+        barrier::mark_fence(light);
+        // Pages `off..=last` of the word (both < 64: the range is inside it).
+        let off = (addr - hint.hot_lo) >> PAGE_SHIFT;
+        let last = (addr + (len - 1) - hint.hot_lo) >> PAGE_SHIFT;
+        hint.word.unchanged((!0u64 >> (63 - last)) & (!0u64 << off))
     }
 
     /// The fault path under the caller's `guard`, starting from the VMA `hint` names if it

@@ -248,6 +248,7 @@ impl AddressSpace {
 
     /// The published index, valid while both `guard` and the borrow of the space are
     /// held. `guard` must be pinned in softdirty's collector ([`epoch::pin`]).
+    #[inline]
     pub(crate) fn index<'g>(&'g self, guard: &'g Guard) -> &'g VmaIndex {
         debug_assert!(epoch::is_ours(guard), "guard of another collector");
         // Acquire: pairs with the AcqRel swap in `publish`, so the VMAs and bitmaps the
