@@ -29,7 +29,8 @@
 //! each shape and requires 0 for every shape.
 //!
 //! `SOFTDIRTY_LITMUS_ITERS` sets the iterations per shape (default 2,000,000, a few
-//! seconds in release on 2 cores). As a measurement:
+//! seconds in release on 2 cores; the light writer's shape runs an eighth of them);
+//! `SOFTDIRTY_LITMUS_ONLY=TEXT` runs only the shapes whose name contains TEXT. As a measurement:
 //! `cargo test --release --features vm-memory --test litmus -- --nocapture`.
 
 use softdirty::bitmap::PageBitmap;
@@ -271,6 +272,14 @@ fn store_buffering_marks_lose_no_write() {
             Box::new(Atomic(AtomicBitmap::new(64 * PAGE, page))),
         ),
     ];
+    // `SOFTDIRTY_LITMUS_ONLY=TEXT`: only the shapes whose name contains TEXT (the twin
+    // runs of scripts/stress-twins.sh, which care about one shape).
+    let only = std::env::var("SOFTDIRTY_LITMUS_ONLY").unwrap_or_default();
+    shapes.retain(|(name, _)| name.contains(only.as_str()));
+    assert!(
+        !shapes.is_empty(),
+        "no litmus shape's name contains {only:?}"
+    );
     let mut bad = vec![];
     for (name, b) in shapes.drain(..) {
         let iters = iters / b.share();
