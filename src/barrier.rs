@@ -88,9 +88,23 @@ fn membarrier_available() -> bool {
 
 /// A light writer's registration: while one exists, every harvest in the process ends
 /// with `membarrier` (module docs). Dropping it deregisters.
-/// Not `Send`: register on the thread that marks.
+///
+/// `Send` and `Sync`: `membarrier` acts on every thread of the process, so one
+/// registration may cover the marks of many threads (a vm-memory bitmap shares one,
+/// `crate::vmm`). A thread that marks through it received it by some synchronization
+/// after `register` returned, so the registration's fence happens before its marks, and
+/// the module docs' argument holds for it: were a harvest that read the count as zero
+/// to take a page a later mark tested as dirty, that test would be coherence-ordered
+/// before the get-and-clear, and C++20's rule for `SeqCst` fences (\[atomics.order\]:
+/// a fence that happens before the first of two coherence-ordered operations precedes
+/// in S a fence that happens after the second) would put the registration's fence
+/// before the harvester's, which read no registration. Dropping it, the last owner's
+/// `Release` decrement comes after every mark through it (the owners synchronize
+/// through whatever shared it, an `Arc`'s count for instance).
 #[derive(Debug)]
-pub struct LightWriter(std::marker::PhantomData<*const ()>);
+pub struct LightWriter {
+    _registered: (),
+}
 
 impl LightWriter {
     /// Registers a light writer, or `None` where `membarrier` is unavailable (the writer
@@ -103,7 +117,7 @@ impl LightWriter {
         // harvester's fence before it reads the count (module docs, "registered later").
         LIGHT_WRITERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        Some(LightWriter(std::marker::PhantomData))
+        Some(LightWriter { _registered: () })
     }
 }
 

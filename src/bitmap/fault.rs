@@ -227,6 +227,7 @@ impl PageBitmap {
     /// relaxed load per word when the pages are already dirty; an untouched all-dirty
     /// chunk is not even materialized. [`Mark::OutOfRange`] (nothing done) if the range
     /// overflows or leaves the bitmap.
+    #[inline]
     pub fn mark_dirty(&self, first: u64, count: u64) -> Mark {
         self.fault_impl(first, count, true, false, false, false, false)
     }
@@ -234,6 +235,7 @@ impl PageBitmap {
     /// [`Self::mark_dirty`] by a light writer (`crate::barrier`): no fence before the test
     /// loads, so an already-dirty page costs loads only. Sound because every harvest
     /// calls `membarrier` while `_light` (the caller's registration) exists.
+    #[inline]
     pub fn mark_dirty_light(&self, _light: &LightWriter, first: u64, count: u64) -> Mark {
         self.fault_impl(first, count, true, false, false, false, true)
     }

@@ -3,13 +3,15 @@
 
 #[inline]
 pub(super) fn word_mask(from_bit: u64, to_bit: u64) -> u64 {
-    // bits [from_bit, to_bit) of a word, 0 <= from < to <= 64
-    let hi = if to_bit >= 64 {
-        !0u64
-    } else {
-        (1u64 << to_bit) - 1
-    };
-    hi & !((1u64 << from_bit) - 1)
+    // bits [from_bit, to_bit) of a word, 0 <= from <= to <= 64 (empty when equal); the
+    // shifts by 64 that `checked_sh*` turns into 0 compile to a conditional move
+    debug_assert!(
+        from_bit <= to_bit && to_bit <= 64,
+        "word_mask({from_bit}, {to_bit})"
+    );
+    let below_to = (!0u64).checked_shr(64 - to_bit as u32).unwrap_or(0);
+    let from_up = (!0u64).checked_shl(from_bit as u32).unwrap_or(0);
+    below_to & from_up
 }
 
 /// Calls `f(word_index_in_bitmap, mask)` for every word that overlaps `[first, first+count)`.
@@ -48,5 +50,20 @@ pub fn for_each_run(mut x: u64, mut f: impl FnMut(u64, u64)) {
             break;
         }
         x &= !word_mask(s, s + n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::word_mask;
+
+    #[test]
+    fn word_mask_is_the_bit_range() {
+        for from in 0..=64u64 {
+            for to in from..=64u64 {
+                let naive = (from..to).fold(0u64, |m, b| m | 1 << b);
+                assert_eq!(word_mask(from, to), naive, "word_mask({from}, {to})");
+            }
+        }
     }
 }
