@@ -138,7 +138,7 @@ pub(crate) fn mark_fence(light: bool) {
         // Keeps the caller's data stores before the test loads in program order; the
         // harvester's membarrier does the rest (module docs).
         std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-    } else if !twins::MARK_NO_FENCE {
+    } else if !twins::MARK_NO_FENCE.on() {
         // Broken twin `mark_no_fence` (loom-tests, tests/litmus.rs): the test-before-set
         // marking of before the fix.
         fence(Ordering::SeqCst);
@@ -160,13 +160,13 @@ pub(crate) fn clear_fence() {
 #[inline]
 pub(crate) fn heavy_needed() -> bool {
     // Broken twin `harvest_no_fence` (loom-tests, tests/litmus.rs).
-    if !twins::HARVEST_NO_FENCE {
+    if !twins::HARVEST_NO_FENCE.on() {
         fence(Ordering::SeqCst);
     }
     // Acquire, after the fence: pairs with a light writer's Release deregistration and,
     // through the fence, with its registration (module docs). Broken twin
     // `no_heavy_barrier` (tests/litmus.rs): light writers, and no membarrier.
-    !twins::NO_HEAVY_BARRIER && LIGHT_WRITERS.load(std::sync::atomic::Ordering::Acquire) != 0
+    !twins::NO_HEAVY_BARRIER.on() && LIGHT_WRITERS.load(std::sync::atomic::Ordering::Acquire) != 0
 }
 
 /// The heavy barrier: every running thread of the process executes a full memory barrier

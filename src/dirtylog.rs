@@ -413,7 +413,7 @@ impl AddressSpace {
             v.bitmap.set_clean(first, count, false);
             n += count;
         });
-        if crate::twins::RESTORE_SNAPSHOT {
+        if crate::twins::RESTORE_SNAPSHOT.on() {
             // The bug: an abort that restores the range as the harvest found it, making
             // clean again the pages it did not take, whatever was written to them since.
             let mut gaps = Vec::new();

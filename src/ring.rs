@@ -250,7 +250,7 @@ impl RingWriter {
         };
         let r = &self.ring;
         if faults > 0 {
-            if !r.push(first, end) && !crate::twins::RING_NO_OVERFLOW {
+            if !r.push(first, end) && !crate::twins::RING_NO_OVERFLOW.on() {
                 // An RMW, like the harvest's swap that takes the flag: the two are totally
                 // ordered, so either the harvest takes this flag (and, `AcqRel`, sees the
                 // bit set above) or the flag stays set for the next one. (A plain store is

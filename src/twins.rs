@@ -1,19 +1,60 @@
-//! The broken twins, all in one place: each constant is `false` in every real build and
-//! `true` only when the crate is built with `--cfg softdirty_broken="NAME"` (by
-//! `scripts/loom.sh broken` and `scripts/stress-twins.sh`). Set, it restores one bug (in
-//! most cases the code before a fix) at the one site that reads it, and the loom model
-//! named beside it (`test-binary:model` in `loom-tests/tests/`) must then fail:
-//! `scripts/loom.sh` reads its twin → model table from this file.
+//! The broken twins, all in one place: each is off in every real build and on only when
+//! the crate is built with `--cfg softdirty_broken="NAME"` (by `scripts/stress-twins.sh`)
+//! or, in a loom build, when the environment variable `SOFTDIRTY_TWIN` names it (by
+//! `scripts/loom.sh broken`, which so checks every twin with the one build of the models
+//! instead of a rebuild per twin). On, it restores one bug (in most cases the code before
+//! a fix) at the one site that reads it, and the loom model named beside it
+//! (`test-binary:model` in `loom-tests/tests/`) must then fail: `scripts/loom.sh` reads its
+//! twin → model table from this file.
 //!
-//! The sites read the constants with a plain `if`, so both versions type-check in every
-//! build and no twin rots; in a real build the twin's branch is dead code the compiler
-//! removes. No other file may test `softdirty_broken` (a unit test below checks it).
+//! The sites read a twin with a plain `if twins::NAME.on()`, so both versions type-check
+//! in every build and no twin rots; in a real build `on` is a constant `false` and the
+//! twin's branch is dead code the compiler removes. No other file may test
+//! `softdirty_broken` (a unit test below checks it).
+
+/// One broken twin's switch (module docs).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Twin {
+    /// Its name, as `softdirty_broken` and `SOFTDIRTY_TWIN` spell it.
+    #[cfg_attr(not(all(loom, feature = "loom")), allow(dead_code))]
+    name: &'static str,
+    /// Built in: `--cfg softdirty_broken="NAME"`.
+    built: bool,
+}
+
+impl Twin {
+    /// Is this twin on?
+    #[inline(always)]
+    pub(crate) fn on(self) -> bool {
+        #[cfg(all(loom, feature = "loom"))]
+        {
+            self.built || chosen().is_some_and(|n| n == self.name)
+        }
+        #[cfg(not(all(loom, feature = "loom")))]
+        {
+            self.built
+        }
+    }
+}
+
+/// The twin `SOFTDIRTY_TWIN` names, read once (a std `OnceLock`, outside loom's model).
+#[cfg(all(loom, feature = "loom"))]
+fn chosen() -> Option<&'static str> {
+    static CHOSEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CHOSEN
+        .get_or_init(|| {
+            std::env::var("SOFTDIRTY_TWIN")
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
+        .as_deref()
+}
 
 macro_rules! twins {
     ($( $(#[$doc:meta])* $konst:ident = $name:tt => $model:tt; )*) => {
         $(
             $(#[$doc])*
-            pub(crate) const $konst: bool = cfg!(softdirty_broken = $name);
+            pub(crate) const $konst: Twin = Twin { name: $name, built: cfg!(softdirty_broken = $name) };
         )*
 
         /// Every twin: its name and the `test-binary:model` that must reject it.
@@ -23,7 +64,7 @@ macro_rules! twins {
 }
 
 twins! {
-    /// bitmap/fault.rs `FAULT_RMW`: fault RMWs `Relaxed` instead of `AcqRel`, so a fault after
+    /// bitmap/fault.rs `fault_rmw`: fault RMWs `Relaxed` instead of `AcqRel`, so a fault after
     /// the drain does not see the seal.
     RELAXED_FAULT = "relaxed_fault" => "bitmap_protocol:split_vs_write";
     /// bitmap/fault.rs `finish_fault`: no `sealed` re-check after the RMWs.
@@ -41,7 +82,7 @@ twins! {
     /// bitmap/harvest.rs `harvest`: the original relaxed "nothing dirty" shortcut on a word whose
     /// summary bit was taken.
     HARVEST_PRECHECK = "harvest_precheck" => "bitmap_protocol:harvest_vs_write";
-    /// bitmap/harvest.rs `HARVEST_STORE`: the plain store that takes a fully dirty word is
+    /// bitmap/harvest.rs `harvest_store`: the plain store that takes a fully dirty word is
     /// `Relaxed` instead of `Release`.
     RELAXED_HARVEST_STORE = "relaxed_harvest_store" => "bitmap_protocol:harvest_full_word_vs_write";
     /// bitmap/harvest.rs `clear_all`: clear the words, then the summary.

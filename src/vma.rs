@@ -185,7 +185,7 @@ impl Vma {
     pub fn freeze_anon(&self) -> (u64, bool) {
         // Broken twin `no_anon_freeze` (loom-tests): the code before the fix, a plain
         // read.
-        if twins::NO_ANON_FREEZE {
+        if twins::NO_ANON_FREEZE.on() {
             return (self.anon(), false);
         }
         // AcqRel: pairs with `assign_anon`'s CAS (see there).

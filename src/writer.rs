@@ -100,7 +100,7 @@ impl Writer<'_> {
         // while nothing was retired since the last (module docs).
         let light = self.light.is_some();
         // Broken twin `hot_word_no_revalidate`: the retirement count not compared.
-        if (self.retired_seen == epoch::retired() || twins::HOT_WORD_NO_REVALIDATE)
+        if (self.retired_seen == epoch::retired() || twins::HOT_WORD_NO_REVALIDATE.on())
             && self.mm.store_hot(&self.guard, &self.hint, addr, len, light)
         {
             return Ok(());

@@ -61,14 +61,14 @@ impl PageBitmap {
         // that read from one of the drain RMWs below.
         self.sealed.store(true, Ordering::Release);
         // Broken twin `no_drain` (loom-tests): seal, but carry nothing over.
-        if twins::NO_DRAIN && !targets.is_empty() {
+        if twins::NO_DRAIN.on() && !targets.is_empty() {
             return;
         }
         for j in 0..self.slots.leaves() {
             // A value-preserving RMW on the top entry: a fault whose leaf-installing CAS
             // is ordered after it sees `sealed` (directory.rs). Broken twin
             // `no_top_rmw` (loom-tests): a plain load instead.
-            let leaf = if twins::NO_TOP_RMW {
+            let leaf = if twins::NO_TOP_RMW.on() {
                 self.slots.entry(j, Ordering::Acquire)
             } else {
                 self.slots.entry_rmw(j)
@@ -120,7 +120,7 @@ impl PageBitmap {
                     let pop = (populated >> shift) & m;
                     let bak = (backed >> shift) & m;
                     // Broken twin `no_drain_rule` (loom-tests) ignores the rule.
-                    if !twins::NO_DRAIN_RULE && rule == DrainRule::DirtyPopulated {
+                    if !twins::NO_DRAIN_RULE.on() && rule == DrainRule::DirtyPopulated {
                         dirty |= pop;
                     }
                     dst.apply_late(

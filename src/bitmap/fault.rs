@@ -10,11 +10,14 @@ use crate::twins;
 
 /// Ordering of the fault path's read-modify-writes. Broken twin `relaxed_fault`
 /// (loom-tests): Relaxed, which lets a fault that follows a drain miss the seal.
-const FAULT_RMW: Ordering = if twins::RELAXED_FAULT {
-    Ordering::Relaxed
-} else {
-    Ordering::AcqRel
-};
+#[inline(always)]
+fn fault_rmw() -> Ordering {
+    if twins::RELAXED_FAULT.on() {
+        Ordering::Relaxed
+    } else {
+        Ordering::AcqRel
+    }
+}
 
 /// The result of one fault attempt.
 enum Attempt {
@@ -123,7 +126,7 @@ impl FaultState {
             // AcqRel, so they cannot move above it). Pairs with nothing by itself;
             // `finish_fault` compares it with a later read (see `PageBitmap::zap`).
             // Broken twin `zap_no_seq`: not read.
-            zap0: if twins::ZAP_NO_SEQ || twins::ZAP_GEN_LATE {
+            zap0: if twins::ZAP_NO_SEQ.on() || twins::ZAP_GEN_LATE.on() {
                 0
             } else {
                 zap_seq.load(Ordering::Acquire)
@@ -136,7 +139,7 @@ impl FaultState {
     #[inline(always)]
     fn before_rmw(&mut self, zap_seq: &AtomicU64) {
         // Broken twin `zap_gen_late`: the generation read here, before the first RMW.
-        if twins::ZAP_GEN_LATE && !self.did_rmw {
+        if twins::ZAP_GEN_LATE.on() && !self.did_rmw {
             self.zap0 = zap_seq.load(Ordering::Acquire);
         }
         self.did_rmw = true;
@@ -170,9 +173,9 @@ fn fault_word(
             // result is used is a load + `lock cmpxchg` loop, so this saves the reload;
             // if the word changed meanwhile, the `fetch_and` (same ordering) retries.
             let prev =
-                match chunk.clean[wi].compare_exchange(c, c & !m, FAULT_RMW, Ordering::Relaxed) {
+                match chunk.clean[wi].compare_exchange(c, c & !m, fault_rmw(), Ordering::Relaxed) {
                     Ok(p) => p,
-                    Err(_) => chunk.clean[wi].fetch_and(!m, FAULT_RMW),
+                    Err(_) => chunk.clean[wi].fetch_and(!m, fault_rmw()),
                 };
             let flipped = prev & m;
             st.faults += if flipped == !0 {
@@ -186,12 +189,12 @@ fn fault_word(
     if populate && chunk.populated[wi].load(Ordering::Relaxed) & m != m {
         st.before_rmw(zap_seq);
         // AcqRel: pairs with the drain and zap RMWs (see above).
-        chunk.populated[wi].fetch_or(m, FAULT_RMW);
+        chunk.populated[wi].fetch_or(m, fault_rmw());
     }
     if backed && chunk.backed[wi].load(Ordering::Relaxed) & m != m {
         st.before_rmw(zap_seq);
         // AcqRel: pairs with the drain and zap RMWs (see above).
-        chunk.backed[wi].fetch_or(m, FAULT_RMW);
+        chunk.backed[wi].fetch_or(m, fault_rmw());
     }
 }
 
@@ -553,12 +556,13 @@ impl PageBitmap {
         // Acquire: if any RMW of the fault read from a drain, the seal store (sequenced
         // before the drain) is visible here.
         // (Broken twin `no_recheck`: trusts the RMWs without the re-check.)
-        if sealed || (!twins::NO_RECHECK && st.did_rmw && self.sealed.load(Ordering::Acquire)) {
+        if sealed || (!twins::NO_RECHECK.on() && st.did_rmw && self.sealed.load(Ordering::Acquire))
+        {
             return Attempt::Sealed;
         }
         // Acquire: if any RMW of the fault read from a zap's RMW, the zap's first
         // generation bump (sequenced before it) is visible here (see `zap`).
-        if !twins::ZAP_NO_SEQ && st.did_rmw {
+        if !twins::ZAP_NO_SEQ.on() && st.did_rmw {
             let now = self.zap_seq.load(Ordering::Acquire);
             if st.zap0 & 1 == 1 || now != st.zap0 {
                 return Attempt::Rezap(st.faults, st.zap0);
@@ -629,7 +633,7 @@ impl PageBitmap {
         limited: bool,
     ) -> Mark {
         // Broken twin `retry_via_index` (loom-tests): the code before forwarding.
-        if twins::RETRY_VIA_INDEX {
+        if twins::RETRY_VIA_INDEX.on() {
             return Mark::Sealed;
         }
         // The mutex orders this read after the store in `seal_and_drain`, which precedes

@@ -74,7 +74,7 @@ impl PageBitmap {
                             // we cleared it sets the summary bit again.
                             // (Broken twin `clear_summary_last`: words first, then the
                             // summary, which can erase a racing fault's flag.)
-                            let sum = if twins::CLEAR_SUMMARY_LAST {
+                            let sum = if twins::CLEAR_SUMMARY_LAST.on() {
                                 c.summary.load(Ordering::Acquire)
                             } else {
                                 c.summary.swap(0, Ordering::AcqRel)
@@ -82,7 +82,7 @@ impl PageBitmap {
                             for_each_bit(sum, |wi| {
                                 c.clean[wi].fetch_or(valid[wi] | !valid[wi], Ordering::AcqRel);
                             });
-                            if twins::CLEAR_SUMMARY_LAST {
+                            if twins::CLEAR_SUMMARY_LAST.on() {
                                 c.summary.swap(0, Ordering::AcqRel);
                             }
                         }
@@ -127,7 +127,7 @@ impl PageBitmap {
     /// it, as two owners of a shared bitmap serializing their harvests under two
     /// different locks did before the lock moved into the bitmap.
     pub(crate) fn clear_lock(&self) -> Option<MutexGuard<'_, ()>> {
-        if twins::NO_CLEAR_LOCK {
+        if twins::NO_CLEAR_LOCK.on() {
             return None;
         }
         Some(lock(&self.clear))
@@ -247,13 +247,14 @@ impl PageBitmap {
                     for_each_bit(sum, |wi| {
                         // Broken twin `harvest_precheck`: skip a flagged word that a relaxed
                         // load shows clean (see the note in the general path below).
-                        if twins::HARVEST_PRECHECK && c.clean[wi].load(Ordering::Relaxed) == !0 {
+                        if twins::HARVEST_PRECHECK.on() && c.clean[wi].load(Ordering::Relaxed) == !0
+                        {
                             return;
                         }
                         // Always a get-and-clear for a word whose summary bit we took
                         // (see the `harvest_precheck` note below): `take_word`.
                         // (Broken twin `blind_harvest`: load, then store.)
-                        let prev = if twins::BLIND_HARVEST {
+                        let prev = if twins::BLIND_HARVEST.on() {
                             let v = c.clean[wi].load(Ordering::Acquire);
                             c.clean[wi].store(!0, Ordering::Release);
                             v
@@ -327,7 +328,7 @@ impl PageBitmap {
                         // takes the fault's bit, or the fault's RMW reads from it,
                         // synchronizes, and sees the cleared summary bit. Broken twin
                         // `harvest_precheck` restores the old shortcut.
-                        let skip = (twins::HARVEST_PRECHECK || sum & (1 << wi) == 0)
+                        let skip = (twins::HARVEST_PRECHECK.on() || sum & (1 << wi) == 0)
                             && !c.clean[wi].load(Ordering::Relaxed) & m == 0;
                         if skip {
                             return; // nothing dirty: no RMW
@@ -337,7 +338,7 @@ impl PageBitmap {
                         // dirty for the next harvest). A whole word whose summary bit we
                         // took goes through `take_word` (plain store when all dirty).
                         // (Broken twin `blind_harvest`: load, then store.)
-                        let prev = if twins::BLIND_HARVEST {
+                        let prev = if twins::BLIND_HARVEST.on() {
                             let v = c.clean[wi].load(Ordering::Acquire);
                             c.clean[wi].store(v | m, Ordering::Release);
                             v
@@ -458,11 +459,14 @@ impl PageBitmap {
 /// Ordering of the plain store with which a harvest takes a fully dirty word
 /// ([`take_word`]). Broken twin `relaxed_harvest_store` (loom-tests): Relaxed, which lets
 /// a fault whose RMW reads the store keep a stale summary bit the harvest just cleared.
-const HARVEST_STORE: Ordering = if twins::RELAXED_HARVEST_STORE {
-    Ordering::Relaxed
-} else {
-    Ordering::Release
-};
+#[inline(always)]
+fn harvest_store() -> Ordering {
+    if twins::RELAXED_HARVEST_STORE.on() {
+        Ordering::Relaxed
+    } else {
+        Ordering::Release
+    }
+}
 
 /// Get-and-clear of a whole `clean` word whose summary bit the calling harvest took:
 /// makes every page of the word clean and returns the previous value (0 bits = pages
@@ -484,7 +488,7 @@ const HARVEST_STORE: Ordering = if twins::RELAXED_HARVEST_STORE {
 ///
 /// Orderings: the load is Acquire, pairing with the Release half of the fault RMWs that
 /// dirtied the word (the reporting harvest synchronizes with the writes it reports, as
-/// the `swap` did). The store is Release (`HARVEST_STORE`): a fault whose `fetch_and`
+/// the `swap` did). The store is Release (`harvest_store`): a fault whose `fetch_and`
 /// reads from it synchronizes with it and so sees this harvest's summary `fetch_and`
 /// (sequenced before the store), which makes the fault's summary test fail and the
 /// fault set the summary bit again. Without Release the fault's relaxed summary test
@@ -495,7 +499,7 @@ const HARVEST_STORE: Ordering = if twins::RELAXED_HARVEST_STORE {
 fn take_word(w: &AtomicU64) -> u64 {
     let v = w.load(Ordering::Acquire);
     if v == 0 {
-        w.store(!0, HARVEST_STORE);
+        w.store(!0, harvest_store());
         0
     } else {
         // AcqRel: one get-and-clear RMW; a racing fault's RMW is before it (reported

@@ -49,8 +49,9 @@ impl PageBitmap {
                 // Acquire loads: populated and backed before clean, mirroring the fault
                 // path's order (clean first), so a page seen backed is seen dirty.
                 // Broken twin `copy_clean_first` (loom-tests): clean first.
-                let clean_first =
-                    twins::COPY_CLEAN_FIRST.then(|| c.clean[wi].load(Ordering::Acquire));
+                let clean_first = twins::COPY_CLEAN_FIRST
+                    .on()
+                    .then(|| c.clean[wi].load(Ordering::Acquire));
                 let populated = c.populated[wi].load(Ordering::Acquire);
                 let backed = c.backed[wi].load(Ordering::Acquire);
                 let clean = clean_first.unwrap_or_else(|| c.clean[wi].load(Ordering::Acquire));

@@ -43,10 +43,10 @@ impl AddressSpace {
         let old = self.index.swap(Owned::new(index), Ordering::AcqRel, guard);
         // Broken twins: `no_defer` frees the old index at once, under pinned readers;
         // `no_reclaim` never frees it.
-        if twins::NO_DEFER {
+        if twins::NO_DEFER.on() {
             // SAFETY: none; deliberately wrong (dead code unless the twin is built).
             drop(unsafe { old.into_owned() });
-        } else if !twins::NO_RECLAIM {
+        } else if !twins::NO_RECLAIM.on() {
             // SAFETY: `old` is no longer reachable from `self.index`; readers that loaded
             // it hold guards pinned before this swap, and destruction waits for them.
             unsafe { guard.defer_destroy(old) };
@@ -167,7 +167,7 @@ impl Layout {
                         if let Src::Fresh { dirty } = p.src {
                             let dst = (p.start - w.start) >> PAGE_SHIFT;
                             let n = (p.end - p.start) >> PAGE_SHIFT;
-                            if twins::GROW_STORE {
+                            if twins::GROW_STORE.on() {
                                 bm.twin_store_clean(dst, n, !dirty);
                             } else {
                                 bm.set_clean(dst, n, !dirty);

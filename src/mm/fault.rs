@@ -52,7 +52,9 @@ impl VmaHint {
     fn get<'g>(&self, idx: &'g VmaIndex, page: u64) -> Option<&'g Vma> {
         // Broken twin `writer_no_revalidate`: the hint is trusted without comparing the
         // index it came from with the published one.
-        if self.vma.is_null() || (!std::ptr::eq(idx, self.index) && !twins::WRITER_NO_REVALIDATE) {
+        if self.vma.is_null()
+            || (!std::ptr::eq(idx, self.index) && !twins::WRITER_NO_REVALIDATE.on())
+        {
             return None;
         }
         // SAFETY: `vma` was taken from the index at `index` (an `Arc<Vma>` it holds) under
@@ -236,7 +238,7 @@ impl AddressSpace {
             return false;
         }
         // Broken twin `hot_word_no_revalidate`: the index not compared.
-        if !std::ptr::eq(self.index(guard), hint.index) && !twins::HOT_WORD_NO_REVALIDATE {
+        if !std::ptr::eq(self.index(guard), hint.index) && !twins::HOT_WORD_NO_REVALIDATE.on() {
             return false;
         }
         barrier::mark_fence(light);

@@ -234,7 +234,7 @@ impl AddressSpace {
 
     /// Counts one indirect change ([`Self::indirect_changes`]), after its page-state RMWs.
     pub(crate) fn note_indirect(&self) {
-        if !twins::RING_IGNORES_MOVES {
+        if !twins::RING_IGNORES_MOVES.on() {
             // Release: pairs with `indirect_changes`' Acquire load (see there).
             self.indirect.fetch_add(1, Ordering::Release);
         }
@@ -269,7 +269,7 @@ impl AddressSpace {
     pub fn with_index<R>(&self, f: impl FnOnce(&VmaIndex) -> R) -> R {
         // Broken twin `no_pin` (loom-tests: `reclamation_no_uaf_no_leak`): a reader that
         // does not pin, so a publication may free the index under it.
-        if twins::NO_PIN {
+        if twins::NO_PIN.on() {
             // SAFETY: none; deliberately wrong (dead code unless the twin is built).
             let g = unsafe { epoch::unprotected() };
             let s = self.index.load(Ordering::Acquire, g);
