@@ -674,7 +674,7 @@ fn makers() -> Vec<(&'static str, Make)> {
                 ours: mark_core(256, true),
                 baseline: "AtomicBitmap::mark_dirty",
                 baseline_side: Ok(mark_base(256, false)),
-                target: Some(30.0),
+                target: Some(40.0),
             }),
         ),
         (
