@@ -32,6 +32,23 @@ impl Chunk {
         c.summary.store(summary, Ordering::Relaxed);
         c
     }
+
+    /// Are the pages of mask `m` of word `wi` already what a fault would make them
+    /// (`what` = (dirty, backed, populate), as `fault_word` takes it): soft-dirty if
+    /// `dirty`, populated if `populate`, backed if `backed`? The loads of the write path's
+    /// "nothing to do" answers (`PageBitmap::nothing_to_do`, a writer handle's
+    /// `WordHint::unchanged`), after the caller's mark barrier. Relaxed: the barrier
+    /// orders them after the caller's data, and the load that found this chunk (a slot's
+    /// Acquire, or an earlier one for a cached chunk) after its initialization. A guard
+    /// marker is backed without populated, so a write's answer also says that no page of
+    /// `m` is a marker.
+    #[inline(always)]
+    pub(super) fn settled(&self, wi: usize, m: u64, what: (bool, bool, bool)) -> bool {
+        let (dirty, backed, populate) = what;
+        (!dirty || self.clean[wi].load(Ordering::Relaxed) & m == 0)
+            && (!populate || self.populated[wi].load(Ordering::Relaxed) & m == m)
+            && (!backed || self.backed[wi].load(Ordering::Relaxed) & m == m)
+    }
 }
 
 /// A view of one slot.

@@ -90,11 +90,8 @@ impl WordHint {
         // SAFETY: a non-null `chunk` is a chunk of a bitmap the caller keeps alive (above),
         // and a chunk is freed only when its bitmap is dropped (`ChunkHint`).
         let c = unsafe { &*self.chunk };
-        // Relaxed: as in `nothing_to_do`. A guard marker is backed without populated,
-        // so these loads also say that no page of `m` is a marker.
-        c.clean[self.wi].load(Ordering::Relaxed) & m == 0
-            && c.populated[self.wi].load(Ordering::Relaxed) & m == m
-            && c.backed[self.wi].load(Ordering::Relaxed) & m == m
+        // A write's (`PageBitmap::write`: dirty, backed, populate).
+        c.settled(self.wi, m, (true, true, true))
     }
 }
 
@@ -398,12 +395,7 @@ impl PageBitmap {
             return false;
         };
         let wi = ((first % CHUNK_PAGES) / 64) as usize;
-        let m = word_mask(off, off + count);
-        // Relaxed: as in `fault_word` (the mark's fence above orders them after the
-        // caller's data; the slot load's Acquire, after the chunk's initialization).
-        (!dirty || c.clean[wi].load(Ordering::Relaxed) & m == 0)
-            && (!populate || c.populated[wi].load(Ordering::Relaxed) & m == m)
-            && (!backed || c.backed[wi].load(Ordering::Relaxed) & m == m)
+        c.settled(wi, word_mask(off, off + count), (dirty, backed, populate))
     }
 
     /// Applies a fault until it linearizes: redone after an overlapping zap, forwarded
