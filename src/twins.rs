@@ -136,6 +136,15 @@ twins! {
     /// answers stores without checking that nothing was retired since its pin and that the
     /// index is still the word's.
     HOT_WORD_NO_REVALIDATE = "hot_word_no_revalidate" => "address_space:writer_hot_word_vs_remap";
+    /// bitmap/fault.rs `settle_summary`: after a fault made a whole word dirty with a
+    /// plain store, its summary RMW still waits on a test that may read a stale bit.
+    PLAIN_STORE_SUMMARY_TEST = "plain_store_summary_test" => "bitmap_protocol:whole_word_write_vs_harvest";
+    /// bitmap/drain.rs `drain_slot`: no summary RMW before the drain reads a chunk's
+    /// words, so a fault's plain whole-word store after them misses the seal.
+    DRAIN_NO_SUMMARY_RMW = "drain_no_summary_rmw" => "bitmap_protocol:whole_word_write_vs_split";
+    /// bitmap/zap.rs `update_range`: no summary RMW before a zap rewrites a chunk's words,
+    /// so a fault's plain whole-word store after them misses the zap generation.
+    REWRITE_NO_SUMMARY_RMW = "rewrite_no_summary_rmw" => "bitmap_protocol:whole_word_write_vs_zap";
     /// barrier.rs `heavy_needed`: harvests never call `membarrier`, though light writers
     /// (writer handles) mark without a fence. loom cannot model `membarrier` (a loom build
     /// has no light writers): the hardware litmus `tests/litmus.rs` is its check.

@@ -193,6 +193,41 @@ fn stress_ledger_address_space() {
     assert!(!committed[0].is_empty());
 }
 
+/// Whole-word writes (64 pages at once: the fault path's plain store, ARCHITECTURE.md
+/// claim 2a) ∥ a harvester that commits or aborts at random, on an `AddressSpace`. The
+/// ledger counts in words: a word is reported when a run covers all of its pages (every
+/// write here covers whole words, so nothing dirties part of one).
+#[test]
+fn stress_ledger_whole_words() {
+    const WORDS: u64 = 64;
+    let (mm, a) = space(Mode::Precise, WORDS * 64);
+    let words_of = |runs: &[(u64, u64)]| -> Vec<(u64, u64)> {
+        runs.iter()
+            .filter_map(|&(f, n)| {
+                let (lo, hi) = (f.div_ceil(64), (f + n) / 64);
+                assert!(
+                    f % 64 == 0 && n % 64 == 0,
+                    "part of a word reported: ({f}, {n})"
+                );
+                (lo < hi).then_some((lo, hi - lo))
+            })
+            .collect()
+    };
+    let mut x = 11u64;
+    let (last, committed) = stress(
+        WORDS,
+        writes() / 2,
+        &|w| mm.write(a + w * 64 * P, 64 * P).unwrap(),
+        vec![Box::new(|| {
+            let h = mm.begin_harvest(a, WORDS * 64 * P).unwrap();
+            coin(&mut x).then(|| words_of(h.commit().runs()))
+        })],
+    );
+    let end = mm.scan_and_clear(a, WORDS * 64 * P).unwrap();
+    check_ledger(&last, &committed[0], &words_of(end.runs()));
+    assert!(!committed[0].is_empty());
+}
+
 /// The vm-memory bitmap's transaction: commit, abort, and the ledger with vCPU-style
 /// marks (`Bitmap::mark_dirty`).
 #[cfg(feature = "vm-memory")]

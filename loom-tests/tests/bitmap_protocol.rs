@@ -62,6 +62,15 @@ fn harvest_pages(b: &PageBitmap) -> Vec<u64> {
     out
 }
 
+/// After a harvest that raced the writes took `first`: the next harvest's pages, and the
+/// pages of both, sorted (each write must be in exactly one of them).
+fn then_the_next_harvest(first: &[u64], b: &PageBitmap) -> (Vec<u64>, Vec<u64>) {
+    let second = harvest_pages(b);
+    let mut all: Vec<u64> = first.iter().chain(&second).copied().collect();
+    all.sort_unstable();
+    (second, all)
+}
+
 /// A materialized, all-clean, unpopulated bitmap whose word-0 summary bit is stale
 /// (set, although no page of word 0 is dirty): the state a partial harvest, a legacy
 /// zap or `clean_runs` leaves behind. Summary bits are conservative, so models must
@@ -142,9 +151,7 @@ fn harvest_vs_write() {
                 },
                 move || harvest_pages(&b2),
             );
-            let second = harvest_pages(&b);
-            let mut all: Vec<u64> = first.iter().chain(&second).copied().collect();
-            all.sort_unstable();
+            let (second, all) = then_the_next_harvest(&first, &b);
             assert_eq!(
                 all,
                 vec![5, 70],
@@ -218,9 +225,7 @@ fn two_writers_one_word_vs_harvest() {
                 move || harvest_pages(&b2),
             );
             w1.join().unwrap();
-            let second = harvest_pages(&b);
-            let mut all: Vec<u64> = first.iter().chain(&second).copied().collect();
-            all.sort_unstable();
+            let (second, all) = then_the_next_harvest(&first, &b);
             assert_eq!(all, vec![3, 9], "first {first:?} second {second:?}");
         },
     );
@@ -336,6 +341,128 @@ fn split_model(name: &str, materialized: bool) {
                 dirty(&left),
                 vec![3, 5],
                 "a retired bitmap forwards a new fault"
+            );
+        },
+    );
+}
+
+// ------------------------------------------------ a whole word, one plain store
+
+/// Written once, then made clean again: populated and backed, every page clean, the
+/// summary bits stale (set). A later write of a whole word then changes only `clean`,
+/// with the fault path's plain store (`fault_word`), and no populated or backed RMW that
+/// would synchronize for it.
+fn written_then_cleaned(pages: u64) -> PageBitmap {
+    let b = PageBitmap::new(pages, false);
+    b.write(0, pages);
+    b.set_clean(0, pages, true);
+    b
+}
+
+/// A whole-word write (the plain store) ∥ split (contract 3): the 64 pages of word 0 end
+/// dirty in the left heir, whether the write reached the old bitmap before its drain,
+/// after it (forwarded), or in between. Broken twin: `drain_no_summary_rmw` (the drain
+/// reads the words without its summary RMW first; the write's store lands after the
+/// drain read the word, its summary RMW synchronizes with nothing, it misses the seal).
+#[test]
+fn whole_word_write_vs_split() {
+    check2(
+        "whole_word_write_vs_split",
+        3,
+        ["writers-spawned", "control-spawned"],
+        |swap| {
+            let old = Arc::new(written_then_cleaned(128));
+            let left = Arc::new(PageBitmap::new(64, false));
+            let right = Arc::new(PageBitmap::new(64, false));
+            let (o1, l1) = (old.clone(), left.clone());
+            let (o2, l2, r2) = (old.clone(), left.clone(), right.clone());
+            race(
+                swap,
+                move || {
+                    if o1.write(0, 64) == Mark::Sealed {
+                        assert_ne!(l1.write(0, 64), Mark::Sealed, "heir sealed");
+                    }
+                },
+                move || {
+                    l2.copy_from(0, &o2, 0, 64, CopyRule::Plain);
+                    r2.copy_from(0, &o2, 64, 64, CopyRule::Plain);
+                    o2.seal_and_drain(vec![
+                        target(0, &l2, 0, 64, DrainRule::Plain),
+                        target(64, &r2, 0, 64, DrainRule::Plain),
+                    ]);
+                },
+            );
+            assert_eq!(
+                dirty(&left),
+                (0..64).collect::<Vec<u64>>(),
+                "whole-word write lost in the left heir"
+            );
+            assert_eq!(dirty(&right), Vec::<u64>::new(), "right heir");
+        },
+    );
+}
+
+/// A whole-word write (the plain store) ∥ get-and-clear (contract 2): its 64 pages are
+/// reported by exactly one of the racing and the next harvest, and nothing stays dirty
+/// behind a clear summary bit. Starts from stale summary bits, as `harvest_vs_write`.
+/// Broken twin: `plain_store_summary_test` (the write's summary RMW waits on a test that
+/// reads the stale bit the harvest just cleared; the word stays dirty behind a clear bit).
+#[test]
+fn whole_word_write_vs_harvest() {
+    check2(
+        "whole_word_write_vs_harvest",
+        3,
+        ["writers-spawned", "control-spawned"],
+        |swap| {
+            let b = Arc::new(written_then_cleaned(128));
+            let (b1, b2) = (b.clone(), b.clone());
+            let (mark, first) = race(swap, move || b1.write(0, 64), move || harvest_pages(&b2));
+            assert!(
+                matches!(mark, Mark::Done { .. }),
+                "unsealed bitmap answered {mark:?}"
+            );
+            let (second, all) = then_the_next_harvest(&first, &b);
+            assert_eq!(
+                all,
+                (0..64).collect::<Vec<u64>>(),
+                "whole-word write lost or reported twice: first {first:?} second {second:?}"
+            );
+            assert!(
+                dirty(&b).is_empty(),
+                "a dirty page behind a clear summary bit"
+            );
+        },
+    );
+}
+
+/// A whole-word write (the plain store) ∥ a legacy zap of the same word (contract 2b):
+/// the word ends as one sequential order leaves it: write;zap (clean, unpopulated,
+/// unbacked) or zap;write (dirty, populated, backed). Broken twin:
+/// `rewrite_no_summary_rmw` (the zap rewrites the word without its summary RMW first;
+/// the write's store lands after the zap's, its summary RMW synchronizes with nothing, it
+/// misses the zap generation and stands dirty but unpopulated).
+#[test]
+fn whole_word_write_vs_zap() {
+    check2(
+        "whole_word_write_vs_zap",
+        3,
+        ["writers-spawned", "control-spawned"],
+        |swap| {
+            let b = Arc::new(written_then_cleaned(128));
+            let (b1, b2) = (b.clone(), b.clone());
+            race(
+                swap,
+                move || {
+                    b1.write(0, 64);
+                },
+                move || b2.zap(0, 64, false),
+            );
+            let w = b.window(0);
+            let write_then_zap = (w.clean, w.populated, w.backed) == (!0, 0, 0);
+            let zap_then_write = (w.clean, w.populated, w.backed) == (0, !0, !0);
+            assert!(
+                write_then_zap || zap_then_write,
+                "word 0 matches no sequential order: {w:?}"
             );
         },
     );

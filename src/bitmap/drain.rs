@@ -93,6 +93,14 @@ impl PageBitmap {
             }
             // SAFETY: as in `slot`.
             let c = unsafe { &*(v as *const Chunk) };
+            // A value-preserving RMW on the summary before the words: pairs with the
+            // summary RMW a fault issues after making a whole word dirty with a plain
+            // store (`fault_word`): whichever is later reads from the other, so the fault
+            // sees `sealed` or the word RMWs below see its store. Broken twin
+            // `drain_no_summary_rmw` (loom-tests): not done.
+            if !twins::DRAIN_NO_SUMMARY_RMW.on() {
+                c.summary.fetch_or(0, Ordering::AcqRel);
+            }
             let base = k as u64 * CHUNK_PAGES;
             for wi in 0..CHUNK_WORDS {
                 let p0 = base + wi as u64 * 64;

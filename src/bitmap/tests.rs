@@ -246,3 +246,21 @@ fn a_copy_of_a_huge_untouched_bitmap_costs_a_top_entry_per_leaf() {
     assert_eq!(copy.tracking_bytes(), top);
     assert_eq!(copy.uniform(0, pages), Some(false));
 }
+
+/// A write of whole words (the plain store of `fault_word`) and a partly clean word:
+/// the counts, the bits, and the summary that lets the next harvest find them.
+#[test]
+fn whole_word_writes_count_flip_and_are_harvested() {
+    let b = PageBitmap::new(256, false);
+    b.write(0, 256);
+    b.set_clean(0, 256, true);
+    b.write(130, 2); // word 2 partly dirty
+    assert_eq!(b.write(0, 64), Mark::Done { faults: 64 });
+    assert_eq!(b.write(128, 128), Mark::Done { faults: 126 });
+    assert_eq!(b.write(0, 64), Mark::Done { faults: 0 }, "already dirty");
+    assert_eq!(b.window(0).clean, 0);
+    assert_eq!(b.window(64).clean, !0, "word 1 untouched");
+    let mut got = vec![];
+    b.harvest(0, 256, |r| got.push((r.first, r.count)));
+    assert_eq!(got, vec![(0, 64), (128, 128)]);
+}

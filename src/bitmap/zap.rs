@@ -6,6 +6,7 @@ use super::directory::{Entry, LEAF_SLOTS};
 use super::words::for_each_word;
 use super::{PageBitmap, ABSENT_CLEAN, ABSENT_DIRTY, CHUNK_PAGES, ZAP_RING};
 use crate::sync::{fence, Ordering};
+use crate::twins;
 
 /// What a zap does to the page-level soft-dirty state of the pages it unpopulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +211,15 @@ impl PageBitmap {
                 }
             }
             let c = self.materialize_ctl(kk);
+            // A value-preserving RMW on the summary before `f` rewrites any word: pairs
+            // with the summary RMW a fault issues after making a whole word dirty with a
+            // plain store (`fault_word`), as the drain's does: whichever is later reads
+            // from the other, so the fault sees what was sequenced before (a zap's odd
+            // generation) or `f`'s RMWs see its store. Broken twin
+            // `rewrite_no_summary_rmw` (loom-tests): not done.
+            if !twins::REWRITE_NO_SUMMARY_RMW.on() {
+                c.summary.fetch_or(0, Ordering::AcqRel);
+            }
             let valid = self.valid_masks(kk);
             for_each_word(lo - base, hi - lo, |w, m| {
                 let wi = w as usize;
