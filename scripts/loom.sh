@@ -35,13 +35,8 @@ if [[ -n "${LOOM_MAX_PREEMPTIONS:-}" ]]; then
 fi
 export RUST_BACKTRACE=0
 
-# The heaviest model, run in a process of its own beside the others (2 cores: each
-# process keeps one busy; threads of one process were slower, their allocations
-# contending: 703 s against 497 s for the bitmap models).
-HEAVY_BIN=bitmap_protocol HEAVY_MODEL=split_vs_write
-
-run_models() {
-    local st heavy_st heavy_log filter='^(loom-model|test |test result|running|error|thread .* panicked)|FAILED'
+# Builds the models (target/loom) once, before they run; on failure prints why.
+build_models() {
     local log
     if ! log=$(CARGO_TARGET_DIR=target/loom cargo test --release -p softdirty-loom-tests \
         --no-run 2>&1); then
@@ -49,6 +44,16 @@ run_models() {
         tail -20 <<<"$log"
         return 1
     fi
+}
+
+# The heaviest model, run in a process of its own beside the others (2 cores: each
+# process keeps one busy; threads of one process were slower, their allocations
+# contending: 703 s against 497 s for the bitmap models).
+HEAVY_BIN=bitmap_protocol HEAVY_MODEL=split_vs_write
+
+run_models() {
+    local st heavy_st heavy_log filter='^(loom-model|test |test result|running|error|thread .* panicked)|FAILED'
+    build_models || return 1
     heavy_log=$(mktemp)
     CARGO_TARGET_DIR=target/loom cargo test --release -p softdirty-loom-tests \
         --test "$HEAVY_BIN" -- --exact "$HEAVY_MODEL" --nocapture --test-threads=1 \
@@ -86,13 +91,7 @@ run_broken() {
     fi
     # One build, the models' own (target/loom): a loom build reads the twin to turn on
     # from SOFTDIRTY_TWIN (src/twins.rs), so no twin needs a rebuild.
-    local log
-    if ! log=$(CARGO_TARGET_DIR=target/loom cargo test --release -p softdirty-loom-tests \
-        --no-run 2>&1); then
-        echo "ERROR: the loom models do not build:"
-        tail -20 <<<"$log"
-        return 1
-    fi
+    build_models || return 1
     for name in "${names[@]}"; do
         local spec="${TWINS[$name]:?unknown twin $name}"
         local bin="${spec%%:*}" model="${spec#*:}"
