@@ -42,7 +42,7 @@ mod truncate;
 pub use brk::STACK_GUARD_GAP;
 pub use clear_refs::parse_kstrtoint;
 use fault::FaultCounter;
-pub(crate) use fault::VmaHint;
+pub(crate) use fault::{FaultCell, VmaHint};
 pub use madvise::Advice;
 pub use stack::STACK_LIMIT;
 

@@ -20,6 +20,8 @@ pub const STACK_LIMIT: u64 = 8 << 20;
 impl AddressSpace {
     /// Grows the stack VMA above `page` (unmapped) down to it, if there is one and the
     /// limits allow; `Ok(false)` if the access must fault.
+    #[cold]
+    #[inline(never)]
     pub(super) fn expand_stack(&self, page: u64) -> Result<bool> {
         let precise = self.mode.is_precise();
         self.structural(|l| {
