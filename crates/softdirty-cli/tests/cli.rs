@@ -302,11 +302,8 @@ fn flags_ignored_in_combination_are_refused() {
     assert_eq!(o.code, Some(2), "{}", o.ctx());
     assert!(o.stderr.contains("--scale 3 has no effect"), "{}", o.ctx());
     // run: --mem does not size a trace's guest.
-    let t = trace(
-        &scratch("mem-with-trace"),
-        "t.trace",
-        "mmap 0x10_0000_0000 1M rw\n",
-    );
+    let dir = scratch("mem-with-trace");
+    let t = trace(&dir, "t.trace", "mmap 0x10_0000_0000 1M rw\n");
     let w = format!("trace:{t}");
     let o = sd(&["run", "--workload", &w, "--mem", "64M", "--duration", "0.1"]);
     assert_eq!(o.code, Some(2), "{}", o.ctx());
@@ -316,6 +313,7 @@ fn flags_ignored_in_combination_are_refused() {
         o.ctx()
     );
     assert!(o.stdout.is_empty(), "{}", o.ctx());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// fuzz: vacuous or impossible counts and budgets are refused before any case, and a
