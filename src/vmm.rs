@@ -255,7 +255,11 @@ impl SoftDirtyBitmap {
         if let Some((first, end)) = self.pages_of(offset, len) {
             // This bitmap is never sealed (only an AddressSpace's structural operations
             // seal bitmaps), so `write` always applies.
-            let m = self.mark(first, end - first);
+            let m = match &self.light {
+                // One page (a `write_obj`): the one-bit test, without the range's masks.
+                Some(l) if end - first == 1 => self.inner.mark_page_dirty_light(l, first),
+                _ => self.mark(first, end - first),
+            };
             debug_assert!(matches!(m, Mark::Done { .. }));
         }
     }

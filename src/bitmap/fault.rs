@@ -285,6 +285,24 @@ impl PageBitmap {
         self.fault_impl(first, count, true, false, false, false, true)
     }
 
+    /// [`Self::mark_dirty_light`] of the one page `page`, as vm-memory's `write_obj`
+    /// marks: the same test before anything else (`nothing_to_do`: the page's word in a
+    /// materialized chunk, after the light barrier, already soft-dirty) with a one-bit
+    /// mask and none of the range arithmetic; the general mark when it fails.
+    #[inline(always)]
+    pub fn mark_page_dirty_light(&self, light: &LightWriter, page: u64) -> Mark {
+        if page < self.pages {
+            barrier::mark_fence(true);
+            if let Slot::Chunk(c) = self.slot((page / CHUNK_PAGES) as usize) {
+                let wi = ((page % CHUNK_PAGES) / 64) as usize;
+                if c.settled(wi, 1 << (page % 64), (true, false, false)) {
+                    return Mark::Done { faults: 0 };
+                }
+            }
+        }
+        self.mark_dirty_light(light, page, 1)
+    }
+
     /// Marks soft-dirty, as [`Self::mark_dirty`], the pages of `[first, first + count)`
     /// that hold no private copy (`backed` clear): in a private file mapping, the pages
     /// that show the file's page, whose content a store to the file changes. A page that

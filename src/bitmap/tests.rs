@@ -264,3 +264,38 @@ fn whole_word_writes_count_flip_and_are_harvested() {
     b.harvest(0, 256, |r| got.push((r.first, r.count)));
     assert_eq!(got, vec![(0, 64), (128, 128)]);
 }
+
+/// The one-page light mark (`mark_page_dirty_light`, vm-memory's `write_obj`) is
+/// `mark_dirty_light` of one page: a clean page flips and is harvested, a dirty one
+/// costs no fault, an untouched clean chunk is materialized, a page past the end is
+/// refused.
+#[test]
+fn one_page_light_mark_is_the_range_mark() {
+    let Some(light) = crate::barrier::LightWriter::register() else {
+        eprintln!("membarrier unavailable: no light writer, nothing to check");
+        return;
+    };
+    let b = PageBitmap::new(2 * CHUNK_PAGES, false); // clean, no chunk materialized
+    assert_eq!(b.mark_page_dirty_light(&light, 5), Mark::Done { faults: 1 });
+    assert_eq!(b.mark_page_dirty_light(&light, 5), Mark::Done { faults: 0 });
+    assert_eq!(
+        b.mark_page_dirty_light(&light, CHUNK_PAGES + 70),
+        Mark::Done { faults: 1 }
+    );
+    assert_eq!(
+        b.mark_page_dirty_light(&light, 2 * CHUNK_PAGES),
+        Mark::OutOfRange
+    );
+    let mut got = vec![];
+    b.harvest(0, b.pages(), |r| got.push((r.first, r.count)));
+    assert_eq!(got, vec![(5, 1), (CHUNK_PAGES + 70, 1)]);
+    // A clean page next to a dirty one in the same word: its own bit decides.
+    assert_eq!(b.mark_page_dirty_light(&light, 6), Mark::Done { faults: 1 });
+    assert_eq!(b.mark_page_dirty_light(&light, 5), Mark::Done { faults: 1 });
+    assert_eq!(b.mark_page_dirty_light(&light, 4), Mark::Done { faults: 1 });
+    assert_eq!(b.mark_page_dirty_light(&light, 8), Mark::Done { faults: 1 });
+    assert_eq!(b.mark_page_dirty_light(&light, 9), Mark::Done { faults: 1 });
+    let mut got = vec![];
+    b.harvest(0, b.pages(), |r| got.push((r.first, r.count)));
+    assert_eq!(got, vec![(4, 3), (8, 2)]);
+}
