@@ -304,45 +304,18 @@ enum VmmOp {
 /// The guest memory of a `vmm/*` case: 256 MiB of anonymous host memory that both sides
 /// map (`vmm_case`), so that they write the same physical pages. With a mapping each,
 /// the two sides' medians differed by up to 25% from run to run in either direction on
-/// the 2-core machine, which drowned the difference of the bitmaps.
-struct HostMem {
-    addr: *mut u8,
-}
+/// the 2-core machine, which drowned the difference of the bitmaps. vm-memory's own
+/// region owns the mapping (unmapped when the last side drops it).
+struct HostMem(vm_memory::MmapRegion<()>);
 
 const VMM_SIZE: u64 = 256 << 20;
 
 impl HostMem {
     fn new() -> std::sync::Arc<HostMem> {
-        // SAFETY: an anonymous private mapping at an address the kernel picks; no memory
-        // of ours is touched. The result is checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                VMM_SIZE as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert!(p != libc::MAP_FAILED, "mmap of the vmm cases' guest memory");
-        std::sync::Arc::new(HostMem { addr: p.cast() })
+        let r = vm_memory::MmapRegion::<()>::new(VMM_SIZE as usize).expect("host memory");
+        std::sync::Arc::new(HostMem(r))
     }
 }
-
-impl Drop for HostMem {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once (this is its one owner). The
-        // regions built on it (`vmm_case`) do not own it and never touch it when dropped.
-        unsafe { libc::munmap(self.addr.cast(), VMM_SIZE as usize) };
-    }
-}
-
-// SAFETY: a plain address; the memory behind it is shared by design (both sides of a
-// case write it, one at a time: `measure` runs the sides in turn).
-unsafe impl Send for HostMem {}
-// SAFETY: as for Send; `HostMem` itself has no interior state.
-unsafe impl Sync for HostMem {}
 
 /// vm-memory's write path over a 256 MiB `GuestMemoryMmap<B>` on `host` (benches/vmm.rs's
 /// workload): the same calls for `SoftDirtyBitmap` (ours) and `AtomicBitmap` (baseline),
@@ -350,12 +323,12 @@ unsafe impl Sync for HostMem {}
 fn vmm_case<B: VmmBitmap>(op: VmmOp, host: std::sync::Arc<HostMem>) -> Timed {
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
     const SIZE: u64 = VMM_SIZE;
-    // SAFETY: `host.addr` is a page-aligned, readable and writable mapping of SIZE bytes
-    // that outlives the region: the closure below holds `host`. The region does not own
-    // the mapping (`build_raw`), so dropping it does not unmap it.
+    // SAFETY: `host.0` is a page-aligned, readable and writable anonymous mapping of
+    // SIZE bytes that outlives the region: the closure below holds `host`. The region
+    // does not own the mapping (`build_raw`), so dropping it does not unmap it.
     let region = unsafe {
         MmapRegion::<B>::build_raw(
-            host.addr,
+            host.0.as_ptr(),
             SIZE as usize,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
