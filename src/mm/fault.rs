@@ -1,5 +1,5 @@
 //! The data plane: a simulated write or read fault through the published index
-//! (`write`, `read`), the anon_vma a first write fault assigns, and the striped fault
+//! (`write`, `read`), the anon_vma a first write fault assigns, and the per-thread fault
 //! counter.
 
 use super::AddressSpace;
@@ -95,7 +95,7 @@ enum Unreachable {
 /// with a load and a store, no locked instruction. A single shared counter made two
 /// writers' first writes 5× slower on the 2-core development machine; 16 stripes shared
 /// by `fetch_add` still cost every faulting store one locked RMW, about 3 ns of a 256-page
-/// mark's 36 through a writer handle (`softdirty bench`, `mark256/writer`).
+/// mark's 38.6 through a writer handle (`softdirty bench`, `mark256/writer`).
 pub(super) struct FaultCounter {
     #[cfg(not(loom))]
     cells: thread_local::ThreadLocal<crossbeam_utils::CachePadded<std::sync::atomic::AtomicU64>>,
